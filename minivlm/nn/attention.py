@@ -1,0 +1,83 @@
+"""Multi-head attention, self and cross, with boolean masks (chapter 01).
+
+`scaled_dot_product_attention` is the from-scratch formula the chapter derives;
+`MultiHeadAttention` uses PyTorch's fused `F.scaled_dot_product_attention` for speed and
+falls back to the from-scratch path when you ask for the attention weights (to plot them).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from minivlm.nn import masks
+from minivlm.utils import check_tensor
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q kᵀ / √d) v, written out. q: (..., Tq, d), k and v: (..., Tk, d).
+
+    mask: boolean, broadcastable to (..., Tq, Tk), True = may attend.
+    Returns (output (..., Tq, d), weights (..., Tq, Tk)).
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., Tq, Tk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    return weights @ v, weights
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention. Self-attention when `context` is None, cross-attention otherwise
+    (queries from x, keys and values from context, which may have its own width)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, bias: bool = True, context_dim: int | None = None):
+        super().__init__()
+        if dim % heads != 0:
+            raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
+        self.dim, self.heads, self.dropout = dim, heads, dropout
+        self.context_dim = context_dim or dim
+        self.q_proj = nn.Linear(dim, dim, bias=bias)
+        self.k_proj = nn.Linear(self.context_dim, dim, bias=bias)
+        self.v_proj = nn.Linear(self.context_dim, dim, bias=bias)
+        self.out_proj = nn.Linear(dim, dim, bias=bias)
+        self.last_weights: torch.Tensor | None = None  # (B, H, Tq, Tk), set when need_weights=True
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+    ) -> torch.Tensor:
+        """x: (B, Tq, dim); context: (B, Tk, context_dim) or None; mask: see `masks.expand`.
+        Returns (B, Tq, dim). With need_weights=True the weights are kept in `last_weights`."""
+        check_tensor("x", x, ndim=3, dtype="float")
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"x must have last dim {self.dim}, got shape {tuple(x.shape)}")
+        context = x if context is None else context
+        check_tensor("context", context, ndim=3, dtype="float")
+        if context.shape[-1] != self.context_dim:
+            raise ValueError(f"context must have last dim {self.context_dim}, got shape {tuple(context.shape)}")
+        if context.shape[0] != x.shape[0]:
+            raise ValueError(f"batch sizes must match, got x={x.shape[0]}, context={context.shape[0]}")
+        b, tq, tk = x.shape[0], x.shape[1], context.shape[1]
+        if mask is not None:
+            mask = masks.expand(mask, b, tq, tk)
+
+        q = rearrange(self.q_proj(x), "b t (h d) -> b h t d", h=self.heads)
+        k = rearrange(self.k_proj(context), "b t (h d) -> b h t d", h=self.heads)
+        v = rearrange(self.v_proj(context), "b t (h d) -> b h t d", h=self.heads)
+        if need_weights:
+            out, weights = scaled_dot_product_attention(q, k, v, mask)
+            self.last_weights = weights.detach()
+            out = F.dropout(out, self.dropout, self.training) if self.dropout else out
+        else:
+            p = self.dropout if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return self.out_proj(rearrange(out, "b h t d -> b t (h d)"))

@@ -1,0 +1,95 @@
+"""The pre-LN Transformer block and a stack of them (chapter 01).
+
+Pre-LN (normalise *before* each sub-layer, add the residual after) trains stably without
+learning-rate warm-up tricks, which is why GPT-2, ViT and CLIP all use it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minivlm.nn.attention import MultiHeadAttention
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """x·σ(1.702x): the GELU approximation OpenAI's CLIP was trained with."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": quick_gelu,
+    "relu": F.relu,
+}
+
+
+class MLP(nn.Module):
+    """Two linear layers with an activation between: dim → hidden → dim."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0, act: str = "gelu"):
+        super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.act, self.drop = ACTIVATIONS[act], nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
+class Block(nn.Module):
+    """x + SelfAttn(LN(x)) [+ CrossAttn(LN(x), context)] + MLP(LN(x))."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        cross_attention: bool = False,
+        context_dim: int | None = None,
+        act: str = "gelu",
+        eps: float = 1e-5,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = MultiHeadAttention(dim, heads, dropout)
+        self.cross_attn = MultiHeadAttention(dim, heads, dropout, context_dim=context_dim) if cross_attention else None
+        self.norm_cross = nn.LayerNorm(dim, eps=eps) if cross_attention else None
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), dropout, act)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+    ) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), mask=mask, need_weights=need_weights))
+        if self.cross_attn is not None:
+            if context is None:
+                raise ValueError("this block has cross-attention: pass context=(B, Tk, context_dim)")
+            x = x + self.drop(self.cross_attn(self.norm_cross(x), context, context_mask, need_weights))
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of `depth` pre-LN blocks (no final norm: the model that owns it adds one)."""
+
+    def __init__(self, dim: int, depth: int, heads: int, **block_kwargs):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(dim, heads, **block_kwargs) for _ in range(depth))
+
+    def forward(self, x, mask=None, context=None, context_mask=None, need_weights: bool = False):
+        for block in self.blocks:
+            x = block(x, mask, context, context_mask, need_weights)
+        return x
+
+    def attention_maps(self) -> list[torch.Tensor]:
+        """Self-attention weights of each block from the last call with need_weights=True."""
+        return [b.attn.last_weights for b in self.blocks]

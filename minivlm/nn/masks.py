@@ -1,0 +1,88 @@
+"""Every attention mask in the course, built in one place (chapter 01).
+
+Convention: a boolean mask where **True means "may attend"**. A mask is (Tq, Tk) when it is
+the same for every sequence, (B, Tq, Tk) when it differs per sequence, and it may carry a
+head axis (B, H, Tq, Tk). `combine` ANDs masks with broadcasting.
+"""
+from __future__ import annotations
+
+import torch
+
+from minivlm.utils import check_tensor
+
+
+def bidirectional(t: int, device=None) -> torch.Tensor:
+    """(T, T) all True: every token sees every token (BERT, ViT, the ALBEF fusion encoder)."""
+    return torch.ones(t, t, dtype=torch.bool, device=device)
+
+
+def causal(t: int, device=None) -> torch.Tensor:
+    """(T, T) lower-triangular: token i sees tokens 0..i (GPT, every captioning decoder)."""
+    return torch.ones(t, t, dtype=torch.bool, device=device).tril()
+
+
+def prefix(t: int, prefix_len: int | torch.Tensor, device=None) -> torch.Tensor:
+    """Prefix-LM mask (SimVLM, UniLM seq2seq): the first `prefix_len` tokens see each other
+    in full; every later token sees the whole prefix and the tokens before it.
+
+    prefix_len: an int, giving (T, T), or a LongTensor (B,), giving (B, T, T).
+    """
+    if isinstance(prefix_len, torch.Tensor):
+        check_tensor("prefix_len", prefix_len, ndim=1, dtype="int")
+        if (prefix_len < 0).any() or (prefix_len > t).any():
+            raise ValueError(f"prefix_len must lie in [0, {t}], got {prefix_len.tolist()}")
+        keys = torch.arange(t, device=prefix_len.device)
+        in_prefix = keys[None, None, :] < prefix_len[:, None, None]  # (B, 1, T)
+        return causal(t, prefix_len.device)[None] | in_prefix
+    if not 0 <= prefix_len <= t:
+        raise ValueError(f"prefix_len must lie in [0, {t}], got {prefix_len}")
+    mask = causal(t, device)
+    mask[:, :prefix_len] = True
+    return mask
+
+
+def unilm(t: int, source_len: int, device=None) -> torch.Tensor:
+    """UniLM's sequence-to-sequence mask: the source segment is bidirectional, the target
+    segment is causal and sees all of the source. It is exactly the prefix-LM mask."""
+    return prefix(t, source_len, device)
+
+
+def padding(valid: torch.Tensor) -> torch.Tensor:
+    """Key-padding mask from a (B, Tk) bool/0-1 tensor that is True on real tokens.
+
+    Returns (B, 1, Tk): every query may attend to the real keys only.
+    """
+    check_tensor("valid", valid, ndim=2)
+    return valid.bool()[:, None, :]
+
+
+def combine(*masks: torch.Tensor | None) -> torch.Tensor | None:
+    """AND of masks with broadcasting; None entries are ignored (None if all are None)."""
+    out = None
+    for m in masks:
+        if m is None:
+            continue
+        out = m.bool() if out is None else out & m.bool()
+    return out
+
+
+def expand(mask: torch.Tensor, batch: int, tq: int, tk: int) -> torch.Tensor:
+    """Validate `mask` and bring it to (B, 1 or H, Tq, Tk) for attention.
+
+    Accepts (Tq, Tk), (B, Tq, Tk), (B, 1, Tk) and (B, H, Tq, Tk) boolean masks.
+    """
+    check_tensor("mask", mask, dtype="bool")
+    if mask.ndim == 2:
+        mask = mask[None, None]
+    elif mask.ndim == 3:
+        mask = mask[:, None]
+    elif mask.ndim != 4:
+        raise ValueError(f"mask must have 2, 3 or 4 dims, got shape {tuple(mask.shape)}")
+    b, _, q, k = mask.shape
+    if b not in (1, batch) or q not in (1, tq) or k != tk:
+        raise ValueError(
+            f"mask of shape {tuple(mask.shape)} does not fit batch={batch}, queries={tq}, keys={tk}"
+        )
+    # A query that may attend to nothing (a padded query in a padded batch, say) would give
+    # NaN from the softmax; let it see every key instead. Its output is padding anyway.
+    return mask | ~mask.any(dim=-1, keepdim=True)

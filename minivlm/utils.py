@@ -1,0 +1,105 @@
+"""Small helpers every chapter uses: device choice, seeding, input checks.
+
+Chapter 00 introduces `seed_everything` and `device`; every later chapter calls them first.
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def device() -> torch.device:
+    """The best device here: CUDA, then Apple's MPS, then the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int = 0) -> torch.Generator:
+    """Seed Python, numpy and torch (all devices); return a torch Generator with that seed."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    return torch.Generator().manual_seed(seed)
+
+
+def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (only those with requires_grad if `trainable_only`)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+# ----------------------------------------------------------------------------- input checks
+# Public functions call these at their boundary so that bad input fails with a message that
+# names the expected and the actual value, instead of a stack trace from inside a matmul.
+
+
+def check_tensor(name: str, x, *, ndim: int | None = None, dtype: str | None = None) -> None:
+    """Raise TypeError unless `x` is a tensor; ValueError on the wrong ndim or dtype kind.
+
+    dtype: "float" (any floating dtype), "int" (any integer dtype) or "bool".
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dims, got {x.ndim} (shape {tuple(x.shape)})")
+    if dtype == "float" and not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating tensor, got dtype {x.dtype}")
+    if dtype == "int" and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
+        raise ValueError(f"{name} must be an integer tensor, got dtype {x.dtype}")
+    if dtype == "bool" and x.dtype != torch.bool:
+        raise ValueError(f"{name} must be a bool tensor, got dtype {x.dtype}")
+
+
+def check_shape(name: str, x: torch.Tensor, expected: Sequence[int | str | None]) -> dict[str, int]:
+    """Check `x.shape` against `expected`, where an int must match exactly, a str names a
+    dimension that must agree wherever the same name appears, and None matches anything.
+
+    Returns the sizes bound to the names, e.g. check_shape("images", x, ["B", 3, 32, 32]).
+    """
+    check_tensor(name, x)
+    shape = tuple(x.shape)
+    want = "(" + ", ".join("?" if e is None else str(e) for e in expected) + ")"
+    if len(shape) != len(expected):
+        raise ValueError(f"{name} must have shape {want}, got {shape}")
+    sizes: dict[str, int] = {}
+    for axis, (got, exp) in enumerate(zip(shape, expected)):
+        if exp is None:
+            continue
+        if isinstance(exp, str):
+            if exp in sizes and sizes[exp] != got:
+                raise ValueError(
+                    f"{name} must have shape {want}: dim {axis} ({exp}) is {got} but {exp}={sizes[exp]} "
+                    f"elsewhere (shape {shape})"
+                )
+            sizes[exp] = got
+        elif got != exp:
+            raise ValueError(f"{name} must have shape {want}, got {shape} (dim {axis}: expected {exp}, got {got})")
+    return sizes
+
+
+def check_same_batch(**tensors: torch.Tensor) -> int:
+    """All tensors must share their first (batch) dimension; return it."""
+    sizes = {k: int(v.shape[0]) for k, v in tensors.items()}
+    if len(set(sizes.values())) > 1:
+        detail = ", ".join(f"{k}={n}" for k, n in sizes.items())
+        raise ValueError(f"batch sizes must match, got {detail}")
+    return next(iter(sizes.values()))
+
+
+def check_range(name: str, x: torch.Tensor, low: float, high: float) -> None:
+    """Values of x must lie in [low, high]."""
+    if x.numel() == 0:
+        return
+    lo, hi = float(x.min()), float(x.max())
+    if lo < low or hi > high:
+        raise ValueError(f"{name} must lie in [{low}, {high}], got values in [{lo:.4g}, {hi:.4g}]")
