@@ -1,0 +1,73 @@
+# minivlm: `make lab` to study, `make test` to check everything. Both set up .venv first.
+#
+# Setup installs torch before the package: without an NVIDIA GPU the pinned CPU build
+# (TORCH=torch==2.13.0; plain `torch` would pull a multi-GB CUDA build), with one `torch>=2.2`
+# from the default index. Override with e.g. `make test TORCH=torch==2.9.1` and pass extra pip
+# arguments for it with TORCH_PIP_ARGS="--index-url ...". A stamp file in .venv makes re-runs
+# instant; editing pyproject.toml invalidates it.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.minivlm-installed
+HAS_GPU := $(shell nvidia-smi >/dev/null 2>&1 && echo yes)
+TORCH ?= $(if $(HAS_GPU),torch>=2.2,torch==2.13.0)
+TORCH_PIP_ARGS ?=
+PYTEST_ARGS ?=
+# Notebook folders that nbval executes (exercises/ raise NotImplementedError by design: tests check them).
+NB_DIRS := $(wildcard notebooks solutions)
+
+.PHONY: help install lab test notebooks exercises lint bench zoo clean distclean
+
+help:
+	@echo "make lab        JupyterLab on the course (sets up .venv first)"
+	@echo "make test       unit tests + every chapter and solution notebook (nbval)"
+	@echo "make notebooks  execute notebooks/ and solutions/, storing outputs"
+	@echo "make exercises  regenerate exercises/ from solutions/"
+	@echo "make lint | bench | zoo | clean | distclean"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	@if $(BIN)/python -c "import torch" >/dev/null 2>&1; then \
+		echo "torch already installed: $$($(BIN)/python -c 'import torch; print(torch.__version__)')"; \
+	else \
+		echo "installing $(TORCH) ($(if $(HAS_GPU),NVIDIA GPU found,no NVIDIA GPU: CPU build))"; \
+		$(BIN)/python -m pip install $(TORCH_PIP_ARGS) "$(TORCH)"; \
+	fi
+	$(BIN)/python -m pip install -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests $(NB_DIRS) --nbval-lax $(PYTEST_ARGS)
+
+notebooks: $(STAMP)
+	$(BIN)/minivlm notebooks execute
+
+exercises: $(STAMP)
+	$(BIN)/minivlm exercises build
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/minivlm bench render
+
+zoo: $(STAMP)
+	$(BIN)/minivlm zoo build all
+
+clean:
+	rm -rf .pytest_cache .ruff_cache .test-timings build dist
+	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name .ipynb_checkpoints \) -type d -print0 | xargs -0 rm -rf
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,248 @@
+"""Self-grading exercises: a registry of checks that tell a learner precisely what is wrong.
+
+Every chapter's exercise notebook (exercises/NN_name.ipynb) calls `check("NN.task", obj)` after
+each task. The checks live in `minivlm/grading/chNN.py`, one module per chapter, and register
+themselves with `@register`; this package imports all of them, so `CHECKS` holds every task.
+
+Writing a check (in minivlm/grading/ch01.py):
+
+    @register("01.causal_mask", title="A causal mask")
+    def _(causal_mask):
+        got = call(causal_mask, 4)                  # learner errors become clean messages
+        expect_dtype("causal_mask(4)", got, torch.bool)
+        expect_close("causal_mask(4)", got, torch.ones(4, 4, dtype=torch.bool).tril())
+
+A check raises `GradingFailure(message)` when the answer is wrong; returning means it passed.
+`minivlm check exercises/NN_name.ipynb` runs a whole notebook and reports every task.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+__all__ = [
+    "CHECKS",
+    "Check",
+    "GradingFailure",
+    "Result",
+    "call",
+    "check",
+    "expect_close",
+    "expect_dtype",
+    "expect_equal",
+    "expect_shape",
+    "register",
+    "run",
+    "tasks_for_chapter",
+    "unregister",
+]
+
+
+class GradingFailure(AssertionError):
+    """The learner's answer is wrong (or missing); the message says exactly how."""
+
+
+@dataclass(frozen=True)
+class Check:
+    task_id: str
+    title: str
+    fn: Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class Result:
+    task_id: str
+    title: str
+    passed: bool
+    message: str
+
+    def line(self) -> str:
+        """One report line: '✓ 01.causal_mask — A causal mask: passed'."""
+        return f"{'✓' if self.passed else '✗'} {self.task_id} — {self.title}: {self.message}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+CHECKS: dict[str, Check] = {}
+
+
+def register(task_id: str, title: str) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
+    """Decorator: register `fn(obj)` as the check of `task_id` ("NN.name", NN = the chapter)."""
+    if not isinstance(task_id, str) or "." not in task_id:
+        raise ValueError(f"task_id must look like 'NN.name', got {task_id!r}")
+
+    def decorate(fn: Callable[[Any], None]) -> Callable[[Any], None]:
+        # Re-registering the same function (a module imported twice) is harmless; two different
+        # checks under one id is a bug in the grading modules.
+        old = CHECKS.get(task_id)
+        if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ValueError(f"task {task_id!r} is already registered by {old.fn.__module__}.{old.fn.__qualname__}")
+        CHECKS[task_id] = Check(task_id, title, fn)
+        return fn
+
+    return decorate
+
+
+def unregister(task_id: str) -> None:
+    """Remove a check (tests register throwaway checks and clean up after themselves)."""
+    CHECKS.pop(task_id, None)
+
+
+def tasks_for_chapter(chapter: str) -> list[str]:
+    """The registered task ids of one chapter ("01" -> ["01.causal_mask", ...]), in registration order."""
+    return [t for t in CHECKS if t.split(".", 1)[0] == chapter]
+
+
+def _lookup(task_id: str) -> Check:
+    if task_id not in CHECKS:
+        known = ", ".join(sorted(CHECKS)) or "(none)"
+        raise KeyError(f"unknown task id {task_id!r}; known ids: {known}")
+    return CHECKS[task_id]
+
+
+def _describe(exc: BaseException) -> str:
+    """A learner's exception as one clean line, without the traceback."""
+    if isinstance(exc, NotImplementedError):
+        hint = str(exc).strip()
+        return f"not implemented yet — {hint}" if hint else "not implemented yet"
+    text = str(exc).strip()
+    return f"your code raised {type(exc).__name__}: {text}" if text else f"your code raised {type(exc).__name__}"
+
+
+def run(task_id: str, obj: Any) -> Result:
+    """Run the check of `task_id` on `obj`; never raises (except KeyError for an unknown id)."""
+    chk = _lookup(task_id)
+    try:
+        chk.fn(obj)
+    except GradingFailure as exc:
+        return Result(task_id, chk.title, False, str(exc))
+    except Exception as exc:  # the learner's code failed inside the check
+        return Result(task_id, chk.title, False, _describe(exc))
+    return Result(task_id, chk.title, True, "passed")
+
+
+def check(task_id: str, obj: Any) -> None:
+    """What exercise notebooks call: print '✓ ... passed', or raise GradingFailure saying what is wrong."""
+    result = run(task_id, obj)
+    if not result.passed:
+        # `from None`: the learner sees one line, not the grader's internals.
+        raise GradingFailure(result.line()) from None
+    print(result.line())
+
+
+# ----------------------------------------------------------------------------- helpers for check authors
+
+
+def call(fn: Callable, *args, **kwargs) -> Any:
+    """Call the learner's `fn`; turn any exception it raises into a clean GradingFailure."""
+    if not callable(fn):
+        raise GradingFailure(f"expected a function, got {type(fn).__name__}")
+    try:
+        return fn(*args, **kwargs)
+    except GradingFailure:
+        raise
+    except Exception as exc:
+        raise GradingFailure(_describe(exc)) from None
+
+
+def _as_tensor(name: str, x):
+    import numpy as np
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    if isinstance(x, (np.ndarray, np.generic, int, float, bool, list, tuple)):
+        try:
+            return torch.as_tensor(np.asarray(x))
+        except (TypeError, ValueError) as exc:
+            raise GradingFailure(f"{name}: cannot read {type(x).__name__} as an array ({exc})") from None
+    raise GradingFailure(f"{name}: expected a tensor, got {type(x).__name__}")
+
+
+def expect_shape(name: str, got, shape) -> None:
+    """`got` must have exactly `shape`: "wrong shape: expected (4, 4), got (4,)"."""
+    t = _as_tensor(name, got)
+    want, have = tuple(int(s) for s in shape), tuple(t.shape)
+    if want != have:
+        raise GradingFailure(f"{name}: wrong shape: expected {want}, got {have}")
+
+
+def expect_dtype(name: str, got, dtype) -> None:
+    """`got` must be a tensor of `dtype` (a torch.dtype), or of a kind: "float", "int" or "bool"."""
+    import torch
+
+    t = _as_tensor(name, got)
+    kinds = {
+        "float": t.is_floating_point(),
+        "int": not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool),
+        "bool": t.dtype == torch.bool,
+    }
+    ok = kinds[dtype] if isinstance(dtype, str) else t.dtype == dtype
+    if not ok:
+        raise GradingFailure(f"{name}: wrong dtype: expected {dtype}, got {t.dtype}")
+
+
+def expect_close(name: str, got, want, atol: float = 1e-5, rtol: float = 1e-4) -> None:
+    """`got` must equal `want` within tolerance; the message names the largest difference and where."""
+    import torch
+
+    g, w = _as_tensor(name, got), _as_tensor(name, want)
+    if tuple(g.shape) != tuple(w.shape):
+        raise GradingFailure(f"{name}: wrong shape: expected {tuple(w.shape)}, got {tuple(g.shape)}")
+    if g.numel() == 0:
+        return
+    if w.dtype == torch.bool or g.dtype == torch.bool:
+        # For masks: compare exactly, report the first wrong entry.
+        g, w = g.to(torch.bool), w.to(torch.bool)
+        wrong = (g != w).nonzero()
+        if len(wrong):
+            at = list(map(int, wrong[0]))
+            raise GradingFailure(
+                f"{name}: values differ from the reference at {len(wrong)} of {w.numel()} entries, "
+                f"first at {at}: expected {bool(w[tuple(at)])}, got {bool(g[tuple(at)])}"
+            )
+        return
+    g, w = g.to(torch.float64), w.to(torch.float64)
+    if torch.isnan(g).any() and not torch.isnan(w).any():
+        at = list(map(int, torch.isnan(g).nonzero()[0]))
+        raise GradingFailure(f"{name}: contains NaN (first at {at})")
+    diff = (g - w).abs().nan_to_num(nan=0.0)
+    bad = diff > atol + rtol * w.abs().nan_to_num(nan=0.0)
+    if bad.any():
+        flat = int(torch.argmax(diff))
+        at = list(map(int, torch.unravel_index(torch.tensor(flat), diff.shape))) if diff.ndim else []
+        idx = tuple(at)
+        raise GradingFailure(
+            f"{name}: values differ from the reference: max |diff| = {float(diff.max()):.3g} at {at} "
+            f"(expected {float(w[idx]):.4g}, got {float(g[idx]):.4g}; {int(bad.sum())} of {w.numel()} entries "
+            f"outside atol={atol:g}, rtol={rtol:g})"
+        )
+
+
+def expect_equal(name: str, got, want) -> None:
+    """Plain values (ints, strings, tuples) must be equal."""
+    if got != want:
+        raise GradingFailure(f"{name}: expected {want!r}, got {got!r}")
+
+
+# ----------------------------------------------------------------------------- chapter modules
+
+def _import_chapter_modules() -> None:
+    """Import every minivlm/grading/ch*.py so that their @register calls fill CHECKS."""
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("ch"):
+            try:
+                importlib.import_module(f"{__name__}.{info.name}")
+            except Exception as exc:  # one broken chapter must not take every other chapter's checks down
+                IMPORT_ERRORS[info.name] = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"minivlm.grading.{info.name} failed to import: {exc!r}", stacklevel=2)
+
+
+IMPORT_ERRORS: dict[str, str] = {}
+
+
+_import_chapter_modules()
