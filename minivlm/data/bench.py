@@ -1,0 +1,155 @@
+"""ShapesBench: fixed evaluation sets on ShapesWorld (chapter 00; used from chapter 02 on).
+
+Every chapter evaluates on the same data: each set is drawn from the "test" or "heldout"
+split with a fixed seed, and every call builds a fresh world, so `bench.retrieval()` returns
+the same scenes whenever and however often it is called. The metrics live in `minivlm.eval`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from minivlm.data.shapesworld import (
+    ALL_COMPOSITIONS,
+    HELDOUT_COMPOSITIONS,
+    RELATION_MARGIN,
+    SEEN_COMPOSITIONS,
+    SIZE_RADII,
+    SIZES,
+    VQA_KINDS,
+    Obj,
+    Scene,
+    ShapesWorld,
+)
+
+# Each task gets its own stream (seed + offset), so adding a task never changes another's data.
+_OFFSETS = {"classification": 0, "retrieval": 1, "swap": 2, "vqa": 3}
+
+
+def _check_count(name: str, n) -> int:
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {n!r}")
+    return int(n)
+
+
+class ShapesBench:
+    """bench = ShapesBench(image_size=32, seed=1234); bench.classification("heldout") ..."""
+
+    def __init__(self, image_size: int = 32, seed: int = 1234):
+        ShapesWorld._check_image_size(image_size)
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        self.image_size, self.seed = int(image_size), int(seed)
+
+    def __repr__(self) -> str:
+        return f"ShapesBench(image_size={self.image_size}, seed={self.seed})"
+
+    def _world(self, task: str, split: str = "test") -> ShapesWorld:
+        return ShapesWorld(seed=self.seed + 1000 * _OFFSETS[task], image_size=self.image_size, split=split)
+
+    # ------------------------------------------------------------------ tasks
+    def classification(self, split: str = "seen", n_per_class: int = 10) -> dict:
+        """Single-object images for zero-shot classification.
+
+        split="seen": every colour-shape class that training shows; "heldout": the held-out
+        classes only. Either way `labels` index into `class_names`, which lists *all* 48
+        colour-shape classes, so a classifier always picks among every class (a model that
+        never predicts an unseen pair scores 0 on "heldout").
+        Returns dict(images (N, 3, H, W), labels (N,) long, class_names ["red circle", ...],
+        classes [(colour, shape), ...]); images are grouped by class, n_per_class each.
+        """
+        if split not in ("seen", "heldout"):
+            raise ValueError(f"split must be 'seen' or 'heldout', got {split!r}")
+        n_per_class = _check_count("n_per_class", n_per_class)
+        world = self._world("classification", "test" if split == "seen" else "heldout")
+        targets = SEEN_COMPOSITIONS if split == "seen" else HELDOUT_COMPOSITIONS
+        scenes, labels = [], []
+        for pair in targets:
+            scenes += world.sample(n_per_class, n_objects=1, compositions=[pair])
+            labels += [ALL_COMPOSITIONS.index(pair)] * n_per_class
+        return {
+            "images": world.render(scenes),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "class_names": [f"{c} {s}" for c, s in ALL_COMPOSITIONS],
+            "classes": list(ALL_COMPOSITIONS),
+            "scenes": scenes,
+        }
+
+    def retrieval(self, n: int = 256) -> dict:
+        """n test scenes with one caption each (random paraphrase); captions are all distinct,
+        so that caption i is the *only* correct match of image i.
+        Returns dict(images (N, 3, H, W), captions list[str], scenes)."""
+        n = _check_count("n", n)
+        world = self._world("retrieval")
+        scenes, captions, seen = [], [], set()
+        while len(scenes) < n:
+            scene = world.sample(1)[0]
+            cap = world.caption(scene)
+            if cap in seen:
+                continue
+            seen.add(cap)
+            scenes.append(scene)
+            captions.append(cap)
+        return {"images": world.render(scenes), "captions": captions, "scenes": scenes}
+
+    def swap(self, n: int = 128) -> dict:
+        """Winoground-style relation swaps. Pair i: image 0 shows A <rel> B ("a red circle to the
+        left of a blue square"), image 1 the same two objects with their positions swapped;
+        caption 0 describes image 0, caption 1 ("a blue square to the left of a red circle")
+        describes image 1. Same words, different meaning: bag-of-words models score at chance.
+        Returns dict(images (N, 2, 3, H, W), captions list[(str, str)], scenes list[(Scene, Scene)])."""
+        n = _check_count("n", n)
+        world = self._world("swap")
+        rng = world.rng
+        images, captions, pairs = [], [], []
+        for _ in range(n):
+            ia, ib = rng.choice(len(SEEN_COMPOSITIONS), size=2, replace=False)
+            (ca, sa), (cb, sb) = SEEN_COMPOSITIONS[ia], SEEN_COMPOSITIONS[ib]
+            horizontal = bool(rng.integers(2))
+            while True:
+                size_a, size_b = SIZES[int(rng.integers(2))], SIZES[int(rng.integers(2))]
+                ra, rb = float(rng.uniform(*SIZE_RADII[size_a])), float(rng.uniform(*SIZE_RADII[size_b]))
+                rmax = max(ra, rb)
+                # Both positions must fit either object, so that the swap keeps both inside.
+                p1 = rng.uniform(rmax + 0.02, 1 - rmax - 0.02, size=2)
+                p2 = rng.uniform(rmax + 0.02, 1 - rmax - 0.02, size=2)
+                axis = 0 if horizontal else 1
+                if p2[axis] - p1[axis] <= max(RELATION_MARGIN, ra + rb + 0.04):
+                    continue  # p1 must be clearly left of (above) p2, the boxes apart on that axis
+                da, db = float(rng.uniform()), float(rng.uniform())
+                s0 = Scene((Obj(sa, ca, size_a, *map(float, p1), ra, da), Obj(sb, cb, size_b, *map(float, p2), rb, db)))
+                s1 = Scene((Obj(sa, ca, size_a, *map(float, p2), ra, da), Obj(sb, cb, size_b, *map(float, p1), rb, db)))
+                break
+            rel = "left of" if horizontal else "above"
+            captions.append((world.describe_relation(s0, 0, rel, 1), world.describe_relation(s1, 1, rel, 0)))
+            pairs.append((s0, s1))
+        flat = [s for pair in pairs for s in pair]
+        images = world.render(flat).view(n, 2, 3, self.image_size, self.image_size)  # (N, 2, 3, H, W)
+        return {"images": images, "captions": captions, "scenes": pairs}
+
+    def vqa(self, n: int = 512, kinds: tuple[str, ...] = VQA_KINDS) -> dict:
+        """n questions, cycling through `kinds` so every kind has the same share; one scene per
+        question (a random question of that kind among those the scene supports).
+        Returns dict(images (N, 3, H, W), questions, answers, kinds, scenes)."""
+        n = _check_count("n", n)
+        bad = [k for k in kinds if k not in VQA_KINDS]
+        if bad or not kinds:
+            raise ValueError(f"kinds must be a non-empty subset of {list(VQA_KINDS)}, got {list(kinds)}")
+        world = self._world("vqa")
+        rng = world.rng
+        scenes, questions, answers, out_kinds = [], [], [], []
+        for i in range(n):
+            kind = kinds[i % len(kinds)]
+            lo = 2 if kind == "relation" else 1
+            while True:
+                scene = world.sample(1, n_objects=(lo, world.max_objects))[0]
+                options = [qa for qa in world.vqa(scene) if qa[2] == kind]
+                if options:
+                    break
+            q, a, k = options[int(rng.integers(len(options)))]
+            scenes.append(scene)
+            questions.append(q)
+            answers.append(a)
+            out_kinds.append(k)
+        return {"images": world.render(scenes), "questions": questions, "answers": answers, "kinds": out_kinds,
+                "scenes": scenes}

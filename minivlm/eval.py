@@ -1,0 +1,144 @@
+"""ShapesBench metrics (chapter 00 introduces them; chapter 02 first uses them on CLIP).
+
+Zero-shot accuracy, retrieval recall@k, Winoground-style swap scores and VQA accuracy. Ties
+always count *against* the model: a model that gives every candidate the same score must not
+look good, so "correct" means strictly better than every wrong candidate.
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import torch
+
+from minivlm.utils import check_shape, check_tensor
+
+
+def zero_shot_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of rows whose label logit is strictly larger than every other logit.
+
+    logits (N, C) float, labels (N,) int in [0, C).
+    """
+    check_tensor("logits", logits, ndim=2, dtype="float")
+    check_tensor("labels", labels, ndim=1, dtype="int")
+    N, C = logits.shape
+    if labels.shape[0] != N:
+        raise ValueError(f"labels must have shape ({N},) to match logits {tuple(logits.shape)}, "
+                         f"got {tuple(labels.shape)}")
+    if N == 0:
+        raise ValueError("logits must have at least one row")
+    if labels.min() < 0 or labels.max() >= C:
+        raise ValueError(f"labels must lie in [0, {C - 1}], got values in [{int(labels.min())}, {int(labels.max())}]")
+    target = logits.gather(1, labels.view(-1, 1))  # (N, 1)
+    others = logits.scatter(1, labels.view(-1, 1), float("-inf"))  # (N, C), the label masked out
+    correct = (others < target).all(dim=1)
+    return float(correct.float().mean())
+
+
+def _as_target_sets(targets, Nq: int, Nc: int) -> list[set[int]]:
+    if targets is None:
+        if Nc < Nq:
+            raise ValueError(f"default targets arange(Nq) need Nc >= Nq, got similarity ({Nq}, {Nc})")
+        return [{i} for i in range(Nq)]
+    if isinstance(targets, torch.Tensor):
+        check_tensor("targets", targets, ndim=1, dtype="int")
+        sets = [{int(t)} for t in targets]
+    elif isinstance(targets, (list, tuple)):
+        sets = [{int(t) for t in ts} if isinstance(ts, (set, frozenset, list, tuple)) else {int(ts)} for ts in targets]
+    else:
+        raise TypeError(f"targets must be None, a LongTensor (Nq,) or a list of sets, got {type(targets).__name__}")
+    if len(sets) != Nq:
+        raise ValueError(f"targets must have one entry per query ({Nq}), got {len(sets)}")
+    for q, ts in enumerate(sets):
+        if not ts:
+            raise ValueError(f"targets[{q}] is empty: every query needs a correct candidate")
+        if min(ts) < 0 or max(ts) >= Nc:
+            raise ValueError(f"targets[{q}] must lie in [0, {Nc - 1}], got {sorted(ts)}")
+    return sets
+
+
+def recall_at_k(similarity: torch.Tensor, k: int, targets=None) -> float:
+    """Fraction of queries with a correct candidate among their top k.
+
+    similarity (Nq, Nc): row q scores every candidate for query q. targets: None (query i's
+    correct candidate is i), a LongTensor (Nq,), or a list of sets of correct candidates.
+    Ties count against: a target's rank is the number of *other* candidates scoring >= it
+    (other correct candidates scoring higher do not count), and it is found if that rank < k.
+    """
+    check_tensor("similarity", similarity, ndim=2, dtype="float")
+    Nq, Nc = similarity.shape
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    if k > Nc:
+        raise ValueError(f"k={k} is larger than the number of candidates ({Nc})")
+    if Nq == 0:
+        raise ValueError("similarity must have at least one query")
+    sets = _as_target_sets(targets, Nq, Nc)
+    is_target = torch.zeros(Nq, Nc, dtype=torch.bool)
+    for q, ts in enumerate(sets):
+        is_target[q, list(ts)] = True
+    # Best (highest-scoring) correct candidate per query, and how many wrong ones reach it.
+    best = similarity.masked_fill(~is_target, float("-inf")).max(dim=1).values  # (Nq,)
+    rank = ((similarity >= best[:, None]) & ~is_target).sum(dim=1)  # (Nq,)
+    return float((rank < k).float().mean())
+
+
+def retrieval_metrics(similarity: torch.Tensor) -> dict[str, float]:
+    """Image-to-text and text-to-image R@1 and R@5 for a (N_images, N_texts) similarity whose
+    diagonal holds the matching pairs (N_images == N_texts, at least 5)."""
+    check_tensor("similarity", similarity, ndim=2, dtype="float")
+    N = check_shape("similarity", similarity, ["N", "N"])["N"]
+    if N < 5:
+        raise ValueError(f"retrieval_metrics needs at least 5 pairs for R@5, got {N}")
+    return {
+        "i2t_r1": recall_at_k(similarity, 1),
+        "i2t_r5": recall_at_k(similarity, 5),
+        "t2i_r1": recall_at_k(similarity.T, 1),
+        "t2i_r5": recall_at_k(similarity.T, 5),
+    }
+
+
+def swap_scores(scores: torch.Tensor) -> dict[str, float]:
+    """Winoground's text, image and group scores from scores (N, 2, 2), where scores[n, i, j] is
+    the score of image i with caption j (caption i is the correct one for image i).
+
+    text: each image prefers its own caption, s[0,0] > s[0,1] and s[1,1] > s[1,0];
+    image: each caption prefers its own image, s[0,0] > s[1,0] and s[1,1] > s[0,1];
+    group: both. Strict inequalities, so ties fail. Chance is 0.25 / 0.25 / 1/6.
+    """
+    check_tensor("scores", scores, ndim=3, dtype="float")
+    check_shape("scores", scores, [None, 2, 2])
+    if scores.shape[0] == 0:
+        raise ValueError("scores must hold at least one example")
+    s = scores
+    text = (s[:, 0, 0] > s[:, 0, 1]) & (s[:, 1, 1] > s[:, 1, 0])
+    image = (s[:, 0, 0] > s[:, 1, 0]) & (s[:, 1, 1] > s[:, 0, 1])
+    return {"text": float(text.float().mean()), "image": float(image.float().mean()),
+            "group": float((text & image).float().mean())}
+
+
+_NUMBERS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+_ARTICLES = {"a", "an", "the"}
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop punctuation and articles, number words -> digits: "Two." -> "2"."""
+    if not isinstance(text, str):
+        raise TypeError(f"answers must be str, got {type(text).__name__}")
+    words = re.sub(r"[^\w\s]", " ", text.lower()).split()
+    return " ".join(_NUMBERS.get(w, w) for w in words if w not in _ARTICLES)
+
+
+def vqa_accuracy(predictions: Sequence[str], answers: Sequence[str]) -> float:
+    """Fraction of predictions equal to the answer after `normalize_answer` (exact match)."""
+    if not isinstance(predictions, (list, tuple)) or not isinstance(answers, (list, tuple)):
+        raise TypeError("predictions and answers must be lists of str")
+    if len(predictions) != len(answers):
+        raise ValueError(f"predictions and answers must have the same length, got {len(predictions)} "
+                         f"and {len(answers)}")
+    if not answers:
+        raise ValueError("answers must not be empty")
+    hits = [normalize_answer(p) == normalize_answer(a) for p, a in zip(predictions, answers)]
+    return sum(hits) / len(hits)
