@@ -1,0 +1,168 @@
+"""Speed checks of our models against reference implementations (chapter 02 for CLIP).
+
+`bench_clip` times one full training step (forward, loss, backward, AdamW step) of our CLIP and
+of Hugging Face transformers' CLIPModel built at the *same* configuration, on the same batch,
+alternating the two in each repeat so that a machine slowing down or speeding up (thermal
+throttling, another process) affects both alike. transformers is a development dependency
+only, imported inside the function.
+
+    python -m minivlm.benchmarks                       # the chapter's default config
+    python -m minivlm.benchmarks --dim 256 --depth 6 --image-size 64 --patch-size 8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import asdict
+
+import torch
+
+from minivlm.losses import clip_loss
+
+# our activation names → transformers' ACT2FN names for the same function
+HF_ACT = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
+
+
+def hf_clip_like(config):
+    """A randomly initialised transformers CLIPModel with the same architecture as our CLIP(config)."""
+    try:
+        import transformers
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("bench_clip compares against Hugging Face transformers: pip install transformers "
+                          "(a development dependency; the library itself never needs it)") from e
+    common = dict(num_attention_heads=None, hidden_act=HF_ACT[config.act], layer_norm_eps=config.eps,
+                  attention_dropout=config.dropout)
+    text = dict(common, hidden_size=config.text_dim, intermediate_size=int(config.text_dim * config.mlp_ratio),
+                num_hidden_layers=config.text_depth, num_attention_heads=config.text_heads,
+                vocab_size=config.vocab_size, max_position_embeddings=config.context_length,
+                eos_token_id=config.eos_id, pad_token_id=config.pad_id, bos_token_id=config.pad_id)
+    vision = dict(common, hidden_size=config.vision_dim, intermediate_size=int(config.vision_dim * config.mlp_ratio),
+                  num_hidden_layers=config.vision_depth, num_attention_heads=config.vision_heads,
+                  image_size=config.image_size, patch_size=config.patch_size, num_channels=3)
+    hf_config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=config.embed_dim)
+    hf_config._attn_implementation = "sdpa"  # the fused kernel, as our MultiHeadAttention uses
+    return transformers.CLIPModel(hf_config), transformers.__version__
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def bench_clip(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device: str | None = None,
+               threads: int | None = None, seed: int = 0, **config) -> dict:
+    """Median milliseconds per training step of our CLIP and of transformers' CLIPModel.
+
+    config: CLIPConfig fields (image_size, vision_dim, text_depth, ...); both models get them.
+    device: "cpu" (default) or e.g. "cuda". threads: torch intra-op threads (None: leave as is).
+    Returns a dict: ours_ms, theirs_ms (wall), ratio (ours / theirs, < 1 means ours is faster),
+    ours_cpu_ms, theirs_cpu_ms (process CPU time), the config, parameter counts, torch / transformers versions, threads and device.
+    """
+    from minivlm.data import ShapesWorld, Tokenizer
+    from minivlm.models.clip import CLIP, CLIPConfig
+
+    if repeats < 1 or warmup < 0 or batch_size < 2:
+        raise ValueError(f"need repeats >= 1, warmup >= 0, batch_size >= 2; got {repeats}, {warmup}, {batch_size}")
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    dev = torch.device(device or "cpu")
+    try:
+        cfg = CLIPConfig(**config)
+        torch.manual_seed(seed)
+        ours = CLIP(cfg).to(dev).train()
+        hf, hf_version = hf_clip_like(cfg)
+        hf = hf.to(dev).train()
+        n_ours = sum(p.numel() for p in ours.parameters())
+        n_theirs = sum(p.numel() for p in hf.parameters())
+
+        world = ShapesWorld(seed=seed, image_size=cfg.image_size)
+        data = world.batch(batch_size)
+        ids, mask = Tokenizer.from_world()(data["captions"], cfg.context_length)
+        images, ids, mask = data["images"].to(dev), ids.to(dev), mask.to(dev)
+        mean, std = ours.image_mean, ours.image_std
+
+        def step_ours(opt):
+            opt.zero_grad(set_to_none=True)
+            img, txt, scale = ours(images, ids, mask)
+            clip_loss(img, txt, scale).backward()
+            opt.step()
+
+        def step_theirs(opt):
+            opt.zero_grad(set_to_none=True)
+            pixel_values = (images - mean) / std  # the same normalisation our model does inside
+            out = hf(input_ids=ids, pixel_values=pixel_values, attention_mask=mask, return_loss=True)
+            out.loss.backward()
+            opt.step()
+
+        runs = {"ours": (step_ours, torch.optim.AdamW(ours.parameters(), lr=1e-4)),
+                "theirs": (step_theirs, torch.optim.AdamW(hf.parameters(), lr=1e-4))}
+        times: dict[str, list[float]] = {"ours": [], "theirs": []}
+        cpu_times: dict[str, list[float]] = {"ours": [], "theirs": []}
+        for i in range(warmup + repeats):
+            order = ("ours", "theirs") if i % 2 == 0 else ("theirs", "ours")  # alternate who goes first
+            for name in order:
+                step, opt = runs[name]
+                _sync(dev)
+                t0, c0 = time.perf_counter(), time.process_time()
+                step(opt)
+                _sync(dev)
+                if i >= warmup:
+                    times[name].append((time.perf_counter() - t0) * 1000)
+                    cpu_times[name].append((time.process_time() - c0) * 1000)
+        ours_ms, theirs_ms = statistics.median(times["ours"]), statistics.median(times["theirs"])
+        return {
+            "ours_ms": round(ours_ms, 3),
+            "theirs_ms": round(theirs_ms, 3),
+            "ratio": round(ours_ms / theirs_ms, 4),
+            # CPU time of the process (all threads): on a busy shared machine it is less
+            # disturbed by other processes than wall time
+            "ours_cpu_ms": round(statistics.median(cpu_times["ours"]), 3),
+            "theirs_cpu_ms": round(statistics.median(cpu_times["theirs"]), 3),
+            "batch_size": batch_size,
+            "repeats": repeats,
+            "warmup": warmup,
+            "config": asdict(cfg),
+            "params_ours": n_ours,
+            "params_theirs": n_theirs,
+            "torch": torch.__version__,
+            "transformers": hf_version,
+            "threads": torch.get_num_threads(),
+            "device": str(dev),
+        }
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description="Time a CLIP training step: ours vs transformers' CLIPModel.")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--dim", type=int, help="vision_dim = text_dim = embed_dim")
+    p.add_argument("--depth", type=int, help="vision_depth = text_depth")
+    p.add_argument("--heads", type=int, help="vision_heads = text_heads")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--patch-size", type=int)
+    p.add_argument("--act", choices=sorted(HF_ACT))
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--config", default="{}", help="more CLIPConfig fields as JSON")
+    a = p.parse_args(argv)
+    config = json.loads(a.config)
+    for field, value in (("dim", a.dim), ("depth", a.depth), ("heads", a.heads)):
+        if value is not None:
+            keys = ("vision", "text", "embed") if field == "dim" else ("vision", "text")
+            config.update({f"{k}_{field}": value for k in keys})
+    for key in ("image_size", "patch_size", "act"):
+        if getattr(a, key) is not None:
+            config[key] = getattr(a, key)
+    result = bench_clip(a.batch_size, a.repeats, a.warmup, device=a.device, threads=a.threads, **config)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Training losses, one function per idea (chapter 02: CLIP's symmetric contrastive loss).
+
+Later chapters add theirs here (ITM, MLM, captioning, distillation), each next to the chapter
+that introduces it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from minivlm.utils import check_tensor
+
+
+def check_logit_scale(logit_scale) -> torch.Tensor | float:
+    """A positive scalar: a Python number or a one-element tensor."""
+    if isinstance(logit_scale, torch.Tensor):
+        if logit_scale.numel() != 1:
+            raise ValueError(f"logit_scale must be a scalar, got a tensor of shape {tuple(logit_scale.shape)}")
+        value = float(logit_scale.detach())
+    elif isinstance(logit_scale, (int, float)) and not isinstance(logit_scale, bool):
+        value = float(logit_scale)
+    else:
+        raise TypeError(f"logit_scale must be a float or a scalar tensor, got {type(logit_scale).__name__}")
+    if not value > 0:  # also rejects NaN
+        raise ValueError(f"logit_scale must be positive (it is already exponentiated), got {value}")
+    return logit_scale.reshape(()) if isinstance(logit_scale, torch.Tensor) else value
+
+
+def check_feature_pair(image_features: torch.Tensor, text_features: torch.Tensor) -> None:
+    """Both (B, D) float, with the same B and D."""
+    check_tensor("image_features", image_features, ndim=2, dtype="float")
+    check_tensor("text_features", text_features, ndim=2, dtype="float")
+    if image_features.shape != text_features.shape:
+        raise ValueError(
+            "image_features and text_features must both be (B, D) with the same B and D, got "
+            f"image_features {tuple(image_features.shape)} and text_features {tuple(text_features.shape)}"
+        )
+
+
+def clip_logits(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale) -> torch.Tensor:
+    """(N, D), (M, D), scale → (N, M) scaled cosine similarities (features already normalised)."""
+    return logit_scale * image_features @ text_features.t()
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE loss over a batch of B matching (image, text) pairs.
+
+    image_features, text_features: (B, D), already L2-normalised; pair i is (image i, text i).
+    logit_scale: the temperature's inverse, already exponentiated (a float or scalar tensor).
+
+    Row i of the (B, B) logits asks "which of the B texts goes with image i?"; column j asks
+    "which image goes with text j?". Both are B-way classifications whose answer is the
+    diagonal, and the loss is the mean of the two cross-entropies (the paper's Figure 3).
+    Every other pair in the batch serves as a negative, which is why CLIP wants large batches.
+    """
+    check_feature_pair(image_features, text_features)
+    scale = check_logit_scale(logit_scale)
+    logits = clip_logits(image_features, text_features, scale)  # (B, B)
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    loss_i2t = F.cross_entropy(logits, labels)  # each image picks its text
+    loss_t2i = F.cross_entropy(logits.t(), labels)  # each text picks its image
+    return (loss_i2t + loss_t2i) / 2

@@ -1,0 +1,2 @@
+"""The course's models, one file per paper (chapter 02 onwards)."""
+from minivlm.models.clip import CLIP, CLIPConfig  # noqa: F401
