@@ -100,6 +100,8 @@ def check_range(name: str, x: torch.Tensor, low: float, high: float) -> None:
     """Values of x must lie in [low, high]."""
     if x.numel() == 0:
         return
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} must be finite, got NaN or inf values")
     lo, hi = float(x.min()), float(x.max())
     if lo < low or hi > high:
         raise ValueError(f"{name} must lie in [{low}, {high}], got values in [{lo:.4g}, {hi:.4g}]")

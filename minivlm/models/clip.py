@@ -153,14 +153,10 @@ class CLIP(nn.Module):
         """images: float (B, 3, H, W) in [0, 1] → (B, embed_dim), unit norm."""
         self.check_images(images)
         x = (images - self.image_mean) / self.image_std
-        # ViT.forward_features, except that the final LayerNorm is applied to the CLS token
-        # only (OpenAI's ln_post(x[:, 0])): the same result as self.visual(x), without
-        # normalising N patch tokens that CLIP then throws away.
-        v = self.visual
-        x = v.patch_embed(x)  # (B, N, vision_dim)
-        x = torch.cat([v.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + v.pos_embedding  # (B, 1 + N, D)
-        x = v.transformer(v.norm_pre(x))
-        pooled = v.norm(x[:, 0])  # (B, vision_dim)
+        # The final LayerNorm is applied to the CLS token only (OpenAI's ln_post(x[:, 0])): the
+        # same result as self.visual(x), without normalising N patch tokens CLIP throws away.
+        tokens = self.visual.forward_features(x, norm=False)  # (B, 1 + N, vision_dim)
+        pooled = self.visual.norm(tokens[:, 0])  # (B, vision_dim)
         return F.normalize(self.image_projection(pooled), dim=-1)  # (B, E)
 
     def get_tokenizer(self):

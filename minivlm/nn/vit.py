@@ -88,14 +88,17 @@ class ViT(nn.Module):
         s = self.image_size
         check_shape("images", images, [None, self.channels, s, s])
 
-    def forward_features(self, images: torch.Tensor, need_weights: bool = False) -> torch.Tensor:
-        """(B, C, H, W) → (B, 1 + N, dim): the normalised CLS token followed by the patch tokens."""
+    def forward_features(self, images: torch.Tensor, need_weights: bool = False, norm: bool = True) -> torch.Tensor:
+        """(B, C, H, W) → (B, 1 + N, dim): the CLS token followed by the patch tokens.
+
+        norm=False skips the final LayerNorm, for a caller that normalises only the tokens it
+        keeps (CLIP normalises just the CLS token)."""
         self.check_images(images)
         x = self.patch_embed(images)  # (B, N, D)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1) + self.pos_embedding  # (B, 1 + N, D)
         x = self.transformer(self.norm_pre(x), need_weights=need_weights)
-        return self.norm(x)
+        return self.norm(x) if norm else x
 
     def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
