@@ -190,14 +190,26 @@ print(tok.decode(ids[0]), "|", tok.decode(ids[1]))
 # text/image/group scores, and **VQA accuracy**. Each metric on a case you can check by hand:
 
 # %%
-print("zero-shot accuracy:", zero_shot_accuracy(torch.tensor([[2.0, 1.0], [0.0, 3.0], [5.0, 1.0]]),
-                                                torch.tensor([0, 1, 1])))            # 2 of 3 → 0.667
-sim = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.1, 0.8], [0.0, 0.3, 0.7]])
-print("recall@1:", recall_at_k(sim, 1), "recall@2:", recall_at_k(sim, 2))           # 2/3 and 1.0
-print("retrieval:", retrieval_metrics(torch.eye(6) + 0.01 * torch.randn(6, 6)))        # perfect: all 1.0
-s = torch.tensor([[[0.9, 0.2], [0.3, 0.8]], [[0.6, 0.7], [0.5, 0.4]]])                # 2 swap pairs
-print("swap scores:", swap_scores(s))                                                # only pair 0 is right
-print("VQA accuracy:", vqa_accuracy(["Red", "three", "yes"], ["red", "3", "yes"]))
+acc = zero_shot_accuracy(torch.tensor([[2.0, 1.0], [0.0, 3.0], [5.0, 1.0]]), torch.tensor([0, 1, 1]))
+print("zero-shot accuracy:", acc)  # rows 0 and 1 right, row 2 wrong
+sim = torch.tensor([[0.9, 0.1, 0.0],   # query 0: its target (column 0) ranks 1st
+                    [0.2, 0.5, 0.8],   # query 1: target ranks 2nd
+                    [0.0, 0.3, 0.7]])  # query 2: target ranks 1st
+r1, r2 = recall_at_k(sim, 1), recall_at_k(sim, 2)
+print("recall@1:", r1, " recall@2:", r2)
+perfect = retrieval_metrics(torch.eye(6) + 0.01 * torch.rand(6, 6))
+print("retrieval on a near-identity similarity:", perfect)
+# scores[n, i, j] = score of image i with caption j, for 2 swap pairs
+s = torch.tensor([[[0.9, 0.2], [0.3, 0.8]],    # pair 0: every comparison right
+                  [[0.6, 0.7], [0.5, 0.4]]])   # pair 1: image 0 prefers the wrong caption
+swaps = swap_scores(s)
+print("swap scores:", swaps)
+vqa = vqa_accuracy(["Red", "three", "yes"], ["red", "3", "yes"])
+print("VQA accuracy (answers normalised: case, number words):", vqa)
+
+assert abs(acc - 2 / 3) < 1e-6 and abs(r1 - 2 / 3) < 1e-6 and r2 == 1.0
+assert all(v == 1.0 for v in perfect.values())
+assert swaps == {"text": 0.5, "image": 0.5, "group": 0.5} and vqa == 1.0
 
 # %%
 bench = ShapesBench(image_size=32)
