@@ -1,0 +1,142 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · CLIP — exercises
+#
+# Four pieces of chapter 02 (`notebooks/02_clip.ipynb`) to write yourself: CLIP's symmetric
+# loss, its scaled cosine scores, a zero-shot classifier built from class names and prompt
+# templates, and recall@k for retrieval. The cell after each task runs `check(...)` on fresh
+# inputs and tells you what is wrong. At the end your pieces classify and retrieve with the
+# course's pretrained CLIP. Grade the whole notebook from a terminal with
+# `minivlm check exercises/02_clip.ipynb`.
+
+# %%
+import torch
+import torch.nn.functional as F
+
+from minivlm import viz, zoo
+from minivlm.data import ShapesBench
+from minivlm.grading import check
+
+torch.manual_seed(0)
+
+# %% [markdown]
+# ## Task 1 — the symmetric loss from logits
+#
+# `logits` is the `(N, N)` matrix of scaled similarities of a batch: row `i` is image `i`
+# scoring the `N` texts, column `j` is text `j` scoring the `N` images, and pair `i` is
+# `(image i, text i)` — the diagonal. Return CLIP's loss: the cross-entropy of each image
+# choosing its text (over the rows) and of each text choosing its image (over the columns),
+# **averaged**. Use `F.cross_entropy` (it takes the mean over the batch).
+
+# %%
+def clip_loss(logits):
+    ### BEGIN SOLUTION hint: labels = torch.arange(N); average F.cross_entropy(logits, labels) and the same on logits.t()
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+    ### END SOLUTION
+
+
+# %%
+check("02.clip_loss", clip_loss)
+
+# %% [markdown]
+# ## Task 2 — normalise and score
+#
+# `image_features` `(N, D)` and `text_features` `(M, D)` come straight out of the two
+# projections. Return the `(N, M)` logits: the cosine similarity of every image with every
+# text, times the temperature's inverse. As in the paper, `logit_scale` is stored as a **log**
+# (a scalar tensor): the factor is `exp(logit_scale)`.
+
+# %%
+def scores(image_features, text_features, logit_scale):
+    ### BEGIN SOLUTION hint: F.normalize(..., dim=-1) both, then exp(logit_scale) * image @ text.t()
+    image = F.normalize(image_features, dim=-1)
+    text = F.normalize(text_features, dim=-1)
+    return logit_scale.exp() * image @ text.t()
+    ### END SOLUTION
+
+
+# %%
+check("02.scores", scores)
+
+# %% [markdown]
+# ## Task 3 — a zero-shot classifier from class names and templates
+#
+# `encode_text(list_of_strings)` returns `(K, E)` unit vectors. For each class name, write it
+# into every template (`"a picture of a {}.".format("red circle")`), embed the prompts,
+# average them, and renormalise: the mean of unit vectors is shorter than 1. Return the `(C, E)`
+# matrix whose row `c` is class `c`'s prototype (prompt ensembling, CLIP §3.1.4).
+
+# %%
+def zero_shot_classifier(encode_text, class_names, templates):
+    ### BEGIN SOLUTION hint: for each class: encode_text([t.format(name) for t in templates]).mean(0), then F.normalize; stack
+    rows = []
+    for name in class_names:
+        emb = encode_text([t.format(name) for t in templates])  # (K, E)
+        rows.append(F.normalize(emb.mean(dim=0), dim=-1))
+    return torch.stack(rows)  # (C, E)
+    ### END SOLUTION
+
+
+# %%
+check("02.zero_shot_classifier", zero_shot_classifier)
+
+# %% [markdown]
+# ## Task 4 — recall@k
+#
+# `similarity` is `(Nq, Nc)`: row `q` scores every candidate for query `q`, and the correct
+# candidate of query `q` is candidate `q`. Return the fraction of queries whose correct
+# candidate is among the top `k`, as a float. **Ties count against the model**: the match is
+# found when fewer than `k` *other* candidates score at least as high as it.
+
+# %%
+def recall_at_k(similarity, k):
+    ### BEGIN SOLUTION hint: target = similarity[q, q] (the diagonal); rank = number of other candidates scoring >= it; found when rank < k
+    n = similarity.shape[0]
+    target = similarity[torch.arange(n), torch.arange(n)]  # (Nq,)
+    at_least = (similarity >= target[:, None]).sum(dim=1) - 1  # other candidates scoring >= the match
+    return float((at_least < k).float().mean())
+    ### END SOLUTION
+
+
+# %%
+check("02.recall_at_k", recall_at_k)
+
+# %% [markdown]
+# ## Put together: your pieces on the course's CLIP
+#
+# `zoo.load("clip")` is the chapter's CLIP, trained longer. With your classifier and your
+# scores it classifies the ShapesBench test images among all 48 colour–shape classes; with your
+# recall@k it retrieves captions.
+
+# %%
+clip = zoo.load("clip")
+bench = ShapesBench(seed=1234)
+data = bench.classification("seen", n_per_class=4)
+with torch.no_grad():
+    encode = lambda texts: clip.encode_text(list(texts))
+    prompts = zoo.class_prompts(data["class_names"])  # "an orange star": names as captions write them
+    prototypes = zero_shot_classifier(encode, prompts, list(zoo.CLIP_TEMPLATES))  # (48, E)
+    logits = scores(clip.encode_image(data["images"]), prototypes, clip.logit_scale)  # (N, 48)
+accuracy = (logits.argmax(1) == data["labels"]).float().mean().item()
+print(f"zero-shot accuracy with your classifier: {accuracy:.1%} on {len(data['labels'])} images, 48 classes")
+viz.show_images(data["images"][:8], titles=[data["class_names"][i] for i in logits[:8].argmax(1)], ncols=8);
+
+# %%
+ret = bench.retrieval(128)
+with torch.no_grad():
+    sim = scores(clip.encode_image(ret["images"]), clip.encode_text(ret["captions"]), clip.logit_scale)
+print({f"image→text R@{k}": round(recall_at_k(sim, k), 3) for k in (1, 5)})
+print("first batch loss with your clip_loss:", round(clip_loss(sim[:32, :32]).item(), 3))
