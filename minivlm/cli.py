@@ -113,7 +113,10 @@ def check_notebook(path: str | Path, timeout: int = 600, kernel_name: str = "pyt
         if err is not None:
             m = _RESULT_LINE.match(err[1]) if err[0] == "GradingFailure" else None
             if m:
-                failed_id, message = m.group(2), m.group(4)
+                # the title is known, so strip it whole: a title or message may contain ": " too
+                failed_id = m.group(2)
+                prefix = f"{m.group(1)} {failed_id} — {titles.get(failed_id, '')}: "
+                message = err[1][len(prefix):] if err[1].startswith(prefix) else m.group(4)
             else:
                 message = f"{err[0]}: {err[1]}" if err[0] != "GradingFailure" else err[1]
         for t in ids:

@@ -429,7 +429,7 @@ def lit_model():
     return m
 
 
-lit_steps = 100
+lit_steps = 60
 runs = {}
 for name, make in (("full", lambda: CLIP(pretrained.config)), ("LiT", lit_model)):
     minivlm.seed_everything(1)
