@@ -267,7 +267,8 @@ def _cmd_bench_clip(args) -> int:
     except ImportError as exc:
         print(f"error: minivlm.benchmarks.bench_clip is not available ({exc})", file=sys.stderr)
         return 1
-    kwargs = {k: v for k, v in vars(args).items() if k in ("steps", "batch_size", "image_size", "device") and v is not None}
+    kwargs = {k: v for k, v in vars(args).items() if k in ("repeats", "batch_size", "image_size", "device", "threads")
+              and v is not None}
     _print_json(bench_clip(**kwargs))
     return 0
 
@@ -312,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--image-size", type=int, default=32, help="image side in pixels (default 32)")
     br.set_defaults(func=_cmd_bench_render)
     bc = bp.add_parser("clip", help="CLIP training/inference speed")
-    bc.add_argument("--steps", type=int)
+    bc.add_argument("--repeats", type=int, help="timed steps per model (default 20)")
+    bc.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     bc.add_argument("--batch-size", type=int)
     bc.add_argument("--image-size", type=int)
     bc.add_argument("--device")

@@ -151,5 +151,14 @@ def test_bench_commands_print_json(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "minivlm.benchmarks", bench)
     assert cli.main(["bench", "render", "--n", "8", "--image-size", "64"]) == 0
     assert json.loads(capsys.readouterr().out) == {"n": 8, "image_size": 64, "seconds": 0.5}
-    assert cli.main(["bench", "clip", "--steps", "3", "--batch-size", "4"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"kwargs": {"steps": 3, "batch_size": 4}}
+    assert cli.main(["bench", "clip", "--repeats", "3", "--batch-size", "4"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"kwargs": {"repeats": 3, "batch_size": 4}}
+
+
+def test_bench_clip_runs_from_the_cli(capsys):
+    pytest.importorskip("transformers")
+    # the real benchmark, tiny: the CLI's options must be ones bench_clip accepts
+    assert cli.main(["bench", "clip", "--repeats", "1", "--batch-size", "4", "--threads", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ours_ms"] > 0 and report["theirs_ms"] > 0
+    assert abs(report["ratio"] - report["ours_ms"] / report["theirs_ms"]) < 1e-2
