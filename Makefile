@@ -17,6 +17,8 @@ HAS_GPU := $(shell nvidia-smi >/dev/null 2>&1 && echo yes)
 TORCH ?= $(if $(HAS_GPU),torch>=2.2,torch==2.13.0)
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
+# Jupyter refuses to run as root unless told; root is the norm in containers.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 # Notebook folders that nbval executes (exercises/ raise NotImplementedError by design: tests check them).
 NB_DIRS := $(wildcard notebooks solutions)
 
@@ -45,7 +47,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks $(ALLOW_ROOT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests $(NB_DIRS) --nbval-lax $(PYTEST_ARGS)
