@@ -364,10 +364,15 @@ print({k: f"{v:.1%}" for k, v in ret.items()}, f"(chance R@1 = {1 / len(sim):.1%
 # The nearest captions of a few test images, and the nearest images of a few captions:
 
 # %%
-top_texts = sim[:5].topk(3, dim=1).indices  # (5, 3)
-titles = ["\n".join(("✓ " if j == i else "· ") + retrieval["captions"][j] for j in row.tolist())
-          for i, row in enumerate(top_texts)]
-viz.show_images(retrieval["images"][:5], titles=titles, ncols=5, scale=2.6);
+top_texts = sim[:4].topk(3, dim=1).indices  # (4, 3)
+fig, axes = viz.plt.subplots(4, 2, figsize=(10, 6.4), gridspec_kw={"width_ratios": [1, 6]})
+for i, ((ax_image, ax_text), row) in enumerate(zip(axes, top_texts)):
+    ax_image.imshow(retrieval["images"][i].permute(1, 2, 0))
+    ax_image.axis("off")
+    ranked = [f"{rank}. {'✓' if j == i else '✗'} {retrieval['captions'][j]}" for rank, j in enumerate(row.tolist(), 1)]
+    ax_text.text(0, 0.5, f"true: {retrieval['captions'][i]}\n" + "\n".join(ranked), va="center", fontsize=9)
+    ax_text.axis("off")
+fig.tight_layout()
 
 # %%
 queries = ["a red circle.", "a blue triangle.", "a green square and a white star."]
