@@ -49,7 +49,7 @@ torch.manual_seed(0)
 
 # %%
 def clip_loss(logits):
-    raise NotImplementedError("labels = torch.arange(N); average F.cross_entropy(logits, labels) and the same on logits.t()")
+    raise NotImplementedError("the right caption of image i is caption i; score the rows (image→text) and the columns (text→image) and average")
 
 
 # %%
@@ -65,7 +65,7 @@ check("02.clip_loss", clip_loss)
 
 # %%
 def scores(image_features, text_features, logit_scale):
-    raise NotImplementedError("F.normalize(..., dim=-1) both, then exp(logit_scale) * image @ text.t()")
+    raise NotImplementedError("cosine similarity needs unit vectors; the scale is stored as a log")
 
 
 # %%
@@ -81,7 +81,7 @@ check("02.scores", scores)
 
 # %%
 def zero_shot_classifier(encode_text, class_names, templates):
-    raise NotImplementedError("for each class: encode_text([t.format(name) for t in templates]).mean(0), then F.normalize; stack")
+    raise NotImplementedError("one prototype per class: embed every template filled with the class name, average, and keep it a unit vector")
 
 
 # %%
@@ -97,7 +97,7 @@ check("02.zero_shot_classifier", zero_shot_classifier)
 
 # %%
 def recall_at_k(similarity, k):
-    raise NotImplementedError("target = similarity[q, q] (the diagonal); rank = number of other candidates scoring >= it; found when rank < k")
+    raise NotImplementedError("query q's correct candidate is q; count how many candidates score at least as high (ties count against you)")
 
 
 # %%
@@ -111,21 +111,32 @@ check("02.recall_at_k", recall_at_k)
 # recall@k it retrieves captions.
 
 # %%
-clip = zoo.load("clip")
-bench = ShapesBench(seed=1234)
-data = bench.classification("seen", n_per_class=4)
-with torch.no_grad():
-    encode = lambda texts: clip.encode_text(list(texts))
-    prompts = zoo.class_prompts(data["class_names"])  # "an orange star": names as captions write them
-    prototypes = zero_shot_classifier(encode, prompts, list(zoo.CLIP_TEMPLATES))  # (48, E)
-    logits = scores(clip.encode_image(data["images"]), prototypes, clip.logit_scale)  # (N, 48)
-accuracy = (logits.argmax(1) == data["labels"]).float().mean().item()
-print(f"zero-shot accuracy with your classifier: {accuracy:.1%} on {len(data['labels'])} images, 48 classes")
-viz.show_images(data["images"][:8], titles=[data["class_names"][i] for i in logits[:8].argmax(1)], ncols=8);
+from minivlm import grading  # noqa: E402
+
+yours = {"02.clip_loss": clip_loss, "02.scores": scores, "02.zero_shot_classifier": zero_shot_classifier,
+         "02.recall_at_k": recall_at_k}
+ready = all(grading.run(task, fn).passed for task, fn in yours.items())
+print("all four tasks pass: running your functions on the zoo CLIP" if ready
+      else "finish the four tasks above first: the next two cells use all of them")
 
 # %%
-ret = bench.retrieval(128)
-with torch.no_grad():
-    sim = scores(clip.encode_image(ret["images"]), clip.encode_text(ret["captions"]), clip.logit_scale)
-print({f"image→text R@{k}": round(recall_at_k(sim, k), 3) for k in (1, 5)})
-print("first batch loss with your clip_loss:", round(clip_loss(sim[:32, :32]).item(), 3))
+if ready:
+    clip = zoo.load("clip")
+    bench = ShapesBench(seed=1234)
+    data = bench.classification("seen", n_per_class=4)
+    with torch.no_grad():
+        encode = lambda texts: clip.encode_text(list(texts))
+        prompts = zoo.class_prompts(data["class_names"])  # "an orange star": names as captions write them
+        prototypes = zero_shot_classifier(encode, prompts, list(zoo.CLIP_TEMPLATES))  # (48, E)
+        logits = scores(clip.encode_image(data["images"]), prototypes, clip.logit_scale)  # (N, 48)
+    accuracy = (logits.argmax(1) == data["labels"]).float().mean().item()
+    print(f"zero-shot accuracy with your classifier: {accuracy:.1%} on {len(data['labels'])} images, 48 classes")
+    viz.show_images(data["images"][:8], titles=[data["class_names"][i] for i in logits[:8].argmax(1)], ncols=8);
+
+# %%
+if ready:
+    ret = bench.retrieval(128)
+    with torch.no_grad():
+        sim = scores(clip.encode_image(ret["images"]), clip.encode_text(ret["captions"]), clip.logit_scale)
+    print({f"image→text R@{k}": round(recall_at_k(sim, k), 3) for k in (1, 5)})
+    print("first batch loss with your clip_loss:", round(clip_loss(sim[:32, :32]).item(), 3))

@@ -42,7 +42,7 @@ torch.manual_seed(0)
 
 # %%
 def clip_loss(logits):
-    ### BEGIN SOLUTION hint: labels = torch.arange(N); average F.cross_entropy(logits, labels) and the same on logits.t()
+    ### BEGIN SOLUTION hint: the right caption of image i is caption i; score the rows (image→text) and the columns (text→image) and average
     labels = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
     ### END SOLUTION
@@ -61,7 +61,7 @@ check("02.clip_loss", clip_loss)
 
 # %%
 def scores(image_features, text_features, logit_scale):
-    ### BEGIN SOLUTION hint: F.normalize(..., dim=-1) both, then exp(logit_scale) * image @ text.t()
+    ### BEGIN SOLUTION hint: cosine similarity needs unit vectors; the scale is stored as a log
     image = F.normalize(image_features, dim=-1)
     text = F.normalize(text_features, dim=-1)
     return logit_scale.exp() * image @ text.t()
@@ -81,7 +81,7 @@ check("02.scores", scores)
 
 # %%
 def zero_shot_classifier(encode_text, class_names, templates):
-    ### BEGIN SOLUTION hint: for each class: encode_text([t.format(name) for t in templates]).mean(0), then F.normalize; stack
+    ### BEGIN SOLUTION hint: one prototype per class: embed every template filled with the class name, average, and keep it a unit vector
     rows = []
     for name in class_names:
         emb = encode_text([t.format(name) for t in templates])  # (K, E)
@@ -103,7 +103,7 @@ check("02.zero_shot_classifier", zero_shot_classifier)
 
 # %%
 def recall_at_k(similarity, k):
-    ### BEGIN SOLUTION hint: target = similarity[q, q] (the diagonal); rank = number of other candidates scoring >= it; found when rank < k
+    ### BEGIN SOLUTION hint: query q's correct candidate is q; count how many candidates score at least as high (ties count against you)
     n = similarity.shape[0]
     target = similarity[torch.arange(n), torch.arange(n)]  # (Nq,)
     at_least = (similarity >= target[:, None]).sum(dim=1) - 1  # other candidates scoring >= the match
@@ -122,21 +122,32 @@ check("02.recall_at_k", recall_at_k)
 # recall@k it retrieves captions.
 
 # %%
-clip = zoo.load("clip")
-bench = ShapesBench(seed=1234)
-data = bench.classification("seen", n_per_class=4)
-with torch.no_grad():
-    encode = lambda texts: clip.encode_text(list(texts))
-    prompts = zoo.class_prompts(data["class_names"])  # "an orange star": names as captions write them
-    prototypes = zero_shot_classifier(encode, prompts, list(zoo.CLIP_TEMPLATES))  # (48, E)
-    logits = scores(clip.encode_image(data["images"]), prototypes, clip.logit_scale)  # (N, 48)
-accuracy = (logits.argmax(1) == data["labels"]).float().mean().item()
-print(f"zero-shot accuracy with your classifier: {accuracy:.1%} on {len(data['labels'])} images, 48 classes")
-viz.show_images(data["images"][:8], titles=[data["class_names"][i] for i in logits[:8].argmax(1)], ncols=8);
+from minivlm import grading  # noqa: E402
+
+yours = {"02.clip_loss": clip_loss, "02.scores": scores, "02.zero_shot_classifier": zero_shot_classifier,
+         "02.recall_at_k": recall_at_k}
+ready = all(grading.run(task, fn).passed for task, fn in yours.items())
+print("all four tasks pass: running your functions on the zoo CLIP" if ready
+      else "finish the four tasks above first: the next two cells use all of them")
 
 # %%
-ret = bench.retrieval(128)
-with torch.no_grad():
-    sim = scores(clip.encode_image(ret["images"]), clip.encode_text(ret["captions"]), clip.logit_scale)
-print({f"image→text R@{k}": round(recall_at_k(sim, k), 3) for k in (1, 5)})
-print("first batch loss with your clip_loss:", round(clip_loss(sim[:32, :32]).item(), 3))
+if ready:
+    clip = zoo.load("clip")
+    bench = ShapesBench(seed=1234)
+    data = bench.classification("seen", n_per_class=4)
+    with torch.no_grad():
+        encode = lambda texts: clip.encode_text(list(texts))
+        prompts = zoo.class_prompts(data["class_names"])  # "an orange star": names as captions write them
+        prototypes = zero_shot_classifier(encode, prompts, list(zoo.CLIP_TEMPLATES))  # (48, E)
+        logits = scores(clip.encode_image(data["images"]), prototypes, clip.logit_scale)  # (N, 48)
+    accuracy = (logits.argmax(1) == data["labels"]).float().mean().item()
+    print(f"zero-shot accuracy with your classifier: {accuracy:.1%} on {len(data['labels'])} images, 48 classes")
+    viz.show_images(data["images"][:8], titles=[data["class_names"][i] for i in logits[:8].argmax(1)], ncols=8);
+
+# %%
+if ready:
+    ret = bench.retrieval(128)
+    with torch.no_grad():
+        sim = scores(clip.encode_image(ret["images"]), clip.encode_text(ret["captions"]), clip.logit_scale)
+    print({f"image→text R@{k}": round(recall_at_k(sim, k), 3) for k in (1, 5)})
+    print("first batch loss with your clip_loss:", round(clip_loss(sim[:32, :32]).item(), 3))
