@@ -20,6 +20,7 @@ from dataclasses import asdict
 import torch
 
 from minivlm.losses import clip_loss
+from minivlm.utils import count_parameters
 
 # our activation names → transformers' ACT2FN names for the same function
 HF_ACT = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
@@ -75,8 +76,7 @@ def bench_clip(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
         ours = CLIP(cfg).to(dev).train()
         hf, hf_version = hf_clip_like(cfg)
         hf = hf.to(dev).train()
-        n_ours = sum(p.numel() for p in ours.parameters())
-        n_theirs = sum(p.numel() for p in hf.parameters())
+        n_ours, n_theirs = count_parameters(ours), count_parameters(hf)
 
         world = ShapesWorld(seed=seed, image_size=cfg.image_size)
         data = world.batch(batch_size)

@@ -46,8 +46,8 @@ from minivlm import viz, zoo
 from minivlm.data import ShapesBench, ShapesWorld, Tokenizer
 from minivlm.eval import recall_at_k, retrieval_metrics, swap_scores, zero_shot_accuracy
 from minivlm.losses import clip_loss
-from minivlm.models.clip import (CLIP, CLIPConfig, clip_step, encode_images, encode_texts, similarity,
-                                 zero_shot_classifier, zero_shot_logits)
+from minivlm.models.clip import (CLIP, CLIPConfig, clip_step, similarity, swap_similarity, zero_shot_classifier,
+                                 zero_shot_logits)
 from minivlm.nn import TextTransformer, ViT
 from minivlm.train import fit, freeze
 
@@ -395,10 +395,7 @@ viz.show_images(retrieval["images"][top_images.flatten()],
 
 # %%
 sw = bench.swap(128)
-E = config.embed_dim
-img_emb = encode_images(model, sw["images"].flatten(0, 1)).view(-1, 2, E)  # (N, 2, E)
-txt_emb = encode_texts(model, [c for pair in sw["captions"] for c in pair]).view(-1, 2, E)  # (N, 2, E)
-swap = swap_scores(torch.einsum("nie,nje->nij", img_emb, txt_emb))  # scores[n, image i, caption j]
+swap = swap_scores(swap_similarity(model, sw["images"], sw["captions"]))  # from scores[n, image i, caption j]
 print({k: f"{v:.1%}" for k, v in swap.items()}, "| chance: text 25%, image 25%, group 16.7%")
 viz.show_images(sw["images"][:3].flatten(0, 1), titles=[c for pair in sw["captions"][:3] for c in pair], ncols=6,
                 scale=2.2);
@@ -439,7 +436,7 @@ runs = {}
 for name, make in (("full", lambda: CLIP(pretrained.config)), ("LiT", lit_model)):
     minivlm.seed_everything(1)
     m = make()
-    trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
+    trainable = minivlm.utils.count_parameters(m, trainable_only=True)
     h = fit(m, clip_step, make_batches(seed=2), steps=lit_steps, lr=LR, weight_decay=0.05, warmup=30, desc=name)
     zs = zero_shot(m, seen, ["{}."])[0]
     r1 = retrieval_metrics(similarity(m, retrieval["images"], retrieval["captions"]))["i2t_r1"]

@@ -431,6 +431,21 @@ def similarity(model: CLIP, images: torch.Tensor, texts, batch_size: int = 256) 
     return image_emb @ text_emb.t()
 
 
+def swap_similarity(model: CLIP, images: torch.Tensor, captions, batch_size: int = 256) -> torch.Tensor:
+    """Winoground-style scores for a relation-swap set (`ShapesBench.swap`): images
+    (N, 2, 3, H, W) and N caption pairs → (N, 2, 2) cosine similarities, where
+    scores[n, i, j] is image i with caption j: the input of `minivlm.eval.swap_scores`."""
+    check_tensor("images", images, ndim=5, dtype="float")
+    n = images.shape[0]
+    if images.shape[1] != 2 or len(captions) != n or any(len(pair) != 2 for pair in captions):
+        raise ValueError(f"expected images (N, 2, 3, H, W) and N caption pairs, got images {tuple(images.shape)} "
+                         f"and {len(captions)} caption entries")
+    e = model.config.embed_dim
+    image_emb = encode_images(model, images.flatten(0, 1), batch_size).view(n, 2, e)  # (N, 2, E)
+    text_emb = encode_texts(model, [c for pair in captions for c in pair], batch_size).view(n, 2, e)  # (N, 2, E)
+    return torch.einsum("nie,nje->nij", image_emb, text_emb)  # (N, 2 images, 2 captions)
+
+
 def clip_step(model: nn.Module, batch: dict) -> dict:
     """One training step's loss for `minivlm.train.fit`.
 

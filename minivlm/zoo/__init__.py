@@ -164,7 +164,7 @@ def evaluate_clip(model, bench_seed: int = 1234, templates=CLIP_TEMPLATES) -> di
     template ensemble), image->text and text->image R@1 and R@5, and the relation-swap scores."""
     from minivlm.data import ShapesBench
     from minivlm.eval import retrieval_metrics, swap_scores, zero_shot_accuracy
-    from minivlm.models.clip import encode_images, encode_texts, similarity, zero_shot_classifier, zero_shot_logits
+    from minivlm.models.clip import similarity, swap_similarity, zero_shot_classifier, zero_shot_logits
 
     bench = ShapesBench(image_size=model.config.image_size, seed=bench_seed)
     out = {}
@@ -176,10 +176,7 @@ def evaluate_clip(model, bench_seed: int = 1234, templates=CLIP_TEMPLATES) -> di
     ret = bench.retrieval(256)
     out.update(retrieval_metrics(similarity(model, ret["images"], ret["captions"])))
     sw = bench.swap(128)
-    image_emb = encode_images(model, sw["images"].flatten(0, 1)).view(-1, 2, model.config.embed_dim)  # (N, 2, E)
-    text_emb = encode_texts(model, [c for pair in sw["captions"] for c in pair]).view(-1, 2, model.config.embed_dim)
-    scores = torch.einsum("nie,nje->nij", image_emb, text_emb)  # (N, 2 images, 2 captions)
-    out.update({f"swap_{k}": v for k, v in swap_scores(scores).items()})
+    out.update({f"swap_{k}": v for k, v in swap_scores(swap_similarity(model, sw["images"], sw["captions"])).items()})
     return {k: round(float(v), 4) for k, v in out.items()}
 
 
@@ -187,7 +184,7 @@ def _build_clip(recipe: ClipRecipe, weights: Path, progress: bool) -> dict:
     from minivlm.data import Tokenizer
     from minivlm.models.clip import CLIP, CLIPConfig, clip_step
     from minivlm.train import fit
-    from minivlm.utils import seed_everything
+    from minivlm.utils import count_parameters, seed_everything
 
     seed_everything(recipe.seed)
     tok = Tokenizer.from_world()
@@ -208,7 +205,7 @@ def _build_clip(recipe: ClipRecipe, weights: Path, progress: bool) -> dict:
         "metrics": evaluate_clip(model, recipe.bench_seed),
         "final_loss": round(history.last("loss"), 4),
         "final_logit_scale": round(float(model.scale().detach()), 3),
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": count_parameters(model),
         "steps": recipe.steps,
         "train_seconds": round(seconds, 1),
     }

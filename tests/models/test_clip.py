@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from minivlm.data.tokenizer import Tokenizer
 from minivlm.losses import clip_loss
 from minivlm.models import CLIP, CLIPConfig
-from minivlm.models.clip import clip_step, similarity, zero_shot_classifier, zero_shot_logits
+from minivlm.models.clip import clip_step, similarity, swap_similarity, zero_shot_classifier, zero_shot_logits
 
 TOK = Tokenizer.from_world()
 
@@ -210,3 +210,16 @@ def test_image_tower_is_the_vit_cls_feature():
     images = torch.rand(3, 3, 32, 32)
     want = F.normalize(m.image_projection(m.visual((images - 0.5) / 0.5)), dim=-1)
     torch.testing.assert_close(m.encode_image(images), want)
+
+
+def test_swap_similarity_matches_pairwise_similarity_and_checks_shapes():
+    torch.manual_seed(0)
+    model = CLIP(CLIPConfig(vision_depth=1, text_depth=1)).eval()
+    images = torch.rand(3, 2, 3, 32, 32)
+    captions = [("a red circle.", "a blue square."), ("a green star.", "a white cross."), ("a red star.", "a cyan circle.")]
+    got = swap_similarity(model, images, captions)
+    for n in range(3):
+        want = similarity(model, images[n], list(captions[n]))  # (2 images, 2 captions)
+        torch.testing.assert_close(got[n], want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="caption pairs"):
+        swap_similarity(model, images, captions[:2])
