@@ -6,9 +6,12 @@ look good, so "correct" means strictly better than every wrong candidate.
 """
 from __future__ import annotations
 
+import math
 import re
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from minivlm.utils import check_shape, check_tensor
@@ -133,6 +136,83 @@ def normalize_answer(text: str) -> str:
 
 def vqa_accuracy(predictions: Sequence[str], answers: Sequence[str]) -> float:
     """Fraction of predictions equal to the answer after `normalize_answer` (exact match)."""
+    hits = answer_hits(predictions, answers)
+    return sum(hits) / len(hits)
+
+
+# ----------------------------------------------------------------------------- intervals
+# Every headline number of a chapter is printed with its sample size and a 95 % interval
+# (COURSE.md, "Measuring honestly"): Wilson's interval for a proportion (an accuracy, a recall),
+# a percentile bootstrap for anything else.
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A measured value with its 95 % interval [low, high] and the sample size n."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+    method: str
+
+    def __str__(self) -> str:
+        return self.format()
+
+    def format(self, percent: bool = True) -> str:
+        """"71.3 % [68.4, 74.1] (n=1,000)", or plain numbers with percent=False."""
+        if percent:
+            return f"{100 * self.value:.1f} % [{100 * self.low:.1f}, {100 * self.high:.1f}] (n={self.n:,})"
+        return f"{self.value:.4g} [{self.low:.4g}, {self.high:.4g}] (n={self.n:,})"
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> Estimate:
+    """Wilson's score interval for a proportion successes / n (better than ±z·√(p(1-p)/n) near
+    0 and 1, and never outside [0, 1])."""
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    if not isinstance(successes, (int, np.integer)) or isinstance(successes, bool) or not 0 <= successes <= n:
+        raise ValueError(f"successes must be an int in [0, n={n}], got {successes!r}")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return Estimate(p, max(0.0, centre - half), min(1.0, centre + half), int(n), "wilson")
+
+
+def bootstrap(values, statistic: Callable[[np.ndarray], float] = np.mean, n_boot: int = 2000,
+              seed: int = 0) -> Estimate:
+    """Percentile-bootstrap 95 % interval of `statistic` over `values` (resampled with replacement)."""
+    x = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"values must be a non-empty 1-D sequence, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("values must be finite, got NaN or inf")
+    if not isinstance(n_boot, int) or n_boot < 100:
+        raise ValueError(f"n_boot must be an int >= 100, got {n_boot!r}")
+    rng = np.random.default_rng(seed)
+    stats = np.array([statistic(x[rng.integers(0, len(x), len(x))]) for _ in range(n_boot)])
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return Estimate(float(statistic(x)), float(lo), float(hi), len(x), "bootstrap")
+
+
+def interval(values) -> Estimate:
+    """95 % interval of the mean of `values`: Wilson when they are all 0/1 (hits of an accuracy),
+    a bootstrap otherwise. values: a list, array or tensor of numbers or bools."""
+    x = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"values must be a non-empty 1-D sequence, got shape {x.shape}")
+    if np.isin(x, (0.0, 1.0)).all():
+        return wilson(int(x.sum()), len(x))
+    return bootstrap(x)
+
+
+def answer_hits(predictions: Sequence[str], answers: Sequence[str]) -> list[bool]:
+    """Per-question correctness behind `vqa_accuracy` (for intervals and per-kind breakdowns)."""
     if not isinstance(predictions, (list, tuple)) or not isinstance(answers, (list, tuple)):
         raise TypeError("predictions and answers must be lists of str")
     if len(predictions) != len(answers):
@@ -140,5 +220,8 @@ def vqa_accuracy(predictions: Sequence[str], answers: Sequence[str]) -> float:
                          f"and {len(answers)}")
     if not answers:
         raise ValueError("answers must not be empty")
-    hits = [normalize_answer(p) == normalize_answer(a) for p, a in zip(predictions, answers)]
-    return sum(hits) / len(hits)
+    hits = []
+    for p, a in zip(predictions, answers):
+        p, a = normalize_answer(p), normalize_answer(a)
+        hits.append(bool(a) and p == a)  # an answer that normalises to nothing ("the") never matches
+    return hits

@@ -60,3 +60,42 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     loss_i2t = F.cross_entropy(logits, labels)  # each image picks its text
     loss_t2i = F.cross_entropy(logits.t(), labels)  # each text picks its image
     return (loss_i2t + loss_t2i) / 2
+
+
+# ----------------------------------------------------------------------------- chapter 03: MLM and ITM
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Masked-language-modelling loss: the mean cross-entropy over the chosen positions only.
+
+    logits (B, T, V), labels (B, T) with the original id at chosen positions and `ignore_index`
+    (-100, `minivlm.data.masking.IGNORE_INDEX`) elsewhere. A batch in which nothing was chosen
+    gives 0 (still attached to the graph), not NaN.
+    """
+    check_tensor("logits", logits, ndim=3, dtype="float")
+    check_tensor("labels", labels, ndim=2, dtype="int")
+    if logits.shape[:2] != labels.shape:
+        raise ValueError(f"logits (B, T, V) and labels (B, T) must agree on B and T, got logits "
+                         f"{tuple(logits.shape)} and labels {tuple(labels.shape)}")
+    chosen = labels != ignore_index
+    if not bool(chosen.any()):
+        return logits.sum() * 0.0
+    bad = labels[chosen]
+    if int(bad.min()) < 0 or int(bad.max()) >= logits.shape[-1]:
+        raise ValueError(f"labels must lie in [0, {logits.shape[-1] - 1}] (or be {ignore_index}), got values in "
+                         f"[{int(bad.min())}, {int(bad.max())}]")
+    return F.cross_entropy(logits[chosen], labels[chosen])  # (K, V) vs (K,)
+
+
+def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Image-text matching loss: a 2-way cross-entropy. logits (B, 2) (column 1 = "match"),
+    labels (B,) in {0, 1} (1 = the text describes the image)."""
+    check_tensor("logits", logits, ndim=2, dtype="float")
+    check_tensor("labels", labels, ndim=1, dtype="int")
+    if logits.shape[1] != 2 or logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"expected logits (B, 2) and labels (B,), got logits {tuple(logits.shape)} and labels "
+                         f"{tuple(labels.shape)}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > 1):
+        raise ValueError(f"labels must be 0 (no match) or 1 (match), got values in "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+    return F.cross_entropy(logits, labels)

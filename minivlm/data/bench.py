@@ -23,7 +23,7 @@ from minivlm.data.shapesworld import (
 )
 
 # Each task gets its own stream (seed + offset), so adding a task never changes another's data.
-_OFFSETS = {"classification": 0, "retrieval": 1, "swap": 2, "vqa": 3}
+_OFFSETS = {"classification": 0, "retrieval": 1, "swap": 2, "vqa": 3, "itm": 4}
 
 
 def _check_count(name: str, n) -> int:
@@ -132,24 +132,31 @@ class ShapesBench:
         question (a random question of that kind among those the scene supports).
         Returns dict(images (N, 3, H, W), questions, answers, kinds, scenes)."""
         n = _check_count("n", n)
-        bad = [k for k in kinds if k not in VQA_KINDS]
-        if bad or not kinds:
-            raise ValueError(f"kinds must be a non-empty subset of {list(VQA_KINDS)}, got {list(kinds)}")
         world = self._world("vqa")
-        rng = world.rng
-        scenes, questions, answers, out_kinds = [], [], [], []
-        for i in range(n):
-            kind = kinds[i % len(kinds)]
-            lo = 2 if kind == "relation" else 1
-            while True:
-                scene = world.sample(1, n_objects=(lo, world.max_objects))[0]
-                options = [qa for qa in world.vqa(scene) if qa[2] == kind]
-                if options:
-                    break
-            q, a, k = options[int(rng.integers(len(options)))]
-            scenes.append(scene)
-            questions.append(q)
-            answers.append(a)
-            out_kinds.append(k)
-        return {"images": world.render(scenes), "questions": questions, "answers": answers, "kinds": out_kinds,
+        out = world.vqa_sample(n, kinds)
+        return {"images": world.render(out["scenes"]), **out}
+
+    def itm(self, n: int = 512) -> dict:
+        """Image-text matching: n test scenes, each with one caption (a paraphrase or, for a third
+        of the scenes with two or more objects, a true spatial relation); half of them, chosen at
+        random, get instead the caption of another scene with a different set of objects.
+        Returns dict(images (N, 3, H, W), captions, labels (N,) long (1 = match), scenes)."""
+        n = _check_count("n", n)
+        world = self._world("itm")
+        rng = world.text_rng
+        scenes = world.sample(n)
+        captions, labels = [], []
+        for scene in scenes:
+            if rng.uniform() < 0.5:
+                while True:
+                    other = world.sample(1)[0]
+                    if sorted(other.names) != sorted(scene.names):
+                        break
+                source, label = other, 0
+            else:
+                source, label = scene, 1
+            relational = len(source) > 1 and rng.uniform() < 1 / 3
+            captions.append((world.relational_caption(source) if relational else None) or world.caption(source))
+            labels.append(label)
+        return {"images": world.render(scenes), "captions": captions, "labels": torch.tensor(labels),
                 "scenes": scenes}

@@ -295,6 +295,10 @@ VQA_TEMPLATES: dict[str, str] = {
     "position_y": "is the {name} at the top or at the bottom?",
 }
 VQA_ANSWERS: tuple[str, ...] = ("yes", "no", "left", "right", "top", "bottom")
+# Every answer `ShapesWorld.vqa` can give: a VQA model classifies over this list (chapter 03).
+VQA_ANSWER_VOCAB: tuple[str, ...] = (
+    tuple(COLORS) + SHAPES + NUMBER_WORDS[: MAX_OBJECTS + 1] + VQA_ANSWERS
+)
 
 
 def article(word: str) -> str:
@@ -604,6 +608,31 @@ class ShapesWorld:
                 qa.append((VQA_TEMPLATES["position_y"].format(name=o.name), "top" if o.y < 0.5 else "bottom",
                            "position"))
         return qa
+
+    def vqa_sample(self, n: int, kinds: Sequence[str] = VQA_KINDS) -> dict:
+        """n questions, cycling through `kinds` so every kind has the same share; one scene per
+        question (a random question of that kind among those the scene supports; relation
+        questions need two objects). Returns dict(scenes, questions, answers, kinds)."""
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n must be an int >= 1, got {n!r}")
+        kinds = tuple(kinds)
+        bad = [k for k in kinds if k not in VQA_KINDS]
+        if bad or not kinds:
+            raise ValueError(f"kinds must be a non-empty subset of {list(VQA_KINDS)}, got {list(kinds)}")
+        rng = self.rng
+        out: dict[str, list] = {"scenes": [], "questions": [], "answers": [], "kinds": []}
+        for i in range(n):
+            kind = kinds[i % len(kinds)]
+            lo = max(2 if kind == "relation" else 1, self.min_objects)
+            while True:
+                scene = self.sample(1, n_objects=(lo, max(lo, self.max_objects)))[0]
+                options = [qa for qa in self.vqa(scene) if qa[2] == kind]
+                if options:
+                    break
+            q, a, k = options[int(rng.integers(len(options)))]
+            for key, value in zip(("scenes", "questions", "answers", "kinds"), (scene, q, a, k)):
+                out[key].append(value)
+        return out
 
     # ------------------------------------------------------------------ convenience
     def batch(self, n: int) -> dict:

@@ -1,0 +1,530 @@
+"""ViLT: one Transformer over words and image patches, no vision encoder (chapter 03).
+
+Kim, Son and Kim, "ViLT: Vision-and-Language Transformer Without Convolution or Region
+Supervision", 2021.
+
+Single-stream models before ViLT (VisualBERT, VL-BERT, UNITER) fed a BERT with words and with
+region features from an object detector: most of their compute and latency was the detector.
+ViLT keeps the single stream and replaces the detector with ViT's linear patch embedding:
+
+    text tokens  = LN(word + position) + modality[0]          (B, T, D)  "<bos> what color ... <eos>"
+    image tokens = [image CLS ; patches] + position + modality[1]   (B, 1 + N, D)
+    hidden       = Transformer([text ; image], joint padding mask)   (B, T + 1 + N, D)
+    pooled       = tanh(W · hidden[:, 0])                        the first text token (<bos>, BERT's [CLS])
+
+and three heads: masked-language modelling (MLM, tied to the word embeddings), image-text
+matching (ITM, match / no match on the pooled token) and VQA (a classifier over the answer
+vocabulary on the pooled token). `visual="regions"` swaps the patches for region features from
+an oracle detector (ShapesWorld's exact boxes), the VisualBERT-style pipeline ViLT removed.
+
+`ViLT.from_hf` copies the weights of a Hugging Face `transformers` ViltModel (or
+ViltForQuestionAnswering / ViltForMaskedLM); the tests use it to check this model against that
+independent implementation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from minivlm.data.masking import mlm_mask
+from minivlm.data.shapesworld import VQA_ANSWER_VOCAB, ShapesWorld
+from minivlm.losses import itm_loss, mlm_loss
+from minivlm.nn import PatchEmbed, Transformer, masks
+from minivlm.nn.blocks import ACTIVATIONS
+from minivlm.utils import check_range, check_shape, check_tensor
+
+VISUALS = ("patches", "regions")
+
+
+@dataclass
+class ViLTConfig:
+    """Small defaults that train on a CPU in about a minute (32×32 ShapesWorld images).
+
+    vocab_size / pad_id / mask_id left as None come from the course tokenizer.
+    """
+
+    image_size: int = 32
+    patch_size: int = 4
+    dim: int = 64
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    vocab_size: int | None = None
+    max_text_len: int = 32  # text positions, <bos> and <eos> included
+    answers: tuple[str, ...] = VQA_ANSWER_VOCAB  # the VQA head classifies over these
+    act: str = "gelu"
+    eps: float = 1e-5
+    dropout: float = 0.0
+    pad_id: int | None = None
+    mask_id: int | None = None
+    visual: str = "patches"  # "patches" (ViLT) or "regions" (VisualBERT-style, oracle boxes)
+    max_regions: int = 4  # regions mode: at most this many boxes per image
+    region_size: int = 8  # regions mode: each box is cropped and resized to region_size × region_size
+    image_mean: tuple[float, float, float] = field(default=(0.5, 0.5, 0.5))
+    image_std: tuple[float, float, float] = field(default=(0.5, 0.5, 0.5))
+
+    def __post_init__(self):
+        if self.vocab_size is None or self.pad_id is None or self.mask_id is None:
+            from minivlm.data.tokenizer import Tokenizer
+
+            tok = Tokenizer.from_world()
+            self.vocab_size = len(tok) if self.vocab_size is None else self.vocab_size
+            self.pad_id = tok.pad_id if self.pad_id is None else self.pad_id
+            self.mask_id = tok.mask_id if self.mask_id is None else self.mask_id
+        for name in ("image_size", "patch_size", "dim", "depth", "heads", "vocab_size", "max_text_len", "max_regions",
+                     "region_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size={self.image_size} must be divisible by patch_size={self.patch_size}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
+        if self.max_text_len < 3:
+            raise ValueError(f"max_text_len must be >= 3 (<bos>, a word, <eos>), got {self.max_text_len}")
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {self.act!r}")
+        if self.visual not in VISUALS:
+            raise ValueError(f"visual must be one of {list(VISUALS)}, got {self.visual!r}")
+        if not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool) or self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        self.answers = tuple(self.answers)
+        if len(self.answers) < 2 or len(set(self.answers)) != len(self.answers):
+            raise ValueError(f"answers must be at least 2 distinct strings, got {self.answers!r}")
+        for name in ("pad_id", "mask_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise ValueError(f"{name} must lie in [0, {self.vocab_size - 1}], got {getattr(self, name)}")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+            raise ValueError(f"image_mean/image_std must be 3 values (std > 0), got {self.image_mean}, {self.image_std}")
+        self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def image_tokens(self) -> int:
+        """Image tokens after the text: the image CLS, then the patches (or the region slots)."""
+        return 1 + (self.num_patches if self.visual == "patches" else self.max_regions)
+
+
+class ViLT(nn.Module):
+    """The single-stream encoder with its MLM, ITM and VQA heads."""
+
+    def __init__(self, config: ViLTConfig | None = None, tokenizer=None):
+        super().__init__()
+        self.config = c = config or ViLTConfig()
+        # ---- text embeddings (BERT's: word + position, then a LayerNorm)
+        self.word_embeddings = nn.Embedding(c.vocab_size, c.dim)
+        self.text_pos = nn.Parameter(torch.randn(1, c.max_text_len, c.dim) * 0.02)
+        self.text_norm = nn.LayerNorm(c.dim, eps=c.eps)
+        # ---- image embeddings (ViT's: linear patch projection, a CLS token, positions)
+        self.image_cls = nn.Parameter(torch.randn(1, 1, c.dim) * 0.02)
+        if c.visual == "patches":
+            self.patch_embed = PatchEmbed(c.patch_size, 3, c.dim)
+            self.image_pos = nn.Parameter(torch.randn(1, 1 + c.num_patches, c.dim) * 0.02)
+        else:  # regions: a cropped box's pixels + its coordinates, VisualBERT/UNITER style
+            self.region_embed = nn.Linear(3 * c.region_size**2, c.dim)
+            self.box_embed = nn.Linear(5, c.dim)  # x0, y0, x1, y1, area
+            self.region_norm = nn.LayerNorm(c.dim, eps=c.eps)
+            self.image_pos = nn.Parameter(torch.randn(1, 1, c.dim) * 0.02)  # the image CLS only
+        # ---- which modality a token comes from: 0 text, 1 image
+        self.modality_embed = nn.Embedding(2, c.dim)
+        # ---- one Transformer over [text ; image]
+        self.transformer = Transformer(c.dim, c.depth, c.heads, mlp_ratio=c.mlp_ratio, dropout=c.dropout, act=c.act,
+                                       eps=c.eps)
+        self.norm = nn.LayerNorm(c.dim, eps=c.eps)
+        self.pooler = nn.Linear(c.dim, c.dim)
+        # ---- heads
+        self.mlm_transform = nn.Linear(c.dim, c.dim)
+        self.mlm_norm = nn.LayerNorm(c.dim, eps=c.eps)
+        self.mlm_bias = nn.Parameter(torch.zeros(c.vocab_size))  # the decoder's weight is word_embeddings'
+        self.itm_head = nn.Linear(c.dim, 2)
+        self.vqa_head = nn.Sequential(nn.Linear(c.dim, 2 * c.dim), nn.LayerNorm(2 * c.dim), nn.GELU(),
+                                      nn.Linear(2 * c.dim, len(c.answers)))
+        nn.init.normal_(self.word_embeddings.weight, std=0.02)  # BERT's init; the MLM decoder shares it
+        nn.init.normal_(self.modality_embed.weight, std=0.02)
+        mean, std = torch.tensor(c.image_mean).view(1, 3, 1, 1), torch.tensor(c.image_std).view(1, 3, 1, 1)
+        self.register_buffer("image_mean", mean, persistent=False)
+        self.register_buffer("image_std", std, persistent=False)
+        self.tokenizer = tokenizer
+
+    # ------------------------------------------------------------------------------ inputs
+    def get_tokenizer(self):
+        if self.tokenizer is None:
+            from minivlm.data.tokenizer import Tokenizer
+
+            tok = Tokenizer.from_world()
+            if len(tok) != self.config.vocab_size:
+                raise ValueError(f"this model (vocab_size={self.config.vocab_size}) was not built for the course "
+                                 f"tokenizer (vocab {len(tok)}): pass token ids, or a tokenizer to ViLT(config, tokenizer=...)")
+            self.tokenizer = tok
+        return self.tokenizer
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """list[str] → ids (B, T), attention_mask (B, T): "<bos> words <eos>", right-padded.
+        Unknown words become <unk>; a text longer than max_text_len is an error."""
+        if isinstance(texts, str) or not isinstance(texts, (list, tuple)) or not texts \
+                or not all(isinstance(t, str) for t in texts):
+            raise TypeError(f"texts must be a non-empty list of strings, got {type(texts).__name__}"
+                            + (" (one string: wrap it in a list)" if isinstance(texts, str) else ""))
+        ids, mask = self.get_tokenizer()(list(texts), self.config.max_text_len, add_bos=True, add_eos=True,
+                                         truncation=False)
+        dev = self.text_pos.device
+        return ids.to(dev), mask.to(dev)
+
+    def check_images(self, images: torch.Tensor) -> None:
+        s = self.config.image_size
+        check_tensor("images", images, ndim=4, dtype="float")
+        check_shape("images", images, [None, 3, s, s])
+        check_range("images", images, 0.0, 1.0)
+
+    def check_ids(self, ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        c = self.config
+        check_tensor("ids", ids, ndim=2, dtype="int")
+        if ids.shape[1] > c.max_text_len:
+            raise ValueError(f"text has {ids.shape[1]} tokens, longer than the context max_text_len={c.max_text_len}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= c.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {c.vocab_size - 1}], got values in "
+                             f"[{int(ids.min())}, {int(ids.max())}]")
+        if attention_mask is not None:
+            check_tensor("attention_mask", attention_mask, ndim=2)
+            if attention_mask.shape != ids.shape:
+                raise ValueError(f"attention_mask must have the shape of ids {tuple(ids.shape)}, "
+                                 f"got {tuple(attention_mask.shape)}")
+
+    # ------------------------------------------------------------------------------ embeddings
+    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) → (B, T, D): LN(word + position) + the text modality embedding."""
+        x = self.text_norm(self.word_embeddings(ids) + self.text_pos[:, : ids.shape[1]])
+        return x + self.modality_embed.weight[0]
+
+    def embed_image(self, images: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1] → (B, 1 + N, D): the image CLS, then one token per patch
+        (or per region, with boxes (B, R, 4)), each + position + the image modality embedding."""
+        x = (images - self.image_mean) / self.image_std
+        if self.config.visual == "patches":
+            tokens = self.patch_embed(x)  # (B, N, D)
+        else:
+            crops = crop_regions(x, boxes, self.config.region_size)  # (B, R, 3·s·s)
+            tokens = self.region_norm(self.region_embed(crops) + self.box_embed(box_features(boxes)))  # (B, R, D)
+        cls = self.image_cls.expand(len(images), -1, -1)
+        if self.config.visual == "patches":
+            out = torch.cat([cls, tokens], dim=1) + self.image_pos  # (B, 1 + N, D)
+        else:
+            out = torch.cat([cls + self.image_pos, tokens], dim=1)  # regions carry their box instead
+        return out + self.modality_embed.weight[1]
+
+    # ------------------------------------------------------------------------------ the encoder
+    def forward(self, images: torch.Tensor, texts, attention_mask: torch.Tensor | None = None,
+                boxes: torch.Tensor | None = None, box_mask: torch.Tensor | None = None,
+                need_weights: bool = False) -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1]; texts: B strings or ids (B, T) (with attention_mask
+        (B, T), True on real tokens). Regions mode also takes boxes (B, R, 4) in [0, 1]
+        (x0, y0, x1, y1) and box_mask (B, R) (True on real boxes; see `oracle_regions`).
+
+        Returns the final hidden states (B, T + 1 + N, D): text first, then the image tokens.
+        need_weights=True keeps every block's attention weights (`attention_maps`).
+        """
+        if isinstance(texts, torch.Tensor):
+            ids = texts
+        else:
+            if attention_mask is not None:
+                raise ValueError("attention_mask is only for token ids; strings are tokenised with their own mask")
+            ids, attention_mask = self.tokenize(texts)
+        self.check_images(images)
+        self.check_ids(ids, attention_mask)
+        if images.shape[0] != ids.shape[0]:
+            raise ValueError(f"batch sizes must match, got images={images.shape[0]}, texts={ids.shape[0]}")
+        b, t = ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(ids, dtype=torch.bool)
+        image_valid = torch.ones(b, 1, dtype=torch.bool, device=ids.device)  # the image CLS
+        if self.config.visual == "regions":
+            boxes, box_mask = self._check_boxes(boxes, box_mask, b)
+            image_valid = torch.cat([image_valid, box_mask], dim=1)  # (B, 1 + R)
+        else:
+            if boxes is not None or box_mask is not None:
+                raise ValueError("boxes are for a regions-mode ViLT (visual='regions'); this model uses patches")
+            image_valid = image_valid.expand(b, 1 + self.config.num_patches)
+        x = torch.cat([self.embed_text(ids), self.embed_image(images, boxes)], dim=1)  # (B, T + 1 + N, D)
+        valid = torch.cat([attention_mask.bool(), image_valid], dim=1)  # (B, T + 1 + N) the joint padding mask
+        x = self.transformer(x, mask=masks.padding(valid), need_weights=need_weights)
+        return self.norm(x)
+
+    def _check_boxes(self, boxes, box_mask, b: int):
+        r = self.config.max_regions
+        if boxes is None:
+            raise ValueError("a regions-mode ViLT needs boxes (B, R, 4) and box_mask (B, R): see oracle_regions(scenes)")
+        check_tensor("boxes", boxes, ndim=3, dtype="float")
+        check_shape("boxes", boxes, [b, r, 4])
+        if box_mask is None:
+            box_mask = torch.ones(b, r, dtype=torch.bool, device=boxes.device)
+        check_tensor("box_mask", box_mask, ndim=2, dtype="bool")
+        check_shape("box_mask", box_mask, [b, r])
+        check_range("boxes", boxes, 0.0, 1.0)
+        return boxes, box_mask
+
+    def attention_maps(self) -> list[torch.Tensor]:
+        """Each block's attention weights (B, H, L, L) from the last call with need_weights=True."""
+        return self.transformer.attention_maps()
+
+    # ------------------------------------------------------------------------------ heads
+    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) → (B, D): tanh(W · the first token), BERT's pooler (the <bos> token here)."""
+        return torch.tanh(self.pooler(hidden[:, 0]))
+
+    def mlm_logits(self, text_hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) text hidden states → (B, T, V) word logits. The output layer is the word
+        embedding matrix itself (weight tying): a word's input and output vectors are one."""
+        x = self.mlm_norm(ACTIVATIONS[self.config.act](self.mlm_transform(text_hidden)))
+        return F.linear(x, self.word_embeddings.weight, self.mlm_bias)
+
+    def itm_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, D) → (B, 2): column 1 scores "the text describes the image"."""
+        return self.itm_head(pooled)
+
+    def vqa_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, D) → (B, A) scores over config.answers."""
+        return self.vqa_head(pooled)
+
+    # ------------------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def answer(self, images: torch.Tensor, questions: Sequence[str], boxes=None, box_mask=None,
+               batch_size: int = 256) -> list[str]:
+        """Answer each question about its image: a list of strings from config.answers."""
+        logits = self._batched(lambda sl: self.vqa_logits(self.pool(self(
+            images[sl], list(questions[sl]), boxes=_sl(boxes, sl), box_mask=_sl(box_mask, sl)))),
+            images, questions, batch_size)
+        return [self.config.answers[i] for i in logits.argmax(dim=1).tolist()]
+
+    @torch.no_grad()
+    def match_probability(self, images: torch.Tensor, captions: Sequence[str], boxes=None, box_mask=None,
+                          batch_size: int = 256) -> torch.Tensor:
+        """P(match) from the ITM head for each (image, caption) pair: (B,)."""
+        logits = self._batched(lambda sl: self.itm_logits(self.pool(self(
+            images[sl], list(captions[sl]), boxes=_sl(boxes, sl), box_mask=_sl(box_mask, sl)))),
+            images, captions, batch_size)
+        return logits.softmax(dim=1)[:, 1]
+
+    def _batched(self, fn, images, texts, batch_size):
+        if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+            raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
+        check_tensor("images", images, ndim=4, dtype="float")
+        if len(images) != len(texts):
+            raise ValueError(f"batch sizes must match, got images={len(images)}, texts={len(texts)}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        was_training = self.training
+        self.eval()
+        try:
+            dev = self.text_pos.device
+            outs = [fn(slice(a, a + batch_size)) for a in range(0, len(texts), batch_size)]
+        finally:
+            self.train(was_training)
+        return torch.cat(outs).to(dev)
+
+
+def _sl(x, sl):
+    return None if x is None else x[sl]
+
+
+# ----------------------------------------------------------------------------- regions (VisualBERT-style)
+
+
+def oracle_regions(scenes, max_regions: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 'detector' of the regions pipeline: ShapesWorld's exact boxes, for free.
+
+    Returns boxes (B, R, 4) as (x0, y0, x1, y1) fractions of the image and box_mask (B, R),
+    True on real boxes (padding slots hold a dummy full-image box that attention ignores).
+    """
+    b = len(scenes)
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(b, max_regions, 1)
+    mask = torch.zeros(b, max_regions, dtype=torch.bool)
+    for i, scene in enumerate(scenes):
+        if len(scene) > max_regions:
+            raise ValueError(f"scene {i} has {len(scene)} objects, more than max_regions={max_regions}")
+        for k, obj in enumerate(scene.objects):
+            boxes[i, k] = torch.tensor(obj.box)
+            mask[i, k] = True
+    return boxes, mask
+
+
+def box_features(boxes: torch.Tensor) -> torch.Tensor:
+    """(B, R, 4) → (B, R, 5): the coordinates and the area, the location features of UNITER."""
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    return torch.cat([boxes, area[..., None]], dim=-1)
+
+
+def crop_regions(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop every box out of its image and resize it to size × size (bilinear), like RoIAlign.
+
+    images (B, C, H, W), boxes (B, R, 4) in [0, 1] → (B, R, size·size·C), each crop flattened
+    in (row, column, channel) order. One grid_sample call for every box at once.
+    """
+    b, c, _, _ = images.shape
+    r = boxes.shape[1]
+    steps = (torch.arange(size, device=images.device, dtype=images.dtype) + 0.5) / size  # (s,) in (0, 1)
+    x0, y0, x1, y1 = boxes.unbind(-1)  # (B, R) each
+    xs = x0[..., None] + (x1 - x0)[..., None] * steps  # (B, R, s) sample points in [0, 1]
+    ys = y0[..., None] + (y1 - y0)[..., None] * steps
+    grid = torch.stack(torch.broadcast_tensors(xs[..., None, :], ys[..., :, None]), dim=-1)  # (B, R, s, s, 2)
+    grid = rearrange(grid * 2 - 1, "b r h w two -> b (r h) w two")  # grid_sample wants [-1, 1]
+    crops = F.grid_sample(images, grid, mode="bilinear", align_corners=False)  # (B, C, R·s, s)
+    return rearrange(crops, "b c (r h) w -> b r (h w c)", r=r, c=c)
+
+
+# ----------------------------------------------------------------------------- training data
+
+
+def _captions_for(world: ShapesWorld, scenes, relational_fraction: float) -> list[str]:
+    """A random paraphrase, or for a share of multi-object scenes a true spatial relation."""
+    out = []
+    for scene in scenes:
+        relational = len(scene) > 1 and world.text_rng.uniform() < relational_fraction
+        out.append((world.relational_caption(scene) if relational else None) or world.caption(scene))
+    return out
+
+
+def mismatched_partners(scenes, generator: torch.Generator) -> list[int]:
+    """For each scene i, the index of another scene of the batch whose set of objects differs
+    (so its caption cannot describe scene i): the source of ITM's negative captions."""
+    names = [tuple(sorted(s.names)) for s in scenes]
+    out = []
+    for i in range(len(scenes)):
+        candidates = [j for j in range(len(scenes)) if names[j] != names[i]]
+        if not candidates:
+            raise ValueError("every scene of the batch has the same objects: no negative caption exists")
+        out.append(candidates[int(torch.randint(len(candidates), (1,), generator=generator))])
+    return out
+
+
+def pretrain_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, tokenizer=None,
+                     max_text_len: int = 32, relational_fraction: float = 0.3, mask_prob: float = 0.15,
+                     max_regions: int = 4):
+    """A function step -> MLM + ITM batch on the train split, deterministic given `seed`.
+
+    The batch holds B scenes with a caption each (30 % of multi-object scenes captioned by a
+    relation), and
+      mlm_ids / mlm_labels: the captions with 15 % of their words masked (80/10/10), for MLM on
+                            the true pairs;
+      itm_ids / itm_mask / itm_labels: the captions, where half the pairs (chosen at random) get
+                            the caption of another scene with different objects (label 0);
+      boxes / box_mask:     the oracle boxes, for a regions-mode model.
+    """
+    from minivlm.data.tokenizer import Tokenizer
+
+    tok = tokenizer or Tokenizer.from_world()
+    world = ShapesWorld(seed=seed, image_size=image_size, split="train")
+
+    def batch(step: int) -> dict:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        scenes = world.sample(batch_size)
+        captions = _captions_for(world, scenes, relational_fraction)
+        ids, mask = tok(captions, max_text_len, add_bos=True, add_eos=True)
+        mlm_ids, mlm_labels = mlm_mask(ids, tok, prob=mask_prob, generator=g)
+        partners = mismatched_partners(scenes, g)
+        negative = torch.rand(batch_size, generator=g) < 0.5  # (B,) which pairs get a wrong caption
+        itm_captions = [captions[partners[i]] if negative[i] else captions[i] for i in range(batch_size)]
+        itm_ids, itm_mask = tok(itm_captions, max_text_len, add_bos=True, add_eos=True)
+        boxes, box_mask = oracle_regions(scenes, max_regions)
+        return {"images": world.render(scenes), "ids": ids, "attention_mask": mask, "mlm_ids": mlm_ids,
+                "mlm_labels": mlm_labels, "itm_ids": itm_ids, "itm_mask": itm_mask,
+                "itm_labels": (~negative).long(), "boxes": boxes, "box_mask": box_mask}
+
+    return batch
+
+
+def vqa_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, tokenizer=None, max_text_len: int = 32,
+                answers: Sequence[str] = VQA_ANSWER_VOCAB, max_regions: int = 4):
+    """A function step -> VQA batch on the train split: B questions, every kind in equal share.
+    Returns dict(images, ids, attention_mask, labels (B,) indices into `answers`, boxes, box_mask)."""
+    from minivlm.data.tokenizer import Tokenizer
+
+    tok = tokenizer or Tokenizer.from_world()
+    world = ShapesWorld(seed=seed, image_size=image_size, split="train")
+    index = {a: i for i, a in enumerate(answers)}
+
+    def batch(step: int) -> dict:
+        data = world.vqa_sample(batch_size)
+        ids, mask = tok(data["questions"], max_text_len, add_bos=True, add_eos=True)
+        boxes, box_mask = oracle_regions(data["scenes"], max_regions)
+        return {"images": world.render(data["scenes"]), "ids": ids, "attention_mask": mask,
+                "labels": torch.tensor([index[a] for a in data["answers"]]), "boxes": boxes, "box_mask": box_mask}
+
+    return batch
+
+
+# ----------------------------------------------------------------------------- step functions for `fit`
+
+
+def _regions(model, batch) -> dict:
+    core = getattr(model, "module", model)  # a DistributedDataParallel wrapper or the model
+    if core.config.visual == "regions":
+        return {"boxes": batch["boxes"], "box_mask": batch["box_mask"]}
+    return {}
+
+
+def pretrain_step(model: ViLT, batch: dict) -> dict:
+    """MLM + ITM, two forward passes as in the paper's code: the masked captions with their true
+    images (MLM), then the half-mismatched pairs (ITM). Loss = MLM + ITM."""
+    core = getattr(model, "module", model)
+    regions = _regions(core, batch)
+    t = batch["mlm_ids"].shape[1]
+    hidden = model(batch["images"], batch["mlm_ids"], batch["attention_mask"], **regions)  # (B, L, D)
+    mlm = mlm_loss(core.mlm_logits(hidden[:, :t]), batch["mlm_labels"])
+    itm_logits = core.itm_logits(core.pool(model(batch["images"], batch["itm_ids"], batch["itm_mask"], **regions)))
+    itm = itm_loss(itm_logits, batch["itm_labels"])
+    itm_acc = (itm_logits.argmax(1) == batch["itm_labels"]).float().mean()
+    return {"loss": mlm + itm, "mlm": mlm.detach(), "itm": itm.detach(), "itm_acc": itm_acc}
+
+
+def vqa_step(model: ViLT, batch: dict) -> dict:
+    """VQA fine-tuning: cross-entropy of the answer classifier on the pooled token."""
+    core = getattr(model, "module", model)
+    hidden = model(batch["images"], batch["ids"], batch["attention_mask"], **_regions(core, batch))
+    logits = core.vqa_logits(core.pool(hidden))
+    loss = F.cross_entropy(logits, batch["labels"])
+    return {"loss": loss, "acc": (logits.argmax(1) == batch["labels"]).float().mean()}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate_vqa(model: ViLT, data: dict) -> dict:
+    """VQA accuracy on a ShapesBench `vqa` set, overall and per question kind, with intervals.
+    Returns dict(predictions, hits, overall: Estimate, per_kind: {kind: Estimate})."""
+    from minivlm.eval import answer_hits, interval
+
+    boxes, box_mask = oracle_regions(data["scenes"], model.config.max_regions) if model.config.visual == "regions" \
+        else (None, None)
+    dev = model.text_pos.device
+    predictions = model.answer(data["images"].to(dev), data["questions"], _to(boxes, dev), _to(box_mask, dev))
+    hits = answer_hits(predictions, data["answers"])
+    per_kind = {}
+    for kind in dict.fromkeys(data["kinds"]):
+        per_kind[kind] = interval([h for h, k in zip(hits, data["kinds"]) if k == kind])
+    return {"predictions": predictions, "hits": hits, "overall": interval(hits), "per_kind": per_kind}
+
+
+def evaluate_itm(model: ViLT, data: dict) -> dict:
+    """ITM accuracy on a ShapesBench `itm` set (a pair counts as "match" when P(match) > 0.5)."""
+    from minivlm.eval import interval
+
+    boxes, box_mask = oracle_regions(data["scenes"], model.config.max_regions) if model.config.visual == "regions" \
+        else (None, None)
+    dev = model.text_pos.device
+    prob = model.match_probability(data["images"].to(dev), data["captions"], _to(boxes, dev), _to(box_mask, dev))
+    hits = ((prob > 0.5).long().cpu() == data["labels"]).tolist()
+    return {"probability": prob.cpu(), "hits": hits, "accuracy": interval(hits)}
+
+
+def _to(x, dev):
+    return None if x is None else x.to(dev)
