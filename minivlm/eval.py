@@ -225,3 +225,16 @@ def answer_hits(predictions: Sequence[str], answers: Sequence[str]) -> list[bool
         p, a = normalize_answer(p), normalize_answer(a)
         hits.append(bool(a) and p == a)  # an answer that normalises to nothing ("the") never matches
     return hits
+
+
+def answer_prior(answers: Sequence[str], kinds: Sequence[str]) -> dict[str, str]:
+    """The blind baseline of VQA: for each question kind, its most frequent answer in `answers`
+    (training data). A model that never looks at the image can reach this (chapter 03)."""
+    if len(answers) != len(kinds) or not answers:
+        raise ValueError(f"answers and kinds must be non-empty and of one length, got {len(answers)} and {len(kinds)}")
+    counts: dict[str, dict[str, int]] = {}
+    for a, k in zip(answers, kinds):
+        counts.setdefault(k, {})
+        counts[k][a] = counts[k].get(a, 0) + 1
+    # ties broken by the answer's text, so the baseline does not depend on dict order
+    return {k: min(c, key=lambda a: (-c[a], a)) for k, c in counts.items()}

@@ -355,3 +355,52 @@ def plot_bars(values: Mapping[str, float], title: str | None = None, ax=None, yl
     if own:
         fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- diagrams
+
+STAGE_COLORS = {"input": "#e2e8f0", "vision": "#fbd38d", "text": "#9ae6b4", "fusion": "#90cdf4", "head": "#d6bcfa"}
+
+
+def plot_pipelines(table: Mapping[str, Sequence[tuple[str, str]]], notes: Mapping[str, str] | None = None,
+                   width: float = 13.0):
+    """A diagram of model pipelines drawn from a data table, one row per model.
+
+    table: model name -> [(stage label, kind), ...] drawn left to right with arrows, where kind
+    is one of STAGE_COLORS ("input", "vision", "text", "fusion", "head"); a label may hold "\\n".
+    notes: model name -> a line of text under its row (e.g. a measured cost).
+    """
+    if not isinstance(table, Mapping) or not table:
+        raise ValueError(f"table must be a non-empty dict name -> list of (label, kind), got {type(table).__name__}")
+    for name, stages in table.items():
+        bad = [s for s in stages if not (isinstance(s, tuple) and len(s) == 2 and s[1] in STAGE_COLORS)]
+        if not stages or bad:
+            raise ValueError(f"row {name!r}: each stage must be (label, kind) with kind in {sorted(STAGE_COLORS)}, "
+                             f"got {bad or stages}")
+    notes = notes or {}
+    rows = list(table.items())
+    row_h = 1.5
+    fig, ax = plt.subplots(figsize=(width, 0.4 + row_h * len(rows)))
+    longest = max(len(stages) for _, stages in rows)
+    x0, box_w, gap = 2.6, (width - 3.0) / longest - 0.35, 0.35
+    for r, (name, stages) in enumerate(rows):
+        y = (len(rows) - 1 - r) * row_h
+        ax.text(0.05, y + 0.1, name, ha="left", va="center", fontsize=10, fontweight="bold", wrap=True)
+        if name in notes:
+            ax.text(x0, y - 0.55, notes[name], ha="left", va="center", fontsize=8.5, color="#4a5568")
+        for k, (label, kind) in enumerate(stages):
+            x = x0 + k * (box_w + gap)
+            ax.add_patch(Rectangle((x, y - 0.32), box_w, 0.84, facecolor=STAGE_COLORS[kind], edgecolor="#4a5568",
+                                   linewidth=0.8))
+            ax.text(x + box_w / 2, y + 0.1, label, ha="center", va="center", fontsize=8)
+            if k:
+                ax.annotate("", xy=(x, y + 0.1), xytext=(x - gap, y + 0.1),
+                            arrowprops=dict(arrowstyle="->", color="#4a5568", lw=1))
+    ax.set_xlim(0, width)
+    ax.set_ylim(-0.9, (len(rows) - 1) * row_h + 0.8)
+    ax.axis("off")
+    handles = [Patch(facecolor=c, edgecolor="#4a5568", label=k) for k, c in STAGE_COLORS.items()]
+    ax.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize=8, frameon=False,
+              bbox_to_anchor=(1.0, 1.08))
+    fig.tight_layout()
+    return fig

@@ -14,73 +14,30 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["CLIP_TEMPLATES", "ClipRecipe", "class_prompts", "evaluate_clip", "WEIGHTS_DIR", "available", "build", "load", "manifest", "sha256"]
+from minivlm.utils import count_parameters
+
+__all__ = ["CLIP_TEMPLATES", "ClipRecipe", "class_prompts", "evaluate_clip", "WEIGHTS_DIR", "available", "build", "load",
+           "manifest", "sha256"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
-# Prompt templates for zero-shot classification with the course's CLIP (prompt ensembling,
-# CLIP paper §3.1.4). They follow the caption styles the model was trained on; the class name
-# brings its own article ("an orange star"), see `class_prompts`.
-CLIP_TEMPLATES: tuple[str, ...] = (
-    "{}.",
-    "there is {}.",
-    "a picture of {}.",
-    "one shape: {}.",
-    "an image with {}.",
-)
+from minivlm.zoo.recipes.clip import CLIP_TEMPLATES, ClipRecipe, class_prompts, evaluate_clip  # noqa: E402
+from minivlm.zoo.recipes.vilt import ViltPretrainedRecipe, ViltRecipe  # noqa: E402
 
-
-def class_prompts(class_names) -> list[str]:
-    """"orange star" -> "an orange star": the class names as a caption would write them."""
-    from minivlm.data.shapesworld import with_article
-
-    return [with_article(name) for name in class_names]
-
-
-@dataclass
-class ClipRecipe:
-    """How the zoo CLIP is trained: seeded, on the CPU, a few minutes on 2 cores.
-
-    Each batch holds one single-object scene of every seen colour-shape composition (43), so no
-    two of those captions name the same object: the in-batch negatives are true negatives,
-    which is what makes zero-shot classification learn fast. `pairs` two-object scenes are
-    added for retrieval and word order; a share of them is captioned by a spatial relation.
-    """
-
-    steps: int = 2000
-    pairs: int = 21  # two-object scenes per batch, on top of the 43 single-object ones
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup: int = 50
-    seed: int = 0
-    world_seed: int = 1
-    relational_fraction: float = 0.3  # of two-object scenes, captioned by a relation ("x left of y")
-    bench_seed: int = 1234  # the ShapesBench sets the manifest's metrics are measured on
-    config: dict = field(default_factory=lambda: dict(
-        image_size=32, patch_size=4, vision_dim=64, vision_depth=3, vision_heads=4,
-        text_dim=64, text_depth=2, text_heads=4, embed_dim=64, context_length=32,
-    ))
-
-    @property
-    def batch_size(self) -> int:
-        from minivlm.data.shapesworld import SEEN_COMPOSITIONS
-
-        return len(SEEN_COMPOSITIONS) + self.pairs
-
-
-RECIPES = {"clip": ClipRecipe}
+# The registry, in build order: an entry may load an earlier one ("vilt" fine-tunes "vilt_pretrained").
+RECIPES = {recipe.name: recipe for recipe in (ClipRecipe, ViltPretrainedRecipe, ViltRecipe)}
 
 
 def available() -> list[str]:
-    """The names `load` and `build` accept."""
-    return sorted(RECIPES)
+    """The names `load` and `build` accept, in build order."""
+    return list(RECIPES)
 
 
 def _check_name(name) -> str:
@@ -122,93 +79,12 @@ def load(name: str, weights_dir: str | Path | None = None, device: str | torch.d
     if digest != info["sha256"]:
         raise ValueError(f"{weights} is corrupt or stale: its sha256 is {digest}, the manifest says {info['sha256']}; "
                          f"run `minivlm zoo build {name}`")
-    from minivlm.models.clip import CLIP, CLIPConfig
-
-    model = CLIP(CLIPConfig(**info["config"]))
+    model = RECIPES[name].model(info["config"])
     model.load_state_dict(load_file(str(weights)))
     return model.to(device).eval()
 
 
 # ----------------------------------------------------------------------------- building
-
-
-def clip_batches(recipe: ClipRecipe, tokenizer, context_length: int = 32):
-    """A function step -> training batch (images, ids, attention_mask) for CLIP, deterministic
-    given the recipe: one single-object scene per seen composition, then `recipe.pairs`
-    two-object scenes, each with a random caption paraphrase or, for a share of the two-object
-    scenes, one of its spatial relations. Scenes come from the train split, so the held-out
-    compositions never appear."""
-    from minivlm.data import ShapesWorld
-    from minivlm.data.shapesworld import SEEN_COMPOSITIONS
-
-    world = ShapesWorld(seed=recipe.world_seed, image_size=recipe.config.get("image_size", 32), split="train")
-
-    def batch(step: int) -> dict:
-        scenes = [world.sample(1, n_objects=1, compositions=[pair])[0] for pair in SEEN_COMPOSITIONS]
-        if recipe.pairs:
-            scenes += world.sample(recipe.pairs, n_objects=2)
-        captions = []
-        for scene in scenes:
-            relational = len(scene) > 1 and world.text_rng.uniform() < recipe.relational_fraction
-            caption = world.relational_caption(scene) if relational else None
-            captions.append(caption or world.caption(scene))
-        ids, mask = tokenizer(captions, max_len=context_length)
-        return {"images": world.render(scenes), "ids": ids, "attention_mask": mask}
-
-    return batch
-
-
-@torch.no_grad()
-def evaluate_clip(model, bench_seed: int = 1234, templates=CLIP_TEMPLATES) -> dict:
-    """ShapesBench metrics of a CLIP: zero-shot accuracy (seen / held-out compositions, with the
-    template ensemble), image->text and text->image R@1 and R@5, and the relation-swap scores."""
-    from minivlm.data import ShapesBench
-    from minivlm.eval import retrieval_metrics, swap_scores, zero_shot_accuracy
-    from minivlm.models.clip import similarity, swap_similarity, zero_shot_classifier, zero_shot_logits
-
-    bench = ShapesBench(image_size=model.config.image_size, seed=bench_seed)
-    out = {}
-    for split in ("seen", "heldout"):
-        data = bench.classification(split)
-        classifier = zero_shot_classifier(model, class_prompts(data["class_names"]), list(templates))
-        out[f"zero_shot_{split}"] = zero_shot_accuracy(zero_shot_logits(model, data["images"], classifier),
-                                                       data["labels"])
-    ret = bench.retrieval(256)
-    out.update(retrieval_metrics(similarity(model, ret["images"], ret["captions"])))
-    sw = bench.swap(128)
-    out.update({f"swap_{k}": v for k, v in swap_scores(swap_similarity(model, sw["images"], sw["captions"])).items()})
-    return {k: round(float(v), 4) for k, v in out.items()}
-
-
-def _build_clip(recipe: ClipRecipe, weights: Path, progress: bool) -> dict:
-    from minivlm.data import Tokenizer
-    from minivlm.models.clip import CLIP, CLIPConfig, clip_step
-    from minivlm.train import fit
-    from minivlm.utils import count_parameters, seed_everything
-
-    seed_everything(recipe.seed)
-    tok = Tokenizer.from_world()
-    config = CLIPConfig(**recipe.config)
-    model = CLIP(config)
-    start = time.perf_counter()
-    history = fit(model, clip_step, clip_batches(recipe, tok, config.context_length), recipe.steps, lr=recipe.lr,
-                  weight_decay=recipe.weight_decay, warmup=recipe.warmup, device="cpu", seed=recipe.seed,
-                  progress=progress, desc="zoo: clip")
-    seconds = time.perf_counter() - start
-    model.eval()
-    # contiguous copies: safetensors refuses views that share memory
-    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(weights))
-    cfg = asdict(config)
-    return {
-        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-        "tokenizer_vocab_size": len(tok),
-        "metrics": evaluate_clip(model, recipe.bench_seed),
-        "final_loss": round(history.last("loss"), 4),
-        "final_logit_scale": round(float(model.scale().detach()), 3),
-        "parameters": count_parameters(model),
-        "steps": recipe.steps,
-        "train_seconds": round(seconds, 1),
-    }
 
 
 def build(name: str, out_dir: str | Path | None = None, progress: bool = True, **recipe_overrides) -> dict:
@@ -221,6 +97,7 @@ def build(name: str, out_dir: str | Path | None = None, progress: bool = True, *
     name = _check_name(name)
     recipe = RECIPES[name](**recipe_overrides)
     weights, manifest_path = _paths(name, out_dir)
+    out_dir = weights.parent
     weights.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     # One thread: float sums then run in one fixed order, so a rebuild gives the same bits on any
@@ -228,9 +105,12 @@ def build(name: str, out_dir: str | Path | None = None, progress: bool = True, *
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        info = _build_clip(recipe, weights, progress)
+        model, info = recipe.train(out_dir, progress)
     finally:
         torch.set_num_threads(threads)
+    # contiguous copies: safetensors refuses views that share memory (tied weights)
+    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(weights))
+    info["parameters"] = count_parameters(model)
     info = {
         "name": name,
         "file": weights.name,

@@ -1,0 +1,139 @@
+"""The zoo CLIP (chapter 02): the dual encoder later chapters load as their vision tower."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+# Prompt templates for zero-shot classification with the course's CLIP (prompt ensembling,
+# CLIP paper §3.1.4). They follow the caption styles the model was trained on; the class name
+# brings its own article ("an orange star"), see `class_prompts`.
+CLIP_TEMPLATES: tuple[str, ...] = (
+    "{}.",
+    "there is {}.",
+    "a picture of {}.",
+    "one shape: {}.",
+    "an image with {}.",
+)
+
+
+def class_prompts(class_names) -> list[str]:
+    """"orange star" -> "an orange star": the class names as a caption would write them."""
+    from minivlm.data.shapesworld import with_article
+
+    return [with_article(name) for name in class_names]
+
+
+@dataclass
+class ClipRecipe:
+    """How the zoo CLIP is trained: seeded, on the CPU, a few minutes on 2 cores.
+
+    Each batch holds one single-object scene of every seen colour-shape composition (43), so no
+    two of those captions name the same object: the in-batch negatives are true negatives,
+    which is what makes zero-shot classification learn fast. `pairs` two-object scenes are
+    added for retrieval and word order; a share of them is captioned by a spatial relation.
+    """
+
+    steps: int = 2000
+    pairs: int = 21  # two-object scenes per batch, on top of the 43 single-object ones
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup: int = 50
+    seed: int = 0
+    world_seed: int = 1
+    relational_fraction: float = 0.3  # of two-object scenes, captioned by a relation ("x left of y")
+    bench_seed: int = 1234  # the ShapesBench sets the manifest's metrics are measured on
+    config: dict = field(default_factory=lambda: dict(
+        image_size=32, patch_size=4, vision_dim=64, vision_depth=3, vision_heads=4,
+        text_dim=64, text_depth=2, text_heads=4, embed_dim=64, context_length=32,
+    ))
+
+    name = "clip"
+
+    @property
+    def batch_size(self) -> int:
+        from minivlm.data.shapesworld import SEEN_COMPOSITIONS
+
+        return len(SEEN_COMPOSITIONS) + self.pairs
+
+    @staticmethod
+    def model(config: dict):
+        from minivlm.models.clip import CLIP, CLIPConfig
+
+        return CLIP(CLIPConfig(**config))
+
+    def train(self, weights_dir, progress: bool):
+        from minivlm.data import Tokenizer
+        from minivlm.models.clip import CLIP, CLIPConfig, clip_step
+        from minivlm.train import fit
+        from minivlm.utils import seed_everything
+
+        seed_everything(self.seed)
+        tok = Tokenizer.from_world()
+        config = CLIPConfig(**self.config)
+        model = CLIP(config)
+        start = time.perf_counter()
+        history = fit(model, clip_step, clip_batches(self, tok, config.context_length), self.steps, lr=self.lr,
+                      weight_decay=self.weight_decay, warmup=self.warmup, device="cpu", seed=self.seed,
+                      progress=progress, desc="zoo: clip")
+        seconds = time.perf_counter() - start
+        model.eval()
+        cfg = asdict(config)
+        return model, {
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+            "tokenizer_vocab_size": len(tok),
+            "metrics": evaluate_clip(model, self.bench_seed),
+            "final_loss": round(history.last("loss"), 4),
+            "final_logit_scale": round(float(model.scale().detach()), 3),
+            "steps": self.steps,
+            "train_seconds": round(seconds, 1),
+        }
+
+
+def clip_batches(recipe: ClipRecipe, tokenizer, context_length: int = 32):
+    """A function step -> training batch (images, ids, attention_mask) for CLIP, deterministic
+    given the recipe: one single-object scene per seen composition, then `recipe.pairs`
+    two-object scenes, each with a random caption paraphrase or, for a share of the two-object
+    scenes, one of its spatial relations. Scenes come from the train split, so the held-out
+    compositions never appear."""
+    from minivlm.data import ShapesWorld
+    from minivlm.data.shapesworld import SEEN_COMPOSITIONS
+
+    world = ShapesWorld(seed=recipe.world_seed, image_size=recipe.config.get("image_size", 32), split="train")
+
+    def batch(step: int) -> dict:
+        scenes = [world.sample(1, n_objects=1, compositions=[pair])[0] for pair in SEEN_COMPOSITIONS]
+        if recipe.pairs:
+            scenes += world.sample(recipe.pairs, n_objects=2)
+        captions = []
+        for scene in scenes:
+            relational = len(scene) > 1 and world.text_rng.uniform() < recipe.relational_fraction
+            caption = world.relational_caption(scene) if relational else None
+            captions.append(caption or world.caption(scene))
+        ids, mask = tokenizer(captions, max_len=context_length)
+        return {"images": world.render(scenes), "ids": ids, "attention_mask": mask}
+
+    return batch
+
+
+@torch.no_grad()
+def evaluate_clip(model, bench_seed: int = 1234, templates=CLIP_TEMPLATES) -> dict:
+    """ShapesBench metrics of a CLIP: zero-shot accuracy (seen / held-out compositions, with the
+    template ensemble), image->text and text->image R@1 and R@5, and the relation-swap scores."""
+    from minivlm.data import ShapesBench
+    from minivlm.eval import retrieval_metrics, swap_scores, zero_shot_accuracy
+    from minivlm.models.clip import similarity, swap_similarity, zero_shot_classifier, zero_shot_logits
+
+    bench = ShapesBench(image_size=model.config.image_size, seed=bench_seed)
+    out = {}
+    for split in ("seen", "heldout"):
+        data = bench.classification(split)
+        classifier = zero_shot_classifier(model, class_prompts(data["class_names"]), list(templates))
+        out[f"zero_shot_{split}"] = zero_shot_accuracy(zero_shot_logits(model, data["images"], classifier),
+                                                       data["labels"])
+    ret = bench.retrieval(256)
+    out.update(retrieval_metrics(similarity(model, ret["images"], ret["captions"])))
+    sw = bench.swap(128)
+    out.update({f"swap_{k}": v for k, v in swap_scores(swap_similarity(model, sw["images"], sw["captions"])).items()})
+    return {k: round(float(v), 4) for k, v in out.items()}

@@ -1,0 +1,180 @@
+"""The zoo ViLTs (chapter 03): "vilt_pretrained" (MLM + ITM on captions) and "vilt" (that model
+fine-tuned for VQA), and the seed arms behind the chapter's question "does pretraining help?".
+
+"vilt" also records, in its manifest, the VQA accuracy of `seeds` pairs of arms at equal
+fine-tune steps: pretrained (MLM + ITM with that seed, then VQA) vs from scratch (VQA only),
+so the chapter can compare the difference with the spread over seeds. Seed 0's pretrained
+arm is the shipped "vilt"; the other arms' weights are not shipped (only their figures).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+VILT_CONFIG = dict(image_size=32, patch_size=4, dim=64, depth=4, heads=4, max_text_len=32)
+
+
+def _model(config: dict):
+    from minivlm.models.vilt import ViLT, ViLTConfig
+
+    config = dict(config)
+    if "answers" in config:
+        config["answers"] = tuple(config["answers"])
+    return ViLT(ViLTConfig(**config))
+
+
+def _config_dict(model) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(model.config).items()}
+
+
+def pretrain(config: dict, steps: int, seed: int, world_seed: int, batch_size: int, lr: float, warmup: int,
+             weight_decay: float, progress: bool = False, desc: str | None = None):
+    """MLM + ITM pretraining of a fresh ViLT (seeded init), on the CPU. Returns (model, history)."""
+    from minivlm.models.vilt import pretrain_batches, pretrain_step
+    from minivlm.train import fit
+    from minivlm.utils import seed_everything
+
+    seed_everything(seed)
+    model = _model(config)
+    history = fit(model, pretrain_step, pretrain_batches(batch_size, seed=world_seed + 1000 * seed,
+                                                         image_size=model.config.image_size,
+                                                         max_text_len=model.config.max_text_len),
+                  steps, lr=lr, warmup=warmup, weight_decay=weight_decay, device="cpu", seed=seed, progress=progress,
+                  desc=desc)
+    return model, history
+
+
+def finetune_vqa(model, steps: int, seed: int, world_seed: int, batch_size: int, lr: float, warmup: int,
+                 weight_decay: float, progress: bool = False, desc: str | None = None):
+    """VQA fine-tuning of `model` (pretrained or fresh) on the train split. Returns the history."""
+    from minivlm.models.vilt import vqa_batches, vqa_step
+    from minivlm.train import fit
+
+    batches = vqa_batches(batch_size, seed=world_seed + 1000 * seed, image_size=model.config.image_size,
+                          max_text_len=model.config.max_text_len, answers=model.config.answers)
+    return fit(model, vqa_step, batches, steps, lr=lr, warmup=warmup, weight_decay=weight_decay, device="cpu",
+               seed=seed, progress=progress, desc=desc)
+
+
+def vqa_metrics(model, bench_seed: int, n: int) -> dict:
+    """VQA accuracy (overall and per kind, with 95 % intervals) on ShapesBench(bench_seed).vqa(n)."""
+    from minivlm.data import ShapesBench
+    from minivlm.models.vilt import evaluate_vqa
+
+    result = evaluate_vqa(model, ShapesBench(image_size=model.config.image_size, seed=bench_seed).vqa(n))
+    out = {"vqa": _est(result["overall"])}
+    out.update({f"vqa_{k}": _est(v) for k, v in result["per_kind"].items()})
+    return out
+
+
+def _est(e) -> dict:
+    return {"value": round(e.value, 4), "low": round(e.low, 4), "high": round(e.high, 4), "n": e.n}
+
+
+@dataclass
+class ViltPretrainedRecipe:
+    """ViLT pretrained with MLM + ITM on ShapesWorld captions (a third of multi-object scenes
+    captioned by a spatial relation), seeded, on the CPU."""
+
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    seed: int = 0
+    world_seed: int = 1
+    bench_seed: int = 1234
+    itm_n: int = 1000
+    config: dict = field(default_factory=lambda: dict(VILT_CONFIG))
+
+    name = "vilt_pretrained"
+    model = staticmethod(_model)
+
+    def train(self, weights_dir, progress: bool):
+        from minivlm.data import ShapesBench
+        from minivlm.models.vilt import evaluate_itm
+
+        start = time.perf_counter()
+        model, history = pretrain(self.config, self.steps, self.seed, self.world_seed, self.batch_size, self.lr,
+                                  self.warmup, self.weight_decay, progress, desc="zoo: vilt_pretrained")
+        seconds = time.perf_counter() - start
+        itm = evaluate_itm(model, ShapesBench(image_size=model.config.image_size, seed=self.bench_seed).itm(self.itm_n))
+        return model, {
+            "config": _config_dict(model),
+            "tokenizer_vocab_size": model.config.vocab_size,
+            "metrics": {"itm": _est(itm["accuracy"])},
+            "final_loss": round(history.last("loss"), 4),
+            "final_mlm": round(history.last("mlm"), 4),
+            "final_itm": round(history.last("itm"), 4),
+            "steps": self.steps,
+            "train_seconds": round(seconds, 1),
+        }
+
+
+@dataclass
+class ViltRecipe:
+    """"vilt_pretrained" fine-tuned for VQA; plus the arms pretrained vs from scratch at equal
+    fine-tune steps over `seeds` seeds, whose figures go into the manifest."""
+
+    steps: int = 1500  # VQA fine-tune steps of every arm
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 50
+    weight_decay: float = 0.01
+    seeds: int = 3
+    world_seed: int = 2
+    bench_seed: int = 1234
+    vqa_n: int = 1200
+    pretrained: dict = field(default_factory=dict)  # overrides of the pretraining recipe, for the other seeds
+
+    name = "vilt"
+    model = staticmethod(_model)
+
+    def train(self, weights_dir, progress: bool):
+        from safetensors.torch import load_file
+
+        from minivlm import zoo
+
+        pre_recipe = ViltPretrainedRecipe(**self.pretrained)
+        path = Path(weights_dir) / "vilt_pretrained.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"'vilt' fine-tunes 'vilt_pretrained', which is not in {weights_dir}: "
+                                    f"build it first (`minivlm zoo build vilt_pretrained`)")
+        info = zoo.manifest("vilt_pretrained", weights_dir)
+        arms: dict[str, list] = {"pretrained": [], "scratch": []}
+        shipped, shipped_history, seconds = None, None, 0.0
+        for seed in range(self.seeds):
+            for arm in ("pretrained", "scratch"):
+                start = time.perf_counter()
+                if arm == "scratch":
+                    torch.manual_seed(seed)
+                    model = _model(info["config"])
+                elif seed == 0:  # the shipped pretrained model itself
+                    model = _model(info["config"])
+                    model.load_state_dict(load_file(str(path)))
+                else:
+                    model, _ = pretrain(info["config"], pre_recipe.steps, seed, pre_recipe.world_seed,
+                                        pre_recipe.batch_size, pre_recipe.lr, pre_recipe.warmup,
+                                        pre_recipe.weight_decay, progress, desc=f"zoo: vilt pretrain seed {seed}")
+                history = finetune_vqa(model, self.steps, seed, self.world_seed, self.batch_size, self.lr, self.warmup,
+                                       self.weight_decay, progress, desc=f"zoo: vilt VQA {arm} seed {seed}")
+                metrics = vqa_metrics(model, self.bench_seed, self.vqa_n)
+                arms[arm].append({"seed": seed, **metrics, "seconds": round(time.perf_counter() - start, 1)})
+                if seed == 0 and arm == "pretrained":
+                    shipped, shipped_history, seconds = model, history, time.perf_counter() - start
+        values = {arm: [r["vqa"]["value"] for r in rows] for arm, rows in arms.items()}
+        gains = [p - s for p, s in zip(values["pretrained"], values["scratch"])]
+        return shipped, {
+            "config": _config_dict(shipped),
+            "tokenizer_vocab_size": shipped.config.vocab_size,
+            "metrics": {k: v for k, v in arms["pretrained"][0].items() if k.startswith("vqa")},
+            "arms": arms,
+            "pretraining_gain": {"per_seed": [round(g, 4) for g in gains], "mean": round(sum(gains) / len(gains), 4),
+                                 "min": round(min(gains), 4), "max": round(max(gains), 4)},
+            "final_loss": round(shipped_history.last("loss"), 4),
+            "steps": self.steps,
+            "train_seconds": round(seconds, 1),
+        }
