@@ -1,10 +1,11 @@
-"""Speed checks of our models against reference implementations (chapter 02 for CLIP).
+"""Speed checks of our models against reference implementations (chapter 02 for CLIP, 03 for ViLT).
 
 `bench_clip` times one full training step (forward, loss, backward, AdamW step) of our CLIP and
 of Hugging Face transformers' CLIPModel built at the *same* configuration, on the same batch,
 alternating the two in each repeat so that a machine slowing down or speeding up (thermal
 throttling, another process) affects both alike. transformers is a development dependency
-only, imported inside the function.
+only, imported inside the function. `bench_vilt` does the same for a VQA step of our ViLT and
+of transformers' ViltForQuestionAnswering.
 
     python -m minivlm.benchmarks                       # the chapter's default config
     python -m minivlm.benchmarks --dim 256 --depth 6 --image-size 64 --patch-size 8
@@ -50,6 +51,35 @@ def hf_clip_like(config):
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
+
+
+def _time_alternating(runs: dict, warmup: int, repeats: int, dev: torch.device) -> dict:
+    """Time {"ours": (step, opt), "theirs": (step, opt)}: warmup + repeats rounds, each running
+    both steps, alternating who goes first. Returns the median wall and CPU milliseconds and
+    the ratio ours / theirs."""
+    times: dict[str, list[float]] = {"ours": [], "theirs": []}
+    cpu_times: dict[str, list[float]] = {"ours": [], "theirs": []}
+    for i in range(warmup + repeats):
+        order = ("ours", "theirs") if i % 2 == 0 else ("theirs", "ours")  # alternate who goes first
+        for name in order:
+            step, opt = runs[name]
+            _sync(dev)
+            t0, c0 = time.perf_counter(), time.process_time()
+            step(opt)
+            _sync(dev)
+            if i >= warmup:
+                times[name].append((time.perf_counter() - t0) * 1000)
+                cpu_times[name].append((time.process_time() - c0) * 1000)
+    ours_ms, theirs_ms = statistics.median(times["ours"]), statistics.median(times["theirs"])
+    return {
+        "ours_ms": round(ours_ms, 3),
+        "theirs_ms": round(theirs_ms, 3),
+        "ratio": round(ours_ms / theirs_ms, 4),
+        # CPU time of the process (all threads): on a busy shared machine it is less
+        # disturbed by other processes than wall time
+        "ours_cpu_ms": round(statistics.median(cpu_times["ours"]), 3),
+        "theirs_cpu_ms": round(statistics.median(cpu_times["theirs"]), 3),
+    }
 
 
 def bench_clip(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device: str | None = None,
@@ -99,28 +129,8 @@ def bench_clip(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
 
         runs = {"ours": (step_ours, torch.optim.AdamW(ours.parameters(), lr=1e-4)),
                 "theirs": (step_theirs, torch.optim.AdamW(hf.parameters(), lr=1e-4))}
-        times: dict[str, list[float]] = {"ours": [], "theirs": []}
-        cpu_times: dict[str, list[float]] = {"ours": [], "theirs": []}
-        for i in range(warmup + repeats):
-            order = ("ours", "theirs") if i % 2 == 0 else ("theirs", "ours")  # alternate who goes first
-            for name in order:
-                step, opt = runs[name]
-                _sync(dev)
-                t0, c0 = time.perf_counter(), time.process_time()
-                step(opt)
-                _sync(dev)
-                if i >= warmup:
-                    times[name].append((time.perf_counter() - t0) * 1000)
-                    cpu_times[name].append((time.process_time() - c0) * 1000)
-        ours_ms, theirs_ms = statistics.median(times["ours"]), statistics.median(times["theirs"])
         return {
-            "ours_ms": round(ours_ms, 3),
-            "theirs_ms": round(theirs_ms, 3),
-            "ratio": round(ours_ms / theirs_ms, 4),
-            # CPU time of the process (all threads): on a busy shared machine it is less
-            # disturbed by other processes than wall time
-            "ours_cpu_ms": round(statistics.median(cpu_times["ours"]), 3),
-            "theirs_cpu_ms": round(statistics.median(cpu_times["theirs"]), 3),
+            **_time_alternating(runs, warmup, repeats, dev),
             "batch_size": batch_size,
             "repeats": repeats,
             "warmup": warmup,
@@ -135,6 +145,95 @@ def bench_clip(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
     finally:
         torch.set_num_threads(old_threads)
 
+
+
+def hf_vilt_like(config):
+    """A randomly initialised transformers ViltForQuestionAnswering with the same architecture as
+    our ViLT(config) and its VQA head (patches mode only: transformers has no regions ViLT)."""
+    try:
+        import transformers
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("bench_vilt compares against Hugging Face transformers: pip install transformers "
+                          "(a development dependency; the library itself never needs it)") from e
+    if config.visual != "patches":
+        raise ValueError(f"transformers' ViLT embeds patches only, got visual={config.visual!r}")
+    hf_config = transformers.ViltConfig(
+        vocab_size=config.vocab_size, max_position_embeddings=config.max_text_len, hidden_size=config.dim,
+        num_hidden_layers=config.depth, num_attention_heads=config.heads,
+        intermediate_size=int(config.dim * config.mlp_ratio), hidden_act=HF_ACT[config.act],
+        hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.dropout,
+        layer_norm_eps=config.eps, image_size=config.image_size, patch_size=config.patch_size, num_channels=3,
+        qkv_bias=True, max_image_length=-1, pad_token_id=config.pad_id,
+        id2label=dict(enumerate(config.answers)), label2id={a: i for i, a in enumerate(config.answers)},
+    )
+    # transformers' ViLT has only the eager attention (matmul, softmax, matmul): no
+    # _attn_implementation to choose, unlike CLIP's "sdpa"
+    return transformers.ViltForQuestionAnswering(hf_config), transformers.__version__
+
+
+def bench_vilt(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device: str | None = None,
+               threads: int | None = None, seed: int = 0, **config) -> dict:
+    """Median milliseconds per VQA training step of our ViLT and of transformers'
+    ViltForQuestionAnswering (chapter 03).
+
+    One step: forward on a ShapesWorld VQA batch (`vqa_batches`), cross-entropy of the VQA
+    logits, backward, AdamW step. config: ViLTConfig fields (dim, depth, image_size, ...);
+    both models get them. device, threads and the returned dict as in `bench_clip`.
+    """
+    import torch.nn.functional as F
+
+    from minivlm.models.vilt import ViLT, ViLTConfig, vqa_batches
+
+    if repeats < 1 or warmup < 0 or batch_size < 2:
+        raise ValueError(f"need repeats >= 1, warmup >= 0, batch_size >= 2; got {repeats}, {warmup}, {batch_size}")
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    dev = torch.device(device or "cpu")
+    try:
+        cfg = ViLTConfig(**config)
+        torch.manual_seed(seed)
+        ours = ViLT(cfg).to(dev).train()
+        hf, hf_version = hf_vilt_like(cfg)
+        hf = hf.to(dev).train()
+        n_ours, n_theirs = count_parameters(ours), count_parameters(hf)
+        n_ours -= count_parameters(ours.itm_head) + count_parameters(ours.mlm_transform) + \
+            count_parameters(ours.mlm_norm) + ours.mlm_bias.numel()  # heads a VQA step never uses
+
+        batch = vqa_batches(batch_size, seed, image_size=cfg.image_size, max_text_len=cfg.max_text_len,
+                            answers=cfg.answers)(0)
+        images, ids, mask, labels = (batch[k].to(dev) for k in ("images", "ids", "attention_mask", "labels"))
+        mean, std = ours.image_mean, ours.image_std
+
+        def step_ours(opt):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(ours.vqa_logits(ours.pool(ours(images, ids, mask))), labels).backward()
+            opt.step()
+
+        def step_theirs(opt):
+            opt.zero_grad(set_to_none=True)
+            pixel_values = (images - mean) / std  # the same normalisation our model does inside
+            out = hf(input_ids=ids, attention_mask=mask.long(), pixel_values=pixel_values)
+            F.cross_entropy(out.logits, labels).backward()
+            opt.step()
+
+        runs = {"ours": (step_ours, torch.optim.AdamW(ours.parameters(), lr=1e-4)),
+                "theirs": (step_theirs, torch.optim.AdamW(hf.parameters(), lr=1e-4))}
+        return {
+            **_time_alternating(runs, warmup, repeats, dev),
+            "batch_size": batch_size,
+            "repeats": repeats,
+            "warmup": warmup,
+            "config": asdict(cfg),
+            "params_ours": n_ours,
+            "params_theirs": n_theirs,
+            "torch": torch.__version__,
+            "transformers": hf_version,
+            "threads": torch.get_num_threads(),
+            "device": str(dev),
+        }
+    finally:
+        torch.set_num_threads(old_threads)
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description="Time a CLIP training step: ours vs transformers' CLIPModel.")

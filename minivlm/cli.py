@@ -4,11 +4,12 @@
     minivlm check PATH.ipynb [--json]          run a learner's exercise notebook, report each task
     minivlm notebooks execute [PATHS...]       rebuild .ipynb from .py, execute, store outputs
     minivlm zoo build NAME|all, zoo list       the pretrained components later chapters load
-    minivlm bench render|clip                  timings as JSON
+    minivlm bench render|clip|vilt             timings as JSON
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import re
 import sys
@@ -261,15 +262,20 @@ def _cmd_bench_render(args) -> int:
     return 0
 
 
-def _cmd_bench_clip(args) -> int:
+def _cmd_bench_model(args) -> int:
+    """`minivlm bench clip|vilt`: minivlm.benchmarks.bench_clip / bench_vilt (ours vs transformers)."""
+    name = f"bench_{args.action}"
     try:
-        from minivlm.benchmarks import bench_clip
+        benchmarks = importlib.import_module("minivlm.benchmarks")
     except ImportError as exc:
-        print(f"error: minivlm.benchmarks.bench_clip is not available ({exc})", file=sys.stderr)
+        print(f"error: minivlm.benchmarks.{name} is not available ({exc})", file=sys.stderr)
+        return 1
+    if not hasattr(benchmarks, name):
+        print(f"error: minivlm.benchmarks.{name} is not available", file=sys.stderr)
         return 1
     kwargs = {k: v for k, v in vars(args).items() if k in ("repeats", "batch_size", "image_size", "device", "threads")
               and v is not None}
-    _print_json(bench_clip(**kwargs))
+    _print_json(getattr(benchmarks, name)(**kwargs))
     return 0
 
 
@@ -312,13 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--n", type=int, default=256, help="scenes per batch (default 256)")
     br.add_argument("--image-size", type=int, default=32, help="image side in pixels (default 32)")
     br.set_defaults(func=_cmd_bench_render)
-    bc = bp.add_parser("clip", help="CLIP training/inference speed")
-    bc.add_argument("--repeats", type=int, help="timed steps per model (default 20)")
-    bc.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    bc.add_argument("--batch-size", type=int)
-    bc.add_argument("--image-size", type=int)
-    bc.add_argument("--device")
-    bc.set_defaults(func=_cmd_bench_clip)
+    for name, what, reference in (("clip", "CLIP", "CLIPModel"), ("vilt", "ViLT VQA", "ViltForQuestionAnswering")):
+        bm = bp.add_parser(name, help=f"{what} training-step speed against transformers' {reference}")
+        bm.add_argument("--repeats", type=int, help="timed steps per model (default 20)")
+        bm.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+        bm.add_argument("--batch-size", type=int)
+        bm.add_argument("--image-size", type=int)
+        bm.add_argument("--device")
+        bm.set_defaults(func=_cmd_bench_model)
     return p
 
 

@@ -146,13 +146,18 @@ def test_bench_commands_print_json(monkeypatch, capsys):
     calls = {}
     render = types.SimpleNamespace(time_render=lambda n, image_size: calls.setdefault("render", (n, image_size))
                                    and {"n": n, "image_size": image_size, "seconds": 0.5})
-    bench = types.SimpleNamespace(bench_clip=lambda **kw: {"kwargs": kw})
+    bench = types.SimpleNamespace(bench_clip=lambda **kw: {"kwargs": kw}, bench_vilt=lambda **kw: {"vilt": kw})
     monkeypatch.setitem(sys.modules, "minivlm.data.shapesworld", render)
     monkeypatch.setitem(sys.modules, "minivlm.benchmarks", bench)
     assert cli.main(["bench", "render", "--n", "8", "--image-size", "64"]) == 0
     assert json.loads(capsys.readouterr().out) == {"n": 8, "image_size": 64, "seconds": 0.5}
     assert cli.main(["bench", "clip", "--repeats", "3", "--batch-size", "4"]) == 0
     assert json.loads(capsys.readouterr().out) == {"kwargs": {"repeats": 3, "batch_size": 4}}
+    assert cli.main(["bench", "vilt", "--repeats", "2", "--threads", "1", "--image-size", "64"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"vilt": {"repeats": 2, "threads": 1, "image_size": 64}}
+    monkeypatch.setitem(sys.modules, "minivlm.benchmarks", types.SimpleNamespace())
+    assert cli.main(["bench", "vilt"]) == 1
+    assert "bench_vilt is not available" in capsys.readouterr().err
 
 
 def test_bench_clip_runs_from_the_cli(capsys):
@@ -161,4 +166,13 @@ def test_bench_clip_runs_from_the_cli(capsys):
     assert cli.main(["bench", "clip", "--repeats", "1", "--batch-size", "4", "--threads", "1"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ours_ms"] > 0 and report["theirs_ms"] > 0
+    assert abs(report["ratio"] - report["ours_ms"] / report["theirs_ms"]) < 1e-2
+
+
+def test_bench_vilt_runs_from_the_cli(capsys):
+    pytest.importorskip("transformers")
+    # the real benchmark, tiny: the CLI's options must be ones bench_vilt accepts
+    assert cli.main(["bench", "vilt", "--repeats", "1", "--batch-size", "4", "--threads", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ours_ms"] > 0 and report["theirs_ms"] > 0 and report["batch_size"] == 4
     assert abs(report["ratio"] - report["ours_ms"] / report["theirs_ms"]) < 1e-2

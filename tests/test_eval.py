@@ -1,8 +1,23 @@
 """ShapesBench metrics on hand-made cases with known answers."""
+import math
+
+import numpy as np
 import pytest
 import torch
 
-from minivlm.eval import normalize_answer, recall_at_k, retrieval_metrics, swap_scores, vqa_accuracy, zero_shot_accuracy
+from minivlm.eval import (
+    Estimate,
+    answer_hits,
+    bootstrap,
+    interval,
+    normalize_answer,
+    recall_at_k,
+    retrieval_metrics,
+    swap_scores,
+    vqa_accuracy,
+    wilson,
+    zero_shot_accuracy,
+)
 
 
 def test_zero_shot_accuracy():
@@ -101,3 +116,124 @@ def test_vqa_accuracy():
         vqa_accuracy(["a", "b"], ["a"])
     with pytest.raises(ValueError, match="empty"):
         vqa_accuracy([], [])
+
+
+# ----------------------------------------------------------------------------- intervals and answer hits
+
+
+def wilson_closed_form(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson (1927): (p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)."""
+    p = k / n
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
+@pytest.mark.parametrize("k,n", [(0, 10), (10, 10), (1, 7), (50, 100), (713, 1000), (3, 4000)])
+def test_wilson_matches_the_closed_formula(k, n):
+    est = wilson(k, n)
+    low, high = wilson_closed_form(k, n)
+    assert est.value == pytest.approx(k / n) and est.n == n and est.method == "wilson"
+    assert est.low == pytest.approx(max(low, 0.0), abs=1e-12) and est.high == pytest.approx(min(high, 1.0), abs=1e-12)
+    assert 0.0 <= est.low <= est.value <= est.high <= 1.0
+    # the bounds are the two solutions q of (p̂ - q)² = z² q(1-q)/n: a check independent of the formula
+    z, p = 1.96, k / n
+    for q in (est.low, est.high):
+        assert (p - q) ** 2 == pytest.approx(z * z * q * (1 - q) / n, abs=1e-12)
+
+
+def test_wilson_at_the_ends():
+    z2 = 1.96**2
+    none, every = wilson(0, 10), wilson(10, 10)
+    assert none.low == 0.0 and none.high == pytest.approx(z2 / (10 + z2))  # 0.2775
+    assert every.high == 1.0 and every.low == pytest.approx(10 / (10 + z2))  # 0.7225
+    assert none.high == pytest.approx(1 - every.low)  # symmetric in k <-> n - k
+    lo, hi = wilson(3, 17), wilson(14, 17)
+    assert lo.low == pytest.approx(1 - hi.high) and lo.high == pytest.approx(1 - hi.low)
+    assert wilson(5, 10, z=2.58).half_width > wilson(5, 10).half_width  # a 99 % interval is wider
+
+
+def test_wilson_width_shrinks_like_one_over_sqrt_n():
+    widths = {n: 2 * wilson(n // 2, n).half_width for n in (100, 400, 1600, 6400)}
+    for n in (100, 400, 1600):
+        assert widths[n] / widths[4 * n] == pytest.approx(2.0, rel=0.02)
+    # and it approaches the normal approximation 2·z·sqrt(p(1-p)/n) for large n
+    assert widths[6400] == pytest.approx(2 * 1.96 * math.sqrt(0.25 / 6400), rel=0.01)
+
+
+@pytest.mark.parametrize("k,n,match", [(1, 0, "n must be"), (-1, 10, "successes"), (11, 10, r"successes.*n=10.*11"),
+                                       (1.0, 10, "successes"), (True, 10, "successes"), (1, 2.5, "n must be")])
+def test_wilson_bad_arguments(k, n, match):
+    with pytest.raises(ValueError, match=match):
+        wilson(k, n)
+
+
+def test_bootstrap_contains_the_mean_narrows_with_n_and_is_seeded():
+    g = np.random.default_rng(0)
+    small, large = g.normal(3.0, 2.0, 25), g.normal(3.0, 2.0, 400)
+    a, b = bootstrap(small, seed=1), bootstrap(large, seed=1)
+    for est, x in ((a, small), (b, large)):
+        assert est.value == pytest.approx(x.mean()) and est.n == len(x) and est.method == "bootstrap"
+        assert est.low < est.value < est.high
+        # about the normal interval ±1.96·s/sqrt(n)
+        assert est.half_width == pytest.approx(1.96 * x.std(ddof=1) / math.sqrt(len(x)), rel=0.25)
+    assert 2.5 < a.half_width / b.half_width < 6.5  # sqrt(400/25) = 4, up to the two samples' spreads
+    assert bootstrap(small, seed=1) == a  # same seed, same interval
+    assert bootstrap(small, seed=2) != a
+    # another statistic, and a tensor input
+    med = bootstrap(torch.tensor(large), statistic=np.median, seed=1)
+    assert med.value == pytest.approx(float(np.median(large))) and med.low < med.value < med.high
+
+
+@pytest.mark.parametrize("values,kwargs,match", [([], {}, "non-empty"), ([[1.0, 2.0]], {}, "1-D"),
+                                                 ([1.0, float("nan")], {}, "finite"),
+                                                 ([1.0, 2.0], {"n_boot": 10}, "n_boot")])
+def test_bootstrap_bad_arguments(values, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        bootstrap(values, **kwargs)
+
+
+def test_interval_dispatches_on_the_data():
+    hits = [True, False, True, True, False, True, True]
+    assert interval(hits) == wilson(5, 7)
+    assert interval(torch.tensor(hits)) == wilson(5, 7)
+    assert interval([0, 0, 0]) == wilson(0, 3) and interval(np.ones(12)) == wilson(12, 12)
+    scores = [0.2, 0.9, 0.5, 1.0, 0.0, 0.7]
+    est = interval(scores)
+    assert est.method == "bootstrap" and est == bootstrap(scores)
+    assert est.value == pytest.approx(np.mean(scores))
+    with pytest.raises(ValueError, match="non-empty"):
+        interval([])
+
+
+def test_estimate_format():
+    e = Estimate(0.713, 0.684, 0.741, 1000, "wilson")
+    assert e.format() == "71.3 % [68.4, 74.1] (n=1,000)" == str(e)
+    assert e.format(percent=False) == "0.713 [0.684, 0.741] (n=1,000)"
+    assert e.half_width == pytest.approx(0.0285)
+    assert Estimate(12.3456, 11.0, 13.75, 7, "bootstrap").format(percent=False) == "12.35 [11, 13.75] (n=7)"
+    assert str(wilson(0, 10)) == "0.0 % [0.0, 27.8] (n=10)"
+
+
+def test_answers_that_normalise_to_nothing_never_match():
+    assert vqa_accuracy(["the"], ["an"]) == 0
+    assert vqa_accuracy(["?"], [""]) == 0
+    assert vqa_accuracy(["a"], ["a"]) == 0  # "a" is an article: nothing left to compare
+    # ordinary matches still count, through the normalisation
+    assert vqa_accuracy(["The Red.", "two", "yes"], ["red", "2", "no"]) == pytest.approx(2 / 3)
+
+
+def test_answer_hits_per_item():
+    preds = ["Yes", "the", "two", "blue.", "circle", "LEFT!"]
+    answers = ["yes", "an", "2", "blue", "square", "left"]
+    hits = answer_hits(preds, answers)
+    assert hits == [True, False, True, True, False, True]
+    assert all(isinstance(h, bool) for h in hits)
+    assert vqa_accuracy(preds, answers) == pytest.approx(sum(hits) / len(hits))
+    assert answer_hits(("four",), ("4",)) == [True]
+    with pytest.raises(ValueError, match="same length, got 1 and 2"):
+        answer_hits(["a"], ["a", "b"])
+    with pytest.raises(TypeError, match="lists of str"):
+        answer_hits("yes", "yes")
+    with pytest.raises(TypeError, match="str"):
+        answer_hits([1], ["1"])

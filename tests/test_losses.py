@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minivlm.losses import clip_loss
+from minivlm.losses import clip_loss, itm_loss, mlm_loss
 
 
 def numpy_clip_loss(image_emb: np.ndarray, text_emb: np.ndarray, scale: float) -> float:
@@ -90,3 +90,111 @@ def test_bad_inputs_raise(img, txt, scale, err):
 def test_error_names_both_shapes():
     with pytest.raises(ValueError, match=r"\(4, 8\).*\(5, 8\)"):
         clip_loss(torch.randn(4, 8), torch.randn(5, 8), 1.0)
+
+
+# ----------------------------------------------------------------------------- chapter 03: MLM and ITM
+
+
+def hand_mlm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> float:
+    """log-softmax over the vocabulary, -log p(label) at every chosen position, mean over those only."""
+    total, count = 0.0, 0
+    for b in range(labels.shape[0]):
+        for t in range(labels.shape[1]):
+            y = int(labels[b, t])
+            if y == ignore_index:
+                continue
+            row = logits[b, t].double()
+            total += -(row[y] - torch.logsumexp(row, dim=0)).item()
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("b,t,v,seed", [(2, 5, 7, 0), (4, 9, 30, 1), (3, 16, 603, 2)])
+def test_mlm_loss_matches_hand_computation(b, t, v, seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, t, v, generator=g, dtype=torch.float64) * 3
+    labels = torch.randint(0, v, (b, t), generator=g)
+    labels[torch.rand(b, t, generator=g) < 0.6] = -100
+    labels[0, 0] = 1  # at least one chosen position
+    assert mlm_loss(logits, labels).item() == pytest.approx(hand_mlm_loss(logits, labels), rel=1e-10)
+    # positions that were not chosen do not matter, whatever their logits
+    noisy = logits.clone()
+    noisy[labels == -100] = torch.randn(int((labels == -100).sum()), v, generator=g, dtype=torch.float64) * 50
+    assert mlm_loss(noisy, labels).item() == pytest.approx(hand_mlm_loss(logits, labels), rel=1e-10)
+    # a custom ignore_index
+    other = torch.where(labels == -100, torch.full_like(labels, -1), labels)
+    assert mlm_loss(logits, other, ignore_index=-1).item() == pytest.approx(hand_mlm_loss(logits, labels), rel=1e-10)
+
+
+def test_mlm_loss_averages_over_chosen_positions_only():
+    """One chosen position with loss L and many unchosen ones: the loss is L, not L / (B*T)."""
+    logits = torch.zeros(2, 6, 4)
+    labels = torch.full((2, 6), -100)
+    labels[1, 3] = 2
+    assert mlm_loss(logits, labels).item() == pytest.approx(math.log(4), rel=1e-6)
+
+
+def test_mlm_loss_nothing_chosen_is_zero_with_a_gradient_path():
+    logits = torch.randn(3, 5, 11, requires_grad=True)
+    loss = mlm_loss(logits, torch.full((3, 5), -100))
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert logits.grad is not None and torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_mlm_loss_gradient_only_reaches_chosen_positions():
+    logits = torch.randn(2, 4, 6, requires_grad=True)
+    labels = torch.tensor([[-100, 3, -100, -100], [0, -100, -100, 5]])
+    mlm_loss(logits, labels).backward()
+    touched = logits.grad.abs().sum(-1) > 0
+    assert torch.equal(touched, labels != -100)
+
+
+@pytest.mark.parametrize(
+    "logits,labels,match",
+    [
+        (torch.randn(2, 5), torch.zeros(2, dtype=torch.long), "logits must have 3 dims"),
+        (torch.randn(2, 5, 7), torch.zeros(2, 5, 1, dtype=torch.long), "labels must have 2 dims"),
+        (torch.randn(2, 5, 7), torch.zeros(2, 4, dtype=torch.long), r"\(2, 5, 7\).*\(2, 4\)"),
+        (torch.randn(2, 5, 7), torch.zeros(3, 5, dtype=torch.long), r"\(2, 5, 7\).*\(3, 5\)"),
+        (torch.randn(2, 5, 7), torch.tensor([[0, 7, -100, 1, 1]] * 2), r"\[0, 6\].*7\]"),
+        (torch.randn(2, 5, 7), torch.tensor([[0, -5, -100, 1, 1]] * 2), r"\[0, 6\].*\[-5"),
+        (torch.randn(2, 5, 7), torch.zeros(2, 5), "integer"),
+        (torch.randint(0, 3, (2, 5, 7)), torch.zeros(2, 5, dtype=torch.long), "floating"),
+    ],
+)
+def test_mlm_loss_bad_inputs(logits, labels, match):
+    with pytest.raises(ValueError, match=match):
+        mlm_loss(logits, labels)
+
+
+def test_itm_loss_matches_hand_cross_entropy():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(9, 2, generator=g, dtype=torch.float64) * 2
+    labels = torch.randint(0, 2, (9,), generator=g)
+    p = logits.softmax(dim=1)
+    want = -torch.log(p[torch.arange(9), labels]).mean().item()
+    assert itm_loss(logits, labels).item() == pytest.approx(want, rel=1e-10)
+    # flipping every label changes the loss (column 1 means "match", column 0 "no match")
+    assert itm_loss(logits, 1 - labels).item() != pytest.approx(want, rel=1e-3)
+    # confident and right: near zero; confident and wrong: large
+    sure = torch.tensor([[-20.0, 20.0], [20.0, -20.0]])
+    assert itm_loss(sure, torch.tensor([1, 0])).item() < 1e-6
+    assert itm_loss(sure, torch.tensor([0, 1])).item() > 30
+
+
+@pytest.mark.parametrize(
+    "logits,labels,match",
+    [
+        (torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), r"\(B, 2\).*\(4, 3\)"),
+        (torch.randn(4, 1), torch.tensor([0, 1, 0, 1]), r"\(B, 2\).*\(4, 1\)"),
+        (torch.randn(4, 2), torch.tensor([0, 1, 2, 1]), r"0 .*1 .*\[0, 2\]"),
+        (torch.randn(4, 2), torch.tensor([0, -1, 0, 1]), r"\[-1, 1\]"),
+        (torch.randn(4, 2), torch.tensor([0, 1, 0]), r"\(4, 2\).*\(3,\)"),
+        (torch.randn(4, 2), torch.tensor([[0, 1, 0, 1]]), "labels must have 1 dims"),
+        (torch.randn(4, 2), torch.tensor([0.0, 1.0, 0.0, 1.0]), "integer"),
+    ],
+)
+def test_itm_loss_bad_inputs(logits, labels, match):
+    with pytest.raises(ValueError, match=match):
+        itm_loss(logits, labels)

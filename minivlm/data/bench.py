@@ -32,6 +32,12 @@ def _check_count(name: str, n) -> int:
     return int(n)
 
 
+def _caption(world: ShapesWorld, scene: Scene, rng) -> str:
+    """A paraphrase or, for a third of the scenes with two or more objects, a true relation."""
+    relational = len(scene) > 1 and rng.uniform() < 1 / 3
+    return (world.relational_caption(scene) if relational else None) or world.caption(scene)
+
+
 class ShapesBench:
     """bench = ShapesBench(image_size=32, seed=1234); bench.classification("heldout") ..."""
 
@@ -148,15 +154,16 @@ class ShapesBench:
         captions, labels = [], []
         for scene in scenes:
             if rng.uniform() < 0.5:
-                while True:
+                truths = world.true_captions(scene)
+                while True:  # another scene's caption, with other objects, that is not true here by chance
                     other = world.sample(1)[0]
-                    if sorted(other.names) != sorted(scene.names):
+                    caption = _caption(world, other, rng)
+                    if sorted(other.names) != sorted(scene.names) and caption not in truths:
                         break
-                source, label = other, 0
+                label = 0
             else:
-                source, label = scene, 1
-            relational = len(source) > 1 and rng.uniform() < 1 / 3
-            captions.append((world.relational_caption(source) if relational else None) or world.caption(source))
+                caption, label = _caption(world, scene, rng), 1
+            captions.append(caption)
             labels.append(label)
         return {"images": world.render(scenes), "captions": captions, "labels": torch.tensor(labels),
                 "scenes": scenes}

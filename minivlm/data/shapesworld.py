@@ -504,7 +504,8 @@ class ShapesWorld:
         return img.clamp(0.0, 1.0)
 
     # ------------------------------------------------------------------ text
-    def captions(self, scene: Scene) -> list[str]:
+    @staticmethod
+    def captions(scene: Scene) -> list[str]:
         """Every paraphrase of the scene's caption, in template order (style=i gives the i-th)."""
         objs = sorted(scene.objects, key=lambda o: o.x)  # left to right
         n = len(objs)
@@ -538,6 +539,13 @@ class ShapesWorld:
             return None
         i, rel, j = rels[int(self.text_rng.integers(len(rels)))]
         return self.describe_relation(scene, i, rel, j)
+
+    @staticmethod
+    def true_captions(scene: Scene) -> set[str]:
+        """Every caption that describes `scene` truly: its paraphrases and all its relations. A
+        negative caption for image-text matching must be none of these."""
+        rels = {ShapesWorld.describe_relation(scene, i, rel, j) for i, rel, j in scene.relations()}
+        return set(ShapesWorld.captions(scene)) | rels
 
     def noisy_captions(self, scenes: Sequence[Scene], noise: float | None = None) -> tuple[list[str], torch.Tensor]:
         """Web-like noise: with probability `noise` (default: the world's knob) a caption is

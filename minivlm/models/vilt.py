@@ -272,6 +272,104 @@ class ViLT(nn.Module):
         check_range("boxes", boxes, 0.0, 1.0)
         return boxes, box_mask
 
+    # ------------------------------------------------------------------------------ Hugging Face import
+    @classmethod
+    def from_hf(cls, hf_model, tokenizer=None, image_mean: Sequence[float] = (0.5, 0.5, 0.5),
+                image_std: Sequence[float] = (0.5, 0.5, 0.5)) -> "ViLT":
+        """Build a ViLT with the configuration and weights of a `transformers` ViltModel,
+        ViltForQuestionAnswering or ViltForMaskedLM (transformers itself is never imported here).
+
+        image_mean/image_std: the normalisation its image processor applies (ViLT's: 0.5, 0.5),
+        so that our model, which takes [0, 1] images, sees the same pixel values.
+        tokenizer: optional, only needed to call the model with strings; its pad_id / mask_id
+        (when it has them) go into the config.
+
+        The VQA head comes from ViltForQuestionAnswering (answers = config.id2label, in label
+        order), the MLM head from ViltForMaskedLM; heads the model has no weights for (always
+        ITM: transformers' retrieval head has one logit, ours two) keep their random init.
+        Two differences that leave the outputs equal: BERT's token-type embedding (every id 0
+        here) is folded into text_pos; and transformers' ViltEmbeddings.visual_embed shuffles
+        the patch tokens (torch.multinomial, even when it keeps them all), so its image hidden
+        states come out permuted while ours keep row-major order. Only square image_size
+        inputs: transformers interpolates the positions for other sizes, this model does not.
+        Raises ValueError, listing every problem, for configurations this model cannot represent.
+        """
+        hc = hf_model.config
+        kinds = {k.__name__ for k in type(hf_model).__mro__} & {"ViltModel", "ViltForQuestionAnswering",
+                                                                  "ViltForMaskedLM"}
+        to_ours = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "quick_gelu", "relu": "relu"}
+        problems = []
+        if not kinds:
+            problems.append(f"expected a ViltModel, ViltForQuestionAnswering or ViltForMaskedLM, got "
+                            f"{type(hf_model).__name__}")
+        if not hc.qkv_bias:
+            problems.append("qkv_bias=False (our attention projections always have a bias)")
+        if hc.num_channels != 3:
+            problems.append(f"num_channels must be 3, got {hc.num_channels}")
+        sizes = {}
+        for name in ("image_size", "patch_size"):
+            value = getattr(hc, name)
+            pair = tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+            if len(pair) != 2 or pair[0] != pair[1]:
+                problems.append(f"{name} must be square, got {value!r}")
+            sizes[name] = pair[0]
+        if sizes["image_size"] % sizes["patch_size"]:
+            problems.append(f"image_size={sizes['image_size']} must be divisible by patch_size={sizes['patch_size']}")
+        num_patches = (sizes["image_size"] // sizes["patch_size"]) ** 2
+        if isinstance(hc.max_image_length, int) and 0 <= hc.max_image_length < num_patches:
+            problems.append(f"max_image_length={hc.max_image_length} keeps a random subset of the {num_patches} "
+                            "patches at every call (set hf_model.config.max_image_length = -1 to keep them all)")
+        if hc.hidden_act not in to_ours:
+            problems.append(f"hidden_act {hc.hidden_act!r} is not one of {sorted(to_ours)}")
+        mlp_ratio = hc.intermediate_size / hc.hidden_size
+        if int(hc.hidden_size * mlp_ratio) != hc.intermediate_size:
+            problems.append(f"intermediate_size={hc.intermediate_size} is not int(hidden_size * ratio) for any ratio")
+        if hc.modality_type_vocab_size < 2:
+            problems.append(f"modality_type_vocab_size must be >= 2 (text, image), got {hc.modality_type_vocab_size}")
+        answers = VQA_ANSWER_VOCAB
+        if "ViltForQuestionAnswering" in kinds:
+            answers = tuple(str(hc.id2label[i]) for i in range(len(hc.id2label)))
+            head_norm = hf_model.classifier[1]
+            if head_norm.eps != 1e-5:  # ours is nn.LayerNorm's default
+                problems.append(f"the VQA head's LayerNorm eps must be 1e-5, got {head_norm.eps}")
+            if getattr(hf_model.classifier[2], "approximate", "none") != "none":
+                problems.append("the VQA head's GELU must be the exact (erf) one")
+        if "ViltForMaskedLM" in kinds:
+            words = hf_model.vilt.embeddings.text_embeddings.word_embeddings.weight
+            if not torch.equal(hf_model.mlm_score.decoder.weight, words):
+                problems.append("the MLM decoder weight is not tied to the word embeddings (ours always is)")
+        if problems:
+            raise ValueError("cannot represent this Vilt model: " + "; ".join(problems))
+        pad_id, mask_id = getattr(tokenizer, "pad_id", None), getattr(tokenizer, "mask_id", None)
+        if pad_id is None and isinstance(hc.pad_token_id, int):
+            pad_id = hc.pad_token_id
+        config = ViLTConfig(
+            image_size=sizes["image_size"],
+            patch_size=sizes["patch_size"],
+            dim=hc.hidden_size,
+            depth=hc.num_hidden_layers,
+            heads=hc.num_attention_heads,
+            mlp_ratio=mlp_ratio,
+            vocab_size=hc.vocab_size,
+            max_text_len=hc.max_position_embeddings,
+            answers=answers,
+            act=to_ours[hc.hidden_act],
+            eps=hc.layer_norm_eps,
+            dropout=float(hc.hidden_dropout_prob),
+            pad_id=pad_id,  # None: the course tokenizer's
+            mask_id=mask_id,
+            image_mean=tuple(image_mean),
+            image_std=tuple(image_std),
+        )
+        model = cls(config, tokenizer=tokenizer)
+        weights = hf_state_dict_to_ours(hf_model.state_dict(), hc.num_hidden_layers)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        heads = ("itm_head.", "vqa_head.", "mlm_transform.", "mlm_norm.", "mlm_bias", "pooler.")
+        stray = [k for k in missing if not k.startswith(heads)]
+        if unexpected or stray:
+            raise ValueError(f"weight names do not match: not in our model {unexpected}, not in theirs {stray}")
+        return model
+
     def attention_maps(self) -> list[torch.Tensor]:
         """Each block's attention weights (B, H, L, L) from the last call with need_weights=True."""
         return self.transformer.attention_maps()
@@ -322,6 +420,8 @@ class ViLT(nn.Module):
             raise ValueError(f"batch sizes must match, got images={len(images)}, texts={len(texts)}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if len(texts) == 0:
+            raise ValueError("need at least one (image, text) pair, got none")
         was_training = self.training
         self.eval()
         try:
@@ -393,17 +493,28 @@ def _captions_for(world: ShapesWorld, scenes, relational_fraction: float) -> lis
     return out
 
 
-def mismatched_partners(scenes, generator: torch.Generator) -> list[int]:
-    """For each scene i, the index of another scene of the batch whose set of objects differs
-    (so its caption cannot describe scene i): the source of ITM's negative captions."""
+def mismatched_partners(scenes, generator: torch.Generator, captions: Sequence[str] | None = None) -> list[int]:
+    """For each scene i, the index of another scene of the batch whose set of objects differs:
+    the source of ITM's negative captions. With `captions` (caption j belongs to scene j), a
+    partner's caption must also not be true of scene i by chance (a relation both scenes share)."""
     names = [tuple(sorted(s.names)) for s in scenes]
+    truths = [ShapesWorld.true_captions(s) for s in scenes] if captions is not None else None
     out = []
     for i in range(len(scenes)):
-        candidates = [j for j in range(len(scenes)) if names[j] != names[i]]
+        candidates = [j for j in range(len(scenes)) if names[j] != names[i]
+                      and (truths is None or captions[j] not in truths[i])]
         if not candidates:
             raise ValueError("every scene of the batch has the same objects: no negative caption exists")
         out.append(candidates[int(torch.randint(len(candidates), (1,), generator=generator))])
     return out
+
+
+def _step_world(seed: int, step: int, image_size: int) -> ShapesWorld:
+    """The train-split world of one step: batch i depends on (seed, i) alone, so a resumed run
+    (`fit(..., resume=True)`) sees exactly the batches the interrupted one would have."""
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"step must be an int >= 0, got {step!r}")
+    return ShapesWorld(seed=seed * 1_000_003 + step, image_size=image_size, split="train")
 
 
 def pretrain_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, tokenizer=None,
@@ -422,15 +533,15 @@ def pretrain_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, 
     from minivlm.data.tokenizer import Tokenizer
 
     tok = tokenizer or Tokenizer.from_world()
-    world = ShapesWorld(seed=seed, image_size=image_size, split="train")
 
     def batch(step: int) -> dict:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        world = _step_world(seed, step, image_size)
+        g = torch.Generator().manual_seed(world.seed)
         scenes = world.sample(batch_size)
         captions = _captions_for(world, scenes, relational_fraction)
         ids, mask = tok(captions, max_text_len, add_bos=True, add_eos=True)
         mlm_ids, mlm_labels = mlm_mask(ids, tok, prob=mask_prob, generator=g)
-        partners = mismatched_partners(scenes, g)
+        partners = mismatched_partners(scenes, g, captions)
         negative = torch.rand(batch_size, generator=g) < 0.5  # (B,) which pairs get a wrong caption
         itm_captions = [captions[partners[i]] if negative[i] else captions[i] for i in range(batch_size)]
         itm_ids, itm_mask = tok(itm_captions, max_text_len, add_bos=True, add_eos=True)
@@ -449,10 +560,13 @@ def vqa_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, token
     from minivlm.data.tokenizer import Tokenizer
 
     tok = tokenizer or Tokenizer.from_world()
-    world = ShapesWorld(seed=seed, image_size=image_size, split="train")
+    missing = [a for a in VQA_ANSWER_VOCAB if a not in answers]
+    if missing:
+        raise ValueError(f"answers must contain every answer ShapesWorld's VQA can give; missing {missing}")
     index = {a: i for i, a in enumerate(answers)}
 
     def batch(step: int) -> dict:
+        world = _step_world(seed, step, image_size)
         data = world.vqa_sample(batch_size)
         ids, mask = tok(data["questions"], max_text_len, add_bos=True, add_eos=True)
         boxes, box_mask = oracle_regions(data["scenes"], max_regions)
@@ -528,3 +642,60 @@ def evaluate_itm(model: ViLT, data: dict) -> dict:
 
 def _to(x, dev):
     return None if x is None else x.to(dev)
+
+
+# ---- Hugging Face import
+
+
+def hf_state_dict_to_ours(sd: dict, depth: int) -> dict:
+    """Rename (and where needed reshape) the state dict of a transformers ViltModel,
+    ViltForQuestionAnswering or ViltForMaskedLM for `ViLT` (see `ViLT.from_hf`).
+
+    Keys for the heads appear only when `sd` has them (VQA classifier, MLM head, pooler).
+    """
+    p = "vilt." if any(k.startswith("vilt.") for k in sd) else ""  # the heads wrap a ViltModel as `vilt`
+    e, t = f"{p}embeddings", f"{p}embeddings.text_embeddings"
+    conv = sd[f"{e}.patch_embeddings.projection.weight"]  # (D, C, P, P), a stride-P conv
+    out = {
+        "word_embeddings.weight": sd[f"{t}.word_embeddings.weight"],
+        # BERT adds a token-type embedding; ViLT's token types are all 0, so row 0 is a constant
+        # that folds into the positions: LN(word + position + type[0]) = LN(word + text_pos)
+        "text_pos": (sd[f"{t}.position_embeddings.weight"] + sd[f"{t}.token_type_embeddings.weight"][0]).unsqueeze(0),
+        "text_norm.weight": sd[f"{t}.LayerNorm.weight"],
+        "text_norm.bias": sd[f"{t}.LayerNorm.bias"],
+        # A stride-P conv is a linear map of each flattened patch; our patchify flattens in
+        # (p1, p2, c) order, so the kernel is flattened the same way.
+        "patch_embed.proj.weight": rearrange(conv, "d c p1 p2 -> d (p1 p2 c)"),
+        "patch_embed.proj.bias": sd[f"{e}.patch_embeddings.projection.bias"],
+        "image_cls": sd[f"{e}.cls_token"],
+        "image_pos": sd[f"{e}.position_embeddings"],
+        "modality_embed.weight": sd[f"{e}.token_type_embeddings.weight"][:2],  # 0 text, 1 image (2: NLVR2's 2nd image)
+        "norm.weight": sd[f"{p}layernorm.weight"],
+        "norm.bias": sd[f"{p}layernorm.bias"],
+    }
+    names = {
+        "layernorm_before": "norm1",
+        "attention.attention.query": "attn.q_proj",
+        "attention.attention.key": "attn.k_proj",
+        "attention.attention.value": "attn.v_proj",
+        "attention.output.dense": "attn.out_proj",
+        "layernorm_after": "norm2",
+        "intermediate.dense": "mlp.fc1",
+        "output.dense": "mlp.fc2",
+    }
+    for i in range(depth):
+        for theirs, ours in names.items():
+            for w in ("weight", "bias"):
+                out[f"transformer.blocks.{i}.{ours}.{w}"] = sd[f"{p}encoder.layer.{i}.{theirs}.{w}"]
+    optional = {f"{p}pooler.dense": "pooler", "classifier.0": "vqa_head.0", "classifier.1": "vqa_head.1",
+                "classifier.3": "vqa_head.3", "mlm_score.transform.dense": "mlm_transform",
+                "mlm_score.transform.LayerNorm": "mlm_norm"}
+    for theirs, ours in optional.items():
+        if f"{theirs}.weight" in sd:
+            out[f"{ours}.weight"], out[f"{ours}.bias"] = sd[f"{theirs}.weight"], sd[f"{theirs}.bias"]
+    if "mlm_score.decoder.weight" in sd:
+        if not torch.equal(sd["mlm_score.decoder.weight"], out["word_embeddings.weight"]):
+            raise ValueError("the MLM decoder weight is not tied to the word embeddings (ours always is)")
+        # the output bias: the decoder's in recent transformers, a separate `mlm_score.bias` in older ones
+        out["mlm_bias"] = sd["mlm_score.decoder.bias"] if "mlm_score.decoder.bias" in sd else sd["mlm_score.bias"]
+    return {k: v.detach().clone() for k, v in out.items()}

@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from minivlm.data import HELDOUT_COMPOSITIONS, ShapesBench, ShapesWorld
-from minivlm.data.shapesworld import ALL_COMPOSITIONS, SEEN_COMPOSITIONS
+from minivlm.data.shapesworld import (
+    ALL_COMPOSITIONS,
+    COLORS,
+    RELATION_PHRASES,
+    SEEN_COMPOSITIONS,
+    SHAPES,
+    VQA_ANSWER_VOCAB,
+    VQA_KINDS,
+)
+from minivlm.data.tokenizer import Tokenizer
 from minivlm.eval import normalize_answer
 
 # The independent VQA oracle lives next door; load it by path (the test dirs are not packages).
@@ -91,3 +100,85 @@ def test_bench_errors():
         ShapesBench(image_size=4)
     with pytest.raises(ValueError, match="seed"):
         ShapesBench(seed=-1)
+
+
+# ----------------------------------------------------------------------------- chapter 03: ITM and VQA sampling
+_NAMED = re.compile(rf"\b({'|'.join(COLORS)}) ({'|'.join(SHAPES)})\b")
+
+
+def named_objects(caption: str) -> set[str]:
+    """The "colour shape" names a caption mentions ("a small red circle and a blue star" -> both)."""
+    return {f"{c} {s}" for c, s in _NAMED.findall(caption)}
+
+
+def is_relational(caption: str) -> bool:
+    return any(phrase in caption for phrase in RELATION_PHRASES.values())
+
+
+def true_captions(world: ShapesWorld, scene) -> set[str]:
+    """Everything the bench may say truthfully about a scene: its paraphrases and its true relations."""
+    return set(world.captions(scene)) | {world.describe_relation(scene, i, r, j) for i, r, j in scene.relations()}
+
+
+def test_itm(bench):
+    d = bench.itm(n=200)
+    assert d["images"].shape == (200, 3, 16, 16) and len(d["captions"]) == len(d["scenes"]) == 200
+    labels = d["labels"]
+    assert labels.dtype == torch.long and set(labels.tolist()) <= {0, 1}
+    assert 0.35 < labels.float().mean().item() < 0.65  # half mismatched, ±4 binomial sigma
+    world = ShapesWorld(image_size=16)
+    assert torch.equal(d["images"], world.render(d["scenes"]))
+    kinds = Counter()
+    for caption, label, scene in zip(d["captions"], labels.tolist(), d["scenes"]):
+        assert named_objects(caption)  # every caption names at least one object
+        kinds[(label, is_relational(caption))] += 1
+        if label == 1:
+            assert caption in true_captions(world, scene), (caption, scene.names)
+            assert named_objects(caption) <= set(scene.names)
+        else:
+            assert caption not in true_captions(world, scene), (caption, scene.names)
+            assert named_objects(caption) != set(scene.names), (caption, scene.names)
+    # both labels come with paraphrases and with relations
+    assert min(kinds.values()) > 5 and len(kinds) == 4, kinds
+    again = bench.itm(n=200)
+    assert again["captions"] == d["captions"] and torch.equal(again["labels"], labels)
+    assert torch.equal(ShapesBench(image_size=16, seed=1234).itm(n=200)["images"], d["images"])
+    assert ShapesBench(image_size=16, seed=99).itm(n=200)["captions"] != d["captions"]
+    with pytest.raises(ValueError, match=">= 1, got 0"):
+        bench.itm(n=0)
+
+
+def test_vqa_sample_kinds_in_equal_shares_and_answers_in_the_vocabulary():
+    world = ShapesWorld(seed=5, image_size=16)
+    out = world.vqa_sample(60)
+    assert set(out) == {"scenes", "questions", "answers", "kinds"}
+    assert out["kinds"] == [VQA_KINDS[i % len(VQA_KINDS)] for i in range(60)]  # cycling: equal shares
+    assert Counter(out["kinds"]) == {k: 10 for k in VQA_KINDS}
+    for q, a, kind, scene in zip(out["questions"], out["answers"], out["kinds"], out["scenes"]):
+        assert a in VQA_ANSWER_VOCAB
+        assert _answer(scene, q) == a
+        if kind == "relation":
+            assert len(scene) >= 2
+    sub = world.vqa_sample(7, kinds=("count", "relation"))
+    assert Counter(sub["kinds"]) == {"count": 4, "relation": 3}
+    assert all(a in VQA_ANSWER_VOCAB for a in sub["answers"])
+    # a world of one-object scenes still asks relation questions (about two-object scenes)
+    single = ShapesWorld(seed=1, image_size=16, max_objects=1).vqa_sample(6)
+    assert [len(s) for s, k in zip(single["scenes"], single["kinds"]) if k == "relation"] == [2]
+    # deterministic per seed
+    assert ShapesWorld(seed=5, image_size=16).vqa_sample(60)["questions"] == out["questions"]
+    with pytest.raises(ValueError, match="kinds"):
+        world.vqa_sample(4, kinds=("colour",))
+    with pytest.raises(ValueError, match="kinds"):
+        world.vqa_sample(4, kinds=())
+    with pytest.raises(ValueError, match=">= 1, got 0"):
+        world.vqa_sample(0)
+
+
+def test_vqa_answer_vocab_is_exactly_the_answers_the_world_gives():
+    assert len(set(VQA_ANSWER_VOCAB)) == len(VQA_ANSWER_VOCAB)
+    world = ShapesWorld(seed=3, image_size=16)
+    given = {a for scene in world.sample(300) for _, a, _ in world.vqa(scene)}
+    assert given == set(VQA_ANSWER_VOCAB)  # none missing (a head could not say it), none unreachable
+    tok = Tokenizer.from_world()
+    assert all(tok.encode(a) != [tok.unk_id] and len(tok.encode(a)) == 1 for a in VQA_ANSWER_VOCAB)
