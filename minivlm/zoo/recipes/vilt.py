@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-VILT_CONFIG = dict(image_size=32, patch_size=4, dim=64, depth=4, heads=4, max_text_len=32)
+VILT_CONFIG = dict(image_size=32, patch_size=8, dim=64, depth=4, heads=4, max_text_len=32, pos_init_std=1.0)
 
 
 def _model(config: dict):
@@ -79,9 +79,9 @@ class ViltPretrainedRecipe:
     """ViLT pretrained with MLM + ITM on ShapesWorld captions (a third of multi-object scenes
     captioned by a spatial relation), seeded, on the CPU."""
 
-    steps: int = 1500
+    steps: int = 3000
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup: int = 100
     weight_decay: float = 0.01
     seed: int = 0
@@ -119,16 +119,15 @@ class ViltRecipe:
     """"vilt_pretrained" fine-tuned for VQA; plus the arms pretrained vs from scratch at equal
     fine-tune steps over `seeds` seeds, whose figures go into the manifest."""
 
-    steps: int = 1500  # VQA fine-tune steps of every arm
+    steps: int = 2000  # VQA fine-tune steps of every arm
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup: int = 50
     weight_decay: float = 0.01
     seeds: int = 3
     world_seed: int = 2
     bench_seed: int = 1234
     vqa_n: int = 1200
-    pretrained: dict = field(default_factory=dict)  # overrides of the pretraining recipe, for the other seeds
 
     name = "vilt"
     model = staticmethod(_model)
@@ -138,12 +137,13 @@ class ViltRecipe:
 
         from minivlm import zoo
 
-        pre_recipe = ViltPretrainedRecipe(**self.pretrained)
         path = Path(weights_dir) / "vilt_pretrained.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"'vilt' fine-tunes 'vilt_pretrained', which is not in {weights_dir}: "
                                     f"build it first (`minivlm zoo build vilt_pretrained`)")
         info = zoo.manifest("vilt_pretrained", weights_dir)
+        # the other seeds' pretrained arms repeat the shipped model's own recipe, with their seed
+        pre_recipe = ViltPretrainedRecipe(**info["recipe"])
         arms: dict[str, list] = {"pretrained": [], "scratch": []}
         shipped, shipped_history, seconds = None, None, 0.0
         for seed in range(self.seeds):
