@@ -79,3 +79,59 @@ def test_build_writes_weights_and_a_matching_manifest(tmp_path):
     assert set(saved["metrics"]) >= {"zero_shot_seen", "zero_shot_heldout", "i2t_r1", "t2i_r1"}
     model = zoo.load("clip", weights_dir=tmp_path / "a")
     assert not model.training and model.config.vision_dim == 16
+
+
+# ----------------------------------------------------------------------------- the ViLTs (chapter 03)
+
+
+@pytest.mark.parametrize("name", ["vilt_pretrained", "vilt"])
+def test_vilt_entries_match_their_manifests_and_load(name):
+    from minivlm.models.vilt import ViLT
+
+    info = zoo.manifest(name)
+    path = zoo.WEIGHTS_DIR / info["file"]
+    assert zoo.sha256(path) == info["sha256"] and path.stat().st_size == info["bytes"] <= 2 * 1024 * 1024
+    model = zoo.load(name)
+    assert isinstance(model, ViLT) and not model.training
+    assert model.config.vocab_size == info["tokenizer_vocab_size"]
+
+
+def test_vilt_pretrained_itm_on_a_fresh_bench_seed():
+    from minivlm.models.vilt import evaluate_itm
+
+    seed = 5000 + int(torch.randint(0, 10_000, (1,)))
+    acc = evaluate_itm(zoo.load("vilt_pretrained"), ShapesBench(seed=seed).itm(400))["accuracy"]
+    assert acc.value >= 0.70, f"zoo vilt_pretrained ITM accuracy on ShapesBench(seed={seed}): {acc}"
+
+
+def test_vilt_vqa_on_a_fresh_bench_seed_beats_the_blind_baseline():
+    from minivlm.data import ShapesWorld
+    from minivlm.eval import answer_hits, answer_prior, interval
+    from minivlm.models.vilt import evaluate_vqa
+
+    seed = 5000 + int(torch.randint(0, 10_000, (1,)))
+    data = ShapesBench(seed=seed).vqa(600)
+    result = evaluate_vqa(zoo.load("vilt"), data)
+    train = ShapesWorld(seed=5, split="train").vqa_sample(1200)
+    prior = answer_prior(train["answers"], train["kinds"])
+    blind = interval(answer_hits([prior[k] for k in data["kinds"]], data["answers"]))
+    assert result["overall"].value >= 0.50, f"zoo vilt VQA on ShapesBench(seed={seed}): {result['overall']}"
+    assert result["overall"].low > blind.high, f"zoo vilt {result['overall']} vs blind baseline {blind}"
+
+
+def test_vilt_builds_are_deterministic_and_chain(tmp_path):
+    """A tiny build of both entries: "vilt" fine-tunes the "vilt_pretrained" it finds in the same
+    folder, records its seed arms, and two builds give the same bits."""
+    tiny = dict(image_size=16, patch_size=8, dim=16, depth=1, heads=2, max_text_len=32, pos_init_std=1.0)
+    with pytest.raises(FileNotFoundError, match="vilt_pretrained"):
+        zoo.build("vilt", out_dir=tmp_path / "empty", progress=False, steps=2)
+    shas = []
+    for run in ("a", "b"):
+        zoo.build("vilt_pretrained", out_dir=tmp_path / run, progress=False, steps=2, batch_size=8, itm_n=20,
+                  config=tiny)
+        info = zoo.build("vilt", out_dir=tmp_path / run, progress=False, steps=2, batch_size=8, seeds=2, vqa_n=12)
+        shas.append(info["sha256"])
+    assert shas[0] == shas[1], "the recipe must be deterministic"
+    assert [r["seed"] for r in info["arms"]["pretrained"]] == [0, 1] and len(info["arms"]["scratch"]) == 2
+    assert len(info["pretraining_gain"]["per_seed"]) == 2
+    assert zoo.load("vilt", weights_dir=tmp_path / "a").config.dim == 16

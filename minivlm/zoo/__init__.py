@@ -1,4 +1,5 @@
-"""The model zoo: pretrained components that later chapters start from (chapter 02 builds "clip").
+"""The model zoo: pretrained components that later chapters start from (chapter 02 builds "clip",
+chapter 03 "vilt_pretrained" and "vilt").
 
 Nothing is downloaded: the weights ship inside the package (`minivlm/zoo/weights/`, safetensors)
 next to a JSON manifest with their sha256, the config, the recipe and the metrics they reached on
@@ -8,6 +9,10 @@ recipe on the CPU, so anyone can check that the shipped file is what the recipe 
     from minivlm import zoo
     clip = zoo.load("clip")           # the trained chapter-02 CLIP, in eval mode
     vision_tower = clip.visual        # the frozen image encoder of BLIP-2, LLaVA ... (chapters 12+)
+    vilt = zoo.load("vilt")           # chapter 03's ViLT, MLM + ITM pretrained, then VQA fine-tuned
+
+Each entry's recipe (how it is trained and evaluated) lives in `minivlm/zoo/recipes/`; this
+module is only the registry: load, build, manifest.
 """
 from __future__ import annotations
 

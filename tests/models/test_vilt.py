@@ -65,7 +65,7 @@ def differs(a, b, by: float = 1e-3) -> bool:
 def test_config_defaults_come_from_the_tokenizer():
     c = ViLTConfig()
     assert c.vocab_size == len(TOK) and c.pad_id == TOK.pad_id and c.mask_id == TOK.mask_id
-    assert c.answers == VQA_ANSWER_VOCAB and c.num_patches == 64 and c.image_tokens == 65
+    assert c.answers == VQA_ANSWER_VOCAB and c.num_patches == 16 and c.image_tokens == 17
     assert ViLTConfig(visual="regions", max_regions=3).image_tokens == 4
     assert ViLTConfig(answers=["yes", "no"]).answers == ("yes", "no")
 
