@@ -129,22 +129,11 @@ def bench_clip(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
 
         runs = {"ours": (step_ours, torch.optim.AdamW(ours.parameters(), lr=1e-4)),
                 "theirs": (step_theirs, torch.optim.AdamW(hf.parameters(), lr=1e-4))}
-        return {
-            **_time_alternating(runs, warmup, repeats, dev),
-            "batch_size": batch_size,
-            "repeats": repeats,
-            "warmup": warmup,
-            "config": asdict(cfg),
-            "params_ours": n_ours,
-            "params_theirs": n_theirs,
-            "torch": torch.__version__,
-            "transformers": hf_version,
-            "threads": torch.get_num_threads(),
-            "device": str(dev),
-        }
+        return {**_time_alternating(runs, warmup, repeats, dev), "batch_size": batch_size, "repeats": repeats,
+                "warmup": warmup, "config": asdict(cfg), "params_ours": n_ours, "params_theirs": n_theirs,
+                **_versions(hf_version, dev)}
     finally:
         torch.set_num_threads(old_threads)
-
 
 
 def hf_vilt_like(config):
@@ -219,21 +208,17 @@ def bench_vilt(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
 
         runs = {"ours": (step_ours, torch.optim.AdamW(ours.parameters(), lr=1e-4)),
                 "theirs": (step_theirs, torch.optim.AdamW(hf.parameters(), lr=1e-4))}
-        return {
-            **_time_alternating(runs, warmup, repeats, dev),
-            "batch_size": batch_size,
-            "repeats": repeats,
-            "warmup": warmup,
-            "config": asdict(cfg),
-            "params_ours": n_ours,
-            "params_theirs": n_theirs,
-            "torch": torch.__version__,
-            "transformers": hf_version,
-            "threads": torch.get_num_threads(),
-            "device": str(dev),
-        }
+        return {**_time_alternating(runs, warmup, repeats, dev), "batch_size": batch_size, "repeats": repeats,
+                "warmup": warmup, "config": asdict(cfg), "params_ours": n_ours, "params_theirs": n_theirs,
+                **_versions(hf_version, dev)}
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _versions(hf_version: str, dev: torch.device) -> dict:
+    return {"torch": torch.__version__, "transformers": hf_version, "threads": torch.get_num_threads(),
+            "device": str(dev)}
+
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description="Time a CLIP training step: ours vs transformers' CLIPModel.")
