@@ -135,12 +135,37 @@ def find_pairs(paths: Iterable[str | Path]) -> list[tuple[Path, Path]]:
     return [(s.with_suffix(".py"), s.with_suffix(".ipynb")) for s in stems]
 
 
+def _final_line(line: str) -> str:
+    """What a terminal shows of a line that was rewritten with carriage returns (a progress bar)."""
+    parts = [p for p in line.split("\r") if p]
+    return parts[-1] if parts else ""
+
+
+def squash_streams(outputs: list) -> list:
+    """Merge consecutive stream outputs of one stream (the kernel sends a progress bar in hundreds
+    of chunks) and keep only the final state of every line a progress bar rewrote with '\r'."""
+    merged: list = []
+    for out in outputs:
+        if out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream" \
+                and merged[-1].get("name") == out.get("name"):
+            merged[-1]["text"] += out["text"]
+        else:
+            merged.append(out)
+    for out in merged:
+        if out.get("output_type") == "stream" and "\r" in out["text"]:
+            out["text"] = "\n".join(_final_line(line) for line in out["text"].split("\n"))
+    return merged
+
+
 def _clean_outputs(nb: nbformat.NotebookNode, warn: Callable[[str], None]) -> None:
-    """Drop interactive-widget outputs (a static notebook cannot show them) and flag huge ones."""
+    """Drop interactive-widget outputs (a static notebook cannot show them), squash progress-bar
+    chunks into their final lines, and flag huge outputs."""
     nb.metadata.pop("widgets", None)
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
+        if cell.get("outputs"):
+            cell.outputs = squash_streams(cell.outputs)
         for out in cell.get("outputs", []):
             data = out.get("data", {})
             if _WIDGET_MIME in data and len(data) > 1:

@@ -103,3 +103,17 @@ def test_py_to_notebook_keeps_metadata_and_gives_stable_ids():
     assert [c.id for c in nb.cells] == ["cell-0", "cell-1", "cell-2"]
     assert [c.cell_type for c in nb.cells] == ["markdown", "code", "code"]
     assert nb.cells[1].source == "x = 6 * 7"
+
+
+def test_squash_streams_keeps_final_progress_lines():
+    from minivlm.notebooks import squash_streams
+
+    outs = [nbformat.v4.new_output("stream", name="stderr", text="\rtrain:   0%| 0/3"),
+            nbformat.v4.new_output("stream", name="stderr", text="\rtrain:  33%| 1/3"),
+            nbformat.v4.new_output("stream", name="stderr", text="\rtrain: 100%| 3/3\n"),
+            nbformat.v4.new_output("stream", name="stdout", text="loss 0.5\n"),
+            nbformat.v4.new_output("stream", name="stdout", text="done\n"),
+            nbformat.v4.new_output("stream", name="stderr", text="\rnext:  50%|\rnext: 100%|\r")]
+    got = squash_streams(outs)
+    assert [(o["name"], o["text"]) for o in got] == [("stderr", "train: 100%| 3/3\n"),
+                                                     ("stdout", "loss 0.5\ndone\n"), ("stderr", "next: 100%|")]
