@@ -29,9 +29,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from minivlm import utils
+
+try:  # with ipywidgets, tqdm.auto draws a widget bar in notebooks
+    import ipywidgets  # noqa: F401
+    from tqdm.auto import tqdm
+except ImportError:  # without, tqdm.auto would warn "IProgress not found" (with a file path) and fall back
+    from tqdm import tqdm
 
 # ----------------------------------------------------------------------------- history
 
