@@ -1,7 +1,7 @@
 """The `minivlm` command: build exercises, grade a notebook, execute chapters, build the zoo, benchmark.
 
     minivlm exercises build [--check]          exercises/ from solutions/ (see minivlm.exercises)
-    minivlm check PATH.ipynb [--json]          run a learner's exercise notebook, report each task
+    minivlm check PATHS.ipynb [--json|--csv F]  grade hand-ins (their definitions only), report each task
     minivlm notebooks execute [PATHS...]       rebuild .ipynb from .py, execute, store outputs
     minivlm zoo build NAME|all, zoo list       the pretrained components later chapters load
     minivlm bench render|clip|vilt             timings as JSON
@@ -11,152 +11,101 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import re
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["check_notebook", "format_report", "main"]
-
-# A check call in a cell: check("01.causal_mask", ...) or grading.check('01.x', ...).
-_CHECK_CALL = re.compile(r"""\bcheck\(\s*["']([\w.\-]+)["']""")
-# The report line that minivlm.grading.check prints or raises: "✓ 01.x — title: message".
-_RESULT_LINE = re.compile(r"^([✓✗]) ([\w.\-]+) — (.*?): (.*)$", re.S)
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+__all__ = ["check_notebook", "format_report", "main", "write_csv"]
 
 
 # ----------------------------------------------------------------------------- minivlm check
 
 
-def _titles() -> dict[str, str]:
-    from minivlm import grading
+def check_notebook(path: str | Path, timeout: float = 60, notebook_timeout: float = 600, memory_mb: int | None = 4096,
+                   chapter: str | None = None, extra_checks: tuple[str, ...] = ()) -> dict:
+    """Grade a hand-in without trusting its outputs (see minivlm.grading.sandbox.grade_notebook).
 
-    return {t: c.title for t, c in grading.CHECKS.items()}
-
-
-def _chapter_tasks(path: Path) -> list[str]:
-    m = re.match(r"^(\d{2})_", path.name)
-    if not m:
-        return []
-    from minivlm import grading
-
-    return grading.tasks_for_chapter(m.group(1))
-
-
-def _error_of(cell) -> tuple[str, str] | None:
-    for out in cell.get("outputs", []):
-        if out.get("output_type") == "error":
-            return out.get("ename", "Error"), _ANSI.sub("", out.get("evalue", ""))
-    return None
-
-
-def _stdout_of(cell) -> str:
-    return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
-
-
-def check_notebook(path: str | Path, timeout: int = 600, kernel_name: str = "python3") -> dict:
-    """Execute an exercise notebook (an in-memory copy, run in the notebook's folder) and grade it.
-
-    Returns {"notebook", "tasks": [{"task_id", "title", "status", "message", "cell"}], "errors":
-    [{"cell", "ename", "evalue"}], "passed", "failed", "ok"}; status is one of "passed",
-    "failed", "missing" (no cell calls its check) or "not run" (execution stopped before it).
+    Only the notebook's imports, functions and classes are kept; they run in a fresh subprocess
+    with `timeout` seconds per task, `notebook_timeout` for the whole notebook and an address-space
+    cap of `memory_mb` MiB on top of the grader's own, and each registered task of the notebook's
+    chapter is checked there on the function it names.
     """
-    import nbformat
-    from nbclient import NotebookClient
+    from minivlm.grading.sandbox import grade_notebook
 
-    path = Path(path)
-    nb = nbformat.read(str(path), as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    client = NotebookClient(
-        nb,
-        timeout=timeout,
-        kernel_name=kernel_name,
-        allow_errors=True,
-        resources={"metadata": {"path": str(path.parent.resolve())}},
-        record_timing=False,
-    )
-    errors: list[dict] = []
-    ran: set[int] = set()
-    start = time.perf_counter()
-    try:
-        with client.setup_kernel():
-            for i, cell in enumerate(nb.cells):
-                if cell.cell_type != "code":
-                    continue
-                try:
-                    client.execute_cell(cell, i)
-                except Exception as exc:  # a timeout or a dead kernel: nothing after this cell runs
-                    errors.append({"cell": i, "ename": type(exc).__name__, "evalue": str(exc).strip().splitlines()[0]
-                                   if str(exc).strip() else "execution stopped"})
-                    break
-                ran.add(i)
-    except Exception as exc:  # the kernel could not start
-        errors.append({"cell": None, "ename": type(exc).__name__, "evalue": str(exc)})
-    seconds = time.perf_counter() - start
+    return grade_notebook(path, timeout=timeout, notebook_timeout=notebook_timeout, memory_mb=memory_mb,
+                          chapter=chapter, extra_checks=tuple(extra_checks))
 
-    titles = _titles()
-    tasks: list[dict] = []
-    seen: set[str] = set()
-    for i, cell in enumerate(nb.cells):
-        if cell.cell_type != "code":
-            continue
-        ids = [t for t in _CHECK_CALL.findall(cell.source) if t not in seen]
-        err = _error_of(cell) if i in ran else None
-        if not ids:
-            if err is not None:
-                errors.append({"cell": i, "ename": err[0], "evalue": err[1]})
-            continue
-        printed = {m.group(2) for line in _stdout_of(cell).splitlines() if (m := _RESULT_LINE.match(line))
-                   and m.group(1) == "✓"}
-        failed_id, message = None, ""
-        if err is not None:
-            m = _RESULT_LINE.match(err[1]) if err[0] == "GradingFailure" else None
-            if m:
-                # the title is known, so strip it whole: a title or message may contain ": " too
-                failed_id = m.group(2)
-                prefix = f"{m.group(1)} {failed_id} — {titles.get(failed_id, '')}: "
-                message = err[1][len(prefix):] if err[1].startswith(prefix) else m.group(4)
-            else:
-                message = f"{err[0]}: {err[1]}" if err[0] != "GradingFailure" else err[1]
-        for t in ids:
-            seen.add(t)
-            row = {"task_id": t, "title": titles.get(t, ""), "cell": i}
-            if i not in ran:
-                row.update(status="not run", message="execution stopped before this cell")
-            elif err is None or t in printed:
-                row.update(status="passed", message="passed")
-            elif failed_id is None or t == failed_id:
-                row.update(status="failed", message=message)
-            else:  # checks before the failing one printed their ✓; this one came after it
-                row.update(status="not run", message=f"not run: {failed_id}, earlier in the same cell, failed")
-            tasks.append(row)
-    for t in _chapter_tasks(path):
-        if t not in seen:
-            tasks.append({"task_id": t, "title": titles.get(t, ""), "cell": None, "status": "missing",
-                          "message": f'missing: no cell calls check("{t}", ...)'})
-    passed = sum(r["status"] == "passed" for r in tasks)
-    failed = len(tasks) - passed
-    errors.sort(key=lambda e: (e["cell"] is None, e["cell"] or 0))
-    return {"notebook": str(path), "seconds": round(seconds, 2), "tasks": tasks, "errors": errors,
-            "passed": passed, "failed": failed, "ok": failed == 0 and not errors}
+
+def _fmt_points(x) -> str:
+    return f"{x:g}" if isinstance(x, (int, float)) else str(x)
 
 
 def format_report(report: dict) -> str:
     lines = [f"minivlm check {report['notebook']}"]
+    if report.get("unreadable"):
+        lines.append(f"! not graded: {report['unreadable']}")
+        return "\n".join(lines)
     for r in report["tasks"]:
         mark = "✓" if r["status"] == "passed" else "✗"
         title = f" — {r['title']}" if r["title"] else ""
         lines.append(f"{mark} {r['task_id']}{title}: {r['message']}")
     for e in report["errors"]:
-        where = f"cell {e['cell']}" if e["cell"] is not None else "kernel"
+        where = f"cell {e['cell']}" if e["cell"] is not None else "grader"
         lines.append(f"! error outside the checks, {where}: {e['ename']}: {e['evalue']}")
+    for note in report.get("notes", []):
+        lines.append(f"note: {note}")
     summary = f"{report['passed']} passed, {report['failed']} failed"
+    if report.get("max_points") not in (None, len(report["tasks"])):
+        summary += f", {_fmt_points(report['points'])}/{_fmt_points(report['max_points'])} points"
     if report["errors"]:
         summary += f", {len(report['errors'])} error(s) outside the checks"
     lines.append(summary)
     return "\n".join(lines)
+
+
+def _batch_chapter(paths: list[Path]) -> str | None:
+    """The chapter most hand-ins of a batch belong to (the first one's on a tie)."""
+    from minivlm.grading.sandbox import notebook_chapter
+
+    found = []
+    for p in paths:
+        try:
+            raw = json.loads(p.read_text(encoding="utf-8"))
+            cells = raw.get("cells", []) if isinstance(raw, dict) else []
+            sources = ["".join(c.get("source", "")) if isinstance(c.get("source"), list) else str(c.get("source", ""))
+                       for c in cells if isinstance(c, dict) and c.get("cell_type") == "code"]
+        except (OSError, ValueError, AttributeError):
+            sources = []
+        ch = notebook_chapter(p, sources)
+        if ch:
+            found.append(ch)
+    return max(found, key=found.count) if found else None
+
+
+def write_csv(reports: list[dict], out: str | Path) -> None:
+    """A row per hand-in: notebook, one column of points per task, total, max, status."""
+    import csv
+
+    tasks: list[str] = []
+    max_points: dict[str, float] = {}
+    for rep in reports:
+        for r in rep["tasks"]:
+            if r["task_id"] not in max_points:
+                tasks.append(r["task_id"])
+                max_points[r["task_id"]] = r["max_points"]
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["notebook", *tasks, "total", "max", "status"])
+        for rep in reports:
+            got = {r["task_id"]: r["points"] for r in rep["tasks"]}
+            if rep.get("unreadable"):
+                status = f"not graded: {rep['unreadable']}"
+            else:
+                status = "passed" if rep["ok"] else f"{rep['failed']} of {len(rep['tasks'])} task(s) not passed"
+                if rep["errors"] and not rep["failed"]:
+                    status = f"{len(rep['errors'])} error(s) outside the checks"
+            w.writerow([rep["notebook"], *(_fmt_points(got[t]) if t in got else "" for t in tasks),
+                        _fmt_points(sum(got.values())), _fmt_points(sum(max_points.values())), status])
 
 
 # ----------------------------------------------------------------------------- subcommands
@@ -194,13 +143,50 @@ def _cmd_exercises_build(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    path = Path(args.path)
-    if not path.is_file() or path.suffix != ".ipynb":
-        print(f"error: expected an existing .ipynb notebook, got {path}", file=sys.stderr)
+    paths = [Path(p) for p in args.paths]
+    missing = [p for p in paths if not p.is_file()]
+    for p in missing:
+        print(f"error: expected an existing .ipynb notebook, got {p}", file=sys.stderr)
+    if len(paths) == 1 and missing:
         return 2
-    report = check_notebook(path, timeout=args.timeout)
-    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
-    return 0 if report["ok"] else 1
+    chapter = args.chapter or (_batch_chapter([p for p in paths if p.is_file()]) if len(paths) > 1 else None)
+    reports = []
+    for p in paths:
+        if p in missing:
+            rep = {"notebook": str(p), "chapter": None, "seconds": 0.0, "tasks": [], "errors": [], "notes": [],
+                   "passed": 0, "failed": 0, "points": 0, "max_points": 0, "ok": False, "unreadable": "no such file"}
+        else:
+            rep = check_notebook(p, timeout=args.timeout, notebook_timeout=args.notebook_timeout,
+                                 memory_mb=args.memory_mb, chapter=chapter, extra_checks=tuple(args.checks or ()))
+        reports.append(rep)
+        if not args.json:
+            print(format_report(rep) + ("\n" if len(paths) > 1 else ""))
+    if args.json:
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2, ensure_ascii=False))
+    if args.csv:
+        write_csv(reports, args.csv)
+    if len(reports) > 1 and not args.json:
+        ok = sum(r["ok"] for r in reports)
+        bad = sum(bool(r.get("unreadable")) for r in reports)
+        line = (f"{len(reports)} hand-ins (chapter {chapter or '?'}): {ok} fully passed, "
+                f"{len(reports) - ok - bad} not fully passed, {bad} not graded")
+        print(line)
+    if args.csv:
+        print(f"wrote {args.csv}", file=sys.stderr if args.json else sys.stdout)
+    return 0 if all(r["ok"] for r in reports) else 1
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
 
 
 def _cmd_notebooks_execute(args) -> int:
@@ -292,10 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--exercises", help="exercises folder (default: exercises/ of the repo)")
     b.set_defaults(func=_cmd_exercises_build)
 
-    c = sub.add_parser("check", help="grade an exercise notebook")
-    c.add_argument("path", help="the exercise notebook (.ipynb)")
-    c.add_argument("--json", action="store_true", help="print the report as JSON")
-    c.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell (default 600)")
+    c = sub.add_parser("check", help="grade exercise notebooks (hand-ins)")
+    c.add_argument("paths", nargs="+", metavar="PATH", help="the hand-in notebooks (.ipynb)")
+    c.add_argument("--json", action="store_true", help="print the report as JSON (a list for several hand-ins)")
+    c.add_argument("--csv", metavar="FILE", help="write a row per hand-in: points per task and a total")
+    c.add_argument("--timeout", type=_positive(float), default=60, help="seconds allowed per task (default 60)")
+    c.add_argument("--notebook-timeout", type=_positive(float), default=600,
+                   help="seconds allowed per hand-in (default 600)")
+    c.add_argument("--memory-mb", type=_positive(int), default=4096,
+                   help="address space the hand-in's code may add, in MiB (default 4096)")
+    c.add_argument("--chapter", help="grade as this chapter (NN); default: from the file names")
+    c.add_argument("--checks", action="append", metavar="FILE.py[:FUNC]",
+                   help="extra trusted grading module to import (and FUNC to call) before grading")
     c.set_defaults(func=_cmd_check)
 
     nbp = sub.add_parser("notebooks", help="chapter notebooks").add_subparsers(dest="action", metavar="ACTION")

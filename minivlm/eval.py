@@ -17,6 +17,16 @@ import torch
 from minivlm.utils import check_shape, check_tensor
 
 
+def _check_finite(name: str, x: torch.Tensor) -> None:
+    """ValueError unless every entry of x is finite: NaN compares False with everything, so a
+    NaN score would silently turn into a hit (or a miss) instead of an error."""
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{name} must be finite, got {int(bad.sum())} non-finite value(s) out of {x.numel()} "
+                         f"(first at index {first}: {x[first].item()})")
+
+
 def zero_shot_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of rows whose label logit is strictly larger than every other logit.
 
@@ -24,6 +34,7 @@ def zero_shot_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """
     check_tensor("logits", logits, ndim=2, dtype="float")
     check_tensor("labels", labels, ndim=1, dtype="int")
+    _check_finite("logits", logits)
     N, C = logits.shape
     if labels.shape[0] != N:
         raise ValueError(f"labels must have shape ({N},) to match logits {tuple(logits.shape)}, "
@@ -69,6 +80,7 @@ def recall_at_k(similarity: torch.Tensor, k: int, targets=None) -> float:
     (other correct candidates scoring higher do not count), and it is found if that rank < k.
     """
     check_tensor("similarity", similarity, ndim=2, dtype="float")
+    _check_finite("similarity", similarity)
     Nq, Nc = similarity.shape
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
@@ -91,6 +103,7 @@ def retrieval_metrics(similarity: torch.Tensor) -> dict[str, float]:
     diagonal holds the matching pairs (N_images == N_texts, at least 5)."""
     check_tensor("similarity", similarity, ndim=2, dtype="float")
     N = check_shape("similarity", similarity, ["N", "N"])["N"]
+    _check_finite("similarity", similarity)
     if N < 5:
         raise ValueError(f"retrieval_metrics needs at least 5 pairs for R@5, got {N}")
     return {
@@ -111,6 +124,7 @@ def swap_scores(scores: torch.Tensor) -> dict[str, float]:
     """
     check_tensor("scores", scores, ndim=3, dtype="float")
     check_shape("scores", scores, [None, 2, 2])
+    _check_finite("scores", scores)
     if scores.shape[0] == 0:
         raise ValueError("scores must hold at least one example")
     s = scores

@@ -153,11 +153,22 @@ def build(solutions_dir: str | Path = "solutions", exercises_dir: str | Path = "
     """Generate exercises_dir/NN_name.{py,ipynb} from every solutions_dir/NN_name.py.
 
     With check=True nothing is written: the report lists what differs from what would be generated.
+    Raises ValueError when solutions_dir is missing or holds no NN_name.py script (a mistyped
+    folder must not make every generated exercise look stale). Only files this builder generated
+    (NN_name.py/.ipynb carrying its header) are ever removed.
     """
     sol_dir, ex_dir = Path(solutions_dir), Path(exercises_dir)
+    if not sol_dir.is_dir():
+        raise ValueError(f"solutions folder {str(sol_dir)!r} does not exist (expected a folder of NN_name.py scripts)")
+    solutions = solution_files(sol_dir)
+    if not solutions:
+        raise ValueError(
+            f"solutions folder {str(sol_dir)!r} holds no solution scripts (expected at least one NN_name.py, "
+            "e.g. 01_transformer.py); nothing was built and nothing was removed"
+        )
     written: list[Path] = []
     wanted: set[str] = set()
-    for sol in solution_files(sol_dir):
+    for sol in solutions:
         py_text = exercise_text(sol.read_text(encoding="utf-8"), sol.name, source=str(sol))
         py_path, nb_path = ex_dir / sol.name, ex_dir / (sol.stem + ".ipynb")
         wanted |= {py_path.name, nb_path.name}

@@ -5,6 +5,8 @@ that introduces it.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -23,6 +25,9 @@ def check_logit_scale(logit_scale) -> torch.Tensor | float:
         raise TypeError(f"logit_scale must be a float or a scalar tensor, got {type(logit_scale).__name__}")
     if not value > 0:  # also rejects NaN
         raise ValueError(f"logit_scale must be positive (it is already exponentiated), got {value}")
+    if not math.isfinite(value):
+        raise ValueError(f"logit_scale must be finite (it is already exponentiated: exp of the learned "
+                         f"log-scale, which CLIP clamps at 100), got {value}")
     return logit_scale.reshape(()) if isinstance(logit_scale, torch.Tensor) else value
 
 
@@ -34,6 +39,23 @@ def check_feature_pair(image_features: torch.Tensor, text_features: torch.Tensor
         raise ValueError(
             "image_features and text_features must both be (B, D) with the same B and D, got "
             f"image_features {tuple(image_features.shape)} and text_features {tuple(text_features.shape)}"
+        )
+
+
+def check_unit_rows(name: str, features: torch.Tensor, tol: float = 1e-3) -> None:
+    """ValueError unless `features` (B, D) is finite and every row has L2 norm within `tol` of 1
+    (wider for float16/bfloat16, whose rounding alone moves a norm by about their eps)."""
+    x = features.detach()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} must be finite, got {int((~torch.isfinite(x)).sum())} NaN/inf value(s)")
+    tol = max(tol, 2 * torch.finfo(x.dtype).eps)
+    norms = torch.linalg.vector_norm(x.float(), dim=-1)  # (B,)
+    deviation = (norms - 1).abs()
+    worst = int(deviation.argmax())
+    if float(deviation[worst]) > tol:
+        raise ValueError(
+            f"{name} must be L2-normalised (every row of norm 1 within {tol:g}), but row {worst} has norm "
+            f"{float(norms[worst]):.6g} (largest deviation {float(deviation[worst]):.3g}); apply F.normalize(x, dim=-1) first"
         )
 
 
@@ -52,9 +74,21 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     "which image goes with text j?". Both are B-way classifications whose answer is the
     diagonal, and the loss is the mean of the two cross-entropies (the paper's Figure 3).
     Every other pair in the batch serves as a negative, which is why CLIP wants large batches.
+
+    Raises ValueError for B < 2 (one pair has no negative: its loss is exactly 0), for features
+    that are not finite or whose rows are not unit length (within 1e-3), and for a logit_scale
+    that is not positive and finite.
     """
     check_feature_pair(image_features, text_features)
     scale = check_logit_scale(logit_scale)
+    B = image_features.shape[0]
+    if B < 2:
+        raise ValueError(
+            f"clip_loss needs a batch of at least 2 pairs (a contrastive loss needs negatives; with 1 pair "
+            f"it is exactly 0), got B={B}; if this is the last batch of a DataLoader, use drop_last=True"
+        )
+    for name, f in (("image_features", image_features), ("text_features", text_features)):
+        check_unit_rows(name, f)
     logits = clip_logits(image_features, text_features, scale)  # (B, B)
     labels = torch.arange(logits.shape[0], device=logits.device)
     loss_i2t = F.cross_entropy(logits, labels)  # each image picks its text

@@ -440,7 +440,19 @@ def fit(
                 loss.backward()
             extras = {"lr": optimizer.param_groups[0]["lr"]}
             if clip_grad is not None:
-                extras["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trained, clip_grad))
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(trained, clip_grad))
+                extras["grad_norm"] = grad_norm
+            else:
+                grad_norm = _grad_norm(trained)
+            # A finite loss can still have a NaN/inf gradient (sqrt at 0, log of 0, ...): one
+            # optimizer step with it would make every weight NaN. (With a float16 GradScaler an
+            # inf gradient is expected now and then; the scaler skips that step itself.)
+            if scaler is None and not math.isfinite(grad_norm):
+                raise FloatingPointError(
+                    f"gradient norm is {grad_norm} at step {i} while the loss is finite (losses: {logs}); "
+                    "the weights were not updated. Look for an operation with an infinite derivative "
+                    "(sqrt or log at 0, division by a norm of 0) or try a lower lr"
+                )
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -464,6 +476,14 @@ def fit(
     if checkpoint is not None:
         save(max(start, steps))
     return history
+
+
+def _grad_norm(params) -> float:
+    """Total 2-norm of the gradients of `params` (those that have one); 0.0 if none has."""
+    norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in params if p.grad is not None]
+    if not norms:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms])))
 
 
 def _next_batch(batches: Iterable, iterator, i: int):

@@ -27,12 +27,13 @@ def fixture_checks():
 
 @pytest.fixture(scope="module")
 def checked(fixture_checks):
-    """Grade tests/fixtures/99_fixture.ipynb once (a kernel start is the slow part) via `--json`."""
+    """Grade tests/fixtures/99_fixture.ipynb once via `--json`; its checks come from `--checks` (trusted)."""
     out = []
     mp = pytest.MonkeyPatch()
     mp.setattr("builtins.print", lambda *a, **k: out.append(" ".join(map(str, a))))
     try:
-        rc = cli.main(["check", str(FIXTURES / "99_fixture.ipynb"), "--json", "--timeout", "120"])
+        rc = cli.main(["check", str(FIXTURES / "99_fixture.ipynb"), "--json", "--timeout", "120",
+                       "--checks", f"{FIXTURES / 'grading_fixture.py'}:register_all"])
     finally:
         mp.undo()
     return rc, json.loads("\n".join(out))
@@ -42,33 +43,35 @@ def test_check_json_report(checked):
     rc, report = checked
     assert rc == 1
     assert set(report) >= {"notebook", "tasks", "errors", "passed", "failed", "ok"}
+    # graded on the functions the notebook defines (the cell of each def), not on what its cells printed
     rows = {r["task_id"]: (r["status"], r["message"], r["cell"]) for r in report["tasks"]}
     assert rows == {
-        "99.add": ("passed", "passed", 3),
-        "99.double": ("failed", "not implemented yet — multiply x by two", 5),
+        "99.add": ("passed", "passed", 2),
+        "99.double": ("failed", "not implemented yet — multiply x by two", 4),
         "99.square": ("failed", "square(4.0): values differ from the reference: max |diff| = 4 at [] "
-                                "(expected 16, got 12; 1 of 1 entries outside atol=1e-05, rtol=0.0001)", 7),
-        "99.cube": ("missing", 'missing: no cell calls check("99.cube", ...)', None),
+                                "(expected 16, got 12; 1 of 1 entries outside atol=1e-05, rtol=0.0001)", 6),
+        "99.cube": ("missing", "missing: no top-level function `def cube(...)` in the notebook", None),
     }
-    assert report["errors"] == [{"cell": 8, "ename": "NameError", "evalue": "name 'undefined_name' is not defined"}]
-    assert (report["passed"], report["failed"], report["ok"]) == (1, 3, False)
+    assert report["errors"] == []  # cell 8 is not a definition: the grader never runs it
+    assert (report["passed"], report["failed"], report["points"], report["max_points"], report["ok"]) == (1, 3, 1, 4, False)
 
 
 def test_check_text_report_and_exit_code(checked, monkeypatch, capsys):
     _, report = checked
-    monkeypatch.setattr(cli, "check_notebook", lambda path, timeout: report)  # no second kernel start
+    bad = {**report, "errors": [{"cell": 8, "ename": "NameError", "evalue": "name 'undefined_name' is not defined"}]}
+    monkeypatch.setattr(cli, "check_notebook", lambda path, **kw: bad)  # no second grading run
     assert cli.main(["check", str(FIXTURES / "99_fixture.ipynb")]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[1:] == [
         "✓ 99.add — Add two numbers: passed",
         "✗ 99.double — Double a number: not implemented yet — multiply x by two",
         "✗ 99.square — Square a number: " + report["tasks"][2]["message"],
-        '✗ 99.cube — Cube a number: missing: no cell calls check("99.cube", ...)',
+        "✗ 99.cube — Cube a number: missing: no top-level function `def cube(...)` in the notebook",
         "! error outside the checks, cell 8: NameError: name 'undefined_name' is not defined",
         "1 passed, 3 failed, 1 error(s) outside the checks",
     ]
-    ok = {**report, "tasks": report["tasks"][:1], "errors": [], "passed": 1, "failed": 0, "ok": True}
-    monkeypatch.setattr(cli, "check_notebook", lambda path, timeout: ok)
+    ok = {**report, "tasks": report["tasks"][:1], "errors": [], "passed": 1, "failed": 0, "max_points": 1, "ok": True}
+    monkeypatch.setattr(cli, "check_notebook", lambda path, **kw: ok)
     assert cli.main(["check", str(FIXTURES / "99_fixture.ipynb")]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "1 passed, 0 failed"
 
@@ -76,6 +79,12 @@ def test_check_text_report_and_exit_code(checked, monkeypatch, capsys):
 def test_check_rejects_a_missing_notebook(tmp_path, capsys):
     assert cli.main(["check", str(tmp_path / "nope.ipynb")]) == 2
     assert "expected an existing .ipynb" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "-0.5", "soon"])
+def test_check_rejects_a_timeout_that_is_not_positive(value, capsys):
+    assert cli.main(["check", str(FIXTURES / "99_fixture.ipynb"), "--timeout", value]) == 2
+    assert "argument --timeout" in capsys.readouterr().err
 
 
 def test_exercises_build_check_exit_codes(tmp_path, capsys):

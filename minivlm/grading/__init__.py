@@ -13,7 +13,8 @@ Writing a check (in minivlm/grading/ch01.py):
         expect_close("causal_mask(4)", got, torch.ones(4, 4, dtype=torch.bool).tril())
 
 A check raises `GradingFailure(message)` when the answer is wrong; returning means it passed.
-`minivlm check exercises/NN_name.ipynb` runs a whole notebook and reports every task.
+`minivlm check exercises/NN_name.ipynb` grades a whole notebook, every task, without trusting what
+the notebook printed: see minivlm.grading.sandbox.
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ class Check:
     task_id: str
     title: str
     fn: Callable[[Any], None]
+    points: float = 1
+    fn_name: str = ""  # the hand-in's function this task grades (`minivlm check`)
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,20 @@ class Result:
 CHECKS: dict[str, Check] = {}
 
 
-def register(task_id: str, title: str) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
-    """Decorator: register `fn(obj)` as the check of `task_id` ("NN.name", NN = the chapter)."""
+def register(task_id: str, title: str, points: float = 1,
+             fn_name: str | None = None) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
+    """Decorator: register `fn(obj)` as the check of `task_id` ("NN.name", NN = the chapter).
+
+    `points`: what the task is worth in `minivlm check --csv`. `fn_name`: the name of the function
+    a hand-in defines for this task (`minivlm check` grades that function); default: "name".
+    """
     if not isinstance(task_id, str) or "." not in task_id:
         raise ValueError(f"task_id must look like 'NN.name', got {task_id!r}")
+    if not isinstance(points, (int, float)) or isinstance(points, bool) or points < 0:
+        raise ValueError(f"points must be a number >= 0, got {points!r}")
+    fn_name = fn_name or task_id.split(".", 1)[1]
+    if not fn_name.isidentifier():
+        raise ValueError(f"fn_name must be a Python identifier, got {fn_name!r}")
 
     def decorate(fn: Callable[[Any], None]) -> Callable[[Any], None]:
         # Re-registering the same function (a module imported twice) is harmless; two different
@@ -81,7 +94,7 @@ def register(task_id: str, title: str) -> Callable[[Callable[[Any], None]], Call
         old = CHECKS.get(task_id)
         if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
             raise ValueError(f"task {task_id!r} is already registered by {old.fn.__module__}.{old.fn.__qualname__}")
-        CHECKS[task_id] = Check(task_id, title, fn)
+        CHECKS[task_id] = Check(task_id, title, fn, points, fn_name)
         return fn
 
     return decorate

@@ -29,6 +29,12 @@ from minivlm.nn.blocks import ACTIVATIONS
 from minivlm.utils import check_range, check_same_batch, check_shape, check_tensor
 
 
+def _reject_bare_string(texts) -> None:
+    """A str is a sequence of characters: iterating it would embed one 'text' per character."""
+    if isinstance(texts, str):
+        raise TypeError(f"texts must be a list of strings, got one str {texts[:40]!r}: pass [{texts[:40]!r}]")
+
+
 @dataclass
 class CLIPConfig:
     """Small defaults: trains on a CPU in about a minute on 32×32 ShapesWorld images.
@@ -175,6 +181,7 @@ class CLIP(nn.Module):
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """list[str] → (ids (B, T), attention_mask (B, T)) on the model's device."""
+        _reject_bare_string(texts)
         if len(texts) == 0 or not all(isinstance(t, str) for t in texts):
             raise TypeError("texts must be a non-empty list of strings")
         # Too long a text is an error rather than silently cut (as in OpenAI's clip.tokenize).
@@ -214,6 +221,7 @@ class CLIP(nn.Module):
         """images (B, 3, H, W) in [0, 1], texts (B strings or ids (B, T)) →
         (image_features (B, E), text_features (B, E), logit_scale: exponentiated and clamped)."""
         check_tensor("images", images)
+        _reject_bare_string(texts)
         n_texts = texts.shape[0] if isinstance(texts, torch.Tensor) else len(texts)
         if images.shape[0] != n_texts:
             raise ValueError(f"batch sizes must match, got images={images.shape[0]}, texts={n_texts}")

@@ -80,12 +80,29 @@ def load(name: str, weights_dir: str | Path | None = None, device: str | torch.d
     info = manifest(name, weights_dir)
     if not weights.is_file():
         raise FileNotFoundError(f"no weights for {name!r} at {weights}: run `minivlm zoo build {name}`")
+    manifest_path = _paths(name, weights_dir)[1]
+    if not isinstance(info, dict):
+        raise ValueError(f"manifest {manifest_path} must hold a JSON object, got {type(info).__name__}; "
+                         f"run `minivlm zoo build {name}`")
+    for key in ("sha256", "config"):
+        if key not in info:
+            raise ValueError(f"manifest {manifest_path} has no {key!r} key (expected keys include 'sha256' and "
+                             f"'config', got {sorted(info)}); run `minivlm zoo build {name}`")
     digest = sha256(weights)
     if digest != info["sha256"]:
         raise ValueError(f"{weights} is corrupt or stale: its sha256 is {digest}, the manifest says {info['sha256']}; "
                          f"run `minivlm zoo build {name}`")
     model = RECIPES[name].model(info["config"])
-    model.load_state_dict(load_file(str(weights)))
+    state = load_file(str(weights))
+    want = model.state_dict()
+    problems = [f"missing key {k!r}" for k in want if k not in state]
+    problems += [f"unexpected key {k!r}" for k in state if k not in want]
+    problems += [f"key {k!r} has shape {tuple(state[k].shape)}, the model expects {tuple(v.shape)}"
+                 for k, v in want.items() if k in state and state[k].shape != v.shape]
+    if problems:
+        raise ValueError(f"{weights} does not fit the {name!r} model built from its manifest's config "
+                         f"({len(problems)} mismatch(es), first: {problems[0]}); run `minivlm zoo build {name}`")
+    model.load_state_dict(state)
     return model.to(device).eval()
 
 
