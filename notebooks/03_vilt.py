@@ -281,7 +281,7 @@ print(f"overall {interval(prior_hits)}")
 # zoo's MLM + ITM-pretrained ViLT, and a random initialisation.
 
 # %%
-FT_STEPS = 400
+FT_STEPS = 300
 
 
 def finetune(model, desc):
@@ -465,12 +465,12 @@ assert min(r["vqa"]["value"] for r in vilt_manifest["arms"]["pretrained"]) > \
 #   55 %. Per kind it has learned colour, count and exists, half-learned shape, and **relation
 #   and position stay at 50 %** — the level of a model that reads only the question's form
 #   ("left or right?" has two answers). That held in every arm we trained: patches or oracle
-#   regions, pretrained or not, 400 or 2,000 steps, every seed. Our probes locate the
+#   regions, pretrained or not, 300 or 2,000 steps (and 400 in our trials), every seed. Our probes locate the
 #   difficulty: a position question about a one-object scene is learned in 150 steps, about
 #   two-object scenes (regions) in about 350, about scenes of up to four objects not within
 #   400. Finding the object a question names by colour *and* shape among up to four, then
 #   reading its place, is the step this 275 k-parameter model does not take at this budget.
-# * **Pretraining helps, beyond the seed spread.** Live, at 400 fine-tune steps, the pretrained
+# * **Pretraining helps, beyond the seed spread.** Live, at 300 fine-tune steps, the pretrained
 #   start is more than ten points ahead of the random one, with intervals far apart; the gain
 #   is in colour and exists, which MLM ("a [MASK] star" → look at the image) and ITM rehearse.
 #   In the zoo's three seeds at 2,000 steps the gain is +7.4, +2.8 and +5.1 points: every
