@@ -117,3 +117,12 @@ def test_squash_streams_keeps_final_progress_lines():
     got = squash_streams(outs)
     assert [(o["name"], o["text"]) for o in got] == [("stderr", "train: 100%| 3/3\n"),
                                                      ("stdout", "loss 0.5\ndone\n"), ("stderr", "next: 100%|")]
+
+
+@pytest.mark.parametrize("stem", EXECUTED)
+def test_stored_outputs_carry_no_machine_path(stem):
+    import re
+
+    text = (ROOT / f"{stem}.ipynb").read_text(encoding="utf-8")
+    found = re.findall(r"(?:/work|/home|/root|/tmp|/Users)/[A-Za-z0-9_.-]+/[^\s\"']*", text)
+    assert not found, f"{stem}.ipynb stores a path of the machine that ran it: {found[:3]}"
