@@ -13,6 +13,7 @@ of transformers' ViltForQuestionAnswering.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -94,13 +95,7 @@ def bench_clip(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
     from minivlm.data import ShapesWorld, Tokenizer
     from minivlm.models.clip import CLIP, CLIPConfig
 
-    if repeats < 1 or warmup < 0 or batch_size < 2:
-        raise ValueError(f"need repeats >= 1, warmup >= 0, batch_size >= 2; got {repeats}, {warmup}, {batch_size}")
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    dev = torch.device(device or "cpu")
-    try:
+    with _bench_setup(batch_size, repeats, warmup, device, threads) as dev:
         cfg = CLIPConfig(**config)
         torch.manual_seed(seed)
         ours = CLIP(cfg).to(dev).train()
@@ -132,8 +127,6 @@ def bench_clip(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
         return {**_time_alternating(runs, warmup, repeats, dev), "batch_size": batch_size, "repeats": repeats,
                 "warmup": warmup, "config": asdict(cfg), "params_ours": n_ours, "params_theirs": n_theirs,
                 **_versions(hf_version, dev)}
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def hf_vilt_like(config):
@@ -173,13 +166,7 @@ def bench_vilt(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
 
     from minivlm.models.vilt import ViLT, ViLTConfig, vqa_batches
 
-    if repeats < 1 or warmup < 0 or batch_size < 2:
-        raise ValueError(f"need repeats >= 1, warmup >= 0, batch_size >= 2; got {repeats}, {warmup}, {batch_size}")
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    dev = torch.device(device or "cpu")
-    try:
+    with _bench_setup(batch_size, repeats, warmup, device, threads) as dev:
         cfg = ViLTConfig(**config)
         torch.manual_seed(seed)
         ours = ViLT(cfg).to(dev).train()
@@ -211,6 +198,18 @@ def bench_vilt(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
         return {**_time_alternating(runs, warmup, repeats, dev), "batch_size": batch_size, "repeats": repeats,
                 "warmup": warmup, "config": asdict(cfg), "params_ours": n_ours, "params_theirs": n_theirs,
                 **_versions(hf_version, dev)}
+
+
+@contextlib.contextmanager
+def _bench_setup(batch_size: int, repeats: int, warmup: int, device: str | None, threads: int | None):
+    """Check the arguments, set torch's threads for the run (restored after), yield the device."""
+    if repeats < 1 or warmup < 0 or batch_size < 2:
+        raise ValueError(f"need repeats >= 1, warmup >= 0, batch_size >= 2; got {repeats}, {warmup}, {batch_size}")
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.device(device or "cpu")
     finally:
         torch.set_num_threads(old_threads)
 
