@@ -37,6 +37,7 @@ import torch.nn.functional as F
 import minivlm
 from minivlm import viz
 from minivlm.data import SHAPES, ShapesWorld
+from minivlm.eval import wilson
 from minivlm.nn import MultiHeadAttention, TextTransformer, ViT, masks, patchify, scaled_dot_product_attention
 from minivlm.train import fit
 
@@ -198,7 +199,8 @@ def accuracy(model, data):
 
 
 vit_acc, preds = accuracy(vit, test_set)
-print(f"ViT shape accuracy on 600 test scenes: {vit_acc:.1%}  (chance: {1 / len(SHAPES):.1%})")
+n_test = len(test_set["labels"])
+print(f"ViT shape accuracy: {wilson(round(vit_acc * n_test), n_test)}  (chance: {1 / len(SHAPES):.1%})")
 correct = preds == test_set["labels"]
 for size in sorted(set(test_set["sizes"])):
     of_size = torch.tensor([s == size for s in test_set["sizes"]])
