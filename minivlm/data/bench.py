@@ -32,12 +32,6 @@ def _check_count(name: str, n) -> int:
     return int(n)
 
 
-def _caption(world: ShapesWorld, scene: Scene, rng) -> str:
-    """A paraphrase or, for a third of the scenes with two or more objects, a true relation."""
-    relational = len(scene) > 1 and rng.uniform() < 1 / 3
-    return (world.relational_caption(scene) if relational else None) or world.caption(scene)
-
-
 class ShapesBench:
     """bench = ShapesBench(image_size=32, seed=1234); bench.classification("heldout") ..."""
 
@@ -157,12 +151,12 @@ class ShapesBench:
                 truths = world.true_captions(scene)
                 while True:  # another scene's caption, with other objects, that is not true here by chance
                     other = world.sample(1)[0]
-                    caption = _caption(world, other, rng)
+                    caption = world.mixed_caption(other, 1 / 3)
                     if sorted(other.names) != sorted(scene.names) and caption not in truths:
                         break
                 label = 0
             else:
-                caption, label = _caption(world, scene, rng), 1
+                caption, label = world.mixed_caption(scene, 1 / 3), 1
             captions.append(caption)
             labels.append(label)
         return {"images": world.render(scenes), "captions": captions, "labels": torch.tensor(labels),

@@ -540,6 +540,12 @@ class ShapesWorld:
         i, rel, j = rels[int(self.text_rng.integers(len(rels)))]
         return self.describe_relation(scene, i, rel, j)
 
+    def mixed_caption(self, scene: Scene, relational_fraction: float) -> str:
+        """A random paraphrase or, for a share of the scenes with two or more objects, one of
+        their true spatial relations (the caption mix CLIP's zoo recipe and chapter 03 train on)."""
+        relational = len(scene) > 1 and self.text_rng.uniform() < relational_fraction
+        return (self.relational_caption(scene) if relational else None) or self.caption(scene)
+
     @staticmethod
     def true_captions(scene: Scene) -> set[str]:
         """Every caption that describes `scene` truly: its paraphrases and all its relations. A

@@ -491,15 +491,6 @@ def crop_regions(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.
 # ----------------------------------------------------------------------------- training data
 
 
-def _captions_for(world: ShapesWorld, scenes, relational_fraction: float) -> list[str]:
-    """A random paraphrase, or for a share of multi-object scenes a true spatial relation."""
-    out = []
-    for scene in scenes:
-        relational = len(scene) > 1 and world.text_rng.uniform() < relational_fraction
-        out.append((world.relational_caption(scene) if relational else None) or world.caption(scene))
-    return out
-
-
 def mismatched_partners(scenes, generator: torch.Generator, captions: Sequence[str] | None = None) -> list[int]:
     """For each scene i, the index of another scene of the batch whose set of objects differs:
     the source of ITM's negative captions. With `captions` (caption j belongs to scene j), a
@@ -545,7 +536,7 @@ def pretrain_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, 
         world = _step_world(seed, step, image_size)
         g = torch.Generator().manual_seed(world.seed)
         scenes = world.sample(batch_size)
-        captions = _captions_for(world, scenes, relational_fraction)
+        captions = [world.mixed_caption(scene, relational_fraction) for scene in scenes]
         ids, mask = tok(captions, max_text_len, add_bos=True, add_eos=True)
         mlm_ids, mlm_labels = mlm_mask(ids, tok, prob=mask_prob, generator=g)
         partners = mismatched_partners(scenes, g, captions)
@@ -624,10 +615,7 @@ def evaluate_vqa(model: ViLT, data: dict) -> dict:
     Returns dict(predictions, hits, overall: Estimate, per_kind: {kind: Estimate})."""
     from minivlm.eval import answer_hits, interval
 
-    boxes, box_mask = oracle_regions(data["scenes"], model.config.max_regions) if model.config.visual == "regions" \
-        else (None, None)
-    dev = model.text_pos.device
-    predictions = model.answer(data["images"].to(dev), data["questions"], _to(boxes, dev), _to(box_mask, dev))
+    predictions = model.answer(*_eval_inputs(model, data, "questions"))
     hits = answer_hits(predictions, data["answers"])
     per_kind = {}
     for kind in dict.fromkeys(data["kinds"]):
@@ -639,16 +627,19 @@ def evaluate_itm(model: ViLT, data: dict) -> dict:
     """ITM accuracy on a ShapesBench `itm` set (a pair counts as "match" when P(match) > 0.5)."""
     from minivlm.eval import interval
 
-    boxes, box_mask = oracle_regions(data["scenes"], model.config.max_regions) if model.config.visual == "regions" \
-        else (None, None)
-    dev = model.text_pos.device
-    prob = model.match_probability(data["images"].to(dev), data["captions"], _to(boxes, dev), _to(box_mask, dev))
+    prob = model.match_probability(*_eval_inputs(model, data, "captions"))
     hits = ((prob > 0.5).long().cpu() == data["labels"]).tolist()
     return {"probability": prob.cpu(), "hits": hits, "accuracy": interval(hits)}
 
 
-def _to(x, dev):
-    return None if x is None else x.to(dev)
+def _eval_inputs(model: ViLT, data: dict, texts: str) -> tuple:
+    """(images, texts, boxes, box_mask) of a ShapesBench set on the model's device; the oracle
+    boxes only for a regions-mode model."""
+    dev = model.text_pos.device
+    if model.config.visual != "regions":
+        return data["images"].to(dev), data[texts], None, None
+    boxes, box_mask = oracle_regions(data["scenes"], model.config.max_regions)
+    return data["images"].to(dev), data[texts], boxes.to(dev), box_mask.to(dev)
 
 
 # ---- Hugging Face import

@@ -106,11 +106,7 @@ def clip_batches(recipe: ClipRecipe, tokenizer, context_length: int = 32):
         scenes = [world.sample(1, n_objects=1, compositions=[pair])[0] for pair in SEEN_COMPOSITIONS]
         if recipe.pairs:
             scenes += world.sample(recipe.pairs, n_objects=2)
-        captions = []
-        for scene in scenes:
-            relational = len(scene) > 1 and world.text_rng.uniform() < recipe.relational_fraction
-            caption = world.relational_caption(scene) if relational else None
-            captions.append(caption or world.caption(scene))
+        captions = [world.mixed_caption(scene, recipe.relational_fraction) for scene in scenes]
         ids, mask = tokenizer(captions, max_len=context_length)
         return {"images": world.render(scenes), "ids": ids, "attention_mask": mask}
 
