@@ -219,7 +219,15 @@ def _cmd_zoo_build(args) -> int:
     names = list(zoo.available()) if args.name == "all" else [args.name]
     for name in names:
         start = time.perf_counter()
-        result = zoo.build(name)
+        overrides = {}
+        if args.workers is not None:
+            if "workers" not in zoo.RECIPES[name].__dataclass_fields__:
+                print(f"error: the {name!r} recipe trains one model at a time; --workers is for recipes with "
+                      f"seed arms ({', '.join(n for n, r in zoo.RECIPES.items() if 'workers' in r.__dataclass_fields__)})",
+                      file=sys.stderr)
+                return 2
+            overrides["workers"] = args.workers
+        result = zoo.build(name, **overrides)
         extra = f" -> {result}" if result is not None else ""
         print(f"built {name} in {time.perf_counter() - start:.1f} s{extra}")
     return 0
@@ -303,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     z.required = True
     zb = z.add_parser("build", help="train and save a zoo entry")
     zb.add_argument("name", help="an entry of `minivlm zoo list`, or all")
+    zb.add_argument("--workers", type=int, default=None,
+                    help="train a recipe's arms in this many processes at once (one thread each: same figures)")
     zb.set_defaults(func=_cmd_zoo_build)
     z.add_parser("list", help="list the zoo entries").set_defaults(func=_cmd_zoo_list)
 

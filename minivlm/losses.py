@@ -133,3 +133,76 @@ def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"labels must be 0 (no match) or 1 (match), got values in "
                          f"[{int(labels.min())}, {int(labels.max())}]")
     return F.cross_entropy(logits, labels)
+
+
+# ----------------------------------------------------------------------------- chapter 04: ALBEF
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against soft targets: mean over rows of −Σ_j targets[j]·log softmax(logits)[j].
+
+    logits and targets (N, C); each row of targets is a distribution (non-negative, sums to 1).
+    With one-hot targets this is F.cross_entropy. ALBEF's momentum distillation uses it with
+    targets = (1 − α)·one-hot + α·softmax(momentum model's logits) (see `mix_targets`).
+    """
+    check_tensor("logits", logits, ndim=2, dtype="float")
+    check_tensor("targets", targets, ndim=2, dtype="float")
+    if logits.shape != targets.shape:
+        raise ValueError(f"logits and targets must have the same shape (N, C), got {tuple(logits.shape)} and "
+                         f"{tuple(targets.shape)}")
+    t = targets.detach()
+    if bool((t < 0).any()) or not torch.allclose(t.sum(1), torch.ones_like(t[:, 0]), atol=1e-3):
+        raise ValueError("every row of targets must be a probability distribution (>= 0, summing to 1); got row "
+                         f"sums in [{float(t.sum(1).min()):.4g}, {float(t.sum(1).max()):.4g}], min value "
+                         f"{float(t.min()):.4g}")
+    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def check_alpha(alpha) -> float:
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha (the distillation weight) must be a float in [0, 1], got {alpha!r}")
+    return float(alpha)
+
+
+def mix_targets(hard: torch.Tensor, teacher_logits: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Momentum distillation's targets: (1 − α)·hard + α·softmax(teacher_logits), row by row.
+
+    hard (N, C): the data's targets (one-hot, or several ones normalised); teacher_logits (N, C):
+    the momentum model's logits for the same rows. No gradient flows into the teacher."""
+    check_tensor("hard", hard, ndim=2, dtype="float")
+    check_tensor("teacher_logits", teacher_logits, ndim=2, dtype="float")
+    if hard.shape != teacher_logits.shape:
+        raise ValueError(f"hard and teacher_logits must have the same shape, got {tuple(hard.shape)} and "
+                         f"{tuple(teacher_logits.shape)}")
+    a = check_alpha(alpha)
+    return (1 - a) * hard + a * teacher_logits.detach().softmax(dim=1)
+
+
+def sample_negatives(similarity: torch.Tensor, exclude: torch.Tensor, generator: torch.Generator | None = None
+                     ) -> torch.Tensor:
+    """ALBEF's hard negatives: for each row i, draw one column j with probability
+    softmax(similarity[i])[j], renormalised over the columns not excluded.
+
+    similarity (N, M): e.g. image-to-text ITC logits of a batch (N = M = B); exclude (N, M)
+    bool, True where column j is a positive for row i (the diagonal; captions identical to, or
+    true of, the positive). Columns that look most like the positive are drawn most often.
+    Returns (N,) long indices, never an excluded column. A row whose every column is excluded
+    is a ValueError (no negative exists).
+    """
+    check_tensor("similarity", similarity, ndim=2, dtype="float")
+    check_tensor("exclude", exclude, ndim=2, dtype="bool")
+    if similarity.shape != exclude.shape:
+        raise ValueError(f"similarity and exclude must have the same shape, got {tuple(similarity.shape)} and "
+                         f"{tuple(exclude.shape)}")
+    empty = exclude.all(dim=1)
+    if bool(empty.any()):
+        rows = empty.nonzero().flatten().tolist()
+        raise ValueError(f"rows {rows[:5]} have every column excluded: no negative to sample (a batch needs at "
+                         "least one pair that does not match)")
+    with torch.no_grad():
+        weights = similarity.detach().float().softmax(dim=1).masked_fill(exclude, 0.0)
+        # a row whose allowed weights all underflow to 0 falls back to uniform over the allowed columns
+        dead = weights.sum(dim=1) <= 0
+        if bool(dead.any()):
+            weights[dead] = (~exclude[dead]).float()
+        return torch.multinomial(weights, 1, generator=generator).squeeze(1)

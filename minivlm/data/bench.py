@@ -23,7 +23,7 @@ from minivlm.data.shapesworld import (
 )
 
 # Each task gets its own stream (seed + offset), so adding a task never changes another's data.
-_OFFSETS = {"classification": 0, "retrieval": 1, "swap": 2, "vqa": 3, "itm": 4}
+_OFFSETS = {"classification": 0, "retrieval": 1, "swap": 2, "vqa": 3, "itm": 4, "hard_itm": 5}
 
 
 def _check_count(name: str, n) -> int:
@@ -161,3 +161,25 @@ class ShapesBench:
             labels.append(label)
         return {"images": world.render(scenes), "captions": captions, "labels": torch.tensor(labels),
                 "scenes": scenes}
+
+    def hard_itm(self, n: int = 500) -> dict:
+        """Image-text matching with *hard* negatives (chapter 04): n test scenes, each with a true
+        caption and a negative that differs from it by one fact, from the scene graph (see
+        `ShapesWorld.hard_negative`): a colour, a shape, a size, or a swapped relation, the four
+        kinds in equal share (cycled). A bag-of-words model cannot tell a relation swap apart.
+        Returns dict(images (N, 3, H, W), captions [(true, negative)], kinds, scenes)."""
+        n = _check_count("n", n)
+        world = self._world("hard_itm")
+        kinds = ShapesWorld.HARD_NEGATIVE_KINDS
+        scenes, captions, out_kinds = [], [], []
+        for i in range(n):
+            kind = kinds[i % len(kinds)]
+            while True:
+                scene = world.sample(1, n_objects=(2, 4) if kind == "relation" else None)[0]
+                pair = world.hard_negative(scene, kind)
+                if pair is not None:
+                    break
+            scenes.append(scene)
+            captions.append(pair)
+            out_kinds.append(kind)
+        return {"images": world.render(scenes), "captions": captions, "kinds": out_kinds, "scenes": scenes}

@@ -553,6 +553,45 @@ class ShapesWorld:
         rels = {ShapesWorld.describe_relation(scene, i, rel, j) for i, rel, j in scene.relations()}
         return set(ShapesWorld.captions(scene)) | rels
 
+    HARD_NEGATIVE_KINDS = ("color", "shape", "size", "relation")
+
+    def hard_negative(self, scene: Scene, kind: str) -> tuple[str, str] | None:
+        """A true caption of `scene` and a *hard negative*: the same sentence with one fact
+        changed, built from the scene graph. kind "color" / "shape": one object gets another
+        colour / shape (a seen composition that is not already in the scene); "size": one
+        object's size flips, in a sized paraphrase; "relation": the two objects of a true
+        relation swap places ("a red circle to the left of a blue star" → "a blue star to the
+        left of a red circle"). Returns (true, negative), or None when the scene cannot give
+        that kind (a relation needs two objects clearly apart)."""
+        import dataclasses
+
+        if kind not in self.HARD_NEGATIVE_KINDS:
+            raise ValueError(f"kind must be one of {list(self.HARD_NEGATIVE_KINDS)}, got {kind!r}")
+        rng = self.text_rng
+        if kind == "relation":
+            rels = scene.relations()
+            if not rels:
+                return None
+            i, rel, j = rels[int(rng.integers(len(rels)))]
+            return self.describe_relation(scene, i, rel, j), self.describe_relation(scene, j, rel, i)
+        k = int(rng.integers(len(scene)))
+        obj = scene.objects[k]
+        if kind == "size":
+            changed = dataclasses.replace(obj, size=SIZES[1 - SIZES.index(obj.size)])
+            styles = [i for i, t in enumerate(CAPTION_TEMPLATES) if "{sized_objects}" in t]
+        else:
+            present = {o.composition for o in scene.objects}
+            options = [p for p in SEEN_COMPOSITIONS if p not in present
+                       and (p[1] == obj.shape if kind == "color" else p[0] == obj.color)]
+            if not options:
+                return None
+            color, shape = options[int(rng.integers(len(options)))]
+            changed = dataclasses.replace(obj, color=color, shape=shape)
+            styles = list(range(len(CAPTION_TEMPLATES)))
+        style = styles[int(rng.integers(len(styles)))]
+        altered = Scene(scene.objects[:k] + (changed,) + scene.objects[k + 1:])
+        return self.captions(scene)[style], self.captions(altered)[style]
+
     def noisy_captions(self, scenes: Sequence[Scene], noise: float | None = None) -> tuple[list[str], torch.Tensor]:
         """Web-like noise: with probability `noise` (default: the world's knob) a caption is
         replaced by the caption of a different random scene (different objects). Returns the

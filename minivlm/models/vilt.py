@@ -624,7 +624,8 @@ def evaluate_vqa(model: ViLT, data: dict) -> dict:
 
 
 def evaluate_itm(model: ViLT, data: dict) -> dict:
-    """ITM accuracy on a ShapesBench `itm` set (a pair counts as "match" when P(match) > 0.5)."""
+    """ITM accuracy on a ShapesBench `itm` set (a pair counts as "match" when P(match) > 0.5).
+    Works for any model with `match_probability(images, captions)` (ViLT, ALBEF)."""
     from minivlm.eval import interval
 
     prob = model.match_probability(*_eval_inputs(model, data, "captions"))
@@ -633,11 +634,12 @@ def evaluate_itm(model: ViLT, data: dict) -> dict:
 
 
 def _eval_inputs(model: ViLT, data: dict, texts: str) -> tuple:
-    """(images, texts, boxes, box_mask) of a ShapesBench set on the model's device; the oracle
-    boxes only for a regions-mode model."""
-    dev = model.text_pos.device
-    if model.config.visual != "regions":
-        return data["images"].to(dev), data[texts], None, None
+    """(images, texts) of a ShapesBench set on the model's device, plus (boxes, box_mask), the
+    oracle boxes, for a regions-mode ViLT. Any model with `match_probability(images, texts)`
+    (ALBEF, chapter 04) can be evaluated the same way."""
+    dev = next(model.parameters()).device
+    if getattr(model.config, "visual", "patches") != "regions":
+        return data["images"].to(dev), data[texts]
     boxes, box_mask = oracle_regions(data["scenes"], model.config.max_regions)
     return data["images"].to(dev), data[texts], boxes.to(dev), box_mask.to(dev)
 

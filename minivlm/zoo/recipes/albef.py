@@ -1,0 +1,173 @@
+"""The zoo ALBEF (chapter 04) and the arms behind the chapter's two claims.
+
+"albef" is pretrained with ITC + ITM + MLM on clean captions (noise 0 %) with momentum
+distillation (MoD), seed 0. Its manifest also records, for `seeds` seeds each, the figures of
+  - the four arms of "does MoD help on noisy captions?": caption noise 0 % and 40 %, MoD on
+    and off, at equal steps;
+  - ITM trained with random instead of hard negatives (noise 0 %, MoD on), for "do hard
+    negatives help?", compared with the matching arm above.
+Every arm is evaluated on the same ShapesBench sets: image→text retrieval among 256 captions
+(ITC alone and ITC top-k re-ranked by ITM), ITM accuracy on the standard set and on the hard
+set (negatives one fact away). Only seed 0's clean MoD arm ships as weights.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+ALBEF_CONFIG = dict(image_size=32, patch_size=4, dim=64, vision_depth=3, text_depth=2, fusion_depth=2, heads=4,
+                    embed_dim=64, max_text_len=32)
+
+
+def _model(config: dict):
+    from minivlm.models.albef import ALBEF, ALBEFConfig
+
+    return ALBEF(ALBEFConfig(**config))
+
+
+def _config_dict(model) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(model.config).items()}
+
+
+def _est(e) -> dict:
+    return {"value": round(e.value, 4), "low": round(e.low, 4), "high": round(e.high, 4), "n": e.n}
+
+
+def pretrain(config: dict, steps: int, seed: int, world_seed: int, noise: float, batch_size: int, lr: float,
+             warmup: int, weight_decay: float, vision_init=None, progress: bool = False, desc: str | None = None):
+    """ALBEF pretraining of a fresh model (seeded init; the image encoder copied from
+    `vision_init`, a CLIP, when given) on captions with `noise`, on the CPU. Returns (model,
+    history). The data depend on (world_seed, seed, noise) only, so two arms of one seed that
+    differ in MoD or in the negatives see the very same batches."""
+    from minivlm.models.albef import ALBEFPretrainer, init_vision_from_clip, pretrain_batches, pretrain_step
+    from minivlm.train import fit
+    from minivlm.utils import seed_everything
+
+    seed_everything(seed)
+    model = _model(config)
+    if vision_init is not None:
+        init_vision_from_clip(model, vision_init)
+    trainer = ALBEFPretrainer(model, queue_seed=seed)
+    batches = pretrain_batches(batch_size, seed=world_seed + 1000 * seed, image_size=model.config.image_size,
+                               noise=noise, max_text_len=model.config.max_text_len)
+    history = fit(trainer, pretrain_step, batches, steps, lr=lr, warmup=warmup, weight_decay=weight_decay,
+                  device="cpu", seed=seed, progress=progress, desc=desc)
+    return model.eval(), history
+
+
+def _run_arm(job: dict) -> dict:
+    """One arm, start to figures; a top-level function so that worker processes can run it.
+    On one thread, as every zoo build, so the result does not depend on which process ran it."""
+    from minivlm import zoo
+
+    torch.set_num_threads(1)
+    clip = zoo.load("clip", job["weights_dir"]) if job["vision_init"] == "clip" else None
+    start = time.perf_counter()
+    model, history = pretrain(job["config"], job["steps"], job["seed"], job["world_seed"], job["noise"],
+                              job["batch_size"], job["lr"], job["warmup"], job["weight_decay"], clip,
+                              job["progress"], desc=f"zoo: albef {job['arm']} seed {job['seed']}")
+    train_seconds = time.perf_counter() - start
+    out = {"arm": job["arm"], "seed": job["seed"],
+           "metrics": albef_metrics(model, job["bench_seed"], rerank_k=job["rerank_k"]),
+           "final": {k: round(history.last(k), 4) for k in ("loss", "itc", "itm", "mlm")},
+           "train_seconds": round(train_seconds, 1), "seconds": round(time.perf_counter() - start, 1)}
+    if job["ship"]:
+        out["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        out["temperature"] = round(float(1.0 / model.scale().detach()), 4)
+    return out
+
+
+def albef_metrics(model, bench_seed: int = 1234, retrieval_n: int = 256, itm_n: int = 1000, hard_n: int = 1000,
+                  rerank_k: int = 16) -> dict:
+    """The chapter's ShapesBench figures of an ALBEF, each with its 95 % interval."""
+    from minivlm.data import ShapesBench
+    from minivlm.models.albef import evaluate_hard_itm, evaluate_itm, evaluate_retrieval
+
+    bench = ShapesBench(image_size=model.config.image_size, seed=bench_seed)
+    ret = evaluate_retrieval(model, bench.retrieval(retrieval_n), rerank_k=rerank_k)
+    itm = evaluate_itm(model, bench.itm(itm_n))
+    hard = evaluate_hard_itm(model, bench.hard_itm(hard_n))
+    out = {"i2t_r1_itc": _est(ret["itc_r1"]), f"i2t_r1_rerank{rerank_k}": _est(ret["r1"]),
+           "itm": _est(itm["accuracy"]), "hard_itm": _est(hard["accuracy"]),
+           "hard_pairs": _est(hard["pair_accuracy"])}
+    out.update({f"hard_pairs_{k}": _est(v) for k, v in hard["per_kind"].items()})
+    return out
+
+
+@dataclass
+class AlbefRecipe:
+    """ALBEF pretrained on ShapesWorld captions, seeded, on the CPU, its image encoder started
+    from the zoo CLIP's; plus the MoD and hard-negative arms over `seeds` seeds (figures in the
+    manifest). `workers` > 1 trains that many arms at once in separate processes (each on one
+    thread, so the figures are the same as with workers=1)."""
+
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup: int = 50
+    weight_decay: float = 0.01
+    seeds: int = 3
+    noises: tuple = (0.0, 0.4)
+    world_seed: int = 4
+    bench_seed: int = 1234
+    rerank_k: int = 16
+    vision_init: str | None = "clip"  # the zoo entry whose image tower starts ours (None: from scratch)
+    workers: int = 1
+    config: dict = field(default_factory=lambda: dict(ALBEF_CONFIG))
+
+    name = "albef"
+    model = staticmethod(_model)
+
+    def arms(self) -> list[tuple[str, float, bool, bool]]:
+        """(name, noise, MoD, hard negatives) of every arm, the shipped one first."""
+        out = [(f"noise{int(round(noise * 100))}_{'mod' if mod else 'nomod'}", noise, mod, True)
+               for noise in self.noises for mod in (True, False)]
+        return out + [(f"noise{int(round(self.noises[0] * 100))}_mod_random_neg", self.noises[0], True, False)]
+
+    def train(self, weights_dir, progress: bool):
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ValueError(f"workers must be an int >= 1, got {self.workers!r}")
+        if self.vision_init not in (None, "clip"):
+            raise ValueError(f"vision_init must be None or 'clip', got {self.vision_init!r}")
+        jobs = []
+        for seed in range(self.seeds):
+            for k, (arm, noise, mod, hard) in enumerate(self.arms()):
+                jobs.append(dict(arm=arm, seed=seed, noise=noise, config={**self.config, "distill": mod,
+                                                                          "hard_negatives": hard},
+                                 steps=self.steps, world_seed=self.world_seed, batch_size=self.batch_size, lr=self.lr,
+                                 warmup=self.warmup, weight_decay=self.weight_decay, bench_seed=self.bench_seed,
+                                 rerank_k=self.rerank_k, vision_init=self.vision_init, weights_dir=str(weights_dir),
+                                 ship=seed == 0 and k == 0, progress=progress and self.workers == 1))
+        if self.workers == 1:
+            results = [_run_arm(job) for job in jobs]
+        else:
+            import multiprocessing
+
+            with multiprocessing.get_context("spawn").Pool(self.workers) as pool:
+                results = []
+                for r in pool.imap(_run_arm, jobs):
+                    results.append(r)
+                    if progress:
+                        print(f"zoo: albef {r['arm']} seed {r['seed']} done in {r['seconds']} s", flush=True)
+        arms: dict[str, list] = {}
+        for r in results:
+            arms.setdefault(r["arm"], []).append({"seed": r["seed"], **r["metrics"], "final_loss": r["final"]["loss"],
+                                                  "train_seconds": r["train_seconds"]})
+        shipped = next(r for r in results if "state" in r)
+        model = _model({**self.config, "distill": True, "hard_negatives": True})
+        model.load_state_dict(shipped["state"])
+        return model.eval(), {
+            "config": _config_dict(model),
+            "tokenizer_vocab_size": model.config.vocab_size,
+            "metrics": shipped["metrics"],
+            "arms": arms,
+            "final_loss": shipped["final"]["loss"],
+            "final_itc": shipped["final"]["itc"],
+            "final_itm": shipped["final"]["itm"],
+            "final_mlm": shipped["final"]["mlm"],
+            "final_temperature": shipped["temperature"],
+            "steps": self.steps,
+            "train_seconds": shipped["train_seconds"],
+        }
