@@ -32,12 +32,20 @@ from torch import nn
 
 from minivlm.data.masking import IGNORE_INDEX, mlm_mask
 from minivlm.data.shapesworld import ShapesWorld
-from minivlm.models.vilt import evaluate_itm  # noqa: F401  (the same ITM protocol, re-exported for chapter 04)
 from minivlm.losses import check_alpha, itm_loss, mix_targets, mlm_loss, sample_negatives, soft_cross_entropy
+from minivlm.models.inputs import (
+    TextInputs,
+    check_ids_in_vocab,
+    check_image_stats,
+    check_images,
+    fill_token_ids,
+    register_image_stats,
+)
+from minivlm.models.vilt import evaluate_itm  # noqa: F401  (the same ITM protocol, re-exported for chapter 04)
 from minivlm.nn import TextTransformer, Transformer, ViT, masks
 from minivlm.nn.blocks import ACTIVATIONS
 from minivlm.nn.momentum import FeatureQueue, check_momentum, momentum_copy, momentum_update
-from minivlm.utils import check_range, check_shape, check_tensor
+from minivlm.utils import check_tensor
 
 
 def _check_int(name: str, value, lo: int = 1) -> None:
@@ -88,13 +96,7 @@ class ALBEFConfig:
     image_std: tuple[float, float, float] = field(default=(0.5, 0.5, 0.5))
 
     def __post_init__(self):
-        if self.vocab_size is None or self.pad_id is None or self.mask_id is None:
-            from minivlm.data.tokenizer import Tokenizer
-
-            tok = Tokenizer.from_world()
-            self.vocab_size = len(tok) if self.vocab_size is None else self.vocab_size
-            self.pad_id = tok.pad_id if self.pad_id is None else self.pad_id
-            self.mask_id = tok.mask_id if self.mask_id is None else self.mask_id
+        fill_token_ids(self)
         for name in ("image_size", "patch_size", "dim", "vision_depth", "text_depth", "fusion_depth", "heads",
                      "embed_dim", "vocab_size", "max_text_len", "queue_size"):
             _check_int(name, getattr(self, name))
@@ -116,15 +118,11 @@ class ALBEFConfig:
         for name in ("distill", "hard_negatives", "vision_pre_norm", "patch_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        for name in ("pad_id", "mask_id"):
-            if not 0 <= getattr(self, name) < self.vocab_size:
-                raise ValueError(f"{name} must lie in [0, {self.vocab_size - 1}], got {getattr(self, name)}")
-        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
-            raise ValueError(f"image_mean/image_std must be 3 values (std > 0), got {self.image_mean}, {self.image_std}")
-        self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
+        check_ids_in_vocab(self)
+        check_image_stats(self)
 
 
-class ALBEF(nn.Module):
+class ALBEF(TextInputs, nn.Module):
     """Image encoder (ViT), text encoder, fusion encoder (cross-attention), ITC projections and
     temperature, ITM and MLM heads. The momentum copy and the queues live in `ALBEFPretrainer`,
     so a saved ALBEF holds only what inference needs."""
@@ -153,33 +151,10 @@ class ALBEF(nn.Module):
         self.mlm_transform = nn.Linear(c.dim, c.dim)
         self.mlm_norm = nn.LayerNorm(c.dim, eps=c.eps)
         self.mlm_bias = nn.Parameter(torch.zeros(c.vocab_size))  # the decoder's weight is the word embeddings'
-        mean, std = torch.tensor(c.image_mean).view(1, 3, 1, 1), torch.tensor(c.image_std).view(1, 3, 1, 1)
-        self.register_buffer("image_mean", mean, persistent=False)
-        self.register_buffer("image_std", std, persistent=False)
+        register_image_stats(self, c)
         self.tokenizer = tokenizer
 
     # ------------------------------------------------------------------------------ inputs
-    def get_tokenizer(self):
-        if self.tokenizer is None:
-            from minivlm.data.tokenizer import Tokenizer
-
-            tok = Tokenizer.from_world()
-            if len(tok) != self.config.vocab_size:
-                raise ValueError(f"this model (vocab_size={self.config.vocab_size}) was not built for the course "
-                                 f"tokenizer (vocab {len(tok)}): pass token ids, or a tokenizer to ALBEF(config, tokenizer=...)")
-            self.tokenizer = tok
-        return self.tokenizer
-
-    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """list[str] → ids (B, T), attention_mask (B, T): "<bos> words <eos>", right-padded."""
-        if isinstance(texts, str) or not isinstance(texts, (list, tuple)) or not texts \
-                or not all(isinstance(t, str) for t in texts):
-            raise TypeError(f"texts must be a non-empty list of strings, got {type(texts).__name__}"
-                            + (" (one string: wrap it in a list)" if isinstance(texts, str) else ""))
-        ids, mask = self.get_tokenizer()(list(texts), self.config.max_text_len, add_bos=True, add_eos=True,
-                                         truncation=False)
-        return ids.to(self.log_scale.device), mask.to(self.log_scale.device)
-
     def _ids(self, texts, attention_mask):
         if isinstance(texts, torch.Tensor):
             if attention_mask is None:
@@ -192,10 +167,7 @@ class ALBEF(nn.Module):
     # ------------------------------------------------------------------------------ the three encoders
     def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 3, H, W) in [0, 1] → (tokens (B, 1 + N, D), ITC feature (B, E) of unit norm)."""
-        s = self.config.image_size
-        check_tensor("images", images, ndim=4, dtype="float")
-        check_shape("images", images, [None, 3, s, s])
-        check_range("images", images, 0.0, 1.0)
+        check_images(images, self.config.image_size)
         tokens = self.visual.forward_features((images - self.image_mean) / self.image_std)  # (B, 1 + N, D)
         return tokens, F.normalize(self.image_projection(tokens[:, 0]), dim=-1)
 

@@ -34,6 +34,14 @@ from torch import nn
 from minivlm.data.masking import mlm_mask
 from minivlm.data.shapesworld import VQA_ANSWER_VOCAB, ShapesWorld
 from minivlm.losses import itm_loss, mlm_loss
+from minivlm.models.inputs import (
+    TextInputs,
+    check_ids_in_vocab,
+    check_image_stats,
+    check_images,
+    fill_token_ids,
+    register_image_stats,
+)
 from minivlm.nn import PatchEmbed, Transformer, masks
 from minivlm.nn.blocks import ACTIVATIONS
 from minivlm.utils import check_range, check_shape, check_tensor
@@ -70,13 +78,7 @@ class ViLTConfig:
     image_std: tuple[float, float, float] = field(default=(0.5, 0.5, 0.5))
 
     def __post_init__(self):
-        if self.vocab_size is None or self.pad_id is None or self.mask_id is None:
-            from minivlm.data.tokenizer import Tokenizer
-
-            tok = Tokenizer.from_world()
-            self.vocab_size = len(tok) if self.vocab_size is None else self.vocab_size
-            self.pad_id = tok.pad_id if self.pad_id is None else self.pad_id
-            self.mask_id = tok.mask_id if self.mask_id is None else self.mask_id
+        fill_token_ids(self)
         for name in ("image_size", "patch_size", "dim", "depth", "heads", "vocab_size", "max_text_len", "max_regions",
                      "region_size"):
             value = getattr(self, name)
@@ -102,12 +104,8 @@ class ViLTConfig:
         self.answers = tuple(self.answers)
         if len(self.answers) < 2 or len(set(self.answers)) != len(self.answers):
             raise ValueError(f"answers must be at least 2 distinct strings, got {self.answers!r}")
-        for name in ("pad_id", "mask_id"):
-            if not 0 <= getattr(self, name) < self.vocab_size:
-                raise ValueError(f"{name} must lie in [0, {self.vocab_size - 1}], got {getattr(self, name)}")
-        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
-            raise ValueError(f"image_mean/image_std must be 3 values (std > 0), got {self.image_mean}, {self.image_std}")
-        self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
+        check_ids_in_vocab(self)
+        check_image_stats(self)
 
     @property
     def num_patches(self) -> int:
@@ -119,7 +117,7 @@ class ViLTConfig:
         return 1 + (self.num_patches if self.visual == "patches" else self.max_regions)
 
 
-class ViLT(nn.Module):
+class ViLT(TextInputs, nn.Module):
     """The single-stream encoder with its MLM, ITM and VQA heads."""
 
     def __init__(self, config: ViLTConfig | None = None, tokenizer=None):
@@ -158,40 +156,12 @@ class ViLT(nn.Module):
                                       nn.Linear(2 * c.dim, len(c.answers)))
         nn.init.normal_(self.word_embeddings.weight, std=0.02)  # BERT's init; the MLM decoder shares it
         nn.init.normal_(self.modality_embed.weight, std=0.02)
-        mean, std = torch.tensor(c.image_mean).view(1, 3, 1, 1), torch.tensor(c.image_std).view(1, 3, 1, 1)
-        self.register_buffer("image_mean", mean, persistent=False)
-        self.register_buffer("image_std", std, persistent=False)
+        register_image_stats(self, c)
         self.tokenizer = tokenizer
 
     # ------------------------------------------------------------------------------ inputs
-    def get_tokenizer(self):
-        if self.tokenizer is None:
-            from minivlm.data.tokenizer import Tokenizer
-
-            tok = Tokenizer.from_world()
-            if len(tok) != self.config.vocab_size:
-                raise ValueError(f"this model (vocab_size={self.config.vocab_size}) was not built for the course "
-                                 f"tokenizer (vocab {len(tok)}): pass token ids, or a tokenizer to ViLT(config, tokenizer=...)")
-            self.tokenizer = tok
-        return self.tokenizer
-
-    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """list[str] → ids (B, T), attention_mask (B, T): "<bos> words <eos>", right-padded.
-        Unknown words become <unk>; a text longer than max_text_len is an error."""
-        if isinstance(texts, str) or not isinstance(texts, (list, tuple)) or not texts \
-                or not all(isinstance(t, str) for t in texts):
-            raise TypeError(f"texts must be a non-empty list of strings, got {type(texts).__name__}"
-                            + (" (one string: wrap it in a list)" if isinstance(texts, str) else ""))
-        ids, mask = self.get_tokenizer()(list(texts), self.config.max_text_len, add_bos=True, add_eos=True,
-                                         truncation=False)
-        dev = self.text_pos.device
-        return ids.to(dev), mask.to(dev)
-
     def check_images(self, images: torch.Tensor) -> None:
-        s = self.config.image_size
-        check_tensor("images", images, ndim=4, dtype="float")
-        check_shape("images", images, [None, 3, s, s])
-        check_range("images", images, 0.0, 1.0)
+        check_images(images, self.config.image_size)
 
     def check_ids(self, ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         c = self.config

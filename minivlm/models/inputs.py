@@ -1,0 +1,81 @@
+"""The input boundary the BERT-style models share (ViLT in chapter 03, ALBEF in chapter 04, ...):
+the course tokenizer's ids filled into a config, "<bos> words <eos>" batches from strings, and
+images in [0, 1] normalised by the config's mean and std."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from minivlm.utils import check_range, check_shape, check_tensor
+
+
+def fill_token_ids(config) -> None:
+    """Set config.vocab_size / pad_id / mask_id from the course tokenizer where they are None,
+    and check that pad_id and mask_id are ids of the vocabulary."""
+    if config.vocab_size is None or config.pad_id is None or config.mask_id is None:
+        from minivlm.data.tokenizer import Tokenizer
+
+        tok = Tokenizer.from_world()
+        config.vocab_size = len(tok) if config.vocab_size is None else config.vocab_size
+        config.pad_id = tok.pad_id if config.pad_id is None else config.pad_id
+        config.mask_id = tok.mask_id if config.mask_id is None else config.mask_id
+
+
+def check_ids_in_vocab(config) -> None:
+    for name in ("pad_id", "mask_id"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < config.vocab_size:
+            raise ValueError(f"{name} must lie in [0, {config.vocab_size - 1}], got {value!r}")
+
+
+def check_image_stats(config) -> None:
+    """image_mean / image_std: 3 numbers each, std > 0; stored as tuples."""
+    if len(config.image_mean) != 3 or len(config.image_std) != 3 or min(config.image_std) <= 0:
+        raise ValueError(f"image_mean/image_std must be 3 values (std > 0), got {config.image_mean}, {config.image_std}")
+    config.image_mean, config.image_std = tuple(config.image_mean), tuple(config.image_std)
+
+
+def register_image_stats(module: nn.Module, config) -> None:
+    """Buffers image_mean / image_std (1, 3, 1, 1) from the config; not saved with the weights
+    (they are part of the config)."""
+    module.register_buffer("image_mean", torch.tensor(config.image_mean).view(1, 3, 1, 1), persistent=False)
+    module.register_buffer("image_std", torch.tensor(config.image_std).view(1, 3, 1, 1), persistent=False)
+
+
+def check_images(images, image_size: int) -> None:
+    """Float (B, 3, image_size, image_size) with values in [0, 1]."""
+    check_tensor("images", images, ndim=4, dtype="float")
+    check_shape("images", images, [None, 3, image_size, image_size])
+    check_range("images", images, 0.0, 1.0)
+
+
+class TextInputs:
+    """Mixin for an nn.Module with `config.vocab_size`, `config.max_text_len` and an attribute
+    `tokenizer` (None: the course tokenizer, fetched on first use)."""
+
+    def get_tokenizer(self):
+        if self.tokenizer is None:
+            from minivlm.data.tokenizer import Tokenizer
+
+            tok = Tokenizer.from_world()
+            if len(tok) != self.config.vocab_size:
+                name = type(self).__name__
+                raise ValueError(f"this model (vocab_size={self.config.vocab_size}) was not built for the course "
+                                 f"tokenizer (vocab {len(tok)}): pass token ids, or a tokenizer to "
+                                 f"{name}(config, tokenizer=...)")
+            self.tokenizer = tok
+        return self.tokenizer
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """list[str] → ids (B, T), attention_mask (B, T): "<bos> words <eos>", right-padded, on
+        the model's device. Unknown words become <unk>; a text longer than max_text_len is an error."""
+        if isinstance(texts, str) or not isinstance(texts, (list, tuple)) or not texts \
+                or not all(isinstance(t, str) for t in texts):
+            raise TypeError(f"texts must be a non-empty list of strings, got {type(texts).__name__}"
+                            + (" (one string: wrap it in a list)" if isinstance(texts, str) else ""))
+        ids, mask = self.get_tokenizer()(list(texts), self.config.max_text_len, add_bos=True, add_eos=True,
+                                         truncation=False)
+        dev = next(self.parameters()).device
+        return ids.to(dev), mask.to(dev)
