@@ -291,6 +291,10 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     meta = _decode(json.loads(raw))
     tensors = load_file(str(path))
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    problems = utils.state_dict_mismatches(model.state_dict(), weights, strict=strict)
+    if problems:
+        raise ValueError(f"checkpoint {path} does not fit this {type(model).__name__} ({len(problems)} mismatch(es), "
+                         f"first: {problems[0]}): was it saved from a model with another config?")
     model.load_state_dict(weights, strict=strict)
     if optimizer is not None:
         if "optimizer" not in meta:
@@ -306,7 +310,10 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         for group in om["param_groups"]:
             groups.append({k: tensors[v["__tensor__"]] if isinstance(v, dict) and "__tensor__" in v else v
                            for k, v in group.items()})
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
+        try:
+            optimizer.load_state_dict({"state": state, "param_groups": groups})
+        except ValueError as e:  # torch's message names neither the file nor the fix
+            raise ValueError(f"the optimizer state in checkpoint {path} does not fit this optimizer: {e}") from None
     if scaler is not None and "scaler" in meta:
         scaler.load_state_dict(meta["scaler"])
     if rng and "rng" in meta:

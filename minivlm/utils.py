@@ -4,6 +4,7 @@ Chapter 00 introduces `seed_everything` and `device`; every later chapter calls 
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 from typing import Sequence
@@ -105,3 +106,55 @@ def check_range(name: str, x: torch.Tensor, low: float, high: float) -> None:
     lo, hi = float(x.min()), float(x.max())
     if lo < low or hi > high:
         raise ValueError(f"{name} must lie in [{low}, {high}], got values in [{lo:.4g}, {hi:.4g}]")
+
+
+def check_int(name: str, value, lo: int = 1) -> None:
+    """`value` must be an int >= lo. A bool is not an int here (True would pass as 1), nor is a
+    float that happens to be whole (2.0): both are almost always a mistake at the call site."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an int >= {lo}, got {value!r} ({type(value).__name__})")
+    if value < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+
+
+def check_number(name: str, value, lo: float = -math.inf, hi: float = math.inf, *, lo_open: bool = False,
+                 hi_open: bool = False) -> None:
+    """`value` must be a real number (int or float, not bool) in the interval from lo to hi;
+    lo_open / hi_open exclude the end. NaN lies in no interval."""
+    interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r} ({type(value).__name__})")
+    above = lo < value if lo_open else lo <= value
+    below = value < hi if hi_open else value <= hi
+    if not (above and below):  # written so that NaN fails
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_enabled()
+
+
+def check_dtype(name: str, x: torch.Tensor, expected: torch.dtype) -> None:
+    """x must have the dtype of the parameters it meets next (`expected`), or matmuls fail deep
+    inside with "mat1 and mat2 must have the same dtype". Under autocast mixed dtypes are the
+    point, so nothing is checked there."""
+    if x.dtype != expected and not _autocast_enabled(x.device.type):
+        raise ValueError(
+            f"{name} must have the model's dtype {expected}, got {x.dtype}: convert it with "
+            f"{name}.to({expected}) (or the model with .to({x.dtype}))"
+        )
+
+
+def state_dict_mismatches(want: dict, got: dict, strict: bool = True) -> list[str]:
+    """How the state dict `got` fails to fit a model whose own state dict is `want`: missing and
+    unexpected keys (only when strict), then shape mismatches, in the model's key order."""
+    problems = []
+    if strict:
+        problems += [f"missing key {k!r}" for k in want if k not in got]
+        problems += [f"unexpected key {k!r}" for k in got if k not in want]
+    problems += [f"key {k!r} has shape {tuple(got[k].shape)}, the model expects {tuple(v.shape)}"
+                 for k, v in want.items() if k in got and tuple(got[k].shape) != tuple(v.shape)]
+    return problems

@@ -26,7 +26,7 @@ from torch import nn
 from minivlm.losses import clip_loss
 from minivlm.nn import TextTransformer, ViT
 from minivlm.nn.blocks import ACTIVATIONS
-from minivlm.utils import check_range, check_same_batch, check_shape, check_tensor
+from minivlm.utils import check_int, check_number, check_range, check_same_batch, check_shape, check_tensor
 
 
 def _reject_bare_string(texts) -> None:
@@ -78,6 +78,18 @@ class CLIPConfig:
             tok = Tokenizer.from_world()
             self.vocab_size = len(tok) if self.vocab_size is None else self.vocab_size
             self.eos_id = tok.eos_id if self.eos_id is None else self.eos_id
+        for name in ("image_size", "patch_size", "vision_dim", "vision_depth", "vision_heads", "vocab_size",
+                     "context_length", "text_dim", "text_depth", "text_heads", "embed_dim"):
+            check_int(name, getattr(self, name))
+        for name in ("eos_id", "pad_id"):
+            check_int(name, getattr(self, name), lo=0)
+        check_number("mlp_ratio", self.mlp_ratio, 0, math.inf, lo_open=True, hi_open=True)
+        check_number("eps", self.eps, 0, math.inf, lo_open=True, hi_open=True)
+        check_number("dropout", self.dropout, 0, 1, hi_open=True)
+        check_number("init_temperature", self.init_temperature, 0, math.inf, lo_open=True, hi_open=True)
+        check_number("max_logit_scale", self.max_logit_scale, 0, math.inf, lo_open=True, hi_open=True)
+        if not isinstance(self.pre_norm, bool):
+            raise TypeError(f"pre_norm must be True or False, got {self.pre_norm!r}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size={self.image_size} must be divisible by patch_size={self.patch_size}")
         for name, dim, heads in (("vision", self.vision_dim, self.vision_heads), ("text", self.text_dim, self.text_heads)):
@@ -85,15 +97,15 @@ class CLIPConfig:
                 raise ValueError(f"{name}_dim={dim} must be divisible by {name}_heads={heads}")
         if self.act not in ACTIVATIONS:
             raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {self.act!r}")
-        if not 0 <= self.eos_id < self.vocab_size:
-            raise ValueError(f"eos_id must lie in [0, {self.vocab_size - 1}], got {self.eos_id}")
-        if not self.init_temperature > 0 or not self.max_logit_scale > 0:
-            raise ValueError(
-                f"init_temperature and max_logit_scale must be positive, got {self.init_temperature}, "
-                f"{self.max_logit_scale}"
-            )
-        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
-            raise ValueError(f"image_mean/image_std must be 3 values (std > 0), got {self.image_mean}, {self.image_std}")
+        for name in ("eos_id", "pad_id"):
+            if not getattr(self, name) < self.vocab_size:
+                raise ValueError(f"{name} must lie in [0, {self.vocab_size - 1}], got {getattr(self, name)}")
+        for name, lo in (("image_mean", -math.inf), ("image_std", 0)):
+            values = getattr(self, name)
+            if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) != 3:
+                raise ValueError(f"{name} must be 3 numbers (one per RGB channel), got {values!r}")
+            for channel, v in zip("RGB", values):
+                check_number(f"{name} ({channel})", v, lo, math.inf, lo_open=True, hi_open=True)
         self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
 
 

@@ -14,7 +14,7 @@ from einops import rearrange
 from torch import nn
 
 from minivlm.nn import masks
-from minivlm.utils import check_tensor
+from minivlm.utils import check_dtype, check_int, check_number, check_tensor
 
 
 def scaled_dot_product_attention(
@@ -38,10 +38,15 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0, bias: bool = True, context_dim: int | None = None):
         super().__init__()
+        check_int("dim", dim)
+        check_int("heads", heads)
         if dim % heads != 0:
             raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
+        check_number("dropout", dropout, 0, 1, hi_open=True)
+        if context_dim is not None:
+            check_int("context_dim", context_dim)
         self.dim, self.heads, self.dropout = dim, heads, dropout
-        self.context_dim = context_dim or dim
+        self.context_dim = dim if context_dim is None else context_dim
         self.q_proj = nn.Linear(dim, dim, bias=bias)
         self.k_proj = nn.Linear(self.context_dim, dim, bias=bias)
         self.v_proj = nn.Linear(self.context_dim, dim, bias=bias)
@@ -60,10 +65,14 @@ class MultiHeadAttention(nn.Module):
         check_tensor("x", x, ndim=3, dtype="float")
         if x.shape[-1] != self.dim:
             raise ValueError(f"x must have last dim {self.dim}, got shape {tuple(x.shape)}")
-        context = x if context is None else context
-        check_tensor("context", context, ndim=3, dtype="float")
-        if context.shape[-1] != self.context_dim:
-            raise ValueError(f"context must have last dim {self.context_dim}, got shape {tuple(context.shape)}")
+        check_dtype("x", x, self.q_proj.weight.dtype)
+        if context is None:
+            context = x
+        else:
+            check_tensor("context", context, ndim=3, dtype="float")
+            if context.shape[-1] != self.context_dim:
+                raise ValueError(f"context must have last dim {self.context_dim}, got shape {tuple(context.shape)}")
+            check_dtype("context", context, self.k_proj.weight.dtype)
         if context.shape[0] != x.shape[0]:
             raise ValueError(f"batch sizes must match, got x={x.shape[0]}, context={context.shape[0]}")
         b, tq, tk = x.shape[0], x.shape[1], context.shape[1]

@@ -5,11 +5,14 @@ learning-rate warm-up tricks, which is why GPT-2, ViT and CLIP all use it.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from minivlm.nn.attention import MultiHeadAttention
+from minivlm.utils import check_dtype, check_int, check_number, check_tensor
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -30,6 +33,9 @@ class MLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0, act: str = "gelu"):
         super().__init__()
+        check_int("dim", dim)
+        check_int("hidden", hidden)
+        check_number("dropout", dropout, 0, 1, hi_open=True)
         if act not in ACTIVATIONS:
             raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
@@ -54,6 +60,12 @@ class Block(nn.Module):
         eps: float = 1e-5,
     ):
         super().__init__()
+        check_int("dim", dim)
+        check_int("heads", heads)
+        check_number("mlp_ratio", mlp_ratio, 0, math.inf, lo_open=True, hi_open=True)
+        if int(dim * mlp_ratio) < 1:
+            raise ValueError(f"mlp_ratio={mlp_ratio} leaves the MLP no hidden unit (int({dim} * {mlp_ratio}) = 0)")
+        check_number("eps", eps, 0, math.inf, lo_open=True, hi_open=True)
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = MultiHeadAttention(dim, heads, dropout)
         self.cross_attn = MultiHeadAttention(dim, heads, dropout, context_dim=context_dim) if cross_attention else None
@@ -70,6 +82,9 @@ class Block(nn.Module):
         context_mask: torch.Tensor | None = None,
         need_weights: bool = False,
     ) -> torch.Tensor:
+        """x: (B, T, dim) → (B, T, dim); context: (B, Tk, context_dim), for a cross-attention block."""
+        check_tensor("x", x, ndim=3, dtype="float")
+        check_dtype("x", x, self.norm1.weight.dtype)
         x = x + self.drop(self.attn(self.norm1(x), mask=mask, need_weights=need_weights))
         if self.cross_attn is not None:
             if context is None:
@@ -83,6 +98,8 @@ class Transformer(nn.Module):
 
     def __init__(self, dim: int, depth: int, heads: int, **block_kwargs):
         super().__init__()
+        # depth 0 would be an identity that trains nothing; no model in the course builds one.
+        check_int("depth", depth)
         self.blocks = nn.ModuleList(Block(dim, heads, **block_kwargs) for _ in range(depth))
 
     def forward(self, x, mask=None, context=None, context_mask=None, need_weights: bool = False):

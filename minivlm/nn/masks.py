@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import torch
 
-from minivlm.utils import check_tensor
+from minivlm.utils import check_int, check_tensor
 
 
 def bidirectional(t: int, device=None) -> torch.Tensor:
     """(T, T) all True: every token sees every token (BERT, ViT, the ALBEF fusion encoder)."""
+    check_int("t", t, lo=0)
     return torch.ones(t, t, dtype=torch.bool, device=device)
 
 
 def causal(t: int, device=None) -> torch.Tensor:
     """(T, T) lower-triangular: token i sees tokens 0..i (GPT, every captioning decoder)."""
+    check_int("t", t, lo=0)
     return torch.ones(t, t, dtype=torch.bool, device=device).tril()
 
 
@@ -27,6 +29,7 @@ def prefix(t: int, prefix_len: int | torch.Tensor, device=None) -> torch.Tensor:
 
     prefix_len: an int, giving (T, T), or a LongTensor (B,), giving (B, T, T).
     """
+    check_int("t", t, lo=0)
     if isinstance(prefix_len, torch.Tensor):
         check_tensor("prefix_len", prefix_len, ndim=1, dtype="int")
         if (prefix_len < 0).any() or (prefix_len > t).any():
@@ -34,6 +37,7 @@ def prefix(t: int, prefix_len: int | torch.Tensor, device=None) -> torch.Tensor:
         keys = torch.arange(t, device=prefix_len.device)
         in_prefix = keys[None, None, :] < prefix_len[:, None, None]  # (B, 1, T)
         return causal(t, prefix_len.device)[None] | in_prefix
+    check_int("prefix_len", prefix_len, lo=0)
     if not 0 <= prefix_len <= t:
         raise ValueError(f"prefix_len must lie in [0, {t}], got {prefix_len}")
     mask = causal(t, device)

@@ -8,7 +8,7 @@ from torch import nn
 
 from minivlm.nn import masks
 from minivlm.nn.blocks import Transformer
-from minivlm.utils import check_tensor
+from minivlm.utils import check_int, check_tensor
 
 
 class TextTransformer(nn.Module):
@@ -29,6 +29,9 @@ class TextTransformer(nn.Module):
         eps: float = 1e-5,
     ):
         super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("max_len", max_len), ("dim", dim), ("depth", depth),
+                            ("heads", heads)):
+            check_int(name, value)
         self.vocab_size, self.max_len, self.causal = vocab_size, max_len, causal
         self.token_embedding = nn.Embedding(vocab_size, dim)
         self.pos_embedding = nn.Parameter(torch.randn(1, max_len, dim) * 0.01)

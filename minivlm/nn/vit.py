@@ -8,12 +8,13 @@ from einops import rearrange
 from torch import nn
 
 from minivlm.nn.blocks import Transformer
-from minivlm.utils import check_shape, check_tensor
+from minivlm.utils import check_dtype, check_int, check_shape, check_tensor
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(B, C, H, W) → (B, N, P·P·C), patches in row-major order, each flattened (p1, p2, c)."""
     check_tensor("images", images, ndim=4)
+    check_int("patch_size", patch_size)
     _, _, h, w = images.shape
     if h % patch_size or w % patch_size:
         raise ValueError(f"image size {h}x{w} must be divisible by patch_size={patch_size}")
@@ -23,6 +24,8 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
 def unpatchify(patches: torch.Tensor, patch_size: int, channels: int = 3) -> torch.Tensor:
     """Inverse of `patchify` for square images: (B, N, P·P·C) → (B, C, H, W)."""
     check_tensor("patches", patches, ndim=3)
+    check_int("patch_size", patch_size)
+    check_int("channels", channels)
     side = int(round(patches.shape[1] ** 0.5))
     if side * side != patches.shape[1]:
         raise ValueError(f"number of patches must be a square, got {patches.shape[1]}")
@@ -36,11 +39,16 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, patch_size: int, channels: int, dim: int, bias: bool = True):
         super().__init__()
+        for name, value in (("patch_size", patch_size), ("channels", channels), ("dim", dim)):
+            check_int(name, value)
         self.patch_size = patch_size
         self.proj = nn.Linear(patch_size * patch_size * channels, dim, bias=bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.proj(patchify(images, self.patch_size))  # (B, N, D)
+        """(B, C, H, W) → (B, N, D)."""
+        check_tensor("images", images, ndim=4, dtype="float")
+        check_dtype("images", images, self.proj.weight.dtype)
+        return self.proj(patchify(images, self.patch_size))
 
 
 class ViT(nn.Module):
@@ -69,6 +77,11 @@ class ViT(nn.Module):
         eps: float = 1e-5,
     ):
         super().__init__()
+        for name, value in (("image_size", image_size), ("patch_size", patch_size), ("dim", dim), ("depth", depth),
+                            ("heads", heads), ("channels", channels)):
+            check_int(name, value)
+        if num_classes is not None:
+            check_int("num_classes", num_classes)
         if image_size % patch_size:
             raise ValueError(f"image_size={image_size} must be divisible by patch_size={patch_size}")
         if pool not in ("cls", "mean"):
@@ -81,12 +94,13 @@ class ViT(nn.Module):
         self.norm_pre = nn.LayerNorm(dim, eps=eps) if pre_norm else nn.Identity()
         self.transformer = Transformer(dim, depth, heads, mlp_ratio=mlp_ratio, dropout=dropout, act=act, eps=eps)
         self.norm = nn.LayerNorm(dim, eps=eps)
-        self.head = nn.Linear(dim, num_classes) if num_classes else None
+        self.head = nn.Linear(dim, num_classes) if num_classes is not None else None
 
     def check_images(self, images: torch.Tensor) -> None:
         check_tensor("images", images, ndim=4, dtype="float")
         s = self.image_size
         check_shape("images", images, [None, self.channels, s, s])
+        check_dtype("images", images, self.patch_embed.proj.weight.dtype)
 
     def forward_features(self, images: torch.Tensor, need_weights: bool = False, norm: bool = True) -> torch.Tensor:
         """(B, C, H, W) → (B, 1 + N, dim): the CLS token followed by the patch tokens.

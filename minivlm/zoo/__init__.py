@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from minivlm.utils import count_parameters
+from minivlm.utils import count_parameters, state_dict_mismatches
 
 __all__ = ["CLIP_TEMPLATES", "ClipRecipe", "class_prompts", "evaluate_clip", "WEIGHTS_DIR", "available", "build", "load",
            "manifest", "sha256"]
@@ -75,36 +75,88 @@ def manifest(name: str, weights_dir: str | Path | None = None) -> dict:
 
 
 def load(name: str, weights_dir: str | Path | None = None, device: str | torch.device | None = "cpu") -> nn.Module:
-    """The pretrained model `name`, in eval mode, after checking its file against the manifest's sha256."""
+    """The pretrained model `name`, in eval mode, after checking its files against each other.
+
+    Verified, each failure a ValueError naming the file and what differs:
+      - the weights file's sha256 and size equal the manifest's `sha256` and `bytes`;
+      - the manifest's `name` and `file` are this entry's (a manifest copied from another entry);
+      - its `config` builds a valid model (no unknown field, every value in range) whose state
+        dict fits the weights key by key and shape by shape, with the manifest's `parameters`;
+      - the config's tokenizer fields (vocab_size, eos_id, pad_id, mask_id) and
+        `tokenizer_vocab_size` are those of the course tokenizer the model will read text with;
+      - the config agrees with the fields the recipe set (`recipe.config`).
+    Not verified: the sha256 covers the weights only, so an edit to a config field that changes
+    no weight's shape and is not a tokenizer id (eps, act, image_mean/std, max_logit_scale, the
+    ViLT answer order, ...) still loads, as does an edit to `metrics`, `arms`, `final_loss`,
+    `seconds` or `torch_version`. Only `minivlm zoo build <name>` reproduces those.
+    """
     name = _check_name(name)
-    weights, _ = _paths(name, weights_dir)
+    weights, manifest_path = _paths(name, weights_dir)
     info = manifest(name, weights_dir)
     if not weights.is_file():
         raise FileNotFoundError(f"no weights for {name!r} at {weights}: run `minivlm zoo build {name}`")
-    manifest_path = _paths(name, weights_dir)[1]
+    rebuild = f"run `minivlm zoo build {name}`"
     if not isinstance(info, dict):
-        raise ValueError(f"manifest {manifest_path} must hold a JSON object, got {type(info).__name__}; "
-                         f"run `minivlm zoo build {name}`")
+        raise ValueError(f"manifest {manifest_path} must hold a JSON object, got {type(info).__name__}; {rebuild}")
     for key in ("sha256", "config"):
         if key not in info:
             raise ValueError(f"manifest {manifest_path} has no {key!r} key (expected keys include 'sha256' and "
-                             f"'config', got {sorted(info)}); run `minivlm zoo build {name}`")
+                             f"'config', got {sorted(info)}); {rebuild}")
     digest = sha256(weights)
     if digest != info["sha256"]:
         raise ValueError(f"{weights} is corrupt or stale: its sha256 is {digest}, the manifest says {info['sha256']}; "
-                         f"run `minivlm zoo build {name}`")
-    model = RECIPES[name].model(info["config"])
+                         f"{rebuild}")
+    # The weights are the manifest's; now the manifest's other fields against the entry, the file
+    # and the model its config builds.
+    for key, want in (("name", name), ("file", weights.name)):
+        if key in info and info[key] != want:
+            raise ValueError(f"manifest {manifest_path}: {key!r} is {info[key]!r}, expected {want!r} for the "
+                             f"{name!r} entry; {rebuild}")
+    config = info["config"]
+    if not isinstance(config, dict):
+        raise ValueError(f"manifest {manifest_path}: 'config' must be a JSON object, got {type(config).__name__}; "
+                         f"{rebuild}")
+    recipe = info.get("recipe")
+    recipe_config = recipe.get("config") if isinstance(recipe, dict) else None
+    for key, value in (recipe_config.items() if isinstance(recipe_config, dict) else ()):
+        if key in config and config[key] != value:
+            raise ValueError(f"manifest {manifest_path}: config key {key!r} is {config[key]!r}, but the recipe "
+                             f"trained with {value!r}; {rebuild}")
+    _check_tokenizer_fields(manifest_path, info, rebuild)
+    try:
+        model = RECIPES[name].model(config)
+    except (TypeError, ValueError) as e:  # an unknown or out-of-range config field
+        raise ValueError(f"manifest {manifest_path}: its 'config' does not build a {name!r} model: {e}; "
+                         f"{rebuild}") from None
     state = load_file(str(weights))
-    want = model.state_dict()
-    problems = [f"missing key {k!r}" for k in want if k not in state]
-    problems += [f"unexpected key {k!r}" for k in state if k not in want]
-    problems += [f"key {k!r} has shape {tuple(state[k].shape)}, the model expects {tuple(v.shape)}"
-                 for k, v in want.items() if k in state and state[k].shape != v.shape]
+    problems = state_dict_mismatches(model.state_dict(), state)
     if problems:
         raise ValueError(f"{weights} does not fit the {name!r} model built from its manifest's config "
-                         f"({len(problems)} mismatch(es), first: {problems[0]}); run `minivlm zoo build {name}`")
+                         f"({len(problems)} mismatch(es), first: {problems[0]}); {rebuild}")
+    for key, want, what in (("bytes", weights.stat().st_size, "the weights file has"),
+                            ("parameters", count_parameters(model), "the model its config builds has")):
+        if key in info and info[key] != want:
+            raise ValueError(f"manifest {manifest_path}: {key!r} is {info[key]!r}, {what} {want}; {rebuild}")
     model.load_state_dict(state)
     return model.to(device).eval()
+
+
+def _check_tokenizer_fields(manifest_path: Path, info: dict, rebuild: str) -> None:
+    """Every zoo model reads text with the course tokenizer: ids edited in the manifest (or a
+    tokenizer that changed since the build) would embed the wrong tokens without an error."""
+    from minivlm.data.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_world()
+    config = info["config"]
+    expected = {("config", "vocab_size"): len(tok), ("config", "eos_id"): tok.eos_id,
+                ("config", "pad_id"): tok.pad_id, ("config", "mask_id"): tok.mask_id,
+                ("manifest", "tokenizer_vocab_size"): len(tok)}
+    for (where, key), want in expected.items():
+        fields = config if where == "config" else info
+        if key in fields and fields[key] != want:
+            field = f"config key {key!r}" if where == "config" else repr(key)
+            raise ValueError(f"manifest {manifest_path}: {field} is {fields[key]!r}, but the course tokenizer "
+                             f"has {want}; {rebuild}")
 
 
 # ----------------------------------------------------------------------------- building
