@@ -13,6 +13,14 @@ indentation. In markdown cells, `<!-- BEGIN SOLUTION -->` ... `<!-- END SOLUTION
 "*Your answer here.*". The result is written to exercises/NN_name.py and its paired .ipynb
 (without outputs), with a first cell saying where it comes from and how to check it.
 
+The .ipynb is also an nbgrader source notebook: every cell carries nbgrader's cell metadata
+(schema version 3, what its "Create Assignment" toolbar writes). A cell that held a solution
+region is an "Autograded answer" (a markdown one a "Manually graded answer" worth 0 points, as
+nbgrader wants markdown answers graded by hand); a cell calling `check("NN.task", ...)` is an
+"Autograder tests" cell worth the task's registered points; every other cell is "Read-only", so
+that nbgrader's autograde puts back any edit of it. The .py carries none of this (it would put a
+line of JSON above every cell); `notebook_cells` ignores metadata, so the pair still agrees.
+
 Every chapter uses this; the self-checks that the exercises call live in `minivlm.grading`.
 """
 from __future__ import annotations
@@ -22,11 +30,21 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import jupytext
 import nbformat
 
 from minivlm.notebooks import notebook_cells, py_to_notebook, write_notebook
 
-__all__ = ["BuildReport", "build", "exercise_text", "strip_solutions", "solution_files", "DEFAULT_HINT"]
+__all__ = [
+    "BuildReport",
+    "DEFAULT_HINT",
+    "NBGRADER_SCHEMA_VERSION",
+    "build",
+    "exercise_notebook",
+    "exercise_text",
+    "solution_files",
+    "strip_solutions",
+]
 
 DEFAULT_HINT = "write this part"
 MARKDOWN_ANSWER = "*Your answer here.*"
@@ -37,6 +55,10 @@ _MD_BEGIN = re.compile(r"^(?P<indent>[ \t]*)#[ \t]*<!--[ \t]*BEGIN SOLUTION[ \t]
 _MD_END = re.compile(r"^[ \t]*#[ \t]*<!--[ \t]*END SOLUTION[ \t]*-->[ \t]*$")
 _CELL_MARKER = re.compile(r"^# %%")
 _SOLUTION_NAME = re.compile(r"^\d{2}_[\w\-]+\.py$")
+_CHECK_CALL = re.compile(r"^[ \t]*check\(\s*(?P<q>['\"])(?P<task>[^'\"]+)(?P=q)", re.MULTILINE)
+_NOT_IN_GRADE_ID = re.compile(r"[^A-Za-z0-9_\-]")  # nbgrader's grade_id pattern: ^[a-zA-Z0-9_\-]*$
+
+NBGRADER_SCHEMA_VERSION = 3
 
 
 def strip_solutions(text: str, source: str = "<string>") -> str:
@@ -122,6 +144,90 @@ def exercise_text(solution_text: str, name: str, source: str | None = None) -> s
     return header + _header_cell(name) + body
 
 
+def _nbgrader(grade_id: str, *, solution: bool, grade: bool, locked: bool, points: float | None = None) -> dict:
+    """One cell's nbgrader metadata, the keys its "Create Assignment" toolbar writes (schema 3)."""
+    meta = {"grade": grade, "grade_id": grade_id, "locked": locked}
+    if grade:
+        meta["points"] = points  # only graded cells have points
+    meta.update(schema_version=NBGRADER_SCHEMA_VERSION, solution=solution, task=False)
+    return meta
+
+
+def _grade_id(*parts: str) -> str:
+    return "-".join(_NOT_IN_GRADE_ID.sub("_", p) for p in parts)
+
+
+def _add_nbgrader_metadata(nb: nbformat.NotebookNode, solution_text: str, name: str, source: str) -> None:
+    """Mark every cell of the exercise notebook `nb` (generated from `solution_text`) for nbgrader.
+
+    grade_ids come from the chapter, the task and the cell's role, never from a clock: the same
+    solution always gives the same notebook. Raises ValueError naming `source` for a check of an
+    unregistered task, a task checked by two cells, two checks in one cell, or a check inside a
+    solution cell: nbgrader could not grade those as `minivlm check` does.
+    """
+    from minivlm.grading import CHECKS, IMPORT_ERRORS  # imports torch: only when a notebook is built
+
+    chapter = name[:2]
+    solution_cells = jupytext.reads(solution_text, fmt="py:percent").cells
+    # Stripping never crosses a cell boundary, so the exercise is the header cell plus the
+    # solution's cells, one for one; a cell without a solution region is copied unchanged.
+    if len(nb.cells) != len(solution_cells) + 1 or any(
+        "BEGIN SOLUTION" not in s.source and s.source != e.source for s, e in zip(solution_cells, nb.cells[1:])
+    ):
+        raise RuntimeError(f"{source}: the exercise's cells do not line up with the solution's (a bug in minivlm.exercises)")
+    had_solution = [False] + ["BEGIN SOLUTION" in c.source for c in solution_cells]
+    answers = 0
+    used: set[str] = set()  # answer cells' names
+    checked: dict[str, int] = {}
+    for i, (cell, solution) in enumerate(zip(nb.cells, had_solution)):
+        tasks = [m.group("task") for m in _CHECK_CALL.finditer(cell.source)] if cell.cell_type == "code" else []
+        if solution and tasks:
+            raise ValueError(f"{source}: cell {i} holds a solution region and check({tasks[0]!r}, ...); "
+                             "put the check in a cell of its own (nbgrader locks test cells)")
+        if len(tasks) > 1:
+            raise ValueError(f"{source}: cell {i} checks {', '.join(tasks)}; give each check a cell of its own "
+                             "(nbgrader gives a test cell one task's points)")
+        if solution:
+            answers += 1
+            defined = set(re.findall(r"^(?:def|class)[ \t]+(\w+)", cell.source, re.MULTILINE))
+            named = [t for t, c in CHECKS.items() if t.startswith(chapter + ".") and c.fn_name in defined]
+            # Named after the task it answers where there is one (and only one cell answers it);
+            # numbered otherwise.
+            gid = _grade_id(chapter, named[0].split(".", 1)[1]) if len(named) == 1 else ""
+            if not gid or gid in used:
+                gid = _grade_id(chapter, f"answer{answers}")
+            used.add(gid)
+            if cell.cell_type == "markdown":  # nbgrader: a markdown answer must be graded by hand
+                meta = _nbgrader(gid + "-answer", solution=True, grade=True, locked=False, points=0)
+            else:
+                meta = _nbgrader(gid + "-solution", solution=True, grade=False, locked=False)
+        elif tasks:
+            task = tasks[0]
+            if task not in CHECKS:
+                broken = f" (failed to import: {IMPORT_ERRORS})" if IMPORT_ERRORS else ""
+                raise ValueError(f"{source}: cell {i} checks {task!r}, which minivlm.grading does not register{broken}")
+            if task in checked:
+                raise ValueError(f"{source}: {task!r} is checked by cells {checked[task]} and {i}; "
+                                 "one cell per task (nbgrader would count its points twice)")
+            checked[task] = i
+            meta = _nbgrader(_grade_id(*task.split(".", 1), "check"), solution=False, grade=True, locked=True,
+                             points=CHECKS[task].points)
+        else:
+            meta = _nbgrader(_grade_id(chapter, f"cell{i}", "readonly"), solution=False, grade=False, locked=True)
+        cell.metadata["nbgrader"] = meta
+    ids = [c.metadata["nbgrader"]["grade_id"] for c in nb.cells]
+    dup = sorted({g for g in ids if ids.count(g) > 1})
+    if dup:
+        raise ValueError(f"{source}: two cells would get the nbgrader grade_id {dup[0]!r}")
+
+
+def exercise_notebook(solution_text: str, name: str, source: str | None = None) -> nbformat.NotebookNode:
+    """The exercise notebook (no outputs, nbgrader metadata on every cell) for a solution script `name`."""
+    nb = py_to_notebook(exercise_text(solution_text, name, source))
+    _add_nbgrader_metadata(nb, solution_text, name, source or name)
+    return nb
+
+
 def solution_files(solutions_dir: str | Path) -> list[Path]:
     """The solution scripts (NN_name.py) in a folder, sorted."""
     d = Path(solutions_dir)
@@ -146,7 +252,9 @@ def _ipynb_differs(path: Path, want: nbformat.NotebookNode) -> bool:
     except Exception:
         return True
     has_outputs = any(c.cell_type == "code" and (c.get("outputs") or c.get("execution_count")) for c in have.cells)
-    return has_outputs or notebook_cells(have) != notebook_cells(want)
+    if has_outputs or notebook_cells(have) != notebook_cells(want):
+        return True
+    return [c.metadata.get("nbgrader") for c in have.cells] != [c.metadata.get("nbgrader") for c in want.cells]
 
 
 def build(solutions_dir: str | Path = "solutions", exercises_dir: str | Path = "exercises", check: bool = False) -> BuildReport:
@@ -169,10 +277,11 @@ def build(solutions_dir: str | Path = "solutions", exercises_dir: str | Path = "
     written: list[Path] = []
     wanted: set[str] = set()
     for sol in solutions:
-        py_text = exercise_text(sol.read_text(encoding="utf-8"), sol.name, source=str(sol))
+        sol_text = sol.read_text(encoding="utf-8")
+        py_text = exercise_text(sol_text, sol.name, source=str(sol))
         py_path, nb_path = ex_dir / sol.name, ex_dir / (sol.stem + ".ipynb")
         wanted |= {py_path.name, nb_path.name}
-        nb = py_to_notebook(py_text)
+        nb = exercise_notebook(sol_text, sol.name, source=str(sol))
         if not py_path.exists() or py_path.read_text(encoding="utf-8") != py_text:
             written.append(py_path)
             if not check:
