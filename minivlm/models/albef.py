@@ -45,19 +45,7 @@ from minivlm.models.vilt import evaluate_itm  # noqa: F401  (the same ITM protoc
 from minivlm.nn import TextTransformer, Transformer, ViT, masks
 from minivlm.nn.blocks import ACTIVATIONS
 from minivlm.nn.momentum import FeatureQueue, check_momentum, momentum_copy, momentum_update
-from minivlm.utils import check_tensor
-
-
-def _check_int(name: str, value, lo: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
-
-
-def _check_number(name: str, value, lo: float, hi: float, lo_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (lo < value if lo_open else lo <= value) \
-        and value <= hi
-    if not ok:
-        raise ValueError(f"{name} must be a number in {'(' if lo_open else '['}{lo}, {hi}], got {value!r}")
+from minivlm.utils import check_int, check_number, check_tensor
 
 
 @dataclass
@@ -99,8 +87,8 @@ class ALBEFConfig:
         fill_token_ids(self)
         for name in ("image_size", "patch_size", "dim", "vision_depth", "text_depth", "fusion_depth", "heads",
                      "embed_dim", "vocab_size", "max_text_len", "queue_size"):
-            _check_int(name, getattr(self, name))
-        _check_int("alpha_warmup", self.alpha_warmup, lo=0)
+            check_int(name, getattr(self, name))
+        check_int("alpha_warmup", self.alpha_warmup, lo=0)
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size={self.image_size} must be divisible by patch_size={self.patch_size}")
         if self.dim % self.heads:
@@ -109,10 +97,11 @@ class ALBEFConfig:
             raise ValueError(f"max_text_len must be >= 3 (<bos>, a word, <eos>), got {self.max_text_len}")
         if self.act not in ACTIVATIONS:
             raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {self.act!r}")
-        _check_number("mlp_ratio", self.mlp_ratio, 0, float("inf"), lo_open=True)
-        _check_number("pos_init_std", self.pos_init_std, 0, float("inf"))
-        _check_number("temp", self.temp, 0.001, 1.0, lo_open=True)
-        _check_number("max_scale", self.max_scale, 1.0, 1e4)
+        check_number("mlp_ratio", self.mlp_ratio, 0, float("inf"), lo_open=True)
+        check_number("pos_init_std", self.pos_init_std, 0, float("inf"))
+        check_number("eps", self.eps, 0, 1.0, lo_open=True)
+        check_number("temp", self.temp, 0.001, 1.0, lo_open=True)
+        check_number("max_scale", self.max_scale, 1.0, 1e4)
         check_momentum(self.momentum)
         check_alpha(self.alpha)
         for name in ("distill", "hard_negatives", "vision_pre_norm", "patch_bias"):
@@ -273,7 +262,7 @@ def _check_pairs(images, captions, batch_size) -> None:
     if len(images) != len(captions) or not len(captions):
         raise ValueError(f"need as many captions as images (at least one), got images={len(images)}, "
                          f"captions={len(captions)}")
-    _check_int("batch_size", batch_size)
+    check_int("batch_size", batch_size)
 
 
 # ----------------------------------------------------------------------------- training
@@ -448,8 +437,8 @@ def pretrain_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, 
     """
     from minivlm.data.tokenizer import Tokenizer
 
-    _check_int("batch_size", batch_size, lo=2)
-    _check_number("noise", noise, 0.0, 1.0)
+    check_int("batch_size", batch_size, lo=2)
+    check_number("noise", noise, 0.0, 1.0)
     tok = tokenizer or Tokenizer.from_world()
 
     def batch(step: int) -> dict:
@@ -479,7 +468,7 @@ def itc_similarity(model: ALBEF, images: torch.Tensor, captions: Sequence[str], 
     check_tensor("images", images, ndim=4, dtype="float")
     if isinstance(captions, str) or not isinstance(captions, (list, tuple)) or not captions:
         raise TypeError("captions must be a non-empty list of strings")
-    _check_int("batch_size", batch_size)
+    check_int("batch_size", batch_size)
     with _eval(model):
         img = torch.cat([model.encode_image(images[a:a + batch_size])[1] for a in range(0, len(images), batch_size)])
         txt = torch.cat([model.encode_text(list(captions[a:a + batch_size]))[1]
