@@ -65,7 +65,7 @@ bench: $(STAMP)
 	$(BIN)/minivlm bench render
 
 zoo: $(STAMP)
-	$(BIN)/minivlm zoo build all
+	$(BIN)/minivlm zoo build all --workers 2
 
 clean:
 	rm -rf .pytest_cache .ruff_cache .test-timings build dist

@@ -216,17 +216,23 @@ def _cmd_zoo_build(args) -> int:
     zoo = _import_zoo()
     if zoo is None:
         return 1
+    if args.workers is not None and args.workers < 1:
+        print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
     names = list(zoo.available()) if args.name == "all" else [args.name]
     for name in names:
         start = time.perf_counter()
         overrides = {}
         if args.workers is not None:
-            if "workers" not in zoo.RECIPES[name].__dataclass_fields__:
+            if args.name == "all" and "workers" not in zoo.RECIPES[name].__dataclass_fields__:
+                pass  # `all`: the option goes to the recipes that train several arms
+            elif "workers" not in zoo.RECIPES[name].__dataclass_fields__:
                 print(f"error: the {name!r} recipe trains one model at a time; --workers is for recipes with "
                       f"seed arms ({', '.join(n for n, r in zoo.RECIPES.items() if 'workers' in r.__dataclass_fields__)})",
                       file=sys.stderr)
                 return 2
-            overrides["workers"] = args.workers
+            else:
+                overrides["workers"] = args.workers
         result = zoo.build(name, **overrides)
         extra = f" -> {result}" if result is not None else ""
         print(f"built {name} in {time.perf_counter() - start:.1f} s{extra}")
