@@ -1,6 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: -nbgrader
 #     text_representation:
 #       extension: .py
 #       format_name: percent

@@ -141,6 +141,9 @@ def exercise_text(solution_text: str, name: str, source: str | None = None) -> s
     """The exercise script for a solution script called `name` (e.g. "01_transformer.py")."""
     stripped = strip_solutions(solution_text, source or name)
     header, body = _split_yaml_header(stripped)
+    # The nbgrader metadata lives in the .ipynb only: without this filter, opening the pair in
+    # Jupyter with jupytext and saving would drop it (the cells are read from the .py).
+    header = header.replace("#   jupytext:\n", "#   jupytext:\n#     cell_metadata_filter: -nbgrader\n", 1)
     return header + _header_cell(name) + body
 
 
@@ -253,6 +256,11 @@ def _ipynb_differs(path: Path, want: nbformat.NotebookNode) -> bool:
         return True
     has_outputs = any(c.cell_type == "code" and (c.get("outputs") or c.get("execution_count")) for c in have.cells)
     if has_outputs or notebook_cells(have) != notebook_cells(want):
+        return True
+    def metadata_filter(nb):
+        return (nb.metadata.get("jupytext") or {}).get("cell_metadata_filter")
+
+    if metadata_filter(have) != metadata_filter(want):
         return True
     return [c.metadata.get("nbgrader") for c in have.cells] != [c.metadata.get("nbgrader") for c in want.cells]
 
