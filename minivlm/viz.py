@@ -8,6 +8,7 @@ result (`fig = show_images(...)`) so the figure is not shown twice.
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -46,6 +47,21 @@ def _check_labels(name: str, labels, n: int) -> list[str] | None:
     if len(labels) != n:
         raise ValueError(f"{name} must have {n} entries, got {len(labels)}")
     return labels
+
+
+# Average width of a character of the default font at 8 pt, in inches: used to fit text (titles,
+# tick labels) into the space a plot gives it, instead of letting neighbours overlap.
+CHAR_INCHES = 0.06
+LINE_INCHES = 0.135  # one line of 8-pt text
+
+
+def _wrap(text: str, width: int) -> str:
+    """`text` broken into lines of at most `width` characters; line breaks already there are kept."""
+    return "\n".join(textwrap.fill(line, max(width, 1)) if line else line for line in text.split("\n"))
+
+
+def _longest_line(labels: Sequence[str] | None) -> int:
+    return max((len(line) for s in labels for line in s.split("\n")), default=0) if labels else 0
 
 
 # ----------------------------------------------------------------------------- images
@@ -93,7 +109,12 @@ def show_images(images, titles: Sequence[str] | None = None, ncols: int = 8, sca
     nrows = math.ceil(n / ncols)
     h, w = images.shape[-2:]
     aspect = h / w
-    title_space = 0.3 if titles else 0.0
+    title_space = 0.0
+    if titles:
+        # a caption wider than its panel would run into the next one: wrap it to the panel's width
+        titles = [_wrap(t, int(0.85 * scale / CHAR_INCHES)) for t in titles]
+        lines = max(t.count("\n") + 1 for t in titles)
+        title_space = 0.3 + 1.3 * LINE_INCHES * (lines - 1)  # tight_layout needs a little more than the text
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * scale, nrows * (scale * aspect + title_space)),
                              squeeze=False)
     for i, ax in enumerate(axes.flat):
@@ -112,6 +133,7 @@ def show_images(images, titles: Sequence[str] | None = None, ncols: int = 8, sca
             ax.set_title(titles[i], fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
+        ax.set_anchor("S")  # spare height of a panel goes above its title, not between the rows
     fig.tight_layout()
     return fig
 
@@ -127,8 +149,17 @@ def _heatmap(name, values, row_labels, col_labels, title, ax, annotate, cmap, cb
     r, c = values.shape
     row_labels = _check_labels("row_labels", row_labels, r)
     col_labels = _check_labels("col_labels", col_labels, c)
+    # Long labels (captions) are wrapped, and long column labels stand upright, so that they
+    # neither overlap nor squeeze the matrix; the figure grows by the room they take.
+    long_cols = _longest_line(col_labels) > 12
+    if row_labels:
+        row_labels = [_wrap(s, 30) for s in row_labels]
+    if col_labels and long_cols:
+        col_labels = [_wrap(s, 30) for s in col_labels]  # at 7 pt, three lines fit a cell's width
+    row_room = CHAR_INCHES * max(0, _longest_line(row_labels) - 8)
+    col_room = CHAR_INCHES * max(0, _longest_line(col_labels) - 8) * (0.9 if long_cols else 0.71)
     own = ax is None
-    fig, ax = _new_axes(ax, (min(1.6 + 0.5 * c, 9), min(1.2 + 0.45 * r, 8)))
+    fig, ax = _new_axes(ax, (min(1.6 + 0.5 * c, 9) + row_room, min(1.2 + 0.45 * r, 8) + col_room))
     data = values.float().numpy()
     im = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest", aspect="auto")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=cbar_label)
@@ -143,7 +174,9 @@ def _heatmap(name, values, row_labels, col_labels, title, ax, annotate, cmap, cb
                 ax.text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=7, color="black" if bright else "white")
     if row_labels:
         ax.set_yticks(range(r), row_labels, fontsize=8)
-    if col_labels:
+    if col_labels and long_cols:
+        ax.set_xticks(range(c), col_labels, rotation=90, ha="center", fontsize=7)
+    elif col_labels:
         ax.set_xticks(range(c), col_labels, rotation=45, ha="right", fontsize=8)
     if title:
         ax.set_title(title)
@@ -319,6 +352,13 @@ def plot_losses(history, smooth: float = 0.9, ax=None, logy: bool = False):
     return fig
 
 
+def _bar_value(h: float) -> str:
+    """The number written on a bar: counts in full ("1363", not "1.36e+03"), others to 3 digits."""
+    if math.isfinite(h) and (h.is_integer() or abs(h) >= 1000):
+        return f"{h:.0f}"
+    return f"{h:.3g}"
+
+
 def plot_bars(values: Mapping[str, float], title: str | None = None, ax=None, ylabel: str | None = None,
               errors: Mapping[str, float] | None = None):
     """Bar chart with the value written on each bar: ablations, model comparisons.
@@ -343,7 +383,7 @@ def plot_bars(values: Mapping[str, float], title: str | None = None, ax=None, yl
     own = ax is None
     fig, ax = _new_axes(ax, (max(3, 0.9 * len(names) + 1), 3))
     bars = ax.bar(names, heights, yerr=yerr, color=[f"C{i % 10}" for i in range(len(names))], capsize=3)
-    ax.bar_label(bars, labels=[f"{h:.3g}" for h in heights], fontsize=8, padding=2)
+    ax.bar_label(bars, labels=[_bar_value(h) for h in heights], fontsize=8, padding=2)
     ax.margins(y=0.15)
     if len(names) > 4 or max(len(n) for n in names) > 10:
         ax.tick_params(axis="x", labelrotation=30)

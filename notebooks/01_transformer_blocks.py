@@ -137,7 +137,8 @@ viz.plot_masks({
 # path untouched from the input to the output, which is why deep stacks of these blocks train
 # without learning-rate warm-up tricks. A cross-attention block adds a third line,
 # `x = x + CrossAttention(LayerNorm(x), context)`, where the keys and values come from another
-# sequence (the image, for a captioning decoder). Read `minivlm/nn/blocks.py`: it is 40 lines.
+# sequence (the image, for a captioning decoder). Read `Block` in `minivlm/nn/blocks.py`: about
+# fifty lines, comments included.
 
 # %% [markdown]
 # ## 5. ViT: an image is a sequence of patches
@@ -165,6 +166,8 @@ viz.show_images(patches[0].reshape(16, 8, 8, 3).permute(0, 3, 1, 2), ncols=16, s
 #
 # Task: single-object scenes, predict the shape (6 classes) whatever its colour, size or
 # position. Train on the train split, evaluate on the test split (a different random stream).
+# `fit` (`minivlm/train.py`, the one training loop of the course) draws a progress bar; it is
+# written to stderr, which Jupyter shows on a pink background — it is not an error.
 
 # %%
 def shape_batch(world, n):
@@ -211,7 +214,8 @@ viz.show_images(test_set["images"][:16],
 
 # %% [markdown]
 # Where does the CLS token look? The attention weights of the last block, averaged over the
-# heads, from the CLS query to the 64 patches:
+# heads, from the CLS query to the 64 patches, laid over each test image (bright = more
+# attention):
 
 # %%
 with torch.no_grad():

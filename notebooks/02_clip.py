@@ -498,8 +498,8 @@ assert ret["i2t_r1"] > 10 / len(sim), "retrieval R@1 should be far above chance"
 #   captions — a gap ShapesWorld's clean captions do not have.
 # * **Held-out compositions**: the accuracy on the five never-seen colour–shape pairs is printed
 #   above next to the 50 % target, on 1,000 images (200 per pair), so its 95 % interval is about
-#   ±2 points; on 50 images, as this chapter first measured it, two machines disagreed by up to
-#   14 points. The confusion list shows what the model picks when it fails (a seen pair that
+#   ±2 points (on 50 images it would span some 17 points, too wide to tell two runs apart).
+#   The confusion list shows what the model picks when it fails (a seen pair that
 #   shares the colour or the shape). Composing two attributes that never co-occurred in training
 #   is the hard case for a contrastive model; this one, on single objects, mostly manages it.
 # * **Retrieval** R@1 and R@5, both directions, are printed in section 5 against a chance R@1 of

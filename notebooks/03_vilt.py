@@ -397,7 +397,9 @@ print(f"image tokens: patches 1 + {config.num_patches}; regions 1 + {region_conf
 # ## 6. Where the pooled token looks
 #
 # The answer is read from the first token. Its attention to the image patches in the last
-# layer (averaged over heads) shows which part of the image the question pulled in.
+# layer (averaged over heads) shows which part of the image the question pulled in: bright
+# patches get the most attention, and each title is the question, the model's answer and
+# whether it is right (✓ / ✗).
 
 # %%
 attn_idx = [i for i, k in enumerate(test_vqa["kinds"]) if k in ("color", "shape", "position")][:6]
@@ -465,11 +467,12 @@ assert min(r["vqa"]["value"] for r in vilt_manifest["arms"]["pretrained"]) > \
 #   55 %. Per kind it has learned colour, count and exists, half-learned shape, and **relation
 #   and position stay at 50 %** — the level of a model that reads only the question's form
 #   ("left or right?" has two answers). That held in every arm we trained: patches or oracle
-#   regions, pretrained or not, 300 or 2,000 steps (and 400 in our trials), every seed. Our probes locate the
-#   difficulty: a position question about a one-object scene is learned in 150 steps, about
-#   two-object scenes (regions) in about 350, about scenes of up to four objects not within
-#   400. Finding the object a question names by colour *and* shape among up to four, then
-#   reading its place, is the step this 275 k-parameter model does not take at this budget.
+#   regions, pretrained or not, 300 or 2,000 steps (and 400 in our trials), every seed. Our
+#   probes locate the difficulty: a position question about a one-object scene is learned in
+#   150 steps, about two-object scenes (regions) in about 350, about scenes of up to four
+#   objects not within 400. Finding the object a question names by colour *and* shape among
+#   up to four, then reading its place, is the step this 275 k-parameter model does not take
+#   at this budget.
 # * **Pretraining helps, beyond the seed spread.** Live, at 300 fine-tune steps, the pretrained
 #   start is more than ten points ahead of the random one, with intervals far apart; the gain
 #   is in colour and exists, which MLM ("a [MASK] star" → look at the image) and ITM rehearse.
