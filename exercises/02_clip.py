@@ -37,7 +37,7 @@ from minivlm import viz, zoo
 from minivlm.data import ShapesBench
 from minivlm.grading import check
 
-torch.manual_seed(0)
+_ = torch.manual_seed(0)
 
 # %% [markdown]
 # ## Task 1 — the symmetric loss from logits

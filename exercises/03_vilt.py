@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from minivlm.data import ShapesWorld, Tokenizer
 from minivlm.grading import check
 
-torch.manual_seed(0)
+_ = torch.manual_seed(0)
 
 # %% [markdown]
 # ## Task 1 — one sequence for one Transformer
