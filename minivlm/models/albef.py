@@ -35,6 +35,7 @@ from minivlm.data.shapesworld import ShapesWorld
 from minivlm.losses import check_alpha, itm_loss, mix_targets, mlm_loss, sample_negatives, soft_cross_entropy
 from minivlm.models.inputs import (
     TextInputs,
+    check_encoder_config,
     check_ids_in_vocab,
     check_image_stats,
     check_images,
@@ -85,18 +86,9 @@ class ALBEFConfig:
 
     def __post_init__(self):
         fill_token_ids(self)
-        for name in ("image_size", "patch_size", "dim", "vision_depth", "text_depth", "fusion_depth", "heads",
-                     "embed_dim", "vocab_size", "max_text_len", "queue_size"):
-            check_int(name, getattr(self, name))
+        check_encoder_config(self, ("image_size", "patch_size", "dim", "vision_depth", "text_depth", "fusion_depth",
+                                    "heads", "embed_dim", "vocab_size", "max_text_len", "queue_size"))
         check_int("alpha_warmup", self.alpha_warmup, lo=0)
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size={self.image_size} must be divisible by patch_size={self.patch_size}")
-        if self.dim % self.heads:
-            raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
-        if self.max_text_len < 3:
-            raise ValueError(f"max_text_len must be >= 3 (<bos>, a word, <eos>), got {self.max_text_len}")
-        if self.act not in ACTIVATIONS:
-            raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {self.act!r}")
         check_number("mlp_ratio", self.mlp_ratio, 0, float("inf"), lo_open=True)
         check_number("pos_init_std", self.pos_init_std, 0, float("inf"))
         check_number("eps", self.eps, 0, 1.0, lo_open=True)

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from minivlm.utils import check_range, check_shape, check_tensor
+from minivlm.utils import check_int, check_range, check_shape, check_tensor
 
 
 def fill_token_ids(config) -> None:
@@ -21,6 +21,23 @@ def fill_token_ids(config) -> None:
         config.vocab_size = len(tok) if config.vocab_size is None else config.vocab_size
         config.pad_id = tok.pad_id if config.pad_id is None else config.pad_id
         config.mask_id = tok.mask_id if config.mask_id is None else config.mask_id
+
+
+def check_encoder_config(config, ints: tuple[str, ...]) -> None:
+    """What every BERT/ViT-style config must satisfy: the named fields ints >= 1, image_size
+    divisible by patch_size, dim by heads, room for "<bos> word <eos>", a known activation."""
+    from minivlm.nn.blocks import ACTIVATIONS
+
+    for name in ints:
+        check_int(name, getattr(config, name))
+    if config.image_size % config.patch_size:
+        raise ValueError(f"image_size={config.image_size} must be divisible by patch_size={config.patch_size}")
+    if config.dim % config.heads:
+        raise ValueError(f"dim={config.dim} must be divisible by heads={config.heads}")
+    if config.max_text_len < 3:
+        raise ValueError(f"max_text_len must be >= 3 (<bos>, a word, <eos>), got {config.max_text_len}")
+    if config.act not in ACTIVATIONS:
+        raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {config.act!r}")
 
 
 def check_ids_in_vocab(config) -> None:

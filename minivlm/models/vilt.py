@@ -36,6 +36,7 @@ from minivlm.data.shapesworld import VQA_ANSWER_VOCAB, ShapesWorld
 from minivlm.losses import itm_loss, mlm_loss
 from minivlm.models.inputs import (
     TextInputs,
+    check_encoder_config,
     check_ids_in_vocab,
     check_image_stats,
     check_images,
@@ -79,19 +80,8 @@ class ViLTConfig:
 
     def __post_init__(self):
         fill_token_ids(self)
-        for name in ("image_size", "patch_size", "dim", "depth", "heads", "vocab_size", "max_text_len", "max_regions",
-                     "region_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size={self.image_size} must be divisible by patch_size={self.patch_size}")
-        if self.dim % self.heads:
-            raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
-        if self.max_text_len < 3:
-            raise ValueError(f"max_text_len must be >= 3 (<bos>, a word, <eos>), got {self.max_text_len}")
-        if self.act not in ACTIVATIONS:
-            raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {self.act!r}")
+        check_encoder_config(self, ("image_size", "patch_size", "dim", "depth", "heads", "vocab_size", "max_text_len",
+                                    "max_regions", "region_size"))
         if self.visual not in VISUALS:
             raise ValueError(f"visual must be one of {list(VISUALS)}, got {self.visual!r}")
         if not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool) or self.mlp_ratio <= 0:
