@@ -33,9 +33,9 @@ __all__ = ["CLIP_TEMPLATES", "ClipRecipe", "class_prompts", "evaluate_clip", "WE
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
+from minivlm.zoo.recipes.albef import AlbefRecipe  # noqa: E402
 from minivlm.zoo.recipes.clip import CLIP_TEMPLATES, ClipRecipe, class_prompts, evaluate_clip  # noqa: E402
 from minivlm.zoo.recipes.vilt import ViltPretrainedRecipe, ViltRecipe  # noqa: E402
-from minivlm.zoo.recipes.albef import AlbefRecipe  # noqa: E402
 
 # The registry, in build order: an entry may load an earlier one ("vilt" fine-tunes "vilt_pretrained").
 RECIPES = {recipe.name: recipe for recipe in (ClipRecipe, ViltPretrainedRecipe, ViltRecipe, AlbefRecipe)}
