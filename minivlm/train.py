@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -417,7 +418,9 @@ def fit(
             iterator = _next_batch(batches, iterator, _)[1]
 
     _train_mode(model)
-    bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True)
+    # In a notebook the bar goes to stdout: Jupyter paints stderr pink, as if it were an error.
+    out = sys.stdout if _in_kernel() else sys.stderr
+    bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True, file=out)
     smoothed: dict[str, float] = {}
     t0 = time.perf_counter()
     seconds0 = history.seconds
@@ -483,6 +486,14 @@ def fit(
     if checkpoint is not None:
         save(max(start, steps))
     return history
+
+
+def _in_kernel() -> bool:
+    """True inside a Jupyter kernel (a notebook), False in a terminal or under pytest."""
+    if "IPython" not in sys.modules:
+        return False
+    shell = sys.modules["IPython"].get_ipython()
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def _grad_norm(params) -> float:

@@ -68,9 +68,10 @@ print("relations:", RELATIONS)
 
 world = ShapesWorld(seed=0, image_size=32)
 scenes = world.sample(8)
-for obj in scenes[0].objects:
-    print(obj)
-print("relations:", scenes[0].relations())
+for i, obj in enumerate(scenes[0].objects):
+    print(f"object {i}: {obj.size} {obj.color} {obj.shape}, centre ({obj.x:.2f}, {obj.y:.2f}), "
+          f"radius {obj.radius:.2f}, depth {obj.depth:.2f}")
+print("relations (i, relation, j):", "; ".join(f"{i} {rel} {j}" for i, rel, j in scenes[0].relations()))
 
 # %%
 images = world.render(scenes)  # (8, 3, 32, 32) floats in [0, 1]
@@ -230,7 +231,8 @@ print({name: len(bench.classification(split=name)["labels"]) for name in ("seen"
 from minivlm.data.shapesworld import time_render  # noqa: E402
 
 speed = time_render(n=256, image_size=32)
-print(speed)
+print(f"{speed['n']} scenes at {speed['image_size']}×{speed['image_size']}: median {1e3 * speed['median_s']:.1f} ms "
+      f"over {speed['repeats']} repeats ({speed['scenes_per_s']:,.0f} scenes per second)")
 
 # %% [markdown]
 # ## What we measured

@@ -71,7 +71,7 @@ q, k, v = torch.randn(2, 5, 16), torch.randn(2, 7, 16), torch.randn(2, 7, 16)
 ours, w = attention(q, k, v)
 torch.testing.assert_close(ours, scaled_dot_product_attention(q, k, v)[0])  # the library's version
 torch.testing.assert_close(ours, F.scaled_dot_product_attention(q, k, v))  # PyTorch's fused kernel
-print("weights", tuple(w.shape), "rows sum to", w.sum(-1)[0, :3].tolist())
+print("weights", tuple(w.shape), "rows sum to", [round(v, 6) for v in w.sum(-1)[0, :3].tolist()])
 
 # %% [markdown]
 # Why the $\sqrt{d}$? Look at the spread of the scores for random unit-variance vectors as the
@@ -166,8 +166,7 @@ viz.show_images(patches[0].reshape(16, 8, 8, 3).permute(0, 3, 1, 2), ncols=16, s
 #
 # Task: single-object scenes, predict the shape (6 classes) whatever its colour, size or
 # position. Train on the train split, evaluate on the test split (a different random stream).
-# `fit` (`minivlm/train.py`, the one training loop of the course) draws a progress bar; it is
-# written to stderr, which Jupyter shows on a pink background — it is not an error.
+# `fit` (`minivlm/train.py`, the one training loop of the course) draws a progress bar.
 
 # %%
 def shape_batch(world, n):
