@@ -75,7 +75,7 @@ def _time_alternating(runs: dict, warmup: int, repeats: int, dev: torch.device) 
     return {
         "ours_ms": round(ours_ms, 3),
         "theirs_ms": round(theirs_ms, 3),
-        "ratio": round(ours_ms / theirs_ms, 4),
+        "ratio": float(f"{ours_ms / theirs_ms:.4g}"),  # 4 significant figures, also for a small ratio
         # CPU time of the process (all threads): on a busy shared machine it is less
         # disturbed by other processes than wall time
         "ours_cpu_ms": round(statistics.median(cpu_times["ours"]), 3),

@@ -35,7 +35,7 @@ def test_bench_vilt_reports_both_timings():
     r = bench_vilt(batch_size=4, repeats=2, warmup=1, threads=1, **TINY)
     for key in ("ours_ms", "theirs_ms", "ratio", "ours_cpu_ms", "theirs_cpu_ms"):
         assert r[key] > 0, key
-    assert r["ratio"] == pytest.approx(r["ours_ms"] / r["theirs_ms"], rel=1e-3)
+    assert r["ratio"] == pytest.approx(r["ours_ms"] / r["theirs_ms"], rel=2e-3)  # both sides rounded
     assert r["threads"] == 1 and r["device"] == "cpu" and r["batch_size"] == 4 and r["repeats"] == 2
     assert r["config"]["dim"] == 32 and r["config"]["patch_size"] == 8
     assert r["torch"] and r["transformers"]

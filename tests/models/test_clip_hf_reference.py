@@ -108,4 +108,4 @@ def test_benchmark_builds_the_same_architecture():
                    embed_dim=16, patch_size=8)
     assert r["params_ours"] == r["params_theirs"] > 0
     assert r["ours_ms"] > 0 and r["theirs_ms"] > 0 and r["ratio"] == pytest.approx(r["ours_ms"] / r["theirs_ms"],
-                                                                                       rel=1e-3)
+                                                                                       rel=2e-3)  # both rounded
