@@ -158,3 +158,19 @@ def state_dict_mismatches(want: dict, got: dict, strict: bool = True) -> list[st
     problems += [f"key {k!r} has shape {tuple(got[k].shape)}, the model expects {tuple(v.shape)}"
                  for k, v in want.items() if k in got and tuple(got[k].shape) != tuple(v.shape)]
     return problems
+
+
+class eval_mode:
+    """Context: the model in eval mode without gradients, its mode restored afterwards."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.was_training = model, model.training
+        self.no_grad = torch.no_grad()
+
+    def __enter__(self):
+        self.model.eval()
+        self.no_grad.__enter__()
+
+    def __exit__(self, *exc):
+        self.no_grad.__exit__(*exc)
+        self.model.train(self.was_training)

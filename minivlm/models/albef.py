@@ -46,7 +46,7 @@ from minivlm.models.vilt import evaluate_itm  # noqa: F401  (the same ITM protoc
 from minivlm.nn import TextTransformer, Transformer, ViT, masks
 from minivlm.nn.blocks import ACTIVATIONS
 from minivlm.nn.momentum import FeatureQueue, check_momentum, momentum_copy, momentum_update
-from minivlm.utils import check_int, check_number, check_tensor
+from minivlm.utils import check_int, check_number, check_tensor, eval_mode
 
 
 @dataclass
@@ -205,7 +205,7 @@ class ALBEF(TextInputs, nn.Module):
     def match_probability(self, images: torch.Tensor, captions: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """P(match) from the ITM head for each (image, caption) pair: (B,)."""
         _check_pairs(images, captions, batch_size)
-        with _eval(self):
+        with eval_mode(self):
             out = [self.itm_logits(self(images[a:a + batch_size], list(captions[a:a + batch_size]))).softmax(1)[:, 1]
                    for a in range(0, len(captions), batch_size)]
         return torch.cat(out)
@@ -229,22 +229,6 @@ def init_vision_from_clip(model: ALBEF, clip) -> ALBEF:
                          f"this ALBEF with {model.config.image_mean}, {model.config.image_std}")
     model.visual.load_state_dict(theirs)
     return model
-
-
-class _eval:
-    """The model in eval mode without gradients, restored afterwards."""
-
-    def __init__(self, model: nn.Module):
-        self.model, self.was = model, model.training
-
-    def __enter__(self):
-        self.model.eval()
-        self.grad = torch.is_grad_enabled()
-        torch.set_grad_enabled(False)
-
-    def __exit__(self, *exc):
-        torch.set_grad_enabled(self.grad)
-        self.model.train(self.was)
 
 
 def _check_pairs(images, captions, batch_size) -> None:
@@ -461,7 +445,7 @@ def itc_similarity(model: ALBEF, images: torch.Tensor, captions: Sequence[str], 
     if isinstance(captions, str) or not isinstance(captions, (list, tuple)) or not captions:
         raise TypeError("captions must be a non-empty list of strings")
     check_int("batch_size", batch_size)
-    with _eval(model):
+    with eval_mode(model):
         img = torch.cat([model.encode_image(images[a:a + batch_size])[1] for a in range(0, len(images), batch_size)])
         txt = torch.cat([model.encode_text(list(captions[a:a + batch_size]))[1]
                          for a in range(0, len(captions), batch_size)])
@@ -488,7 +472,7 @@ def retrieve(model: ALBEF, images: torch.Tensor, captions: Sequence[str], rerank
     t0 = time.perf_counter()
     if k > 1:
         top = sim.topk(k, dim=1).indices  # (N, k)
-        with _eval(model):
+        with eval_mode(model):
             text_tokens, _, mask = model.encode_text(list(captions))  # (M, T, D): each caption once
             image_tokens, _ = model.encode_image(images)  # (N, 1 + P, D)
             rows = torch.arange(len(images)).repeat_interleave(k)

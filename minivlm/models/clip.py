@@ -26,7 +26,7 @@ from torch import nn
 from minivlm.losses import clip_loss
 from minivlm.nn import TextTransformer, ViT
 from minivlm.nn.blocks import ACTIVATIONS
-from minivlm.utils import check_int, check_number, check_range, check_same_batch, check_shape, check_tensor
+from minivlm.utils import check_int, check_number, check_range, check_same_batch, check_shape, check_tensor, eval_mode
 
 
 def _reject_bare_string(texts) -> None:
@@ -367,22 +367,6 @@ def _batches(n: int, batch_size: int):
     return [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
-class _eval_mode:
-    """Context: the model in eval mode without gradients, restored afterwards."""
-
-    def __init__(self, model: nn.Module):
-        self.model, self.was_training = model, model.training
-        self.no_grad = torch.no_grad()
-
-    def __enter__(self):
-        self.model.eval()
-        self.no_grad.__enter__()
-
-    def __exit__(self, *exc):
-        self.no_grad.__exit__(*exc)
-        self.model.train(self.was_training)
-
-
 def _encode_texts(model: CLIP, texts, batch_size: int) -> torch.Tensor:
     """list[str] or ids (N, T) or (ids, attention_mask) → (N, E), in batches."""
     if isinstance(texts, tuple) and len(texts) == 2 and isinstance(texts[0], torch.Tensor):
@@ -397,13 +381,13 @@ def encode_images(model: CLIP, images: torch.Tensor, batch_size: int = 256) -> t
     """(N, 3, H, W) in [0, 1] → (N, E) unit-norm image embeddings, in batches, without gradients."""
     check_tensor("images", images, ndim=4, dtype="float")
     dev = model.logit_scale.device
-    with _eval_mode(model):
+    with eval_mode(model):
         return torch.cat([model.encode_image(images[a:b].to(dev)) for a, b in _batches(len(images), batch_size)])
 
 
 def encode_texts(model: CLIP, texts, batch_size: int = 256) -> torch.Tensor:
     """list[str], ids (N, T) or (ids, attention_mask) → (N, E) unit-norm text embeddings."""
-    with _eval_mode(model):
+    with eval_mode(model):
         return _encode_texts(model, texts, batch_size)
 
 
