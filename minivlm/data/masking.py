@@ -57,3 +57,48 @@ def mlm_mask(
     inputs[to_random] = random_words[to_random]
     labels = torch.where(chosen, ids, torch.full_like(ids, IGNORE_INDEX))
     return inputs, labels
+
+
+def block_mask(batch_size: int, grid: int, ratio: float = 0.4, min_patches: int = 2, min_aspect: float = 0.3,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """BEiT's block-wise masking for masked image modelling (chapter 05; reused by BEiT-3, chapter 08).
+
+    Masking single patches at random is too easy on images: a masked patch is copied from its
+    neighbours. BEiT masks rectangles instead: draw a block of random area (min_patches up to
+    what is still needed) and aspect ratio (in [min_aspect, 1 / min_aspect], log-uniform), place it
+    at random, and repeat until at least `ratio` of the grid × grid patches are masked.
+
+    Returns a bool mask (batch_size, grid · grid), True = masked, in the row-major patch order
+    of `minivlm.nn.vit.patchify`. Every mask is a union of rectangles with at least
+    ceil(ratio · grid²) patches; a block may overshoot that by a few patches.
+    """
+    import math
+
+    for name, value in (("batch_size", batch_size), ("grid", grid), ("min_patches", min_patches)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    for name, value, lo in (("ratio", ratio, 0.0), ("min_aspect", min_aspect, 1e-3)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo < value <= 1.0:
+            raise ValueError(f"{name} must be a number in ({lo}, 1], got {value!r}")
+    total = grid * grid
+    target = math.ceil(ratio * total - 1e-9)  # 0.07 · 100 is 7.000000000000001 in floats
+
+    def uniform(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * float(torch.rand((), generator=generator))
+
+    def randint(n: int) -> int:  # in [0, n)
+        return int(torch.randint(n, (), generator=generator))
+
+    log_lo, log_hi = math.log(min_aspect), math.log(1 / min_aspect)
+    out = torch.zeros(batch_size, grid, grid, dtype=torch.bool)
+    for b in range(batch_size):
+        mask = out[b]
+        while int(mask.sum()) < target:
+            needed = target - int(mask.sum())
+            area = uniform(min(min_patches, needed), needed)
+            aspect = math.exp(uniform(log_lo, log_hi))
+            h = max(1, min(grid, round(math.sqrt(area * aspect))))
+            w = max(1, min(grid, round(math.sqrt(area / aspect))))
+            top, left = randint(grid - h + 1), randint(grid - w + 1)
+            mask[top:top + h, left:left + w] = True
+    return out.view(batch_size, total)

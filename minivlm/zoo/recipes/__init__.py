@@ -6,3 +6,36 @@ Each module defines a recipe dataclass with
 and the registry in `minivlm.zoo` lists the recipes in build order (an entry may load an
 earlier one: "vilt" fine-tunes "vilt_pretrained").
 """
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Callable
+
+
+def config_dict(model) -> dict:
+    """A model's config dataclass as JSON-ready values (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(model.config).items()}
+
+
+def estimate(e) -> dict:
+    """A `minivlm.eval.Estimate` for a manifest: value, interval and sample size."""
+    return {"value": round(e.value, 4), "low": round(e.low, 4), "high": round(e.high, 4), "n": e.n}
+
+
+def run_jobs(fn: Callable[[dict], dict], jobs: list[dict], workers: int, progress: bool, label: str) -> list[dict]:
+    """fn(job) for every job, in order; with workers > 1 in that many spawned processes (fn must be a
+    top-level function, and should pin itself to one thread so that the figures do not depend on
+    which process ran it). Each result must carry "arm", "seed" and "seconds"."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    if workers == 1:
+        return [fn(job) for job in jobs]
+    import multiprocessing
+
+    results = []
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for r in pool.imap(fn, jobs):
+            results.append(r)
+            if progress:
+                print(f"zoo: {label} {r['arm']} seed {r['seed']} done in {r['seconds']} s", flush=True)
+    return results

@@ -13,9 +13,11 @@ set (negatives one fact away). Only seed 0's clean MoD arm ships as weights.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
+
+from minivlm.zoo.recipes import config_dict, estimate, run_jobs
 
 ALBEF_CONFIG = dict(image_size=32, patch_size=4, dim=64, vision_depth=3, text_depth=2, fusion_depth=2, heads=4,
                     embed_dim=64, max_text_len=32)
@@ -25,14 +27,6 @@ def _model(config: dict):
     from minivlm.models.albef import ALBEF, ALBEFConfig
 
     return ALBEF(ALBEFConfig(**config))
-
-
-def _config_dict(model) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(model.config).items()}
-
-
-def _est(e) -> dict:
-    return {"value": round(e.value, 4), "low": round(e.low, 4), "high": round(e.high, 4), "n": e.n}
 
 
 def pretrain(config: dict, steps: int, seed: int, world_seed: int, noise: float, batch_size: int, lr: float,
@@ -89,10 +83,10 @@ def albef_metrics(model, bench_seed: int = 1234, retrieval_n: int = 256, itm_n: 
     ret = evaluate_retrieval(model, bench.retrieval(retrieval_n), rerank_k=rerank_k)
     itm = evaluate_itm(model, bench.itm(itm_n))
     hard = evaluate_hard_itm(model, bench.hard_itm(hard_n))
-    out = {"i2t_r1_itc": _est(ret["itc_r1"]), f"i2t_r1_rerank{rerank_k}": _est(ret["r1"]),
-           "itm": _est(itm["accuracy"]), "hard_itm": _est(hard["accuracy"]),
-           "hard_pairs": _est(hard["pair_accuracy"])}
-    out.update({f"hard_pairs_{k}": _est(v) for k, v in hard["per_kind"].items()})
+    out = {"i2t_r1_itc": estimate(ret["itc_r1"]), f"i2t_r1_rerank{rerank_k}": estimate(ret["r1"]),
+           "itm": estimate(itm["accuracy"]), "hard_itm": estimate(hard["accuracy"]),
+           "hard_pairs": estimate(hard["pair_accuracy"])}
+    out.update({f"hard_pairs_{k}": estimate(v) for k, v in hard["per_kind"].items()})
     return out
 
 
@@ -127,8 +121,6 @@ class AlbefRecipe:
         return out + [(f"noise{int(round(self.noises[0] * 100))}_mod_random_neg", self.noises[0], True, False)]
 
     def train(self, weights_dir, progress: bool):
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise ValueError(f"workers must be an int >= 1, got {self.workers!r}")
         if self.vision_init not in (None, "clip"):
             raise ValueError(f"vision_init must be None or 'clip', got {self.vision_init!r}")
         jobs = []
@@ -140,17 +132,7 @@ class AlbefRecipe:
                                  warmup=self.warmup, weight_decay=self.weight_decay, bench_seed=self.bench_seed,
                                  rerank_k=self.rerank_k, vision_init=self.vision_init, weights_dir=str(weights_dir),
                                  ship=seed == 0 and k == 0, progress=progress and self.workers == 1))
-        if self.workers == 1:
-            results = [_run_arm(job) for job in jobs]
-        else:
-            import multiprocessing
-
-            with multiprocessing.get_context("spawn").Pool(self.workers) as pool:
-                results = []
-                for r in pool.imap(_run_arm, jobs):
-                    results.append(r)
-                    if progress:
-                        print(f"zoo: albef {r['arm']} seed {r['seed']} done in {r['seconds']} s", flush=True)
+        results = run_jobs(_run_arm, jobs, self.workers, progress, "albef")
         arms: dict[str, list] = {}
         for r in results:
             arms.setdefault(r["arm"], []).append({"seed": r["seed"], **r["metrics"], "final_loss": r["final"]["loss"],
@@ -159,7 +141,7 @@ class AlbefRecipe:
         model = _model({**self.config, "distill": True, "hard_negatives": True})
         model.load_state_dict(shipped["state"])
         return model.eval(), {
-            "config": _config_dict(model),
+            "config": config_dict(model),
             "tokenizer_vocab_size": model.config.vocab_size,
             "metrics": shipped["metrics"],
             "arms": arms,

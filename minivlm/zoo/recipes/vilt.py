@@ -9,10 +9,12 @@ arm is the shipped "vilt"; the other arms' weights are not shipped (only their f
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from minivlm.zoo.recipes import config_dict, estimate
 
 VILT_CONFIG = dict(image_size=32, patch_size=8, dim=64, depth=4, heads=4, max_text_len=32, pos_init_std=1.0)
 
@@ -24,10 +26,6 @@ def _model(config: dict):
     if "answers" in config:
         config["answers"] = tuple(config["answers"])
     return ViLT(ViLTConfig(**config))
-
-
-def _config_dict(model) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(model.config).items()}
 
 
 def pretrain(config: dict, steps: int, seed: int, world_seed: int, batch_size: int, lr: float, warmup: int,
@@ -65,13 +63,9 @@ def vqa_metrics(model, bench_seed: int, n: int) -> dict:
     from minivlm.models.vilt import evaluate_vqa
 
     result = evaluate_vqa(model, ShapesBench(image_size=model.config.image_size, seed=bench_seed).vqa(n))
-    out = {"vqa": _est(result["overall"])}
-    out.update({f"vqa_{k}": _est(v) for k, v in result["per_kind"].items()})
+    out = {"vqa": estimate(result["overall"])}
+    out.update({f"vqa_{k}": estimate(v) for k, v in result["per_kind"].items()})
     return out
-
-
-def _est(e) -> dict:
-    return {"value": round(e.value, 4), "low": round(e.low, 4), "high": round(e.high, 4), "n": e.n}
 
 
 @dataclass
@@ -103,9 +97,9 @@ class ViltPretrainedRecipe:
         seconds = time.perf_counter() - start
         itm = evaluate_itm(model, ShapesBench(image_size=model.config.image_size, seed=self.bench_seed).itm(self.itm_n))
         return model, {
-            "config": _config_dict(model),
+            "config": config_dict(model),
             "tokenizer_vocab_size": model.config.vocab_size,
-            "metrics": {"itm": _est(itm["accuracy"])},
+            "metrics": {"itm": estimate(itm["accuracy"])},
             "final_loss": round(history.last("loss"), 4),
             "final_mlm": round(history.last("mlm"), 4),
             "final_itm": round(history.last("itm"), 4),
@@ -168,7 +162,7 @@ class ViltRecipe:
         values = {arm: [r["vqa"]["value"] for r in rows] for arm, rows in arms.items()}
         gains = [p - s for p, s in zip(values["pretrained"], values["scratch"])]
         return shipped, {
-            "config": _config_dict(shipped),
+            "config": config_dict(shipped),
             "tokenizer_vocab_size": shipped.config.vocab_size,
             "metrics": {k: v for k, v in arms["pretrained"][0].items() if k.startswith("vqa")},
             "arms": arms,

@@ -1,0 +1,592 @@
+"""VLMo: one Mixture-of-Modality-Experts Transformer, a dual encoder and a fusion encoder (chapter 05).
+
+Bao, Wang, Dong, Liu, Mohammed, Aggarwal, Som, Piao and Wei, "VLMo: Unified Vision-Language
+Pre-Training with Mixture-of-Modality-Experts", 2022.
+
+A dual encoder (CLIP, chapter 02) retrieves fast: N images and N texts are encoded once each and
+scored by one matrix product. A fusion encoder (ViLT, ALBEF: chapters 03-04) matches better, but
+must run once per (image, text) pair: N² passes. VLMo is one Transformer that is both. Every
+block shares its self-attention across modalities and has one feed-forward expert per modality
+(`minivlm.nn.multiway.MoMEBlock`): a vision expert (V-FFN), a language expert (L-FFN) and, in the
+top `vl_depth` blocks, a vision-language expert (VL-FFN). The *mode* decides which expert a token
+uses in each block:
+
+    mode      input               bottom blocks            top vl_depth blocks    head
+    image     [CLS ; patches]     V                        V                      ITC on CLS
+    text      [<bos> ; words]     L                        L                      ITC on <bos>, MLM
+    fusion    [image ; text]      V for image, L for text  VL for every token     ITM on <bos>, MLM
+
+Training is staged as in the paper (`set_stage`): masked image modelling on images alone trains
+attention and the vision experts (`mim_step`); then, those frozen, masked language modelling on
+texts alone trains the language experts (`text_mlm_step`); then image-text pairs train everything
+with ITC + ITM (hard negatives, chapter 04's sampler) + MLM (`pair_step`).
+
+Two simplifications, said in the chapter: the paper's image stage is BEiT's masked image modelling
+(predict a dVAE's visual tokens, chapter 08 builds a visual tokenizer); ours predicts the masked
+patches' pixels (SimMIM). VLMo puts the text first in the fused sequence; we put the image first,
+and pool the text's first token wherever it stands.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minivlm.data.masking import IGNORE_INDEX, block_mask
+from minivlm.losses import itm_loss, mlm_loss, sample_negatives, soft_cross_entropy
+from minivlm.models.inputs import (
+    TextInputs,
+    check_encoder_config,
+    check_ids_in_vocab,
+    check_image_stats,
+    check_images,
+    fill_token_ids,
+    register_image_stats,
+)
+from minivlm.nn import masks
+from minivlm.nn.blocks import ACTIVATIONS
+from minivlm.nn.multiway import MoMEBlock
+from minivlm.nn.vit import PatchEmbed, patchify
+from minivlm.utils import check_int, check_number, check_tensor, eval_mode
+
+VISION, LANGUAGE, VL = 0, 1, 2  # expert indices in every MoME block
+MODES = ("image", "text", "fusion")
+STAGES = ("image", "text", "pairs")
+
+
+@dataclass
+class VLMoConfig:
+    """Small defaults for 32×32 ShapesWorld images; vocab_size / pad_id / mask_id left as None
+    come from the course tokenizer. VLMo-Base's values are in the comments."""
+
+    image_size: int = 32
+    patch_size: int = 8  # 16 on 224×224
+    dim: int = 64  # 768
+    depth: int = 4  # 12
+    vl_depth: int = 2  # top blocks with a vision-language expert (2 of 12)
+    heads: int = 4  # 12
+    mlp_ratio: float = 4.0
+    embed_dim: int = 64  # ITC space
+    vocab_size: int | None = None
+    max_text_len: int = 32  # <bos> and <eos> included (40)
+    act: str = "gelu"
+    eps: float = 1e-5
+    pos_init_std: float = 1.0  # image positions start as large as the patches (chapter 03's lesson)
+    temp: float = 0.07  # initial ITC temperature, learned as log(1 / temperature)
+    max_scale: float = 100.0  # 1 / temperature clamped here
+    hard_negatives: bool = True  # ITM negatives drawn by ITC similarity (False: uniformly)
+    mim_ratio: float = 0.4  # share of patches masked for masked image modelling (BEiT: 40 %)
+    pad_id: int | None = None
+    mask_id: int | None = None
+    image_mean: tuple[float, float, float] = field(default=(0.5, 0.5, 0.5))
+    image_std: tuple[float, float, float] = field(default=(0.5, 0.5, 0.5))
+
+    def __post_init__(self):
+        fill_token_ids(self)
+        check_encoder_config(self, ("image_size", "patch_size", "dim", "depth", "heads", "embed_dim", "vocab_size",
+                                    "max_text_len"))
+        check_int("vl_depth", self.vl_depth, lo=0)
+        if self.vl_depth > self.depth:
+            raise ValueError(f"vl_depth={self.vl_depth} cannot exceed depth={self.depth}")
+        check_number("mlp_ratio", self.mlp_ratio, 0, float("inf"), lo_open=True)
+        check_number("pos_init_std", self.pos_init_std, 0, float("inf"))
+        check_number("eps", self.eps, 0, 1.0, lo_open=True)
+        check_number("temp", self.temp, 0.001, 1.0, lo_open=True)
+        check_number("max_scale", self.max_scale, 1.0, 1e4)
+        check_number("mim_ratio", self.mim_ratio, 0.0, 1.0, lo_open=True)
+        if not isinstance(self.hard_negatives, bool):
+            raise TypeError(f"hard_negatives must be True or False, got {self.hard_negatives!r}")
+        check_ids_in_vocab(self)
+        check_image_stats(self)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+class VLMo(TextInputs, nn.Module):
+    """Image and word embeddings, a stack of MoME blocks, one final norm, and the heads: ITC
+    projections + temperature, ITM, MLM (tied to the word embeddings), MIM (patch pixels)."""
+
+    def __init__(self, config: VLMoConfig | None = None, tokenizer=None):
+        super().__init__()
+        self.config = c = config or VLMoConfig()
+        n = c.num_patches
+        self.patch_embed = PatchEmbed(c.patch_size, 3, c.dim)
+        self.image_cls = nn.Parameter(torch.randn(1, 1, c.dim) * 0.02)
+        self.image_pos = nn.Parameter(torch.randn(1, 1 + n, c.dim) * c.pos_init_std)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, c.dim))  # replaces masked patches (MIM)
+        self.token_embedding = nn.Embedding(c.vocab_size, c.dim)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        self.text_pos = nn.Parameter(torch.randn(1, c.max_text_len, c.dim) * 0.01)
+        # BERT's embedding LayerNorm: without it, word embeddings (std 0.02) are drowned by the
+        # image tokens' attention output in the first fusion block
+        self.text_embedding_norm = nn.LayerNorm(c.dim, eps=c.eps)
+        self.type_embedding = nn.Embedding(2, c.dim)  # 0: image token, 1: text token
+        nn.init.normal_(self.type_embedding.weight, std=0.02)
+        bottom, top = ("vision", "language"), ("vision", "language", "vl")
+        self.blocks = nn.ModuleList(
+            MoMEBlock(c.dim, c.heads, top if i >= c.depth - c.vl_depth else bottom, c.mlp_ratio, act=c.act, eps=c.eps)
+            for i in range(c.depth))
+        self.norm = nn.LayerNorm(c.dim, eps=c.eps)
+        self.image_projection = nn.Linear(c.dim, c.embed_dim)
+        self.text_projection = nn.Linear(c.dim, c.embed_dim)
+        self.log_scale = nn.Parameter(torch.tensor(-math.log(c.temp)))
+        self.itm_head = nn.Linear(c.dim, 2)
+        self.mlm_transform = nn.Linear(c.dim, c.dim)
+        self.mlm_norm = nn.LayerNorm(c.dim, eps=c.eps)
+        self.mlm_bias = nn.Parameter(torch.zeros(c.vocab_size))
+        self.mim_head = nn.Linear(c.dim, c.patch_size * c.patch_size * 3)
+        register_image_stats(self, c)
+        self.tokenizer = tokenizer
+        self.passes = {mode: 0 for mode in MODES}  # sequences run through the Transformer, by mode
+
+    # ------------------------------------------------------------------------------ embeddings
+    def embed_image(self, images: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1] → (B, 1 + N, D); patches where patch_mask (B, N) is True
+        are replaced by the learned mask token (masked image modelling)."""
+        check_images(images, self.config.image_size)
+        x = self.patch_embed((images - self.image_mean) / self.image_std)  # (B, N, D)
+        if patch_mask is not None:
+            check_tensor("patch_mask", patch_mask, ndim=2, dtype="bool")
+            if tuple(patch_mask.shape) != tuple(x.shape[:2]):
+                raise ValueError(f"patch_mask must have shape (B, N) = {tuple(x.shape[:2])}, "
+                                 f"got {tuple(patch_mask.shape)}")
+            x = torch.where(patch_mask.to(x.device)[..., None], self.mask_token.to(x.dtype), x)
+        x = torch.cat([self.image_cls.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, D)
+        return x + self.image_pos + self.type_embedding.weight[0]
+
+    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) → (B, T, D)."""
+        c = self.config
+        check_tensor("ids", ids, ndim=2, dtype="int")
+        if ids.shape[1] > c.max_text_len:
+            raise ValueError(f"text has {ids.shape[1]} tokens, longer than max_text_len={c.max_text_len}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= c.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {c.vocab_size - 1}], got values in "
+                             f"[{int(ids.min())}, {int(ids.max())}]")
+        x = self.token_embedding(ids) + self.text_pos[:, :ids.shape[1]]  # (B, T, D)
+        return self.text_embedding_norm(x) + self.type_embedding.weight[1]
+
+    def _ids(self, texts, attention_mask):
+        if isinstance(texts, torch.Tensor):
+            if attention_mask is None:
+                attention_mask = torch.ones_like(texts, dtype=torch.bool)
+            check_tensor("attention_mask", attention_mask, ndim=2)
+            if attention_mask.shape != texts.shape:
+                raise ValueError(f"attention_mask must have shape {tuple(texts.shape)}, "
+                                 f"got {tuple(attention_mask.shape)}")
+            return texts, attention_mask.bool()
+        if attention_mask is not None:
+            raise ValueError("attention_mask is only for token ids; strings are tokenised with their own mask")
+        ids, mask = self.tokenize(texts)
+        return ids, mask.bool()
+
+    # ------------------------------------------------------------------------------ routing
+    def routes(self, mode: str, n_image: int, n_text: int, device=None) -> list[torch.Tensor]:
+        """The expert index of every token in every block: a list of `depth` tensors (T,),
+        T = n_image + n_text, the image tokens first. image mode: V everywhere; text mode: L
+        everywhere; fusion mode: V for image tokens and L for text tokens in the bottom blocks,
+        VL for every token in the top `vl_depth` blocks."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "image" and n_text or mode == "text" and n_image:
+            raise ValueError(f"{mode} mode takes only {mode} tokens, got {n_image} image and {n_text} text tokens")
+        own = torch.cat([torch.full((n_image,), VISION), torch.full((n_text,), LANGUAGE)]).to(device)
+        first_vl = self.config.depth - self.config.vl_depth
+        return [torch.full_like(own, VL) if mode == "fusion" and i >= first_vl else own
+                for i in range(self.config.depth)]
+
+    def run(self, x: torch.Tensor, mode: str, n_image: int, mask: torch.Tensor | None = None,
+            need_weights: bool = False) -> torch.Tensor:
+        """The MoME Transformer on embedded tokens x (B, T, D), the first n_image of them image
+        tokens, routed for `mode`; mask: True = may attend (see `masks.expand`). → (B, T, D)."""
+        routes = self.routes(mode, n_image, x.shape[1] - n_image, x.device)
+        for block, route in zip(self.blocks, routes):
+            x = block(x, route, mask, need_weights)
+        self.passes[mode] += x.shape[0]
+        return self.norm(x)
+
+    # ------------------------------------------------------------------------------ the three modes
+    def encode_image(self, images: torch.Tensor, patch_mask: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image-only mode: → (tokens (B, 1 + N, D), ITC feature of the CLS token (B, E), unit norm)."""
+        x = self.embed_image(images, patch_mask)
+        tokens = self.run(x, "image", x.shape[1])
+        return tokens, F.normalize(self.image_projection(tokens[:, 0]), dim=-1)
+
+    def encode_text(self, texts, attention_mask: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Text-only mode: B strings or ids (B, T) → (tokens (B, T, D), ITC feature of <bos> (B, E),
+        attention_mask (B, T) bool)."""
+        ids, attention_mask = self._ids(texts, attention_mask)
+        tokens = self.run(self.embed_text(ids), "text", 0, masks.padding(attention_mask))
+        return tokens, F.normalize(self.text_projection(tokens[:, 0]), dim=-1), attention_mask
+
+    def fuse(self, images: torch.Tensor, texts, attention_mask: torch.Tensor | None = None,
+             need_weights: bool = False) -> torch.Tensor:
+        """Fusion mode: [image ; text] through every block, attention across both modalities.
+        images (B, 3, H, W), texts (B strings or ids (B, T)) → (B, 1 + N + T, D)."""
+        ids, attention_mask = self._ids(texts, attention_mask)
+        if images.shape[0] != ids.shape[0]:
+            raise ValueError(f"batch sizes must match, got images={images.shape[0]}, texts={ids.shape[0]}")
+        return self.fuse_embedded(self.embed_image(images), self.embed_text(ids), attention_mask, need_weights)
+
+    def fuse_embedded(self, image_x: torch.Tensor, text_x: torch.Tensor, attention_mask: torch.Tensor,
+                      need_weights: bool = False) -> torch.Tensor:
+        """Fusion mode on embedded tokens: image_x (B, 1 + N, D), text_x (B, T, D), attention_mask (B, T)."""
+        check_tensor("image_x", image_x, ndim=3, dtype="float")
+        check_tensor("text_x", text_x, ndim=3, dtype="float")
+        check_tensor("attention_mask", attention_mask, ndim=2)
+        b, n_image = image_x.shape[0], image_x.shape[1]
+        if text_x.shape[0] != b or tuple(attention_mask.shape) != tuple(text_x.shape[:2]):
+            raise ValueError(f"batch sizes must match and attention_mask must be (B, T) of text_x: got image_x "
+                             f"{tuple(image_x.shape)}, text_x {tuple(text_x.shape)}, attention_mask "
+                             f"{tuple(attention_mask.shape)}")
+        valid = torch.cat([torch.ones(b, n_image, dtype=torch.bool, device=image_x.device),
+                           attention_mask.bool().to(image_x.device)], dim=1)  # (B, 1 + N + T)
+        return self.run(torch.cat([image_x, text_x], dim=1), "fusion", n_image, masks.padding(valid), need_weights)
+
+    def forward(self, images: torch.Tensor, texts, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Fusion mode (see `fuse`)."""
+        return self.fuse(images, texts, attention_mask)
+
+    # ------------------------------------------------------------------------------ heads
+    @property
+    def n_image_tokens(self) -> int:
+        return 1 + self.config.num_patches
+
+    def scale(self) -> torch.Tensor:
+        """1 / temperature: exp(log_scale), clamped at max_scale."""
+        return self.log_scale.exp().clamp(max=self.config.max_scale)
+
+    def itm_logits(self, fused: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + N + T, D) fused tokens → (B, 2) on the text's first token; column 1 scores "match"."""
+        return self.itm_head(fused[:, self.n_image_tokens])
+
+    def mlm_logits(self, text_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) text tokens (text mode, or the text part of fusion mode) → (B, T, V), tied decoder."""
+        x = self.mlm_norm(ACTIVATIONS[self.config.act](self.mlm_transform(text_tokens)))
+        return F.linear(x, self.token_embedding.weight, self.mlm_bias)
+
+    def mim_pixels(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + N, D) image tokens → (B, N, P·P·3): each patch's normalised pixels, as `patchify`."""
+        return self.mim_head(image_tokens[:, 1:])
+
+    # ------------------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def match(self, images: torch.Tensor, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """P(match) from the ITM head in fusion mode, for each (image, text) pair: (B,)."""
+        _check_pairs(images, texts, batch_size)
+        with eval_mode(self):
+            out = [self.itm_logits(self.fuse(images[a:a + batch_size], list(texts[a:a + batch_size]))).softmax(1)[:, 1]
+                   for a in range(0, len(texts), batch_size)]
+        return torch.cat(out)
+
+    match_probability = match  # the name chapter 03's and 04's evaluations call
+
+
+def _check_pairs(images, texts, batch_size) -> None:
+    check_tensor("images", images, ndim=4, dtype="float")
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+        raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
+    if len(images) != len(texts) or not len(texts):
+        raise ValueError(f"need as many texts as images (at least one), got images={len(images)}, texts={len(texts)}")
+    check_int("batch_size", batch_size)
+
+
+# ----------------------------------------------------------------------------- staged pretraining
+
+
+def stage_parameters(model: VLMo, stage: str, shared: bool = True) -> list[str]:
+    """Names of the parameters a stage trains.
+
+    stage "image": image embeddings, vision experts, MIM head; "text": word embeddings, language
+    experts, MLM head; "pairs": everything. shared=True adds the shared parts (self-attention with
+    its LayerNorm, the final norm, the type embeddings, the ITC temperature) to an "image" or
+    "text" stage; VLMo's second stage runs with them frozen (shared=False)."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    if not isinstance(shared, bool):
+        raise TypeError(f"shared must be True or False, got {shared!r}")
+    names = [n for n, _ in model.named_parameters()]
+    if stage == "pairs":
+        return names
+    own = {"image": ("patch_embed.", "image_cls", "image_pos", "mask_token", "mim_head."),
+           "text": ("token_embedding.", "text_pos", "text_embedding_norm.", "mlm_transform.", "mlm_norm.", "mlm_bias")}[stage]
+    expert = f".ffn.experts.{VISION if stage == 'image' else LANGUAGE}."
+
+    def keep(name: str) -> bool:
+        if name.startswith(own) or expert in name:
+            return True
+        is_shared = name.startswith(("norm.", "type_embedding.", "log_scale")) or ".norm1." in name or ".attn." in name
+        return shared and is_shared
+
+    return [n for n in names if keep(n)]
+
+
+def set_stage(model: VLMo, stage: str, shared: bool = True) -> list[str]:
+    """requires_grad=True on the parameters `stage_parameters` names, False on the rest.
+    Returns those names (`minivlm.train.fit` optimises exactly the trainable ones)."""
+    names = set(stage_parameters(model, stage, shared))
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in names)
+    return sorted(names)
+
+
+def _core(model) -> VLMo:
+    core = getattr(model, "module", model)
+    if not isinstance(core, VLMo):
+        raise TypeError(f"expected a VLMo, got {type(core).__name__}")
+    return core
+
+
+def _need(batch, keys: tuple[str, ...], maker: str) -> None:
+    if not isinstance(batch, dict):
+        raise TypeError(f"batch must be a dict (see {maker}), got {type(batch).__name__}")
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise ValueError(f"batch is missing {missing}; {maker}(...)(step) makes a complete one")
+
+
+def mim_step(model: VLMo, batch: dict) -> dict:
+    """Stage 1, masked image modelling in image-only mode: block-masked patches (batch
+    "patch_mask", True = masked) are replaced by the mask token; the MIM head predicts their
+    normalised pixels; the loss is the mean squared error on the masked patches only."""
+    m = _core(model)
+    _need(batch, ("images", "patch_mask"), "stage_batches")
+    images, patch_mask = batch["images"], batch["patch_mask"]
+    tokens, _ = m.encode_image(images, patch_mask)
+    target = patchify((images - m.image_mean) / m.image_std, m.config.patch_size)  # (B, N, P·P·3)
+    err = (m.mim_pixels(tokens) - target).pow(2).mean(-1)  # (B, N)
+    chosen = patch_mask.to(err.device)
+    if not bool(chosen.any()):
+        raise ValueError("patch_mask masks no patch: masked image modelling needs at least one masked patch")
+    loss = err[chosen].mean()
+    return {"loss": loss, "mim": loss.detach()}
+
+
+def text_mlm_step(model: VLMo, batch: dict) -> dict:
+    """Stage 2, masked language modelling in text-only mode (15 % of words, 80/10/10)."""
+    m = _core(model)
+    _need(batch, ("mlm_ids", "mlm_labels", "attention_mask"), "stage_batches")
+    tokens, _, _ = m.encode_text(batch["mlm_ids"], batch["attention_mask"])
+    loss = mlm_loss(m.mlm_logits(tokens), batch["mlm_labels"])
+    return {"loss": loss, "mlm": loss.detach()}
+
+
+def pair_step(model: VLMo, batch: dict) -> dict:
+    """Stage 3, image-text pairs: ITC + ITM + MLM, as the paper.
+
+    ITC: image-only and text-only modes, InfoNCE with the learned temperature over the batch
+         (every true caption of an image in the batch is a positive);
+    ITM: fusion mode on the B true pairs and 2B negatives (a hard negative caption per image, a
+         hard negative image per caption, drawn by ITC softmax, never a positive), on <bos>;
+    MLM: fusion mode on the masked captions.
+    """
+    from minivlm.models.albef import _check_batch
+
+    m = _core(model)
+    _need(batch, ("images", "ids", "attention_mask", "mlm_ids", "mlm_labels"), "stage_batches")
+    images, ids, mask = batch["images"], batch["ids"], batch["attention_mask"].bool()
+    b = images.shape[0]
+    positives = _check_batch(batch, b)
+    scale = m.scale()
+
+    # ---- ITC: the dual-encoder modes
+    _, image_feat = m.encode_image(images)
+    _, text_feat, _ = m.encode_text(ids, mask)
+    sim = scale * image_feat @ text_feat.t()  # (B, B)
+    pos = positives.float()
+    itc = (soft_cross_entropy(sim, pos / pos.sum(1, keepdim=True))
+           + soft_cross_entropy(sim.t(), pos.t() / pos.t().sum(1, keepdim=True))) / 2
+
+    # ---- ITM: fusion mode on B positives and 2B hard negatives
+    image_x, text_x = m.embed_image(images), m.embed_text(ids)
+    with torch.no_grad():
+        weights = sim.detach() if m.config.hard_negatives else torch.zeros_like(sim)
+        neg_text = sample_negatives(weights, positives)  # (B,) a wrong caption for each image
+        neg_image = sample_negatives(weights.t(), positives.t())  # (B,) a wrong image for each caption
+    fused = m.fuse_embedded(torch.cat([image_x, image_x, image_x[neg_image]]),
+                            torch.cat([text_x, text_x[neg_text], text_x]),
+                            torch.cat([mask, mask[neg_text], mask]))  # (3B, 1 + N + T, D)
+    itm_logits = m.itm_logits(fused)
+    itm_labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(images.device)
+    itm = itm_loss(itm_logits, itm_labels)
+
+    # ---- MLM: fusion mode on the masked captions
+    fused_mlm = m.fuse_embedded(image_x, m.embed_text(batch["mlm_ids"]), mask)
+    mlm = mlm_loss(m.mlm_logits(fused_mlm[:, m.n_image_tokens:]), batch["mlm_labels"])
+    with torch.no_grad():
+        itm_acc = (itm_logits.argmax(1) == itm_labels).float().mean()
+    return {"loss": itc + itm + mlm, "itc": itc.detach(), "itm": itm.detach(), "mlm": mlm.detach(),
+            "itm_acc": itm_acc, "temp": 1.0 / scale.detach()}
+
+
+STEP_FUNCTIONS = {"image": mim_step, "text": text_mlm_step, "pairs": pair_step}
+
+
+def stage_batches(stage: str, batch_size: int = 64, seed: int = 0, image_size: int = 32, patch_size: int = 8,
+                  mim_ratio: float = 0.4, noise: float = 0.0, max_text_len: int = 32):
+    """A function step -> batch for a stage, deterministic given `seed`: chapter 04's
+    `pretrain_batches` (ShapesWorld train scenes, captions, 15 % MLM masking, positives), plus a
+    block-wise patch mask for the image stage. A stage reads only its own keys: the image
+    stage the images, the text stage the captions, the pairs stage both."""
+    from minivlm.models.albef import pretrain_batches
+
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    check_int("patch_size", patch_size)
+    if image_size % patch_size:
+        raise ValueError(f"image_size={image_size} must be divisible by patch_size={patch_size}")
+    pairs = pretrain_batches(batch_size, seed=seed, image_size=image_size, noise=noise, max_text_len=max_text_len)
+    grid = image_size // patch_size
+
+    def batch(step: int) -> dict:
+        out = pairs(step)
+        if stage == "image":
+            g = torch.Generator().manual_seed(seed * 7_919 + step)
+            out["patch_mask"] = block_mask(batch_size, grid, mim_ratio, generator=g)
+        return out
+
+    return batch
+
+
+def pretrain(model: VLMo, schedule: Sequence[tuple[str, int, bool]], batch_size: int = 64, seed: int = 0,
+             lr: float = 2e-3, warmup: int = 50, weight_decay: float = 0.01, noise: float = 0.0,
+             device=None, progress: bool = True) -> dict:
+    """Train `model` through `schedule`: (stage, steps, shared) triples in order, e.g. VLMo's
+    [("image", 300, True), ("text", 300, False), ("pairs", 600, True)]. Each stage gets its own
+    cosine schedule and its own data stream (seeded by `seed` and the stage's place). Returns
+    {stage label: History}; the model ends with every parameter trainable, in eval mode."""
+    from minivlm.train import fit
+
+    _core(model)
+    if isinstance(schedule, (str, bytes)) or not schedule:
+        raise ValueError("schedule must be a non-empty list of (stage, steps, shared)")
+    for item in schedule:
+        if not (isinstance(item, (tuple, list)) and len(item) == 3):
+            raise ValueError(f"each schedule entry is (stage, steps, shared), got {item!r}")
+        stage, steps, shared = item
+        stage_parameters(model, stage, shared)  # checks stage and shared
+        check_int("steps", steps)
+    c = model.config
+    histories = {}
+    for k, (stage, steps, shared) in enumerate(schedule):
+        set_stage(model, stage, shared)
+        batches = stage_batches(stage, batch_size, seed=seed * 100 + k, image_size=c.image_size,
+                                patch_size=c.patch_size, mim_ratio=c.mim_ratio, noise=noise,
+                                max_text_len=c.max_text_len)
+        label = f"{k + 1}: {stage}" + ("" if shared or stage == "pairs" else " (attention frozen)")
+        histories[label] = fit(model, STEP_FUNCTIONS[stage], batches, steps, lr=lr, warmup=min(warmup, steps // 2),
+                               weight_decay=weight_decay, device=device, seed=seed + k, progress=progress,
+                               desc=f"stage {label}")
+    set_stage(model, "pairs")
+    return histories
+
+
+# ----------------------------------------------------------------------------- retrieval, three ways
+
+
+@torch.no_grad()
+def dual_similarity(model: VLMo, images: torch.Tensor, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """Dual-encoder mode: (N_images, N_texts) cosine similarities; N_images + N_texts passes."""
+    check_tensor("images", images, ndim=4, dtype="float")
+    _check_texts(texts)
+    check_int("batch_size", batch_size)
+    with eval_mode(model):
+        img = torch.cat([model.encode_image(images[a:a + batch_size])[1] for a in range(0, len(images), batch_size)])
+        txt = torch.cat([model.encode_text(list(texts[a:a + batch_size]))[1] for a in range(0, len(texts), batch_size)])
+    return img @ txt.t()
+
+
+def _check_texts(texts) -> None:
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)) or not texts:
+        raise TypeError(f"texts must be a non-empty list of strings, got {type(texts).__name__}")
+
+
+@torch.no_grad()
+def fusion_scores(model: VLMo, images: torch.Tensor, texts: Sequence[str], pairs: torch.Tensor | None = None,
+                  batch_size: int = 512) -> torch.Tensor:
+    """Fusion mode: the ITM log-odds (match − no match) of (image, text) pairs, one joint pass each.
+
+    pairs: (P, 2) long (image index, text index); None: every pair, N_images · N_texts passes,
+    returned as a (N_images, N_texts) matrix (otherwise a (P,) vector)."""
+    check_tensor("images", images, ndim=4, dtype="float")
+    _check_texts(texts)
+    check_int("batch_size", batch_size)
+    full = pairs is None
+    if full:
+        pairs = torch.cartesian_prod(torch.arange(len(images)), torch.arange(len(texts)))
+    check_tensor("pairs", pairs, ndim=2, dtype="int")
+    if pairs.shape[1] != 2:
+        raise ValueError(f"pairs must have shape (P, 2) = (image index, text index), got {tuple(pairs.shape)}")
+    if pairs.numel() and (int(pairs.min()) < 0 or int(pairs[:, 0].max()) >= len(images)
+                          or int(pairs[:, 1].max()) >= len(texts)):
+        raise ValueError(f"pairs index images in [0, {len(images) - 1}] and texts in [0, {len(texts) - 1}], got "
+                         f"image indices in [{int(pairs[:, 0].min())}, {int(pairs[:, 0].max())}] and text indices "
+                         f"in [{int(pairs[:, 1].min())}, {int(pairs[:, 1].max())}]")
+    with eval_mode(model):
+        image_x = model.embed_image(images)  # (N, 1 + P, D): embeddings once, the Transformer per pair
+        ids, mask = model.tokenize(list(texts))
+        text_x = model.embed_text(ids)
+        out = []
+        for a in range(0, len(pairs), batch_size):
+            i, j = pairs[a:a + batch_size, 0], pairs[a:a + batch_size, 1]
+            logits = model.itm_logits(model.fuse_embedded(image_x[i], text_x[j], mask[j]))
+            out.append(logits[:, 1] - logits[:, 0])
+    scores = torch.cat(out)
+    return scores.view(len(images), len(texts)) if full else scores
+
+
+def retrieve(model: VLMo, images: torch.Tensor, texts: Sequence[str], mode: str = "dual", k: int = 16,
+             batch_size: int = 512) -> dict:
+    """Image → text retrieval in one of VLMo's ways:
+
+    "dual":   rank by dual-mode similarity; N_images + N_texts Transformer passes;
+    "fusion": score every pair in fusion mode; N_images · N_texts passes;
+    "rerank": dual top-k, then fusion re-ranks those k per image; N_images + N_texts + N_images · k passes.
+    Returns dict(scores (N_images, N_texts), seconds, passes: counted by the model, formula: by the formula).
+    """
+    if mode not in ("dual", "fusion", "rerank"):
+        raise ValueError(f"mode must be 'dual', 'fusion' or 'rerank', got {mode!r}")
+    check_int("k", k)
+    n, m = len(images), len(texts)
+    before = sum(model.passes.values())
+    t0 = time.perf_counter()
+    if mode == "fusion":
+        scores = fusion_scores(model, images, texts, batch_size=batch_size)
+        formula = n * m
+    else:
+        scores = dual_similarity(model, images, texts)
+        formula = n + m
+        if mode == "rerank":
+            k = min(k, m)
+            top = scores.topk(k, dim=1).indices  # (N, k)
+            pairs = torch.stack([torch.arange(n).repeat_interleave(k), top.flatten()], dim=1)
+            fused = fusion_scores(model, images, texts, pairs, batch_size).view(n, k)
+            # the re-ranked k sit above every other text (cosine similarities lie in [-1, 1])
+            scores = scores.scatter(1, top, fused - fused.min() + 3.0)
+            formula += n * k
+    return {"scores": scores, "seconds": time.perf_counter() - t0,
+            "passes": sum(model.passes.values()) - before, "formula": formula}
+
+
+def evaluate_retrieval(model: VLMo, data: dict, modes: Sequence[str] = ("dual", "rerank", "fusion"), k: int = 16,
+                       batch_size: int = 512) -> dict:
+    """Image → text R@1 (Wilson interval), wall time and passes of each mode on a ShapesBench
+    `retrieval` set (caption i belongs to image i)."""
+    from minivlm.eval import interval
+
+    target = torch.arange(len(data["captions"]))
+    out = {}
+    for mode in modes:
+        r = retrieve(model, data["images"], data["captions"], mode, k, batch_size)
+        hits = (r["scores"].argmax(1).cpu() == target).tolist()
+        out[mode] = {"r1": interval(hits), "seconds": r["seconds"], "passes": r["passes"], "formula": r["formula"]}
+    return out

@@ -1,0 +1,145 @@
+"""The zoo VLMo (chapter 05) and the arms behind the chapter's staged-pretraining claim.
+
+"vlmo" is VLMo trained as the paper, in three stages, seed 0: masked image modelling on images
+alone (attention + vision experts), masked language modelling on captions alone with the
+attention and vision experts frozen (language experts), then image-text pairs (everything, ITC +
+ITM with hard negatives + MLM). Its manifest also records, for `seeds` seeds each, the figures of
+  - "staged": the shipped recipe;
+  - "pairs_only": every step on image-text pairs (the same total number of steps);
+  - "reversed": text first (attention + language experts), then images with attention frozen,
+    then pairs, which the VLMo paper reports works worse.
+Every arm is evaluated on the same ShapesBench sets: image→text retrieval among 256 captions in
+the three ways (dual mode, fusion mode on every pair, dual top-k re-ranked by fusion), ITM
+accuracy on the standard set and on the hard set (negatives one fact away). Only seed 0's staged
+arm ships as weights.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from minivlm.zoo.recipes import config_dict, estimate, run_jobs
+
+VLMO_CONFIG = dict(image_size=32, patch_size=8, dim=64, depth=4, vl_depth=2, heads=4, embed_dim=64, max_text_len=32)
+
+
+def _model(config: dict):
+    from minivlm.models.vlmo import VLMo, VLMoConfig
+
+    return VLMo(VLMoConfig(**config))
+
+
+def arm_schedule(arm: str, unimodal_steps: int, pair_steps: int) -> list[tuple[str, int, bool]]:
+    """The (stage, steps, shared) schedule of an arm; every arm has 2·unimodal_steps + pair_steps steps."""
+    schedules = {
+        "staged": [("image", unimodal_steps, True), ("text", unimodal_steps, False), ("pairs", pair_steps, True)],
+        "pairs_only": [("pairs", 2 * unimodal_steps + pair_steps, True)],
+        "reversed": [("text", unimodal_steps, True), ("image", unimodal_steps, False), ("pairs", pair_steps, True)],
+    }
+    if arm not in schedules:
+        raise ValueError(f"arm must be one of {sorted(schedules)}, got {arm!r}")
+    return schedules[arm]
+
+
+def vlmo_metrics(model, bench_seed: int = 1234, retrieval_n: int = 256, itm_n: int = 1000, hard_n: int = 1000,
+                 k: int = 16) -> dict:
+    """The chapter's ShapesBench figures of a VLMo, each with its 95 % interval."""
+    from minivlm.data import ShapesBench
+    from minivlm.models.albef import evaluate_hard_itm, evaluate_itm
+    from minivlm.models.vlmo import evaluate_retrieval
+
+    bench = ShapesBench(image_size=model.config.image_size, seed=bench_seed)
+    ret = evaluate_retrieval(model, bench.retrieval(retrieval_n), k=k)
+    itm = evaluate_itm(model, bench.itm(itm_n))
+    hard = evaluate_hard_itm(model, bench.hard_itm(hard_n))
+    out = {"i2t_r1_dual": estimate(ret["dual"]["r1"]), f"i2t_r1_rerank{k}": estimate(ret["rerank"]["r1"]),
+           "i2t_r1_fusion": estimate(ret["fusion"]["r1"]), "itm": estimate(itm["accuracy"]),
+           "hard_itm": estimate(hard["accuracy"]), "hard_pairs": estimate(hard["pair_accuracy"])}
+    out.update({f"hard_pairs_{kind}": estimate(v) for kind, v in hard["per_kind"].items()})
+    return out
+
+
+def _run_arm(job: dict) -> dict:
+    """One arm, start to figures, on one thread (a top-level function, for worker processes)."""
+    from minivlm.models.vlmo import pretrain
+    from minivlm.utils import seed_everything
+
+    torch.set_num_threads(1)
+    seed_everything(job["seed"])
+    model = _model(job["config"])
+    start = time.perf_counter()
+    histories = pretrain(model, job["schedule"], batch_size=job["batch_size"], seed=job["world_seed"] + job["seed"],
+                         lr=job["lr"], warmup=job["warmup"], weight_decay=job["weight_decay"], device="cpu",
+                         progress=job["progress"])
+    train_seconds = time.perf_counter() - start
+    last = list(histories.values())[-1]
+    metrics = vlmo_metrics(model, job["bench_seed"], job["retrieval_n"], job["itm_n"], job["itm_n"], job["k"])
+    out = {"arm": job["arm"], "seed": job["seed"], "metrics": metrics,
+           "final": {key: round(last.last(key), 4) for key in ("loss", "itc", "itm", "mlm")},
+           "stage_seconds": {label: round(h.seconds, 1) for label, h in histories.items()},
+           "train_seconds": round(train_seconds, 1), "seconds": round(time.perf_counter() - start, 1)}
+    if job["ship"]:
+        out["state"] = {key: v.detach().clone() for key, v in model.state_dict().items()}
+        out["temperature"] = round(float(1.0 / model.scale().detach()), 4)
+    return out
+
+
+@dataclass
+class VlmoRecipe:
+    """VLMo trained in stages on ShapesWorld, seeded, on the CPU; plus the pairs-only and
+    reversed-order arms over `seeds` seeds (figures in the manifest). `workers` > 1 trains that
+    many arms at once in separate processes (each on one thread: the same figures as workers=1)."""
+
+    unimodal_steps: int = 300  # each of the image-only and text-only stages
+    pair_steps: int = 600
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup: int = 50
+    weight_decay: float = 0.01
+    seeds: int = 3
+    arms: tuple = ("staged", "pairs_only", "reversed")
+    world_seed: int = 5
+    bench_seed: int = 1234
+    k: int = 16
+    retrieval_n: int = 256  # candidates in the retrieval evaluation (fusion scores all n² pairs)
+    itm_n: int = 1000  # pairs in each ITM evaluation set (standard and hard)
+    workers: int = 1
+    config: dict = field(default_factory=lambda: dict(VLMO_CONFIG))
+
+    name = "vlmo"
+    model = staticmethod(_model)
+
+    def train(self, weights_dir, progress: bool):
+        if not self.arms or self.arms[0] != "staged":
+            raise ValueError(f"arms must start with 'staged' (the arm that ships), got {self.arms!r}")
+        jobs = [dict(arm=arm, seed=seed, schedule=arm_schedule(arm, self.unimodal_steps, self.pair_steps),
+                     config=dict(self.config), world_seed=self.world_seed, batch_size=self.batch_size, lr=self.lr,
+                     warmup=self.warmup, weight_decay=self.weight_decay, bench_seed=self.bench_seed, k=self.k,
+                     retrieval_n=self.retrieval_n, itm_n=self.itm_n,
+                     ship=seed == 0 and arm == "staged", progress=progress and self.workers == 1)
+                for seed in range(self.seeds) for arm in self.arms]
+        results = run_jobs(_run_arm, jobs, self.workers, progress, "vlmo")
+        arms: dict[str, list] = {}
+        for r in results:
+            arms.setdefault(r["arm"], []).append({"seed": r["seed"], **r["metrics"], "final_loss": r["final"]["loss"],
+                                                  "train_seconds": r["train_seconds"],
+                                                  "stage_seconds": r["stage_seconds"]})
+        shipped = next(r for r in results if "state" in r)
+        model = _model(self.config)
+        model.load_state_dict(shipped["state"])
+        return model.eval(), {
+            "config": config_dict(model),
+            "tokenizer_vocab_size": model.config.vocab_size,
+            "metrics": shipped["metrics"],
+            "arms": arms,
+            "schedules": {arm: arm_schedule(arm, self.unimodal_steps, self.pair_steps) for arm in self.arms},
+            "final_loss": shipped["final"]["loss"],
+            "final_itc": shipped["final"]["itc"],
+            "final_itm": shipped["final"]["itm"],
+            "final_mlm": shipped["final"]["mlm"],
+            "final_temperature": shipped["temperature"],
+            "steps": 2 * self.unimodal_steps + self.pair_steps,
+            "train_seconds": shipped["train_seconds"],
+        }
