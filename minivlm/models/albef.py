@@ -39,6 +39,7 @@ from minivlm.models.inputs import (
     check_ids_in_vocab,
     check_image_stats,
     check_images,
+    check_pairs,
     fill_token_ids,
     register_image_stats,
 )
@@ -204,7 +205,7 @@ class ALBEF(TextInputs, nn.Module):
     @torch.no_grad()
     def match_probability(self, images: torch.Tensor, captions: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """P(match) from the ITM head for each (image, caption) pair: (B,)."""
-        _check_pairs(images, captions, batch_size)
+        check_pairs(images, captions, batch_size, "captions")
         with eval_mode(self):
             out = [self.itm_logits(self(images[a:a + batch_size], list(captions[a:a + batch_size]))).softmax(1)[:, 1]
                    for a in range(0, len(captions), batch_size)]
@@ -230,15 +231,6 @@ def init_vision_from_clip(model: ALBEF, clip) -> ALBEF:
     model.visual.load_state_dict(theirs)
     return model
 
-
-def _check_pairs(images, captions, batch_size) -> None:
-    check_tensor("images", images, ndim=4, dtype="float")
-    if isinstance(captions, str) or not isinstance(captions, (list, tuple)):
-        raise TypeError(f"captions must be a list of strings, got {type(captions).__name__}")
-    if len(images) != len(captions) or not len(captions):
-        raise ValueError(f"need as many captions as images (at least one), got images={len(images)}, "
-                         f"captions={len(captions)}")
-    check_int("batch_size", batch_size)
 
 
 # ----------------------------------------------------------------------------- training

@@ -96,3 +96,15 @@ class TextInputs:
                                          truncation=False)
         dev = next(self.parameters()).device
         return ids.to(dev), mask.to(dev)
+
+
+def check_pairs(images, texts, batch_size, name: str = "texts") -> None:
+    """Inputs of a pairwise scorer (ITM's match probability): images (B, 3, H, W) float, a list
+    of B strings called `name`, and a batch size >= 1."""
+    check_tensor("images", images, ndim=4, dtype="float")
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+        raise TypeError(f"{name} must be a list of strings, got {type(texts).__name__}")
+    if len(images) != len(texts) or not len(texts):
+        raise ValueError(f"need as many {name} as images (at least one), got images={len(images)}, "
+                         f"{name}={len(texts)}")
+    check_int("batch_size", batch_size)

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minivlm.data.masking import IGNORE_INDEX, block_mask
+from minivlm.data.masking import block_mask
 from minivlm.losses import itm_loss, mlm_loss, sample_negatives, soft_cross_entropy
 from minivlm.models.inputs import (
     TextInputs,
@@ -47,6 +47,7 @@ from minivlm.models.inputs import (
     check_ids_in_vocab,
     check_image_stats,
     check_images,
+    check_pairs,
     fill_token_ids,
     register_image_stats,
 )
@@ -288,7 +289,7 @@ class VLMo(TextInputs, nn.Module):
     @torch.no_grad()
     def match(self, images: torch.Tensor, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """P(match) from the ITM head in fusion mode, for each (image, text) pair: (B,)."""
-        _check_pairs(images, texts, batch_size)
+        check_pairs(images, texts, batch_size)
         with eval_mode(self):
             out = [self.itm_logits(self.fuse(images[a:a + batch_size], list(texts[a:a + batch_size]))).softmax(1)[:, 1]
                    for a in range(0, len(texts), batch_size)]
@@ -296,14 +297,6 @@ class VLMo(TextInputs, nn.Module):
 
     match_probability = match  # the name chapter 03's and 04's evaluations call
 
-
-def _check_pairs(images, texts, batch_size) -> None:
-    check_tensor("images", images, ndim=4, dtype="float")
-    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
-        raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
-    if len(images) != len(texts) or not len(texts):
-        raise ValueError(f"need as many texts as images (at least one), got images={len(images)}, texts={len(texts)}")
-    check_int("batch_size", batch_size)
 
 
 # ----------------------------------------------------------------------------- staged pretraining

@@ -3,12 +3,13 @@ losses against their formulas, the training data, and ITC retrieval re-ranked by
 import pytest
 import torch
 import torch.nn.functional as F
+from negative_recorder import Recorder
 
 import minivlm.models.albef as albef_module
 from minivlm.data import ShapesBench, ShapesWorld
 from minivlm.data.masking import IGNORE_INDEX
 from minivlm.data.tokenizer import Tokenizer
-from minivlm.losses import sample_negatives, soft_cross_entropy
+from minivlm.losses import soft_cross_entropy
 from minivlm.models.albef import (
     ALBEF,
     ALBEFConfig,
@@ -378,17 +379,6 @@ def test_eval_mode_changes_no_state(batch):
     after = tr.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
-
-class Recorder:
-    """Wraps sample_negatives, keeping what the step passed and got back."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, similarity, exclude, generator=None):
-        out = sample_negatives(similarity, exclude, generator)
-        self.calls.append((similarity.detach().clone(), exclude.clone(), out))
-        return out
 
 
 @pytest.mark.parametrize("distill,hard_negatives", [(False, True), (True, True), (True, False)])

@@ -4,12 +4,13 @@ retrieval three ways with its Transformer passes counted; bad input."""
 import pytest
 import torch
 import torch.nn.functional as F
+from negative_recorder import Recorder
 
 import minivlm.models.vlmo as vlmo_module
 import minivlm.train
 from minivlm.data.masking import IGNORE_INDEX, block_mask
 from minivlm.data.tokenizer import Tokenizer
-from minivlm.losses import itm_loss, mlm_loss, sample_negatives, soft_cross_entropy
+from minivlm.losses import itm_loss, mlm_loss, soft_cross_entropy
 from minivlm.models.vlmo import (
     VLMo,
     VLMoConfig,
@@ -429,17 +430,6 @@ def test_mim_loss_by_hand_on_masked_patches_only():
     m.mim_pixels = shifted(mask)
     assert differs(mim_step(m, batch)["loss"], loss, 1e-2)
 
-
-class Recorder:
-    """Wraps sample_negatives, keeping what the step passed and got back."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, similarity, exclude, generator=None):
-        out = sample_negatives(similarity, exclude, generator)
-        self.calls.append((similarity.detach().clone(), exclude.clone(), out))
-        return out
 
 
 @pytest.mark.parametrize("negatives", ["hard", "mixed", "random"])

@@ -39,3 +39,16 @@ def run_jobs(fn: Callable[[dict], dict], jobs: list[dict], workers: int, progres
             if progress:
                 print(f"zoo: {label} {r['arm']} seed {r['seed']} done in {r['seconds']} s", flush=True)
     return results
+
+
+def itm_figures(model, bench, itm_n: int, hard_n: int) -> dict:
+    """ITM accuracy of a model with `match_probability` (ALBEF, VLMo) on a ShapesBench's standard
+    set and its hard set (one fact changed): accuracy, pair accuracy, pair accuracy per kind."""
+    from minivlm.models.albef import evaluate_hard_itm, evaluate_itm
+
+    itm = evaluate_itm(model, bench.itm(itm_n))
+    hard = evaluate_hard_itm(model, bench.hard_itm(hard_n))
+    out = {"itm": estimate(itm["accuracy"]), "hard_itm": estimate(hard["accuracy"]),
+           "hard_pairs": estimate(hard["pair_accuracy"])}
+    out.update({f"hard_pairs_{kind}": estimate(v) for kind, v in hard["per_kind"].items()})
+    return out

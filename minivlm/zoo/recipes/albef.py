@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from minivlm.zoo.recipes import config_dict, estimate, run_jobs
+from minivlm.zoo.recipes import config_dict, estimate, itm_figures, run_jobs
 
 ALBEF_CONFIG = dict(image_size=32, patch_size=4, dim=64, vision_depth=3, text_depth=2, fusion_depth=2, heads=4,
                     embed_dim=64, max_text_len=32)
@@ -77,17 +77,12 @@ def albef_metrics(model, bench_seed: int = 1234, retrieval_n: int = 256, itm_n: 
                   rerank_k: int = 16) -> dict:
     """The chapter's ShapesBench figures of an ALBEF, each with its 95 % interval."""
     from minivlm.data import ShapesBench
-    from minivlm.models.albef import evaluate_hard_itm, evaluate_itm, evaluate_retrieval
+    from minivlm.models.albef import evaluate_retrieval
 
     bench = ShapesBench(image_size=model.config.image_size, seed=bench_seed)
     ret = evaluate_retrieval(model, bench.retrieval(retrieval_n), rerank_k=rerank_k)
-    itm = evaluate_itm(model, bench.itm(itm_n))
-    hard = evaluate_hard_itm(model, bench.hard_itm(hard_n))
-    out = {"i2t_r1_itc": estimate(ret["itc_r1"]), f"i2t_r1_rerank{rerank_k}": estimate(ret["r1"]),
-           "itm": estimate(itm["accuracy"]), "hard_itm": estimate(hard["accuracy"]),
-           "hard_pairs": estimate(hard["pair_accuracy"])}
-    out.update({f"hard_pairs_{k}": estimate(v) for k, v in hard["per_kind"].items()})
-    return out
+    out = {"i2t_r1_itc": estimate(ret["itc_r1"]), f"i2t_r1_rerank{rerank_k}": estimate(ret["r1"])}
+    return out | itm_figures(model, bench, itm_n, hard_n)
 
 
 @dataclass

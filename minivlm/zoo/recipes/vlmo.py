@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from minivlm.zoo.recipes import config_dict, estimate, run_jobs
+from minivlm.zoo.recipes import config_dict, estimate, itm_figures, run_jobs
 
 VLMO_CONFIG = dict(image_size=32, patch_size=8, dim=64, depth=4, vl_depth=2, heads=4, embed_dim=64, max_text_len=32)
 
@@ -47,18 +47,13 @@ def vlmo_metrics(model, bench_seed: int = 1234, retrieval_n: int = 256, itm_n: i
                  k: int = 16) -> dict:
     """The chapter's ShapesBench figures of a VLMo, each with its 95 % interval."""
     from minivlm.data import ShapesBench
-    from minivlm.models.albef import evaluate_hard_itm, evaluate_itm
     from minivlm.models.vlmo import evaluate_retrieval
 
     bench = ShapesBench(image_size=model.config.image_size, seed=bench_seed)
     ret = evaluate_retrieval(model, bench.retrieval(retrieval_n), k=k)
-    itm = evaluate_itm(model, bench.itm(itm_n))
-    hard = evaluate_hard_itm(model, bench.hard_itm(hard_n))
     out = {"i2t_r1_dual": estimate(ret["dual"]["r1"]), f"i2t_r1_rerank{k}": estimate(ret["rerank"]["r1"]),
-           "i2t_r1_fusion": estimate(ret["fusion"]["r1"]), "itm": estimate(itm["accuracy"]),
-           "hard_itm": estimate(hard["accuracy"]), "hard_pairs": estimate(hard["pair_accuracy"])}
-    out.update({f"hard_pairs_{kind}": estimate(v) for kind, v in hard["per_kind"].items()})
-    return out
+           "i2t_r1_fusion": estimate(ret["fusion"]["r1"])}
+    return out | itm_figures(model, bench, itm_n, hard_n)
 
 
 def _run_arm(job: dict) -> dict:
