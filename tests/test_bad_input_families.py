@@ -284,8 +284,13 @@ def _set(*keys, value):
     (_set("config", "eos_id", value=3), r"clip.json: config key 'eos_id' is 3, but the course tokenizer has 2"),
     (_set("config", "vocab_size", value=604), r"clip.json: config key 'vocab_size' is 604, but the course tokenizer"),
     (_set("tokenizer_vocab_size", value=9), r"clip.json: 'tokenizer_vocab_size' is 9, but the course tokenizer"),
+    # fields that change no weight's shape, caught by the config the build saved inside the weights file
+    (_set("config", "eps", value=1e-6), r"clip.json: config key 'eps' is 1e-06, but the weights were trained and "
+                                        r"saved with 1e-05"),
+    (_set("config", "act", value="quick_gelu"), r"clip.json: config key .act. is .quick_gelu., but the weights were "
+                                                 r"trained"),
 ], ids=["name", "file", "bytes", "parameters", "config-list", "config-unknown-key", "config-bad-value",
-        "config-vs-recipe", "eos_id", "vocab_size", "tokenizer_vocab_size"])
+        "config-vs-recipe", "eos_id", "vocab_size", "tokenizer_vocab_size", "config-eps", "config-act"])
 def test_a_zoo_manifest_with_edited_fields_names_the_file_and_field(tmp_path, edit, pattern):
     zoo = _edited_clip(tmp_path, edit)
     with pytest.raises(ValueError, match=pattern):

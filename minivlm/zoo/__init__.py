@@ -85,11 +85,12 @@ def load(name: str, weights_dir: str | Path | None = None, device: str | torch.d
         dict fits the weights key by key and shape by shape, with the manifest's `parameters`;
       - the config's tokenizer fields (vocab_size, eos_id, pad_id, mask_id) and
         `tokenizer_vocab_size` are those of the course tokenizer the model will read text with;
-      - the config agrees with the fields the recipe set (`recipe.config`).
-    Not verified: the sha256 covers the weights only, so an edit to a config field that changes
-    no weight's shape and is not a tokenizer id (eps, act, image_mean/std, max_logit_scale, the
-    ViLT answer order, ...) still loads, as does an edit to `metrics`, `arms`, `final_loss`,
-    `seconds` or `torch_version`. Only `minivlm zoo build <name>` reproduces those.
+      - the config agrees with the fields the recipe set (`recipe.config`), and with the config
+        the build stored inside the weights file (safetensors metadata, covered by the sha256), so
+        an edit to a field that changes no weight's shape (eps, act, heads, image_mean/std ...)
+        is refused too.
+    Not verified: an edit to `metrics`, `arms`, `final_loss`, `seconds` or `torch_version`. Only
+    `minivlm zoo build <name>` reproduces those.
     """
     name = _check_name(name)
     weights, manifest_path = _paths(name, weights_dir)
@@ -134,12 +135,39 @@ def load(name: str, weights_dir: str | Path | None = None, device: str | torch.d
     if problems:
         raise ValueError(f"{weights} does not fit the {name!r} model built from its manifest's config "
                          f"({len(problems)} mismatch(es), first: {problems[0]}); {rebuild}")
+    # fields that change no weight's shape (eps, act, heads ...): against the config saved in the file
+    stored = _stored_config(weights)
+    if stored is not None:
+        for key in sorted(set(stored) | set(config)):
+            if stored.get(key, "<absent>") != config.get(key, "<absent>"):
+                raise ValueError(f"manifest {manifest_path}: config key {key!r} is {config.get(key, '<absent>')!r}, "
+                                 f"but the weights were trained and saved with {stored.get(key, '<absent>')!r}; "
+                                 f"{rebuild}")
     for key, want, what in (("bytes", weights.stat().st_size, "the weights file has"),
                             ("parameters", count_parameters(model), "the model its config builds has")):
         if key in info and info[key] != want:
             raise ValueError(f"manifest {manifest_path}: {key!r} is {info[key]!r}, {what} {want}; {rebuild}")
     model.load_state_dict(state)
     return model.to(device).eval()
+
+
+CONFIG_METADATA_KEY = "minivlm_config"  # the config as JSON, in the weights file's safetensors metadata
+
+
+def _stored_config(weights: Path) -> dict | None:
+    """The config the build wrote into the weights file, or None for a file without one."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        text = (f.metadata() or {}).get(CONFIG_METADATA_KEY)
+    return None if text is None else json.loads(text)
+
+
+def save_weights(model: nn.Module, path: str | Path, config: dict) -> None:
+    """The model's state dict as safetensors, with `config` (JSON) in the file's metadata."""
+    # contiguous copies: safetensors refuses views that share memory (tied weights)
+    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(path),
+              metadata={CONFIG_METADATA_KEY: json.dumps(config, sort_keys=True)})
 
 
 def _check_tokenizer_fields(manifest_path: Path, info: dict, rebuild: str) -> None:
@@ -184,8 +212,7 @@ def build(name: str, out_dir: str | Path | None = None, progress: bool = True, *
         model, info = recipe.train(out_dir, progress)
     finally:
         torch.set_num_threads(threads)
-    # contiguous copies: safetensors refuses views that share memory (tied weights)
-    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(weights))
+    save_weights(model, weights, info["config"])
     info["parameters"] = count_parameters(model)
     info = {
         "name": name,
