@@ -46,7 +46,9 @@ _ = torch.manual_seed(0)
 
 # %%
 def attention(q, k, v, mask=None):
-    raise NotImplementedError("scores of every query with every key, scaled; blocked pairs to -inf; softmax over the keys; mix the values")
+    raise NotImplementedError(
+        "scores of every query with every key, scaled; blocked pairs to -inf; softmax over the keys; mix "
+        "the values")
 
 
 # %%
@@ -60,7 +62,8 @@ check("01.attention", attention)
 
 # %%
 def causal_mask(t):
-    raise NotImplementedError("start from a (T, T) boolean matrix of ones and keep its lower triangle (torch.tril)")
+    raise NotImplementedError(
+        "start from a (T, T) boolean matrix of ones and keep its lower triangle (torch.tril)")
 
 
 # %%
@@ -94,7 +97,8 @@ from einops import rearrange  # noqa: E402
 
 
 def patchify(images, p):
-    raise NotImplementedError("in einops, write the input as 'b c (h p1) (w p2)' and decide where h, w, p1, p2 and c go")
+    raise NotImplementedError(
+        "in einops, write the input as 'b c (h p1) (w p2)' and decide where h, w, p1, p2 and c go")
 
 
 # %%

@@ -50,7 +50,9 @@ _ = torch.manual_seed(0)
 
 # %%
 def clip_loss(logits):
-    raise NotImplementedError("the right caption of image i is caption i; score the rows (image→text) and the columns (text→image) and average")
+    raise NotImplementedError(
+        "the right caption of image i is caption i; score the rows (image→text) and the columns "
+        "(text→image) and average")
 
 
 # %%
@@ -82,7 +84,9 @@ check("02.scores", scores)
 
 # %%
 def zero_shot_classifier(encode_text, class_names, templates):
-    raise NotImplementedError("one prototype per class: embed every template filled with the class name, average, and keep it a unit vector")
+    raise NotImplementedError(
+        "one prototype per class: embed every template filled with the class name, average, and keep it a "
+        "unit vector")
 
 
 # %%
@@ -98,7 +102,9 @@ check("02.zero_shot_classifier", zero_shot_classifier)
 
 # %%
 def recall_at_k(similarity, k):
-    raise NotImplementedError("query q's correct candidate is q; count how many candidates score at least as high (ties count against you)")
+    raise NotImplementedError(
+        "query q's correct candidate is q; count how many candidates score at least as high (ties count "
+        "against you)")
 
 
 # %%

@@ -61,7 +61,9 @@ _ = torch.manual_seed(0)
 
 # %%
 def single_stream_input(text_tokens, image_tokens, modality, text_mask):
-    raise NotImplementedError("each modality's row of the table goes onto its own tokens; join along the sequence axis, text first; which image tokens are real?")
+    raise NotImplementedError(
+        "each modality's row of the table goes onto its own tokens; join along the sequence axis, text "
+        "first; which image tokens are real?")
 
 
 # %%
@@ -89,7 +91,8 @@ tok = Tokenizer.from_world()
 special_ids = torch.tensor(sorted(tok._special_ids))  # <pad>, <bos>, <eos>, <unk>, <mask>, <image>, ...
 word_ids = torch.tensor([i for i in range(len(tok)) if i not in tok._special_ids])  # what a random word may be
 ids, _ = tok(["a red circle.", "there are two shapes: a blue square and a green star."], add_bos=True)
-print(f"{len(tok)} tokens: {len(special_ids)} special, {len(word_ids)} words; <mask> is {tok.mask_id}, <pad> {tok.pad_id}")
+print(f"{len(tok)} tokens: {len(special_ids)} special, {len(word_ids)} words; "
+      f"<mask> is {tok.mask_id}, <pad> {tok.pad_id}")
 print(ids)
 
 # %% [markdown]
@@ -100,7 +103,9 @@ print(ids)
 
 # %%
 def mlm_mask(ids, special_ids, mask_id, word_ids, prob=0.15):
-    raise NotImplementedError("only ids outside special_ids may be chosen, each with probability prob; one more uniform draw per chosen word decides its fate; change a copy of ids, and label with the ids you started from")
+    raise NotImplementedError(
+        "only ids outside special_ids may be chosen, each with probability prob; one more uniform draw per "
+        "chosen word decides its fate; change a copy of ids, and label with the ids you started from")
 
 
 # %%
@@ -118,7 +123,8 @@ check("03.mlm_mask", mlm_mask)
 
 # %%
 def mlm_loss(logits, labels):
-    raise NotImplementedError("keep only the positions whose label is not -100; what is the mean of an empty set?")
+    raise NotImplementedError(
+        "keep only the positions whose label is not -100; what is the mean of an empty set?")
 
 
 # %%
@@ -141,7 +147,8 @@ check("03.mlm_loss", mlm_loss)
 
 # %%
 def itm_pairs(scenes, captions):
-    raise NotImplementedError("a coin per pair; a negative's partner is any scene whose objects, as a set, differ; 1 = match")
+    raise NotImplementedError(
+        "a coin per pair; a negative's partner is any scene whose objects, as a set, differ; 1 = match")
 
 
 # %%

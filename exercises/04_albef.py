@@ -63,7 +63,9 @@ _ = torch.manual_seed(0)
 
 # %%
 def momentum_update(target, online, momentum):
-    raise NotImplementedError("pair up the two modules' parameters (same order); change each of target's in place (mul_, add_, copy_) where autograd does not record it")
+    raise NotImplementedError(
+        "pair up the two modules' parameters (same order); change each of target's in place (mul_, add_, "
+        "copy_) where autograd does not record it")
 
 
 # %%
@@ -87,7 +89,9 @@ check("04.momentum_update", momentum_update)
 
 # %%
 def mix_targets(hard, teacher_logits, alpha):
-    raise NotImplementedError("the teacher's probabilities for each row (over its C candidates), weighted by alpha, plus what is left for hard; cut the teacher off from autograd")
+    raise NotImplementedError(
+        "the teacher's probabilities for each row (over its C candidates), weighted by alpha, plus what is "
+        "left for hard; cut the teacher off from autograd")
 
 
 # %%
@@ -109,7 +113,9 @@ check("04.mix_targets", mix_targets)
 
 # %%
 def soft_cross_entropy(logits, targets):
-    raise NotImplementedError("the log-probabilities of each row, weighted by the targets and summed over the columns; then one number for the batch")
+    raise NotImplementedError(
+        "the log-probabilities of each row, weighted by the targets and summed over the columns; then one "
+        "number for the batch")
 
 
 # %%
@@ -135,7 +141,9 @@ check("04.soft_cross_entropy", soft_cross_entropy)
 
 # %%
 def sample_negatives(similarity, exclude):
-    raise NotImplementedError("each row's softmax over its columns, the excluded columns given weight 0, then one random draw per row (torch.multinomial renormalises each row)")
+    raise NotImplementedError(
+        "each row's softmax over its columns, the excluded columns given weight 0, then one random draw per "
+        "row (torch.multinomial renormalises each row)")
 
 
 # %%
@@ -147,9 +155,10 @@ check("04.sample_negatives", sample_negatives)
 # The library's `pretrain_step` (`minivlm/models/albef.py`) calls the library's versions of your
 # four functions: `momentum_update` at every training step, before the momentum model encodes the
 # batch; `mix_targets` and `soft_cross_entropy` for ITC and MLM with distillation;
-# `sample_negatives` for ITM's hard negatives. Below, a tiny ALBEF is pretrained twice from the same initial weights on the same
-# batches: once with the library's pieces, once with yours swapped in (`unittest.mock.patch`
-# replaces the names that `minivlm.models.albef` looks up, only inside the `with` block).
+# `sample_negatives` for ITM's hard negatives. Below, a tiny ALBEF is pretrained twice from the
+# same initial weights on the same batches: once with the library's pieces, once with yours
+# swapped in (`unittest.mock.patch` replaces the names that `minivlm.models.albef` looks up, only
+# inside the `with` block).
 
 # %%
 from minivlm import grading  # noqa: E402

@@ -9,7 +9,8 @@ that the learner must write is marked:
         ### END SOLUTION
 
 and the generator replaces it with `raise NotImplementedError("<hint>")` at the marker's
-indentation. In markdown cells, `<!-- BEGIN SOLUTION -->` ... `<!-- END SOLUTION -->` becomes
+indentation. A long hint may go on over the lines right after the BEGIN marker, each starting
+with `###` (the generator joins them and wraps the string over lines of at most 110 characters). In markdown cells, `<!-- BEGIN SOLUTION -->` ... `<!-- END SOLUTION -->` becomes
 "*Your answer here.*". The result is written to exercises/NN_name.py and its paired .ipynb
 (without outputs), with a first cell saying where it comes from and how to check it.
 
@@ -51,6 +52,7 @@ MARKDOWN_ANSWER = "*Your answer here.*"
 
 _CODE_BEGIN = re.compile(r"^(?P<indent>[ \t]*)###[ \t]*BEGIN SOLUTION(?:[ \t]+hint:[ \t]*(?P<hint>.*?))?[ \t]*$")
 _CODE_END = re.compile(r"^[ \t]*###[ \t]*END SOLUTION[ \t]*$")
+_HINT_MORE = re.compile(r"^[ \t]*###[ \t]+(?P<more>\S.*?)[ \t]*$")  # a hint's next line, right after BEGIN
 _MD_BEGIN = re.compile(r"^(?P<indent>[ \t]*)#[ \t]*<!--[ \t]*BEGIN SOLUTION[ \t]*-->[ \t]*$")
 _MD_END = re.compile(r"^[ \t]*#[ \t]*<!--[ \t]*END SOLUTION[ \t]*-->[ \t]*$")
 _CELL_MARKER = re.compile(r"^# %%")
@@ -59,6 +61,21 @@ _CHECK_CALL = re.compile(r"^[ \t]*check\(\s*(?P<q>['\"])(?P<task>[^'\"]+)(?P=q)"
 _NOT_IN_GRADE_ID = re.compile(r"[^A-Za-z0-9_\-]")  # nbgrader's grade_id pattern: ^[a-zA-Z0-9_\-]*$
 
 NBGRADER_SCHEMA_VERSION = 3
+
+
+def _raise_line(indent: str, hint: str, width: int = 110) -> str:
+    """`raise NotImplementedError("hint")` at `indent`; a hint too long for one line is split into
+    adjacent string literals (Python joins them: the message is the hint, unchanged)."""
+    import textwrap
+
+    one = f"{indent}raise NotImplementedError({json.dumps(hint, ensure_ascii=False)})\n"
+    if len(one) <= width + 1:
+        return one
+    chunks = textwrap.wrap(hint, width=max(30, width - len(indent) - 8), break_on_hyphens=False,
+                           break_long_words=False)
+    literals = [json.dumps(c + (" " if i < len(chunks) - 1 else ""), ensure_ascii=False) for i, c in enumerate(chunks)]
+    body = "".join(f"{indent}    {lit}\n" for lit in literals[:-1]) + f"{indent}    {literals[-1]})\n"
+    return f"{indent}raise NotImplementedError(\n{body}"
 
 
 def strip_solutions(text: str, source: str = "<string>") -> str:
@@ -71,8 +88,16 @@ def strip_solutions(text: str, source: str = "<string>") -> str:
     out: list[str] = []
     open_at: int | None = None  # line number of the BEGIN of the region we are inside
     open_kind = ""
+    pending: list | None = None  # [indent, hint words] of a code BEGIN whose hint may go on
     for n, line in enumerate(text.splitlines(keepends=True), start=1):
         bare = line.rstrip("\r\n")
+        if pending is not None:
+            more = _HINT_MORE.match(bare)
+            if more and "SOLUTION" not in bare:
+                pending[1].append(more.group("more"))
+                continue
+            out.append(_raise_line(pending[0], " ".join(" ".join(pending[1]).split())))
+            pending = None
         code_begin, md_begin = _CODE_BEGIN.match(bare), _MD_BEGIN.match(bare)
         code_end, md_end = _CODE_END.match(bare), _MD_END.match(bare)
         if code_begin or md_begin:
@@ -81,9 +106,10 @@ def strip_solutions(text: str, source: str = "<string>") -> str:
             open_at, open_kind = n, "code" if code_begin else "markdown"
             m = code_begin or md_begin
             indent = m.group("indent")
-            if code_begin:
-                hint = (m.group("hint") or "").strip() or DEFAULT_HINT
-                out.append(f"{indent}raise NotImplementedError({json.dumps(hint, ensure_ascii=False)})\n")
+            if code_begin and (m.group("hint") or "").strip():
+                pending = [indent, [m.group("hint").strip()]]
+            elif code_begin:
+                out.append(_raise_line(indent, DEFAULT_HINT))
             else:
                 out.append(f"{indent}# {MARKDOWN_ANSWER}\n")
             continue

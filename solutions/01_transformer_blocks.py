@@ -38,7 +38,8 @@ _ = torch.manual_seed(0)
 
 # %%
 def attention(q, k, v, mask=None):
-    ### BEGIN SOLUTION hint: scores of every query with every key, scaled; blocked pairs to -inf; softmax over the keys; mix the values
+    ### BEGIN SOLUTION hint: scores of every query with every key, scaled; blocked pairs to -inf; softmax over the
+    ###     keys; mix the values
     scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))

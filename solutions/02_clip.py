@@ -42,7 +42,8 @@ _ = torch.manual_seed(0)
 
 # %%
 def clip_loss(logits):
-    ### BEGIN SOLUTION hint: the right caption of image i is caption i; score the rows (image→text) and the columns (text→image) and average
+    ### BEGIN SOLUTION hint: the right caption of image i is caption i; score the rows (image→text) and the columns
+    ###     (text→image) and average
     labels = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
     ### END SOLUTION
@@ -81,7 +82,8 @@ check("02.scores", scores)
 
 # %%
 def zero_shot_classifier(encode_text, class_names, templates):
-    ### BEGIN SOLUTION hint: one prototype per class: embed every template filled with the class name, average, and keep it a unit vector
+    ### BEGIN SOLUTION hint: one prototype per class: embed every template filled with the class name, average, and
+    ###     keep it a unit vector
     rows = []
     for name in class_names:
         emb = encode_text([t.format(name) for t in templates])  # (K, E)
@@ -103,7 +105,8 @@ check("02.zero_shot_classifier", zero_shot_classifier)
 
 # %%
 def recall_at_k(similarity, k):
-    ### BEGIN SOLUTION hint: query q's correct candidate is q; count how many candidates score at least as high (ties count against you)
+    ### BEGIN SOLUTION hint: query q's correct candidate is q; count how many candidates score at least as high (ties
+    ###     count against you)
     n = similarity.shape[0]
     target = similarity[torch.arange(n), torch.arange(n)]  # (Nq,)
     at_least = (similarity >= target[:, None]).sum(dim=1) - 1  # other candidates scoring >= the match

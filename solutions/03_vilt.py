@@ -53,7 +53,8 @@ _ = torch.manual_seed(0)
 
 # %%
 def single_stream_input(text_tokens, image_tokens, modality, text_mask):
-    ### BEGIN SOLUTION hint: each modality's row of the table goes onto its own tokens; join along the sequence axis, text first; which image tokens are real?
+    ### BEGIN SOLUTION hint: each modality's row of the table goes onto its own tokens; join along the sequence axis,
+    ###     text first; which image tokens are real?
     x = torch.cat([text_tokens + modality[0], image_tokens + modality[1]], dim=1)  # (B, T + N, D)
     image_valid = torch.ones(image_tokens.shape[:2], dtype=torch.bool)  # (B, N): no image token is padding
     valid = torch.cat([text_mask.bool(), image_valid], dim=1)  # (B, T + N)
@@ -86,7 +87,8 @@ tok = Tokenizer.from_world()
 special_ids = torch.tensor(sorted(tok._special_ids))  # <pad>, <bos>, <eos>, <unk>, <mask>, <image>, ...
 word_ids = torch.tensor([i for i in range(len(tok)) if i not in tok._special_ids])  # what a random word may be
 ids, _ = tok(["a red circle.", "there are two shapes: a blue square and a green star."], add_bos=True)
-print(f"{len(tok)} tokens: {len(special_ids)} special, {len(word_ids)} words; <mask> is {tok.mask_id}, <pad> {tok.pad_id}")
+print(f"{len(tok)} tokens: {len(special_ids)} special, {len(word_ids)} words; "
+      f"<mask> is {tok.mask_id}, <pad> {tok.pad_id}")
 print(ids)
 
 # %% [markdown]
@@ -97,7 +99,8 @@ print(ids)
 
 # %%
 def mlm_mask(ids, special_ids, mask_id, word_ids, prob=0.15):
-    ### BEGIN SOLUTION hint: only ids outside special_ids may be chosen, each with probability prob; one more uniform draw per chosen word decides its fate; change a copy of ids, and label with the ids you started from
+    ### BEGIN SOLUTION hint: only ids outside special_ids may be chosen, each with probability prob; one more uniform
+    ###     draw per chosen word decides its fate; change a copy of ids, and label with the ids you started from
     chosen = ~torch.isin(ids, special_ids) & (torch.rand(ids.shape) < prob)  # (B, T) real words only
     fate = torch.rand(ids.shape)  # [0, 0.8): <mask>, [0.8, 0.9): a random word, [0.9, 1): kept
     to_mask = chosen & (fate < 0.8)
@@ -154,7 +157,8 @@ check("03.mlm_loss", mlm_loss)
 
 # %%
 def itm_pairs(scenes, captions):
-    ### BEGIN SOLUTION hint: a coin per pair; a negative's partner is any scene whose objects, as a set, differ; 1 = match
+    ### BEGIN SOLUTION hint: a coin per pair; a negative's partner is any scene whose objects, as a set, differ; 1 =
+    ###     match
     objects = [sorted(s.names) for s in scenes]  # order does not matter: compare the sets
     texts, labels = [], []
     for i in range(len(scenes)):

@@ -55,7 +55,8 @@ _ = torch.manual_seed(0)
 
 # %%
 def momentum_update(target, online, momentum):
-    ### BEGIN SOLUTION hint: pair up the two modules' parameters (same order); change each of target's in place (mul_, add_, copy_) where autograd does not record it
+    ### BEGIN SOLUTION hint: pair up the two modules' parameters (same order); change each of target's in place (mul_,
+    ###     add_, copy_) where autograd does not record it
     with torch.no_grad():  # an EMA, not a gradient step: nothing here may enter the autograd graph
         for p_target, p_online in zip(target.parameters(), online.parameters()):
             p_target.mul_(momentum).add_(p_online, alpha=1 - momentum)  # θ_m ← m·θ_m + (1 − m)·θ
@@ -83,7 +84,8 @@ check("04.momentum_update", momentum_update)
 
 # %%
 def mix_targets(hard, teacher_logits, alpha):
-    ### BEGIN SOLUTION hint: the teacher's probabilities for each row (over its C candidates), weighted by alpha, plus what is left for hard; cut the teacher off from autograd
+    ### BEGIN SOLUTION hint: the teacher's probabilities for each row (over its C candidates), weighted by alpha, plus
+    ###     what is left for hard; cut the teacher off from autograd
     teacher = teacher_logits.detach().softmax(dim=1)  # (N, C): row i, a distribution over its C candidates
     return (1 - alpha) * hard + alpha * teacher
     ### END SOLUTION
@@ -108,7 +110,8 @@ check("04.mix_targets", mix_targets)
 
 # %%
 def soft_cross_entropy(logits, targets):
-    ### BEGIN SOLUTION hint: the log-probabilities of each row, weighted by the targets and summed over the columns; then one number for the batch
+    ### BEGIN SOLUTION hint: the log-probabilities of each row, weighted by the targets and summed over the columns;
+    ###     then one number for the batch
     log_p = F.log_softmax(logits, dim=1)  # (N, C); stable, unlike log(softmax(...)) that can round to log 0
     return -(targets * log_p).sum(dim=1).mean()
     ### END SOLUTION
@@ -137,7 +140,8 @@ check("04.soft_cross_entropy", soft_cross_entropy)
 
 # %%
 def sample_negatives(similarity, exclude):
-    ### BEGIN SOLUTION hint: each row's softmax over its columns, the excluded columns given weight 0, then one random draw per row (torch.multinomial renormalises each row)
+    ### BEGIN SOLUTION hint: each row's softmax over its columns, the excluded columns given weight 0, then one random
+    ###     draw per row (torch.multinomial renormalises each row)
     weights = similarity.detach().softmax(dim=1).masked_fill(exclude, 0.0)  # (N, M), a positive has weight 0
     return torch.multinomial(weights, 1).squeeze(1)  # (N,): one column per row, drawn in proportion to its weight
     ### END SOLUTION
@@ -152,9 +156,10 @@ check("04.sample_negatives", sample_negatives)
 # The library's `pretrain_step` (`minivlm/models/albef.py`) calls the library's versions of your
 # four functions: `momentum_update` at every training step, before the momentum model encodes the
 # batch; `mix_targets` and `soft_cross_entropy` for ITC and MLM with distillation;
-# `sample_negatives` for ITM's hard negatives. Below, a tiny ALBEF is pretrained twice from the same initial weights on the same
-# batches: once with the library's pieces, once with yours swapped in (`unittest.mock.patch`
-# replaces the names that `minivlm.models.albef` looks up, only inside the `with` block).
+# `sample_negatives` for ITM's hard negatives. Below, a tiny ALBEF is pretrained twice from the
+# same initial weights on the same batches: once with the library's pieces, once with yours
+# swapped in (`unittest.mock.patch` replaces the names that `minivlm.models.albef` looks up, only
+# inside the `with` block).
 
 # %%
 from minivlm import grading  # noqa: E402

@@ -42,6 +42,27 @@ def test_stub_keeps_indentation_and_code_around_it():
         ns["f"](1)
 
 
+def test_a_long_hint_goes_on_over_marker_lines_and_is_wrapped_in_the_stub():
+    words = [f"word{i}" for i in range(60)]
+    src = ("def f():\n    ### BEGIN SOLUTION hint: " + " ".join(words[:20]) + "\n"
+           "    ###     " + " ".join(words[20:40]) + "\n    ### " + " ".join(words[40:]) + "\n"
+           "    return 1\n    ### END SOLUTION\n")
+    stub = strip_solutions(src)
+    assert "return 1" not in stub and "###" not in stub
+    assert max(len(line) for line in stub.splitlines()) <= 110
+    assert stub.count("\n") > 3, "a hint this long must be split over several lines"
+    ns: dict = {}
+    exec(stub, ns)
+    with pytest.raises(NotImplementedError) as info:
+        ns["f"]()
+    assert str(info.value) == " ".join(words), "the message must be the whole hint, words joined by single spaces"
+
+
+def test_marker_lines_after_a_begin_without_hint_are_solution_lines():
+    src = "def f():\n    ### BEGIN SOLUTION\n    ### not a hint\n    return 1\n    ### END SOLUTION\n"
+    assert strip_solutions(src) == 'def f():\n    raise NotImplementedError("write this part")\n'
+
+
 @pytest.mark.parametrize(
     "text, line, what",
     [

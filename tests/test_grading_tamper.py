@@ -41,7 +41,9 @@ def _fake_stub(nb):
     """The issue's fake: `check` shadowed by a lambda printing ✓, every raise replaced by `return None`."""
     for cell in nb.cells:
         if cell.cell_type == "code":
-            cell.source = re.sub(r"raise NotImplementedError\(.*\)", "return None", cell.source)
+            # the stub's message may be wrapped over several lines of string literals
+            cell.source = re.sub(r"raise NotImplementedError\(.*?\)$", "return None", cell.source,
+                                 flags=re.DOTALL | re.MULTILINE)
             if "from minivlm.grading import check" in cell.source:
                 cell.source += "\ncheck = lambda *a, **k: print('✓ ' + a[0] + ' — ok')"
     assert not any("NotImplementedError" in c.source for c in nb.cells if c.cell_type == "code")

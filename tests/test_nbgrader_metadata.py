@@ -24,7 +24,7 @@ KEYS = {"schema_version", "grade", "locked", "solution", "task", "grade_id", "po
 REQUIRED = {"schema_version", "grade", "locked", "solution"}
 GRADE_ID = re.compile(r"^[A-Za-z0-9_\-]+$")
 CHECK_CALL = re.compile(r"^check\(\"(\d\d\.\w+)\"", re.MULTILINE)
-STUB = re.compile(r"^[ \t]*raise NotImplementedError\(\"", re.MULTILINE)
+STUB = re.compile(r"^[ \t]*raise NotImplementedError\((\n[ \t]*)?\"", re.MULTILINE)  # one line, or the hint wrapped below
 
 
 def schema_problems(cell) -> list[str]:
