@@ -208,7 +208,8 @@ for size in sorted(set(test_set["sizes"])):
     of_size = torch.tensor([s == size for s in test_set["sizes"]])
     print(f"   {size:6} objects: {correct[of_size].float().mean():.1%} of {int(of_size.sum())}")
 viz.show_images(test_set["images"][:16],
-                titles=[("✓ " if p == y else "✗ ") + SHAPES[p] for p, y in zip(preds[:16], test_set["labels"][:16])],
+                titles=[("✓ " if p == y else "✗ ") + SHAPES[p]
+                        for p, y in zip(preds[:16], test_set["labels"][:16])],
                 ncols=8);
 
 # %% [markdown]
@@ -291,7 +292,8 @@ caption_lm.eval()
 for prompt in ["a", "a small red", "there is a"]:
     print(f"{prompt!r:18} → {greedy(caption_lm, prompt)}")
 start_loss, end_loss = lm_history.losses["loss"][0], lm_history.last("loss")
-print(f"caption LM loss: {start_loss:.2f} → {end_loss:.2f} (uniform guess: ln {len(tok)} = {torch.log(torch.tensor(len(tok))):.2f})")
+print(f"caption LM loss: {start_loss:.2f} → {end_loss:.2f} "
+      f"(uniform guess: ln {len(tok)} = {torch.log(torch.tensor(len(tok))):.2f})")
 
 # %% [markdown]
 # ## What we measured

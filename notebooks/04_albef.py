@@ -225,7 +225,8 @@ viz.show_images(batch["images"][:6], titles=[textwrap.fill(f"✓ {batch_captions
                                             for i in range(6)], ncols=6, scale=2.4);
 rows = torch.arange(32)
 print(f"mean ITC similarity (cosine) of the negative: hard {sim[rows, neg_hard].mean() / albef.scale():.3f}, "
-      f"random {sim[rows, neg_random].mean() / albef.scale():.3f}, the positive {sim.diagonal().mean() / albef.scale():.3f}")
+      f"random {sim[rows, neg_random].mean() / albef.scale():.3f}, "
+      f"the positive {sim.diagonal().mean() / albef.scale():.3f}")
 assert not batch["positives"][rows, neg_hard].any(), "a positive was sampled as a negative"
 
 # %% [markdown]
@@ -349,7 +350,8 @@ print(f"{'image→text R@1, 256 candidates':34} CLIP {clip_r1}   ALBEF ITC {albe
 print(f"\nhard pairs (true caption scored above the one-fact negative):")
 print(f"{'':22}" + "".join(f"{k:>18}" for k in ["all"] + KINDS))
 for name, est in pairs.items():
-    print(f"{name:22}" + "".join(f"{100 * est[k].value:11.1f} ±{100 * est[k].half_width:4.1f}" for k in ["all"] + KINDS))
+    print(f"{name:22}" + "".join(f"{100 * est[k].value:11.1f} ±{100 * est[k].half_width:4.1f}"
+                                 for k in ["all"] + KINDS))
 albef_hits = (albef_hard["p_true"] > albef_hard["p_negative"]).float()
 clip_hits = (clip_t > clip_n).float()
 paired = interval((albef_hits - clip_hits).tolist())  # the same 1,000 images: a paired difference
@@ -384,7 +386,8 @@ ax.legend(fontsize=8);
 # %%
 manifest = zoo.manifest("albef")
 arms = manifest["arms"]
-METRICS = {"i2t_r1_itc": "R@1 ITC", "i2t_r1_rerank16": "R@1 ITC→ITM", "itm": "ITM acc.", "hard_pairs": "hard pairs ITM"}
+METRICS = {"i2t_r1_itc": "R@1 ITC", "i2t_r1_rerank16": "R@1 ITC→ITM", "itm": "ITM acc.",
+           "hard_pairs": "hard pairs ITM"}
 
 
 def values(arm, metric):
@@ -488,7 +491,8 @@ for name, est in measured.items():
 print(f"{'chapter seconds':44} {chapter_seconds:.1f}")
 
 assert diff < 1e-5, "the inline fusion layer must equal the library's"
-assert albef_ret["itc_r1"].low > clip_r1.high, "the zoo ALBEF's ITC retrieval must beat the zoo CLIP beyond the intervals"
+assert albef_ret["itc_r1"].low > clip_r1.high, \
+    "the zoo ALBEF's ITC retrieval must beat the zoo CLIP beyond the intervals"
 assert paired.low > 0, "ALBEF's ITM must beat CLIP on the same hard pairs (paired interval above 0)"
 assert live_ret["itc_r1"].value > 0.25, "the live arm must have learned retrieval (chance 0.4 %)"
 assert right.low > wrong.high, "MLM must read the masked colours and shapes from the image"
@@ -496,7 +500,8 @@ assert right.low > wrong.high, "MLM must read the masked colours and shapes from
 assert verdicts[(40, "i2t_r1_rerank16")].startswith("every MoD seed above")
 assert verdicts[(40, "hard_pairs")].startswith("every MoD seed above")
 assert verdicts[(0, "i2t_r1_itc")] == verdicts[(0, "hard_pairs")] == "the seeds overlap"
-assert negatives["hard_itm"].startswith("every hard seed above") and negatives["itm"].startswith("every random seed above")
+assert negatives["hard_itm"].startswith("every hard seed above")
+assert negatives["itm"].startswith("every random seed above")
 assert sweep[64]["seconds"] > 5 * sweep[1]["seconds"], "re-ranking 64 per image must cost far more than ITC alone"
 
 # %% [markdown]
