@@ -406,7 +406,7 @@ def pair_step(model: VLMo, batch: dict) -> dict:
     itc = (soft_cross_entropy(sim, pos / pos.sum(1, keepdim=True))
            + soft_cross_entropy(sim.t(), pos.t() / pos.t().sum(1, keepdim=True))) / 2
 
-    # ---- ITM: fusion mode on B positives and 2B hard negatives
+    # ---- ITM: fusion mode on B positives and 2B negatives (config.negatives says how they are drawn)
     image_x, text_x = m.embed_image(images), m.embed_text(ids)
     with torch.no_grad():
         uniform = torch.zeros_like(sim)  # the softmax of a constant: uniform over the allowed columns

@@ -3,7 +3,8 @@
 "vlmo" is VLMo trained as the paper, in three stages, seed 0: masked image modelling on images
 alone (attention + vision experts), masked language modelling on captions alone with the
 attention and vision experts frozen (language experts), then image-text pairs (everything, ITC +
-ITM with hard negatives + MLM). Its manifest also records, for `seeds` seeds each, the figures of
+ITM + MLM; ITM's negative captions drawn by similarity, its negative images uniformly: see
+`VLMoConfig.negatives`). Its manifest also records, for `seeds` seeds each, the figures of
   - "staged": the shipped recipe;
   - "pairs_only": every step on image-text pairs (the same total number of steps);
   - "reversed": text first (attention + language experts), then images with attention frozen,
