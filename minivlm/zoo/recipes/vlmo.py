@@ -1,18 +1,19 @@
 """The zoo VLMo (chapter 05) and the arms behind the chapter's staged-pretraining claim.
 
-"vlmo" is VLMo trained as the paper, in three stages, seed 0: masked image modelling on images
-alone (attention + vision experts), masked language modelling on captions alone with the
-attention and vision experts frozen (language experts), then image-text pairs (everything, ITC +
-ITM + MLM; ITM's negative captions drawn by similarity, its negative images uniformly: see
-`VLMoConfig.negatives`). Its manifest also records, for `seeds` seeds each, the figures of
-  - "staged": the shipped recipe;
-  - "pairs_only": every step on image-text pairs (the same total number of steps);
+The recipe trains four arms, `seeds` seeds each; the first three at equal total steps:
+  - "staged", the paper's: masked image modelling on images alone (attention + vision experts),
+    masked language modelling on captions alone with the attention and vision experts frozen
+    (language experts), then image-text pairs (everything: ITC + ITM + MLM; ITM's negative
+    captions drawn by similarity, its negative images uniformly, see `VLMoConfig.negatives`);
+  - "pairs_only": every step on image-text pairs;
   - "reversed": text first (attention + language experts), then images with attention frozen,
-    then pairs, which the VLMo paper reports works worse.
+    then pairs, which the VLMo paper reports works worse;
+  - "pairs_short": only the staged arm's pair steps, from scratch (about the staged arm's compute).
 Every arm is evaluated on the same ShapesBench sets: image→text retrieval among 256 captions in
 the three ways (dual mode, fusion mode on every pair, dual top-k re-ranked by fusion), ITM
-accuracy on the standard set and on the hard set (negatives one fact away). Only seed 0's staged
-arm ships as weights.
+accuracy on the standard set and on the hard set (negatives one fact away). Seed 0 of `ship_arm`
+ships as "vlmo": "pairs_only", which was far ahead of the staged recipe at our scale (the
+chapter shows the manifest's figures).
 """
 from __future__ import annotations
 
@@ -33,11 +34,14 @@ def _model(config: dict):
 
 
 def arm_schedule(arm: str, unimodal_steps: int, pair_steps: int) -> list[tuple[str, int, bool]]:
-    """The (stage, steps, shared) schedule of an arm; every arm has 2·unimodal_steps + pair_steps steps."""
+    """The (stage, steps, shared) schedule of an arm. "staged", "pairs_only" and "reversed" train
+    2·unimodal_steps + pair_steps steps; "pairs_short" only the pair steps (a pair step costs about
+    eight unimodal ones, so it matches the staged arm's compute, not its steps)."""
     schedules = {
         "staged": [("image", unimodal_steps, True), ("text", unimodal_steps, False), ("pairs", pair_steps, True)],
         "pairs_only": [("pairs", 2 * unimodal_steps + pair_steps, True)],
         "reversed": [("text", unimodal_steps, True), ("image", unimodal_steps, False), ("pairs", pair_steps, True)],
+        "pairs_short": [("pairs", pair_steps, True)],  # the staged arm's pair steps alone: about its compute
     }
     if arm not in schedules:
         raise ValueError(f"arm must be one of {sorted(schedules)}, got {arm!r}")
@@ -95,7 +99,8 @@ class VlmoRecipe:
     warmup: int = 50
     weight_decay: float = 0.01
     seeds: int = 3
-    arms: tuple = ("staged", "pairs_only", "reversed")
+    arms: tuple = ("staged", "pairs_only", "reversed", "pairs_short")
+    ship_arm: str = "pairs_only"  # the arm whose seed 0 ships: the best at our scale (see the manifest's arms)
     world_seed: int = 5
     bench_seed: int = 1234
     k: int = 16
@@ -108,13 +113,13 @@ class VlmoRecipe:
     model = staticmethod(_model)
 
     def train(self, weights_dir, progress: bool):
-        if not self.arms or self.arms[0] != "staged":
-            raise ValueError(f"arms must start with 'staged' (the arm that ships), got {self.arms!r}")
+        if self.ship_arm not in self.arms:
+            raise ValueError(f"ship_arm must be one of the arms {self.arms!r}, got {self.ship_arm!r}")
         jobs = [dict(arm=arm, seed=seed, schedule=arm_schedule(arm, self.unimodal_steps, self.pair_steps),
                      config=dict(self.config), world_seed=self.world_seed, batch_size=self.batch_size, lr=self.lr,
                      warmup=self.warmup, weight_decay=self.weight_decay, bench_seed=self.bench_seed, k=self.k,
                      retrieval_n=self.retrieval_n, itm_n=self.itm_n,
-                     ship=seed == 0 and arm == "staged", progress=progress and self.workers == 1)
+                     ship=seed == 0 and arm == self.ship_arm, progress=progress and self.workers == 1)
                 for seed in range(self.seeds) for arm in self.arms]
         results = run_jobs(_run_arm, jobs, self.workers, progress, "vlmo")
         arms: dict[str, list] = {}
