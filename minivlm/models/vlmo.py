@@ -461,11 +461,12 @@ def stage_batches(stage: str, batch_size: int = 64, seed: int = 0, image_size: i
 
 def pretrain(model: VLMo, schedule: Sequence[tuple[str, int, bool]], batch_size: int = 64, seed: int = 0,
              lr: float = 2e-3, warmup: int = 50, weight_decay: float = 0.01, noise: float = 0.0,
-             device=None, progress: bool = True) -> dict:
+             device=None, progress: bool = True, on_stage_end=None) -> dict:
     """Train `model` through `schedule`: (stage, steps, shared) triples in order, e.g. VLMo's
     [("image", 300, True), ("text", 300, False), ("pairs", 600, True)]. Each stage gets its own
-    cosine schedule and its own data stream (seeded by `seed` and the stage's place). Returns
-    {stage label: History}; the model ends with every parameter trainable, in eval mode."""
+    cosine schedule and its own data stream (seeded by `seed` and the stage's place).
+    on_stage_end(label, model), if given, is called after each stage (to inspect the weights).
+    Returns {stage label: History}; the model ends with every parameter trainable, in eval mode."""
     from minivlm.train import fit
 
     _core(model)
@@ -488,6 +489,8 @@ def pretrain(model: VLMo, schedule: Sequence[tuple[str, int, bool]], batch_size:
         histories[label] = fit(model, STEP_FUNCTIONS[stage], batches, steps, lr=lr, warmup=min(warmup, steps // 2),
                                weight_decay=weight_decay, device=device, seed=seed + k, progress=progress,
                                desc=f"stage {label}")
+        if on_stage_end is not None:
+            on_stage_end(label, model)
     set_stage(model, "pairs")
     return histories
 

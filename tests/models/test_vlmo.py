@@ -529,6 +529,22 @@ def test_pretrain_trains_each_stage_its_parameters(monkeypatch):
     assert vl | attention | vision | language <= pairs_stage
 
 
+def test_pretrain_calls_on_stage_end_after_each_stage_with_that_stage_done():
+    m = tiny()
+    seen = []
+
+    def on_stage_end(label, model):
+        attention = [p for n, p in model.named_parameters() if ".attn." in n]
+        seen.append((label, [p.detach().clone() for p in attention]))
+
+    pretrain(m, [("image", 1, True), ("text", 1, False), ("pairs", 1, True)], batch_size=4, progress=False,
+             on_stage_end=on_stage_end)
+    assert [label for label, _ in seen] == ["1: image", "2: text (attention frozen)", "3: pairs"]
+    after_image, after_text, after_pairs = (weights for _, weights in seen)
+    assert all(torch.equal(a, b) for a, b in zip(after_image, after_text)), "stage 2 keeps the attention frozen"
+    assert not all(torch.equal(a, b) for a, b in zip(after_text, after_pairs)), "stage 3 trains the attention"
+
+
 # ----------------------------------------------------------------------------- retrieval
 
 
