@@ -138,8 +138,8 @@ assert abs(loss - torch_loss.item()) < 1e-6
 # %% [markdown]
 # The two agree to float precision. With random encoders each of the $n$ choices is a guess,
 # and a uniform guess would cost $\ln n$; ours costs more, because the scale of 14 makes the
-# random guesses confident, and confidently wrong is expensive. Here is what the loss looks at — the $n \times n$ matrix of
-# scaled cosine similarities. Row $i$ is image $i$ scoring every text, column $j$ is text $j$
+# random guesses confident, and confidently wrong is expensive. Here is what the loss looks at —
+# the $n \times n$ matrix of scaled cosine similarities. Row $i$ is image $i$ scoring every text, column $j$ is text $j$
 # scoring every image; the correct answers (`labels = np.arange(n)`) are the **diagonal**. The
 # loss is a cross-entropy along the rows (image → text) plus one along the columns (text →
 # image), averaged: symmetric, so that neither tower can win by ignoring the other. Training
@@ -347,8 +347,10 @@ for label in heldout["labels"].unique().tolist():
     top = counts.argsort(descending=True)[:3]
     print(f"{names[label]:15} → " + ", ".join(f"{names[i]} ({int(counts[i])})" for i in top if counts[i] > 0))
 pick = torch.arange(0, len(pred), len(pred) // 10)  # two images of each held-out class
-viz.show_images(heldout["images"][pick], titles=[("✓ " if pred[i] == heldout["labels"][i] else "✗ ") + names[pred[i]]
-                                                 for i in pick.tolist()], ncols=5, scale=1.8);
+viz.show_images(heldout["images"][pick],
+                titles=[("✓ " if pred[i] == heldout["labels"][i] else "✗ ") + names[pred[i]]
+                        for i in pick.tolist()],
+                ncols=5, scale=1.8);
 
 # %% [markdown]
 # ## 5. Retrieval: R@1 and R@5, both ways
@@ -359,7 +361,8 @@ viz.show_images(heldout["images"][pick], titles=[("✓ " if pred[i] == heldout["
 
 # %%
 ret = retrieval_metrics(sim)
-print({k: f"{v:.1%}" for k, v in ret.items()}, f"(chance R@1 = {1 / len(sim):.1%})")
+print(f"image→text R@1 {ret['i2t_r1']:.1%}, R@5 {ret['i2t_r5']:.1%}; text→image R@1 {ret['t2i_r1']:.1%}, "
+      f"R@5 {ret['t2i_r5']:.1%} (chance R@1 = {1 / len(sim):.1%})")
 
 # %% [markdown]
 # The nearest captions of a few test images, and the nearest images of a few captions:
@@ -370,7 +373,8 @@ fig, axes = viz.plt.subplots(4, 2, figsize=(10, 6.4), gridspec_kw={"width_ratios
 for i, ((ax_image, ax_text), row) in enumerate(zip(axes, top_texts)):
     ax_image.imshow(retrieval["images"][i].permute(1, 2, 0))
     ax_image.axis("off")
-    ranked = [f"{rank}. {'✓' if j == i else '✗'} {retrieval['captions'][j]}" for rank, j in enumerate(row.tolist(), 1)]
+    ranked = [f"{rank}. {'✓' if j == i else '✗'} {retrieval['captions'][j]}"
+              for rank, j in enumerate(row.tolist(), 1)]
     ax_text.text(0, 0.5, f"true: {retrieval['captions'][i]}\n" + "\n".join(ranked), va="center", fontsize=9)
     ax_text.axis("off")
 fig.tight_layout()
@@ -397,7 +401,7 @@ viz.show_images(retrieval["images"][top_images.flatten()],
 # %%
 sw = bench.swap(128)
 swap = swap_scores(swap_similarity(model, sw["images"], sw["captions"]))  # from scores[n, image i, caption j]
-print({k: f"{v:.1%}" for k, v in swap.items()}, "| chance: text 25%, image 25%, group 16.7%")
+print(", ".join(f"{k} score {v:.1%}" for k, v in swap.items()), "(chance: text 25%, image 25%, group 16.7%)")
 viz.show_images(sw["images"][:3].flatten(0, 1), titles=[c for pair in sw["captions"][:3] for c in pair], ncols=6,
                 scale=2.2);
 
@@ -420,7 +424,9 @@ viz.show_images(sw["images"][:3].flatten(0, 1), titles=[c for pair in sw["captio
 
 # %%
 pretrained = zoo.load("clip")
-print("zoo CLIP metrics (from its manifest):", zoo.manifest("clip")["metrics"])
+print("zoo CLIP metrics (from its manifest):")
+for key, value in zoo.manifest("clip")["metrics"].items():
+    print(f"  {key:18} {value:.1%}")
 
 
 def lit_model():
@@ -474,7 +480,8 @@ for name, value in results.items():
     print(f"{name:42} {value:.4g}")
 n_seen, n_held = len(seen["labels"]), len(heldout["labels"])
 print(f"\nwith 95 % intervals: zero-shot seen {wilson(round(zs_seen * n_seen), n_seen)}, held-out "
-      f"{wilson(round(zs_heldout * n_held), n_held)}, image→text R@1 {wilson(round(ret['i2t_r1'] * len(sim)), len(sim))}")
+      f"{wilson(round(zs_heldout * n_held), n_held)}, "
+      f"image→text R@1 {wilson(round(ret['i2t_r1'] * len(sim)), len(sim))}")
 
 assert abs(loss - torch_loss.item()) < 1e-6, "the numpy pseudocode and clip_loss must agree"
 assert zs_seen >= 0.90, f"zero-shot accuracy (plain prompt) on seen compositions should be ≥ 90 %, got {zs_seen:.1%}"

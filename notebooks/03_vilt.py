@@ -78,7 +78,8 @@ print("device:", device, "| torch threads:", torch.get_num_threads())
 # %%
 PIPELINES = {
     "VisualBERT / VL-BERT\n(2019, single stream)": [
-        ("image", "input"), ("detector: CNN,\nproposals, RoI pooling", "vision"), ("region features\n+ box coordinates", "vision"),
+        ("image", "input"), ("detector: CNN,\nproposals, RoI pooling", "vision"),
+        ("region features\n+ box coordinates", "vision"),
         ("+ words", "text"), ("one Transformer over\n[words ; regions]", "fusion"), ("heads", "head")],
     "ViLBERT\n(2019, two streams)": [
         ("image", "input"), ("detector:\nregion features", "vision"), ("vision stream\nTransformer", "vision"),
@@ -187,8 +188,8 @@ cap_ids, _ = tok(captions, add_bos=True, add_eos=True)
 masked, labels = mlm_mask(cap_ids, tok, generator=torch.Generator().manual_seed(3))
 for original, m, lab in zip(cap_ids, masked, labels):
     targets = [tok.vocab[int(t)] for t in lab if t != IGNORE_INDEX]
-    print(f"{tok.decode(original):52} → {tok.decode(m, skip_special=False).replace('<pad>', '').strip():64} "
-          f"predict {targets}")
+    print(f"caption: {tok.decode(original)}\ninput:   {tok.decode(m, skip_special=False).replace('<pad>', '').strip()}"
+          f"\npredict: {targets}\n")
 
 # The ratios, measured over 20 training batches:
 count = {"real words": 0, "chosen": 0, "<mask>": 0, "kept": 0, "special chosen": 0}
@@ -203,7 +204,8 @@ for step in range(20):
     count["<mask>"] += int((m_ids[chosen] == tok.mask_id).sum())
     count["kept"] += int((m_ids[chosen] == batch_ids[chosen]).sum())
     count["special chosen"] += int((chosen & ~real).sum())
-share = {"chosen / real words": count["chosen"] / count["real words"], "<mask> / chosen": count["<mask>"] / count["chosen"],
+share = {"chosen / real words": count["chosen"] / count["real words"],
+         "<mask> / chosen": count["<mask>"] / count["chosen"],
          "kept / chosen": count["kept"] / count["chosen"]}
 share["random / chosen"] = 1 - share["<mask> / chosen"] - share["kept / chosen"]
 print({k: f"{v:.1%}" for k, v in share.items()}, f"over {count['real words']:,} real words")
@@ -298,9 +300,9 @@ for name, model in arms.items():
 
 # %%
 rows = {"blind baseline": prior_kind} | {f"{k} + {FT_STEPS} VQA steps": v["per_kind"] for k, v in results.items()}
-print(f"{'':34}" + "".join(f"{k:>16}" for k in KINDS))
+print(f"{'':28}" + "".join(f"{k:>13}" for k in KINDS))
 for name, est in rows.items():
-    print(f"{name:34}" + "".join(f"{100 * est[k].value:9.1f} ±{100 * est[k].half_width:4.1f}" for k in KINDS))
+    print(f"{name:28}" + "".join(f"{100 * est[k].value:7.1f} ±{100 * est[k].half_width:4.1f}" for k in KINDS))
 fig, ax = viz.plt.subplots(figsize=(10, 3.2))
 width = 0.8 / len(rows)
 for r, (name, est) in enumerate(rows.items()):
@@ -411,11 +413,11 @@ with torch.no_grad():
 last = shipped.attention_maps()[-1].mean(dim=1)  # (B, L, L), averaged over heads
 to_patches = last[:, 0, a_ids.shape[1] + 1:]  # first token → the 16 patches
 answers = shipped.answer(att_images, att_questions)
-fig, axes = viz.plt.subplots(1, len(attn_idx), figsize=(2.6 * len(attn_idx), 3.2))
-for ax, img, w, q, a, i in zip(axes, att_images, to_patches, att_questions, answers, attn_idx):
+fig, axes = viz.plt.subplots(2, 3, figsize=(10, 8.2))
+for ax, img, w, q, a, i in zip(axes.flat, att_images, to_patches, att_questions, answers, attn_idx):
     viz.plot_attention_on_image(img, w / w.sum(), ax=ax)
-    ax.set_title(f"{q}\n→ {a} ({'✓' if a == test_vqa['answers'][i] else '✗'})", fontsize=7.5)
-fig.tight_layout();
+    ax.set_title(textwrap.fill(q, 34) + f"\n→ {a} ({'✓' if a == test_vqa['answers'][i] else '✗'})", fontsize=10)
+fig.tight_layout(h_pad=2.5);
 
 # %% [markdown]
 # ## What we measured
@@ -444,7 +446,8 @@ assert diff < 1e-5, "the inline single stream must equal the library's forward"
 assert itm_acc.value >= ITM_BAR, f"ITM accuracy should be ≥ {ITM_BAR:.0%}, got {itm_acc}"
 assert vqa_acc.value >= VQA_BAR, f"zoo ViLT VQA accuracy should be ≥ {VQA_BAR:.0%}, got {vqa_acc}"
 assert vqa_acc.low > interval(prior_hits).high, "the zoo ViLT must beat the blind baseline beyond the intervals"
-assert results["pretrained"]["overall"].low > interval(prior_hits).high, "the live pretrained arm must beat the blind baseline"
+assert results["pretrained"]["overall"].low > interval(prior_hits).high, \
+    "the live pretrained arm must beat the blind baseline"
 assert results["pretrained"]["overall"].value > results["scratch"]["overall"].value + 0.05, \
     "at equal fine-tune steps the pretrained start should be clearly ahead of the random one"
 assert min(r["vqa"]["value"] for r in vilt_manifest["arms"]["pretrained"]) > \
