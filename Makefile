@@ -42,6 +42,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 		$(BIN)/python -m pip install $(TORCH_PIP_ARGS) "$(TORCH)"; \
 	fi
 	$(BIN)/python -m pip install -e ".[dev]"
+	@# torchscale's Multiway layers: a test-only reference for chapter 05. --no-deps, because its
+	@# requirements (timm, fairscale) pull torchvision, which does not import beside the CPU torch;
+	@# the layers the test compares need only torch.
+	$(BIN)/python -m pip install --no-deps "torchscale==0.3.0"
 	@touch $(STAMP)
 
 install: $(STAMP)
