@@ -5,7 +5,7 @@ import torch
 from grading_suite import grading_tests
 
 from minivlm.grading import run
-from minivlm.grading.ch05 import reference_retrieval_passes
+from minivlm.models.vlmo import retrieval_passes
 from minivlm.nn.multiway import Multiway
 
 
@@ -23,7 +23,7 @@ def reference_rerank(dual_scores, fusion_score_fn, k):
     return dual_scores.scatter(1, top, fused - fused.min() + 3.0)  # cosines lie in [-1, 1]: 3 is above them all
 
 
-GOOD = {"05.route_to_experts": library_route, "05.retrieval_passes": reference_retrieval_passes,
+GOOD = {"05.route_to_experts": library_route, "05.retrieval_passes": retrieval_passes,
         "05.rerank": reference_rerank}
 
 
@@ -165,8 +165,8 @@ WRONG_PASSES = [
     (_passes(rerank=lambda n, m, k: n + m + k), "k fusion passes in all"),
     (_passes(rerank=lambda n, m, k: n * m + n + m), "counts every pair in fusion mode"),
     (_passes(rerank=lambda n, m, k: n + m + n * min(k, m) + 1), "expected"),  # no name: shows a case
-    (lambda n, m, mode, k: float(reference_retrieval_passes(n, m, mode, k)) + 0.5, "a whole number"),
-    (lambda n, m, mode, k: str(reference_retrieval_passes(n, m, mode, k)), "must return a number"),
+    (lambda n, m, mode, k: float(retrieval_passes(n, m, mode, k)) + 0.5, "a whole number"),
+    (lambda n, m, mode, k: str(retrieval_passes(n, m, mode, k)), "must return a number"),
     (_no_mode_check, "a mode that does not exist"),
 ]
 

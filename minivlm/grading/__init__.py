@@ -35,6 +35,9 @@ __all__ = [
     "expect_dtype",
     "expect_equal",
     "expect_shape",
+    "fresh_generator",
+    "is_close",
+    "tensor_answer",
     "register",
     "run",
     "tasks_for_chapter",
@@ -240,6 +243,30 @@ def expect_equal(name: str, got, want) -> None:
     """Plain values (ints, strings, tuples) must be equal."""
     if got != want:
         raise GradingFailure(f"{name}: expected {want!r}, got {got!r}")
+
+
+def fresh_generator():
+    """A torch.Generator seeded at random: fresh inputs on every check, so a hard-coded answer cannot pass."""
+    import torch
+
+    return torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+
+
+def is_close(a, b, atol: float = 1e-4, rtol: float = 1e-4) -> bool:
+    """Same shape and equal within tolerances (as float tensors, detached)."""
+    import torch
+
+    a, b = torch.as_tensor(a).detach().float(), torch.as_tensor(b).detach().float()
+    return a.shape == b.shape and torch.allclose(a, b, atol=atol, rtol=rtol)
+
+
+def tensor_answer(name: str, got):
+    """`got`, if it is a torch.Tensor; otherwise the failure that says what `name` must be."""
+    import torch
+
+    if not isinstance(got, torch.Tensor):
+        raise GradingFailure(f"{name} must be a torch.Tensor, got {type(got).__name__}")
+    return got
 
 
 # ----------------------------------------------------------------------------- chapter modules

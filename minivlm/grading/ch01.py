@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import torch
 
-from minivlm.grading import GradingFailure, call, expect_close, expect_dtype, expect_shape, register
+from minivlm.grading import (
+    GradingFailure,
+    call,
+    expect_close,
+    expect_dtype,
+    expect_shape,
+    fresh_generator,
+    is_close,
+    register,
+)
 from minivlm.nn import masks, patchify, scaled_dot_product_attention
-
-
-def _fresh_generator() -> torch.Generator:
-    # fresh inputs on every check, so a hard-coded answer cannot pass
-    return torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
-
-
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=1e-4, rtol=1e-4)
 
 
 def _attention_result(result, name="attention"):
@@ -31,7 +31,7 @@ def _attention_result(result, name="attention"):
 
 @register("01.attention", title="Scaled dot-product attention")
 def check_attention(fn) -> None:
-    g = _fresh_generator()
+    g = fresh_generator()
     for batch_shape, tq, tk, d in [((2,), 5, 5, 8), ((2, 3), 4, 7, 16)]:
         q = torch.randn(*batch_shape, tq, d, generator=g)
         k = torch.randn(*batch_shape, tk, d, generator=g)
@@ -44,12 +44,12 @@ def check_attention(fn) -> None:
             if torch.allclose(weights.sum(-2), torch.ones(()), atol=1e-4):
                 raise GradingFailure("the weights sum to 1 over the queries: take the softmax over the keys (dim=-1)")
             raise GradingFailure("each row of weights must sum to 1 (a softmax over the keys)")
-        if not _close(weights, want_w):
+        if not is_close(weights, want_w):
             unscaled = (q @ k.transpose(-2, -1)).softmax(-1)
             by_d = (q @ k.transpose(-2, -1) / d).softmax(-1)
-            if _close(weights, unscaled):
+            if is_close(weights, unscaled):
                 raise GradingFailure("the scores are not scaled: divide q·kᵀ by √d (d = the key dimension)")
-            if _close(weights, by_d):
+            if is_close(weights, by_d):
                 raise GradingFailure("the scores are divided by d: divide by √d instead")
             expect_close("weights", weights, want_w, atol=1e-4, rtol=1e-4)
         expect_close("output", out, want_out, atol=1e-4, rtol=1e-4)
@@ -118,7 +118,7 @@ def check_prefix_mask(fn) -> None:
 
 @register("01.patchify", title="Patchify an image batch")
 def check_patchify(fn) -> None:
-    g = _fresh_generator()
+    g = fresh_generator()
     for b, c, size, p in [(2, 3, 8, 4), (3, 1, 12, 3), (1, 3, 16, 8)]:
         images = torch.rand(b, c, size, size, generator=g)
         got = call(fn, images, p)
@@ -127,13 +127,13 @@ def check_patchify(fn) -> None:
         n = (size // p) ** 2
         expect_shape(f"patchify(images {tuple(images.shape)}, {p})", got, (b, n, p * p * c))
         want = patchify(images, p)
-        if _close(got, want):
+        if is_close(got, want):
             continue
         channel_first = images.unfold(2, p, p).unfold(3, p, p)  # (B, C, h, w, p, p)
         channel_first = channel_first.permute(0, 2, 3, 1, 4, 5).reshape(b, n, c * p * p)
-        if _close(got, channel_first):
+        if is_close(got, channel_first):
             raise GradingFailure("each patch is flattened as (c, p1, p2): the course flattens it as (p1, p2, c)")
         col_major = want.reshape(b, size // p, size // p, -1).transpose(1, 2).reshape(b, n, -1)
-        if _close(got, col_major):
+        if is_close(got, col_major):
             raise GradingFailure("the patches are in column-major order: go along a row first (left to right, then down)")
         expect_close("patches", got, want)

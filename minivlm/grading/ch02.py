@@ -12,17 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from minivlm.eval import recall_at_k
-from minivlm.grading import GradingFailure, call, expect_close, expect_shape, register
-
-
-def _fresh_generator() -> torch.Generator:
-    # fresh inputs on every check, so a hard-coded answer cannot pass
-    return torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
-
-
-def _close(a, b, atol: float = 1e-4) -> bool:
-    a, b = torch.as_tensor(a).detach().float(), torch.as_tensor(b).detach().float()
-    return a.shape == b.shape and torch.allclose(a, b, atol=atol, rtol=1e-4)
+from minivlm.grading import (
+    GradingFailure,
+    call,
+    expect_close,
+    expect_shape,
+    fresh_generator,
+    is_close,
+    register,
+    tensor_answer,
+)
 
 
 def _scalar(name: str, got) -> torch.Tensor:
@@ -35,11 +34,6 @@ def _scalar(name: str, got) -> torch.Tensor:
     return got.reshape(())
 
 
-def _tensor(name: str, got) -> torch.Tensor:
-    if not isinstance(got, torch.Tensor):
-        raise GradingFailure(f"{name} must return a torch.Tensor, got {type(got).__name__}")
-    return got
-
 
 # ----------------------------------------------------------------------------- 02.clip_loss
 
@@ -51,27 +45,27 @@ def reference_clip_loss(logits: torch.Tensor) -> torch.Tensor:
 
 @register("02.clip_loss", title="The symmetric contrastive loss from logits")
 def check_clip_loss(fn) -> None:
-    g = _fresh_generator()
+    g = fresh_generator()
     # Not square-symmetric on purpose: the two directions give different losses.
     for n in (5, 9, 2):
         logits = torch.randn(n, n, generator=g) * 3
         got = _scalar("clip_loss", call(fn, logits.clone()))
         want = reference_clip_loss(logits)
-        if _close(got, want):
+        if is_close(got, want):
             continue
         labels = torch.arange(n)
         rows, cols = F.cross_entropy(logits, labels), F.cross_entropy(logits.t(), labels)
-        if _close(got, rows) or _close(got, cols):
+        if is_close(got, rows) or is_close(got, cols):
             raise GradingFailure(
                 "the loss is one-sided: it only has the image→text (rows) or the text→image (columns) cross-entropy; "
                 "CLIP averages both: (loss_rows + loss_cols) / 2"
             )
-        if _close(got, rows + cols):
+        if is_close(got, rows + cols):
             raise GradingFailure("the two cross-entropies are summed: CLIP averages them, (loss_rows + loss_cols) / 2")
-        if _close(got, reference_clip_loss(logits) * n) or _close(got, (rows + cols) * n / 2):
+        if is_close(got, reference_clip_loss(logits) * n) or is_close(got, (rows + cols) * n / 2):
             raise GradingFailure("the loss is summed over the batch: take the mean over the N pairs")
         shifted = torch.roll(labels, 1)
-        if _close(got, (F.cross_entropy(logits, shifted) + F.cross_entropy(logits.t(), shifted)) / 2):
+        if is_close(got, (F.cross_entropy(logits, shifted) + F.cross_entropy(logits.t(), shifted)) / 2):
             raise GradingFailure("the labels are not the diagonal: pair i is (image i, text i), so labels = arange(N)")
         raise GradingFailure(f"clip_loss of random {n}×{n} logits: expected {float(want):.5f}, got {float(got):.5f}")
     # A perfect batch (huge diagonal) must give a loss near 0, a uniform one ln N.
@@ -95,27 +89,27 @@ def reference_scores(image_features, text_features, logit_scale) -> torch.Tensor
 
 @register("02.scores", title="Normalise and score (scaled cosine similarities)")
 def check_scores(fn) -> None:
-    g = _fresh_generator()
+    g = fresh_generator()
     for n, m, d in ((4, 6, 8), (7, 3, 16)):
         # features with very different norms, so that a missing normalisation shows
         image = torch.randn(n, d, generator=g) * torch.rand(n, 1, generator=g).mul(5).add(0.2)
         text = torch.randn(m, d, generator=g) * torch.rand(m, 1, generator=g).mul(5).add(0.2)
         logit_scale = torch.tensor(float(torch.empty(1).uniform_(1.5, 3.5, generator=g)))  # log of the scale
-        got = _tensor("scores", call(fn, image.clone(), text.clone(), logit_scale.clone()))
+        got = tensor_answer("scores", call(fn, image.clone(), text.clone(), logit_scale.clone()))
         expect_shape(f"scores(image {n}×{d}, text {m}×{d})", got, (n, m))
         want = reference_scores(image, text, logit_scale)
-        if _close(got, want):
+        if is_close(got, want):
             continue
         cos = F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).t()
-        if _close(got, cos):
+        if is_close(got, cos):
             raise GradingFailure("the temperature is missing: multiply the cosine similarities by exp(logit_scale)")
-        if _close(got, logit_scale * cos):
+        if is_close(got, logit_scale * cos):
             raise GradingFailure("logit_scale is a log: multiply by exp(logit_scale), not by logit_scale itself")
-        if _close(got, logit_scale.exp() * image @ text.t()):
+        if is_close(got, logit_scale.exp() * image @ text.t()):
             raise GradingFailure("the features are not normalised: L2-normalise each row before the dot product")
-        if _close(got, logit_scale.exp() * F.normalize(image, dim=0) @ F.normalize(text, dim=0).t()):
+        if is_close(got, logit_scale.exp() * F.normalize(image, dim=0) @ F.normalize(text, dim=0).t()):
             raise GradingFailure("normalised along the wrong axis: each feature *vector* (each row, dim=-1) must have norm 1")
-        if _close(got, want.t()):
+        if is_close(got, want.t()):
             raise GradingFailure("the result is transposed: rows are images, columns are texts")
         expect_close("scores", got, want)
 
@@ -153,23 +147,23 @@ def reference_classifier(encode_text, class_names, templates) -> torch.Tensor:
 
 @register("02.zero_shot_classifier", title="A zero-shot classifier from class names and templates")
 def check_zero_shot_classifier(fn) -> None:
-    g = _fresh_generator()
+    g = fresh_generator()
     dim = 12
     encode_text = _fake_text_encoder(dim, g)
     class_names = ["red circle", "blue square", "green star", "white cross"]
     templates = ["a {}.", "a picture of a {}.", "there is a {}.", "an image with a small {}."]
-    got = _tensor("zero_shot_classifier", call(fn, encode_text, class_names, templates))
+    got = tensor_answer("zero_shot_classifier", call(fn, encode_text, class_names, templates))
     expect_shape(f"zero_shot_classifier({len(class_names)} classes, {len(templates)} templates)", got,
                  (len(class_names), dim))
     want = reference_classifier(encode_text, class_names, templates)
-    if not _close(got, want):
-        if _close(got, reference_classifier(encode_text, class_names, templates[:1])):
+    if not is_close(got, want):
+        if is_close(got, reference_classifier(encode_text, class_names, templates[:1])):
             raise GradingFailure("only the first template is used: embed the class with every template and average")
         unnormalised = torch.stack([encode_text([t.format(c) for t in templates]).mean(0) for c in class_names])
-        if _close(got, unnormalised):
+        if is_close(got, unnormalised):
             raise GradingFailure("the averaged embeddings are not renormalised: a mean of unit vectors is shorter than "
                                  "1, so L2-normalise each class vector again")
-        if _close(got, F.normalize(encode_text([t.format(c) for c in class_names for t in templates])
+        if is_close(got, F.normalize(encode_text([t.format(c) for c in class_names for t in templates])
                                    .view(len(templates), len(class_names), dim).mean(0), dim=-1)):
             raise GradingFailure("prompts and classes are mixed up: the prompts were built class by class "
                                  "(c0t0, c0t1, ...) but averaged as if template by template; keep the same order")
@@ -178,7 +172,7 @@ def check_zero_shot_classifier(fn) -> None:
             raise GradingFailure(f"each class vector must have norm 1, got norms {[round(float(x), 3) for x in norms]}")
         expect_close("zero_shot_classifier", got, want)
     # a single template: the classifier is just the prompts' embeddings
-    got1 = _tensor("zero_shot_classifier", call(fn, encode_text, class_names[:2], ["{}"]))
+    got1 = tensor_answer("zero_shot_classifier", call(fn, encode_text, class_names[:2], ["{}"]))
     expect_close("zero_shot_classifier(2 classes, one template '{}')", got1, encode_text(class_names[:2]))
 
 
@@ -213,7 +207,7 @@ def check_recall_at_k(fn) -> None:
         raise GradingFailure(f"ties must count against the model (a wrong candidate scoring the same as the match "
                              f"ranks above it): on a case with two ties recall@1 should be 1/3, got {got:.4f}")
     # Fresh random similarities against the library's metric.
-    g = _fresh_generator()
+    g = fresh_generator()
     sim = torch.randn(30, 40, generator=g)
     for k in (1, 5, 10):
         expect_close(f"recall_at_k(random 30×40, {k})", _scalar("recall_at_k", call(fn, sim.clone(), k)),

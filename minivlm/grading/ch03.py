@@ -18,18 +18,18 @@ import torch.nn.functional as F
 from minivlm.data.masking import IGNORE_INDEX
 from minivlm.data.shapesworld import SEEN_COMPOSITIONS, ShapesWorld
 from minivlm.data.tokenizer import Tokenizer
-from minivlm.grading import GradingFailure, call, expect_close, expect_dtype, expect_shape, register
+from minivlm.grading import (
+    GradingFailure,
+    call,
+    expect_close,
+    expect_dtype,
+    expect_shape,
+    fresh_generator,
+    is_close,
+    register,
+    tensor_answer,
+)
 from minivlm.losses import mlm_loss as library_mlm_loss
-
-
-def _fresh_generator() -> torch.Generator:
-    # fresh inputs on every check, so a hard-coded answer cannot pass
-    return torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
-
-
-def _close(a, b, atol: float = 1e-4) -> bool:
-    a, b = torch.as_tensor(a).detach().float(), torch.as_tensor(b).detach().float()
-    return a.shape == b.shape and torch.allclose(a, b, atol=atol, rtol=1e-4)
 
 
 def _pair(name: str, got, what: str) -> tuple:
@@ -38,11 +38,6 @@ def _pair(name: str, got, what: str) -> tuple:
         raise GradingFailure(f"{name} must return a tuple {what}, got {type(got).__name__}{extra}")
     return got
 
-
-def _tensor(name: str, got) -> torch.Tensor:
-    if not isinstance(got, torch.Tensor):
-        raise GradingFailure(f"{name} must be a torch.Tensor, got {type(got).__name__}")
-    return got
 
 
 # ----------------------------------------------------------------------------- 03.single_stream_input
@@ -58,7 +53,7 @@ def reference_single_stream_input(text_tokens, image_tokens, modality, text_mask
 
 @register("03.single_stream_input", title="One sequence [text ; image] with modality embeddings and a joint mask")
 def check_single_stream_input(fn) -> None:
-    g = _fresh_generator()
+    g = fresh_generator()
     for b, t, n, d in ((3, 5, 7, 8), (4, 9, 4, 16)):  # T != N, so a wrong axis cannot pass by accident
         text = torch.randn(b, t, d, generator=g)
         image = torch.randn(b, n, d, generator=g)
@@ -73,12 +68,12 @@ def check_single_stream_input(fn) -> None:
             if not torch.equal(before, after):
                 raise GradingFailure(f"{name} was modified in place: `a + b` makes a new tensor, `a += b` changes "
                                      f"the caller's (the model would see its embeddings shifted twice)")
-        x, valid = _tensor("x", x), _tensor("valid", valid)
+        x, valid = tensor_answer("x", x), tensor_answer("valid", valid)
         want_x, want_valid = reference_single_stream_input(text, image, modality, text_mask)
 
         # ---- x: text first, each token + its modality's row
         expect_shape(f"x (B, T + N, D) for T={t} text and N={n} image tokens", x, want_x.shape)
-        if not _close(x, want_x):
+        if not is_close(x, want_x):
             m0, m1 = modality
             named = [
                 (torch.cat([text, image], 1), "the modality embeddings are missing: add modality[0] to every text "
@@ -94,7 +89,7 @@ def check_single_stream_input(fn) -> None:
                  "the padded text tokens were zeroed: leave x as it is; the mask (valid) is what hides padding"),
             ]
             for candidate, message in named:
-                if _close(x, candidate):
+                if is_close(x, candidate):
                     raise GradingFailure(message)
             expect_close("x", x, want_x)
 
@@ -150,7 +145,7 @@ def _mlm_draw(fn, ids, special, mask_id, words, prob, pad_id) -> dict:
     if not torch.equal(given, ids):
         raise GradingFailure("ids was modified in place: build inputs from a copy (ids.clone()); the caller still "
                              "needs the original words, and the labels are made from them")
-    inputs, labels = _tensor("inputs", inputs), _tensor("labels", labels)
+    inputs, labels = tensor_answer("inputs", inputs), tensor_answer("labels", labels)
     expect_shape("inputs", inputs, ids.shape)
     expect_shape("labels", labels, ids.shape)
     expect_dtype("inputs", inputs, "int")
@@ -216,7 +211,7 @@ def _mlm_stats(fn, tok, g, draws: int, prob: float | None) -> dict:
 
 @register("03.mlm_mask", title="BERT's masking: 15 % of the words, 80 % <mask> / 10 % random / 10 % kept")
 def check_mlm_mask(fn) -> None:
-    g = _fresh_generator()
+    g = fresh_generator()
     tok = Tokenizer.from_world()
     # ~30 000 real words, ~4 500 chosen: the tolerances below are 7 standard deviations or more.
     s = _mlm_stats(fn, tok, g, draws=60, prob=None)
@@ -250,7 +245,7 @@ def check_mlm_mask(fn) -> None:
 
 @register("03.mlm_loss", title="The MLM loss: cross-entropy over the chosen words only")
 def check_mlm_loss(fn) -> None:
-    g = _fresh_generator()
+    g = fresh_generator()
     for b, t, v in ((4, 7, 11), (3, 10, 13)):
         logits = torch.randn(b, t, v, generator=g) * 2
         labels = torch.randint(v, (b, t), generator=g)
@@ -262,14 +257,14 @@ def check_mlm_loss(fn) -> None:
         if isinstance(got, (int, float)):
             raise GradingFailure("mlm_loss returned a Python number: keep it a tensor attached to the logits (no "
                                  ".item() or float()), or training gets no gradient")
-        got = _tensor("the loss", got)
+        got = tensor_answer("the loss", got)
         if got.numel() != 1:
             raise GradingFailure(f"mlm_loss must return one number (a scalar), got a tensor of shape "
                                  f"{tuple(got.shape)}: take the mean over the chosen positions")
         if not got.requires_grad:
             raise GradingFailure("the loss is detached from the logits: no gradient would reach the model")
         want = library_mlm_loss(logits, labels)
-        if _close(got.reshape(()), want):
+        if is_close(got.reshape(()), want):
             continue
         flat_logits, flat_labels = logits.reshape(-1, v), labels.reshape(-1)
         per_word = F.cross_entropy(flat_logits, flat_labels, reduction="none")  # 0 where the label is -100
@@ -290,7 +285,7 @@ def check_mlm_loss(fn) -> None:
              "itself)"),
         ]
         for candidate, message in named:
-            if _close(got.reshape(()), candidate):
+            if is_close(got.reshape(()), candidate):
                 raise GradingFailure(message)
         raise GradingFailure(f"mlm_loss on random {b}×{t}×{v} logits: expected {float(want):.5f}, "
                              f"got {float(got):.5f}")
@@ -318,7 +313,7 @@ def _itm_batch(world: ShapesWorld, compositions, b: int) -> tuple[list, list[str
 
 @register("03.itm_pairs", title="ITM pairs: half the captions swapped for one of other objects")
 def check_itm_pairs(fn) -> None:
-    g = _fresh_generator()
+    g = fresh_generator()
     world = ShapesWorld(seed=int(torch.randint(0, 2**31 - 1, (1,), generator=g)), split="train")
     b, draws = 24, 30
     negative_count = torch.zeros(b)
@@ -334,7 +329,7 @@ def check_itm_pairs(fn) -> None:
             raise GradingFailure(f"the first result must be a list of B strings, got {type(texts).__name__}")
         if len(texts) != b:
             raise GradingFailure(f"expected {b} captions (one per scene), got {len(texts)}")
-        labels = _tensor("labels", labels)
+        labels = tensor_answer("labels", labels)
         expect_shape("labels", labels, (b,))
         if labels.dtype == torch.bool or labels.is_floating_point():
             raise GradingFailure(f"labels must be integer class indices (torch.long) for the cross-entropy, got "

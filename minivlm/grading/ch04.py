@@ -21,31 +21,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minivlm.grading import GradingFailure, call, expect_close, expect_shape, register
+from minivlm.grading import (
+    GradingFailure,
+    call,
+    expect_close,
+    expect_shape,
+    fresh_generator,
+    is_close,
+    register,
+    tensor_answer,
+)
 from minivlm.losses import mix_targets as library_mix_targets
 from minivlm.losses import soft_cross_entropy as library_soft_cross_entropy
 from minivlm.nn.momentum import momentum_copy
 from minivlm.nn.momentum import momentum_update as library_momentum_update
 
 
-def _fresh_generator() -> torch.Generator:
-    # fresh inputs on every check, so a hard-coded answer cannot pass
-    return torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
-
-
 def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
     return lo + (hi - lo) * float(torch.rand((), generator=g))
 
 
-def _close(a, b, atol: float = 1e-4) -> bool:
-    a, b = torch.as_tensor(a).detach().float(), torch.as_tensor(b).detach().float()
-    return a.shape == b.shape and torch.allclose(a, b, atol=atol, rtol=1e-4)
-
-
-def _tensor(name: str, got) -> torch.Tensor:
-    if not isinstance(got, torch.Tensor):
-        raise GradingFailure(f"{name} must be a torch.Tensor, got {type(got).__name__}")
-    return got
 
 
 # ----------------------------------------------------------------------------- 04.momentum_update
@@ -68,7 +63,7 @@ def _flat(params: dict) -> torch.Tensor:
 
 @register("04.momentum_update", title="The momentum (EMA) update: target ← m·target + (1 − m)·online, in place")
 def check_momentum_update(fn) -> None:
-    g = _fresh_generator()
+    g = fresh_generator()
     # a momentum far from ½ (so that swapped weights cannot pass), then one close to 1 as in ALBEF
     for m in (_uniform(g, 0.6, 0.9), _uniform(g, 0.97, 0.99)):
         online = _online_model(g)
@@ -88,7 +83,7 @@ def check_momentum_update(fn) -> None:
         # ---- online is the model being trained: it must not move
         o1 = dict(online.named_parameters())
         if any(not torch.equal(o1[k].detach(), o0[k]) for k in o0):
-            if all(_close(o1[k], m * o0[k] + (1 - m) * t0[k]) for k in o0):
+            if all(is_close(o1[k], m * o0[k] + (1 - m) * t0[k]) for k in o0):
                 raise GradingFailure("online was updated instead of target: the arguments are (target, online, "
                                      "momentum); the momentum model (target) trails the model being trained (online)")
             raise GradingFailure("online was modified: only the momentum model (target) moves; online is the model "
@@ -124,9 +119,9 @@ def check_momentum_update(fn) -> None:
                                      f"p_m.copy_(...)), since the trainer keeps using the module it holds")
             raise GradingFailure("target was not changed: `p_m = m * p_m + ...` only rebinds a local name; update "
                                  "the parameter itself in place (p_m.mul_(m).add_(...) or p_m.copy_(...))")
-        if all(_close(t1[k], want[k]) for k in t0):
+        if all(is_close(t1[k], want[k]) for k in t0):
             continue
-        if changed != set(t0) and all(_close(t1[k], want[k]) for k in changed):
+        if changed != set(t0) and all(is_close(t1[k], want[k]) for k in changed):
             missed = sorted(set(t0) - changed)
             raise GradingFailure(f"parameters {missed} were left unchanged: update every parameter of the model "
                                  f"(biases and LayerNorm weights too), e.g. zip(target.parameters(), "
@@ -145,7 +140,7 @@ def check_momentum_update(fn) -> None:
                                                 f"momentum you are given (here {m:.4f})")
                   for fixed in (0.995, 0.999, 0.99, 0.9)]
         for candidate, message in named:
-            if _close(got_flat, candidate):
+            if is_close(got_flat, candidate):
                 raise GradingFailure(message)
         expect_close(f"target's parameters after momentum_update(target, online, {m:.4f})", got_flat,
                      torch.cat([want[k].reshape(-1) for k in t0]))
@@ -156,7 +151,7 @@ def check_momentum_update(fn) -> None:
 
 @register("04.mix_targets", title="Momentum distillation's targets: (1 − α)·hard + α·softmax(teacher)")
 def check_mix_targets(fn) -> None:
-    g = _fresh_generator()
+    g = fresh_generator()
     # α far from ½ on both sides (swapped weights cannot pass) and never a usual constant
     for n, c, alpha in ((5, 8, _uniform(g, 0.1, 0.3)), (6, 4, _uniform(g, 0.6, 0.9))):  # N != C
         hard = F.one_hot(torch.randint(c, (n,), generator=g), c).float()
@@ -167,14 +162,14 @@ def check_mix_targets(fn) -> None:
         got = call(fn, given_hard, given_teacher, alpha)
         if not torch.equal(given_hard, hard) or not torch.equal(given_teacher.detach(), teacher.detach()):
             raise GradingFailure("an input was modified in place: build the targets as a new tensor")
-        got = _tensor("the targets", got)
+        got = tensor_answer("the targets", got)
         if tuple(got.shape) == (c, n):
             raise GradingFailure(f"the targets are transposed: expected (N, C) = {(n, c)} like hard, got {(c, n)}")
         expect_shape("the targets (N, C), like hard", got, (n, c))
         if not got.is_floating_point():
             raise GradingFailure(f"the targets must be floats (probabilities), got {got.dtype}")
         want = library_mix_targets(hard, teacher, alpha)
-        if not _close(got, want):
+        if not is_close(got, want):
             t = teacher.detach()
             soft = t.softmax(dim=1)
             named = [
@@ -196,7 +191,7 @@ def check_mix_targets(fn) -> None:
                                                   f"(here {alpha:.3f}; training ramps it up from 0)")
                       for a in (0.4, 0.5)]
             for candidate, message in named:
-                if _close(got, candidate):
+                if is_close(got, candidate):
                     raise GradingFailure(message)
             expect_close(f"mix_targets(hard, teacher_logits, alpha={alpha:.3f})", got, want)
         if got.requires_grad:
@@ -211,7 +206,7 @@ def check_mix_targets(fn) -> None:
 
 @register("04.soft_cross_entropy", title="The distillation loss: cross-entropy against soft targets")
 def check_soft_cross_entropy(fn) -> None:
-    g = _fresh_generator()
+    g = fresh_generator()
     for n, c in ((5, 8), (7, 4)):  # N != C, so a wrong axis cannot pass
         logits = torch.randn(n, c, generator=g) * 2
         targets = (torch.randn(n, c, generator=g) * 2).softmax(dim=1)  # soft: every entry matters
@@ -223,7 +218,7 @@ def check_soft_cross_entropy(fn) -> None:
         if isinstance(got, (int, float)):
             raise GradingFailure("soft_cross_entropy returned a Python number: keep it a tensor attached to the "
                                  "logits (no .item() or float()), or training gets no gradient")
-        got = _tensor("the loss", got)
+        got = tensor_answer("the loss", got)
         if got.numel() != 1:
             if tuple(got.shape) == (n,):
                 raise GradingFailure(f"the loss is one number per row, shape {(n,)}: take the mean over the rows")
@@ -231,7 +226,7 @@ def check_soft_cross_entropy(fn) -> None:
                                  f"{tuple(got.shape)}: sum over the classes, then take the mean over the rows")
         got = got.reshape(())
         want = library_soft_cross_entropy(logits, targets)
-        if not _close(got, want):
+        if not is_close(got, want):
             lsm = logits.log_softmax(dim=1)
             named = [
                 (-(targets * lsm).sum(), "the loss is summed over the rows: take the mean over the N rows (the "
@@ -259,14 +254,14 @@ def check_soft_cross_entropy(fn) -> None:
                  "weighted by the targets"),
             ]
             for candidate, message in named:
-                if _close(got, candidate):
+                if is_close(got, candidate):
                     raise GradingFailure(message)
             expect_close(f"soft_cross_entropy on random {n}×{c} logits and soft targets", got, want)
         if not got.requires_grad:
             raise GradingFailure("the loss is detached from the logits: no gradient would reach the model")
         (grad,) = torch.autograd.grad(got, leaf)
         want_grad = (logits.softmax(dim=1) - targets) / n  # d/dlogits of the mean soft cross-entropy
-        if not _close(grad, want_grad, atol=1e-5):
+        if not is_close(grad, want_grad, atol=1e-5):
             raise GradingFailure("the loss has the right value but the wrong gradient with respect to the logits: "
                                  "is part of the computation detached (e.g. a .detach() inside the log_softmax)?")
     # one-hot targets: the ordinary cross-entropy
@@ -310,7 +305,7 @@ def _draw(fn, sim: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
                              "similarities (they are the ITC logits)")
     if not torch.equal(given_exclude, exclude):
         raise GradingFailure("exclude was modified in place: leave it as it is")
-    got = _tensor("the indices", got)
+    got = tensor_answer("the indices", got)
     if tuple(got.shape) == (n, 1):
         raise GradingFailure(f"the indices have shape {(n, 1)}: return one index per row, shape (N,) = {(n,)} "
                              f"(torch.multinomial(weights, 1) gives (N, 1): squeeze it)")
@@ -327,7 +322,7 @@ def _draw(fn, sim: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
 
 @register("04.sample_negatives", title="Hard negatives: a column per row drawn by softmax(similarity), never a positive")
 def check_sample_negatives(fn) -> None:
-    g = _fresh_generator()
+    g = fresh_generator()
     # ---- the rule of every draw: never an excluded column (a positive)
     diagonal, other = 0, 0
     for _ in range(20):

@@ -23,13 +23,9 @@ import numbers
 import torch
 from torch import nn
 
-from minivlm.grading import GradingFailure, call, expect_close, register
+from minivlm.grading import GradingFailure, call, expect_close, fresh_generator, is_close, register, tensor_answer
+from minivlm.models.vlmo import retrieval_passes
 from minivlm.nn.multiway import Multiway
-
-
-def _fresh_generator() -> torch.Generator:
-    # fresh inputs on every check, so a hard-coded answer cannot pass
-    return torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
 
 
 def _randint(g: torch.Generator, lo: int, hi: int) -> int:
@@ -37,15 +33,6 @@ def _randint(g: torch.Generator, lo: int, hi: int) -> int:
     return int(torch.randint(lo, hi + 1, (1,), generator=g))
 
 
-def _close(a, b, atol: float = 1e-5) -> bool:
-    a, b = torch.as_tensor(a).detach().float(), torch.as_tensor(b).detach().float()
-    return a.shape == b.shape and torch.allclose(a, b, atol=atol, rtol=1e-4)
-
-
-def _tensor(name: str, got) -> torch.Tensor:
-    if not isinstance(got, torch.Tensor):
-        raise GradingFailure(f"{name} must be a torch.Tensor, got {type(got).__name__}")
-    return got
 
 
 # ----------------------------------------------------------------------------- 05.route_to_experts
@@ -132,7 +119,7 @@ def _route_candidates(x: torch.Tensor, modality: torch.Tensor, experts) -> list[
 
 @register("05.route_to_experts", title="Route each token to the expert its modality index names (a Multiway layer)")
 def check_route_to_experts(fn) -> None:
-    g = _fresh_generator()
+    g = fresh_generator()
     # round 1: three experts, every one used, routes random (not sorted by position), B != T, D_out != D;
     # round 2: VLMo's image mode in a block with a vision-language expert: one expert no token uses
     for used in (3, 2):
@@ -155,7 +142,7 @@ def check_route_to_experts(fn) -> None:
         got = call(fn, given_x, given_modality, experts)
         if not torch.equal(given_x.detach(), x) or not torch.equal(given_modality, modality):
             raise GradingFailure("an input was modified in place: leave x and modality as they are")
-        got = _tensor("the output", got)
+        got = tensor_answer("the output", got)
         shape = (b, t, d_out)
         if tuple(got.shape) != shape:
             if tuple(got.shape) == (b * t, d_out):
@@ -166,9 +153,9 @@ def check_route_to_experts(fn) -> None:
                                      f"D_out = {d_out}: build the output from the experts' outputs (e.g. "
                                      f"x.new_zeros(B, T, D_out)), not from x; expected shape {shape}")
             raise GradingFailure(f"wrong shape: expected (B, T, D_out) = {shape}, got {tuple(got.shape)}")
-        if not _close(got, want):
+        if not is_close(got, want, atol=1e-5):
             for candidate, message in _route_candidates(x, modality, inner):
-                if not _close(candidate, want) and _close(got, candidate):
+                if not is_close(candidate, want, atol=1e-5) and is_close(got, candidate, atol=1e-5):
                     raise GradingFailure(message)
             expect_close(f"route_to_experts on random tokens {tuple(x.shape)} routed to {n_experts} experts", got, want)
         if not got.requires_grad:
@@ -192,14 +179,6 @@ def check_route_to_experts(fn) -> None:
 # ----------------------------------------------------------------------------- 05.retrieval_passes
 
 
-def reference_retrieval_passes(n_images: int, n_texts: int, mode: str, k: int) -> int:
-    if mode == "dual":
-        return n_images + n_texts
-    if mode == "fusion":
-        return n_images * n_texts
-    if mode == "rerank":
-        return n_images + n_texts + n_images * min(k, n_texts)
-    raise ValueError(f"mode must be 'dual', 'fusion' or 'rerank', got {mode!r}")
 
 
 _PASS_MISTAKES = {
@@ -287,11 +266,11 @@ def _as_count(name: str, got) -> int:
 
 @register("05.retrieval_passes", title="Transformer passes of dual, fusion and re-rank retrieval")
 def check_retrieval_passes(fn) -> None:
-    g = _fresh_generator()
+    g = fresh_generator()
     for mode in ("dual", "fusion", "rerank"):
         cases = _passes_cases(g, mode)
         got = [_as_count(f"retrieval_passes({n}, {m}, {mode!r}, {k})", call(fn, n, m, mode, k)) for n, m, k in cases]
-        want = [reference_retrieval_passes(n, m, mode, k) for n, m, k in cases]
+        want = [retrieval_passes(n, m, mode, k) for n, m, k in cases]
         if got == want:
             continue
         for formula, message in _PASS_MISTAKES[mode]:
@@ -451,7 +430,7 @@ def _rerank_case(fn, g: torch.Generator, n: int, m: int, k: int) -> None:
         raise GradingFailure("dual_scores was modified in place: work on a copy (e.g. dual_scores.scatter(...), not "
                              "scatter_), the caller may still need the dual scores")
     _check_asked(oracle, top, dual, min(k, m))
-    got = _tensor("the scores", got)
+    got = tensor_answer("the scores", got)
     if tuple(got.shape) != (n, m):
         raise GradingFailure(f"rerank must return scores for every (image, text) pair, shape (N, M) = {(n, m)}, got "
                              f"{tuple(got.shape)}")
@@ -462,7 +441,7 @@ def _rerank_case(fn, g: torch.Generator, n: int, m: int, k: int) -> None:
 
 @register("05.rerank", title="Re-rank the dual top k of each row by fusion scores")
 def check_rerank(fn) -> None:
-    g = _fresh_generator()
+    g = fresh_generator()
     # k below both N and M, so that a wrong axis or scoring every pair shows; twice, on fresh inputs
     for _ in range(2):
         _rerank_case(fn, g, _randint(g, 5, 8), _randint(g, 9, 14), _randint(g, 3, 4))

@@ -549,6 +549,20 @@ def fusion_scores(model: VLMo, images: torch.Tensor, texts: Sequence[str], pairs
     return scores.view(len(images), len(texts)) if full else scores
 
 
+def retrieval_passes(n_images: int, n_texts: int, mode: str, k: int = 16) -> int:
+    """Transformer passes that `retrieve` needs for n_images queries and n_texts candidates:
+    dual N + M, fusion N · M, rerank N + M + N · min(k, M)."""
+    for name, value in (("n_images", n_images), ("n_texts", n_texts), ("k", k)):
+        check_int(name, value)
+    if mode == "dual":
+        return n_images + n_texts
+    if mode == "fusion":
+        return n_images * n_texts
+    if mode == "rerank":
+        return n_images + n_texts + n_images * min(k, n_texts)
+    raise ValueError(f"mode must be 'dual', 'fusion' or 'rerank', got {mode!r}")
+
+
 def retrieve(model: VLMo, images: torch.Tensor, texts: Sequence[str], mode: str = "dual", k: int = 16,
              batch_size: int = 512) -> dict:
     """Image → text retrieval in one of VLMo's ways:
@@ -558,18 +572,14 @@ def retrieve(model: VLMo, images: torch.Tensor, texts: Sequence[str], mode: str 
     "rerank": dual top-k, then fusion re-ranks those k per image; N_images + N_texts + N_images · k passes.
     Returns dict(scores (N_images, N_texts), seconds, passes: counted by the model, formula: by the formula).
     """
-    if mode not in ("dual", "fusion", "rerank"):
-        raise ValueError(f"mode must be 'dual', 'fusion' or 'rerank', got {mode!r}")
-    check_int("k", k)
     n, m = len(images), len(texts)
+    formula = retrieval_passes(n, m, mode, k)  # also checks mode and k
     before = sum(model.passes.values())
     t0 = time.perf_counter()
     if mode == "fusion":
         scores = fusion_scores(model, images, texts, batch_size=batch_size)
-        formula = n * m
     else:
         scores = dual_similarity(model, images, texts)
-        formula = n + m
         if mode == "rerank":
             k = min(k, m)
             top = scores.topk(k, dim=1).indices  # (N, k)
@@ -577,7 +587,6 @@ def retrieve(model: VLMo, images: torch.Tensor, texts: Sequence[str], mode: str 
             fused = fusion_scores(model, images, texts, pairs, batch_size).view(n, k)
             # the re-ranked k sit above every other text (cosine similarities lie in [-1, 1])
             scores = scores.scatter(1, top, fused - fused.min() + 3.0)
-            formula += n * k
     return {"scores": scores, "seconds": time.perf_counter() - t0,
             "passes": sum(model.passes.values()) - before, "formula": formula}
 

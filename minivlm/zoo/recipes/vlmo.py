@@ -88,9 +88,9 @@ def _run_arm(job: dict) -> dict:
 
 @dataclass
 class VlmoRecipe:
-    """VLMo trained in stages on ShapesWorld, seeded, on the CPU; plus the pairs-only and
-    reversed-order arms over `seeds` seeds (figures in the manifest). `workers` > 1 trains that
-    many arms at once in separate processes (each on one thread: the same figures as workers=1)."""
+    """VLMo on ShapesWorld, seeded, on the CPU: the `arms` over `seeds` seeds (figures in the
+    manifest), seed 0 of `ship_arm` shipped. `workers` > 1 trains that many arms at once in
+    separate processes (each on one thread: the same figures as workers=1)."""
 
     unimodal_steps: int = 300  # each of the image-only and text-only stages
     pair_steps: int = 600
