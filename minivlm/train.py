@@ -33,11 +33,10 @@ from torch import Tensor, nn
 
 from minivlm import utils
 
-try:  # with ipywidgets, tqdm.auto draws a widget bar in notebooks
-    import ipywidgets  # noqa: F401
-    from tqdm.auto import tqdm
-except ImportError:  # without, tqdm.auto would warn "IProgress not found" (with a file path) and fall back
-    from tqdm import tqdm
+# A text bar everywhere, on stdout inside a notebook (see `fit`): a widget bar (tqdm.auto with
+# ipywidgets) is stored in an executed notebook as its first frame, "0%", and shows nothing in a
+# viewer without the widget state; a text bar is stored as its last line.
+from tqdm import tqdm
 
 # ----------------------------------------------------------------------------- history
 
