@@ -31,12 +31,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from minivlm import utils
-
 # A text bar everywhere, on stdout inside a notebook (see `fit`): a widget bar (tqdm.auto with
 # ipywidgets) is stored in an executed notebook as its first frame, "0%", and shows nothing in a
 # viewer without the widget state; a text bar is stored as its last line.
 from tqdm import tqdm
+
+from minivlm import utils
 
 # ----------------------------------------------------------------------------- history
 
