@@ -417,9 +417,7 @@ def fit(
             iterator = _next_batch(batches, iterator, _)[1]
 
     _train_mode(model)
-    # In a notebook the bar goes to stdout: Jupyter paints stderr pink, as if it were an error.
-    out = sys.stdout if _in_kernel() else sys.stderr
-    bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True, file=out)
+    bar = _progress_bar(total=steps, initial=start, desc=desc, disable=not progress)
     smoothed: dict[str, float] = {}
     t0 = time.perf_counter()
     seconds0 = history.seconds
@@ -485,6 +483,54 @@ def fit(
     if checkpoint is not None:
         save(max(start, steps))
     return history
+
+
+def _progress_bar(**kwargs) -> tqdm:
+    """A terminal: tqdm's text bar on stderr. A notebook with ipywidgets: a widget bar while the
+    loop runs, replaced by its final text line when it ends (`_WidgetBar`). A notebook without:
+    the text bar on stdout (Jupyter paints stderr pink, as if it were an error)."""
+    if not _in_kernel():
+        return tqdm(dynamic_ncols=True, file=sys.stderr, **kwargs)
+    try:
+        return _WidgetBar(**kwargs)
+    except ImportError:
+        return tqdm(dynamic_ncols=True, file=sys.stdout, **kwargs)
+
+
+class _WidgetBar(tqdm):
+    """tqdm drawn as a notebook widget (a progress bar and tqdm's text), shown with a display id
+    so that `close` can replace it by the final text line: an executed notebook then stores one
+    plain line per loop, which every viewer shows, instead of a widget without its state."""
+
+    def __init__(self, **kwargs):
+        import io
+
+        import ipywidgets as widgets
+        from IPython.display import display
+
+        self._progress = widgets.FloatProgress(min=0.0, max=float(kwargs.get("total") or 1), bar_style="info")
+        self._text = widgets.Label()
+        self._handle = None if kwargs.get("disable") else display(widgets.HBox([self._progress, self._text]),
+                                                                  display_id=True)
+        super().__init__(file=io.StringIO(), ncols=0, ascii=False, **kwargs)  # the text without the drawn bar
+
+    def display(self, msg=None, pos=None):
+        if self._handle is not None:
+            self._progress.value = float(self.n)
+            self._text.value = self.__str__()
+        return True
+
+    def close(self):
+        if self.disable or self._handle is None:
+            return super().close()
+        super().close()
+        from IPython.display import Pretty
+
+        self._progress.close()
+        self._text.close()
+        full = tqdm.format_meter(**{**self.format_dict, "ncols": None})
+        self._handle.update(Pretty(full))
+        self._handle = None
 
 
 def _in_kernel() -> bool:

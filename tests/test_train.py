@@ -260,3 +260,24 @@ def test_progress_bar_shows_losses_and_amp_is_ignored_on_cpu(capsys):
     assert "toy" in err and "loss=" in err and "mae=" in err and "3/3" in err
     ref = fit(mlp(0), mse_step, regression_batch, 3, progress=False, device="cpu")
     assert h.losses["loss"] == ref.losses["loss"]  # amp on CPU changes nothing
+
+
+def test_in_a_notebook_the_progress_bar_is_stored_as_its_final_line(tmp_path):
+    """Executed in a Jupyter kernel (with ipywidgets), fit draws a widget bar and, when the loop
+    ends, replaces it by its final text line: the stored notebook holds that one line, not a widget
+    without its state and not a stream of frames."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipywidgets")
+    code = ("import torch\nfrom minivlm.train import fit\nm = torch.nn.Linear(2, 1)\n"
+            "fit(m, lambda m, b: {'loss': m(b).pow(2).mean()}, lambda i: torch.randn(4, 2), 30, desc='demo')\n"
+            "print('done')")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    outputs = nb.cells[0].outputs
+    bars = [o for o in outputs if o.output_type == "display_data"]
+    assert len(bars) == 1 and set(bars[0].data) == {"text/plain"}, outputs
+    line = bars[0].data["text/plain"]
+    assert line.startswith("demo: 100%|") and "30/30" in line and "\n" not in line and "\r" not in line
+    assert not any(o.output_type == "stream" and o.name == "stderr" for o in outputs)
+    assert [o.text for o in outputs if o.output_type == "stream"] == ["done\n"]
