@@ -42,10 +42,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 		$(BIN)/python -m pip install $(TORCH_PIP_ARGS) "$(TORCH)"; \
 	fi
 	$(BIN)/python -m pip install -e ".[dev]"
-	@# torchscale's Multiway layers: a test-only reference for chapter 05. --no-deps, because its
-	@# requirements (timm, fairscale) pull torchvision, which does not import beside the CPU torch;
-	@# the layers the test compares need only torch.
-	$(BIN)/python -m pip install --no-deps "torchscale==0.3.0"
+	@# Test-only references installed --no-deps: torchscale's Multiway layers (chapter 05; its
+	@# requirements timm and fairscale pull torchvision, which does not import beside the CPU torch)
+	@# and the COCO caption scorers of pycocoevalcap (chapter 06; BLEU and CIDEr need none of its
+	@# requirements, pycocotools and Java). The code the tests compare needs only torch and numpy.
+	$(BIN)/python -m pip install --no-deps "torchscale==0.3.0" "pycocoevalcap==1.2"
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -1,6 +1,7 @@
 """ShapesBench metrics (chapter 00 introduces them; chapter 02 first uses them on CLIP).
 
-Zero-shot accuracy, retrieval recall@k, Winoground-style swap scores and VQA accuracy. Ties
+Zero-shot accuracy, retrieval recall@k, Winoground-style swap scores, VQA accuracy, intervals,
+and the caption metrics BLEU and CIDEr-D (chapter 06, equal to the COCO evaluation's). Ties
 always count *against* the model: a model that gives every candidate the same score must not
 look good, so "correct" means strictly better than every wrong candidate.
 """
@@ -252,3 +253,111 @@ def answer_prior(answers: Sequence[str], kinds: Sequence[str]) -> dict[str, str]
         counts[k][a] = counts[k].get(a, 0) + 1
     # ties broken by the answer's text, so the baseline does not depend on dict order
     return {k: min(c, key=lambda a: (-c[a], a)) for k, c in counts.items()}
+
+
+# ----------------------------------------------------------------------------- caption metrics
+# BLEU-4 (Papineni et al., 2002) and CIDEr-D (Vedantam et al., 2015), as the COCO caption
+# evaluation computes them (chapter 06 introduces them; every captioning chapter reuses them).
+# Both compare a generated caption with the references of its image through n-gram counts.
+
+
+def caption_tokens(text: str) -> list[str]:
+    """Lower-case words, punctuation dropped: "A red circle." -> ["a", "red", "circle"]."""
+    if not isinstance(text, str):
+        raise TypeError(f"captions must be str, got {type(text).__name__}")
+    return re.sub(r"[^\w\s]", " ", text.lower()).split()
+
+
+def _ngrams(words: list[str], n: int) -> dict[tuple[str, ...], int]:
+    counts: dict[tuple[str, ...], int] = {}
+    for k in range(1, n + 1):
+        for i in range(len(words) - k + 1):
+            gram = tuple(words[i:i + k])
+            counts[gram] = counts.get(gram, 0) + 1
+    return counts
+
+
+def _check_captions(candidates, references) -> tuple[list[list[str]], list[list[list[str]]]]:
+    if isinstance(candidates, str) or not isinstance(candidates, (list, tuple)) or not candidates:
+        raise TypeError(f"candidates must be a non-empty list of strings, got {type(candidates).__name__}")
+    if not isinstance(references, (list, tuple)) or len(references) != len(candidates):
+        n = len(references) if isinstance(references, (list, tuple)) else type(references).__name__
+        raise ValueError(f"need one list of references per candidate: {len(candidates)} candidates, references {n}")
+    refs = []
+    for i, r in enumerate(references):
+        if isinstance(r, str) or not isinstance(r, (list, tuple)) or not r:
+            raise ValueError(f"references[{i}] must be a non-empty list of strings, got {r!r}")
+        refs.append([caption_tokens(x) for x in r])
+    return [caption_tokens(c) for c in candidates], refs
+
+
+def bleu(candidates: Sequence[str], references: Sequence[Sequence[str]], n: int = 4) -> float:
+    """Corpus BLEU-n: the geometric mean of the clipped n-gram precisions (1 to n), counted over
+    the whole corpus, times the brevity penalty exp(1 − r/c) when the candidates' total length c
+    is below r, the sum over candidates of the reference length closest to each (ties: the
+    shorter). The tiny constants are the COCO evaluation's, so that a zero count gives a tiny
+    score, not a crash."""
+    from minivlm.utils import check_int
+
+    check_int("n", n)
+    cands, refs = _check_captions(candidates, references)
+    matched, guessed = [0] * n, [0] * n
+    cand_len = ref_len = 0
+    for words, ref_words in zip(cands, refs):
+        counts = _ngrams(words, n)
+        best: dict[tuple[str, ...], int] = {}  # the most times each n-gram occurs in one reference
+        for r in ref_words:
+            for gram, c in _ngrams(r, n).items():
+                best[gram] = max(best.get(gram, 0), c)
+        for gram, c in counts.items():
+            matched[len(gram) - 1] += min(c, best.get(gram, 0))
+        for k in range(1, n + 1):
+            guessed[k - 1] += max(0, len(words) - k + 1)
+        cand_len += len(words)
+        ref_len += min((abs(len(r) - len(words)), len(r)) for r in ref_words)[1]
+    tiny, small = 1e-15, 1e-9
+    log_precision = sum(math.log((matched[k] + tiny) / (guessed[k] + small)) for k in range(n)) / n
+    ratio = (cand_len + tiny) / (ref_len + small)
+    penalty = 1.0 if ratio >= 1 else math.exp(1 - 1 / ratio)
+    return penalty * math.exp(log_precision)
+
+
+def cider_d(candidates: Sequence[str], references: Sequence[Sequence[str]], n: int = 4,
+            sigma: float = 6.0) -> tuple[float, list[float]]:
+    """CIDEr-D: for n = 1..n, TF-IDF vectors of n-gram counts (IDF from how many images' references
+    contain the n-gram, over this corpus), the candidate's vector clipped at the reference's, cosine
+    similarity, times a Gaussian penalty on the length difference (sigma 6), averaged over n and
+    over the references, times 10. Returns (the corpus mean, the score of each candidate), the
+    latter for `interval`. As the COCO evaluation, the length compared is the number of bigrams."""
+    from minivlm.utils import check_int, check_number
+
+    check_int("n", n)
+    check_number("sigma", sigma, 0, math.inf, lo_open=True)
+    cands, refs = _check_captions(candidates, references)
+    doc_freq: dict[tuple[str, ...], int] = {}
+    for ref_words in refs:
+        for gram in {g for r in ref_words for g in _ngrams(r, n)}:
+            doc_freq[gram] = doc_freq.get(gram, 0) + 1
+    log_images = math.log(len(refs))
+
+    def tfidf(words):
+        vec: list[dict] = [{} for _ in range(n)]
+        for gram, c in _ngrams(words, n).items():
+            vec[len(gram) - 1][gram] = c * (log_images - math.log(max(1, doc_freq.get(gram, 0))))
+        norms = [math.sqrt(sum(v * v for v in d.values())) for d in vec]
+        return vec, norms, max(0, len(words) - 1)
+
+    scores = []
+    for words, ref_words in zip(cands, refs):
+        vec_c, norm_c, len_c = tfidf(words)
+        total = 0.0
+        for r in ref_words:
+            vec_r, norm_r, len_r = tfidf(r)
+            penalty = math.exp(-((len_c - len_r) ** 2) / (2 * sigma ** 2))
+            for k in range(n):
+                dot = sum(min(v, vec_r[k].get(g, 0.0)) * vec_r[k].get(g, 0.0) for g, v in vec_c[k].items())
+                if norm_c[k] and norm_r[k]:
+                    dot /= norm_c[k] * norm_r[k]
+                total += dot * penalty
+        scores.append(10.0 * total / n / len(ref_words))
+    return sum(scores) / len(scores), scores
