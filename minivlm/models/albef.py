@@ -136,16 +136,6 @@ class ALBEF(TextInputs, nn.Module):
         register_image_stats(self, c)
         self.tokenizer = tokenizer
 
-    # ------------------------------------------------------------------------------ inputs
-    def _ids(self, texts, attention_mask):
-        if isinstance(texts, torch.Tensor):
-            if attention_mask is None:
-                attention_mask = torch.ones_like(texts, dtype=torch.bool)
-            return texts, attention_mask
-        if attention_mask is not None:
-            raise ValueError("attention_mask is only for token ids; strings are tokenised with their own mask")
-        return self.tokenize(texts)
-
     # ------------------------------------------------------------------------------ the three encoders
     def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 3, H, W) in [0, 1] → (tokens (B, 1 + N, D), ITC feature (B, E) of unit norm)."""
@@ -156,7 +146,7 @@ class ALBEF(TextInputs, nn.Module):
     def encode_text(self, texts, attention_mask: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """texts: B strings or ids (B, T) → (tokens (B, T, D), ITC feature (B, E), attention_mask (B, T))."""
-        ids, attention_mask = self._ids(texts, attention_mask)
+        ids, attention_mask = self.ids_and_mask(texts, attention_mask)
         tokens = self.text(ids, attention_mask)  # (B, T, D); checks ids and mask
         return tokens, F.normalize(self.text_projection(tokens[:, 0]), dim=-1), attention_mask
 
@@ -432,7 +422,9 @@ def pretrain_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, 
 
 @torch.no_grad()
 def itc_similarity(model: ALBEF, images: torch.Tensor, captions: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """(N_images, N_texts) cosine similarities of the ITC features: one pass per image and per text."""
+    """(N_images, N_texts) cosine similarities of the ITC features: one pass per image and per text.
+    Any model whose encode_image / encode_text return the unit feature second serves (VLMo's dual
+    mode, chapter 05)."""
     check_tensor("images", images, ndim=4, dtype="float")
     if isinstance(captions, str) or not isinstance(captions, (list, tuple)) or not captions:
         raise TypeError("captions must be a non-empty list of strings")

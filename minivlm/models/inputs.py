@@ -85,6 +85,22 @@ class TextInputs:
             self.tokenizer = tok
         return self.tokenizer
 
+    def ids_and_mask(self, texts, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (B, T) with their attention mask (None: every token real), or B strings
+        tokenised with theirs → (ids (B, T), attention_mask (B, T) bool)."""
+        if isinstance(texts, torch.Tensor):
+            if attention_mask is None:
+                attention_mask = torch.ones_like(texts, dtype=torch.bool)
+            check_tensor("attention_mask", attention_mask, ndim=2)
+            if attention_mask.shape != texts.shape:
+                raise ValueError(f"attention_mask must have shape {tuple(texts.shape)}, "
+                                 f"got {tuple(attention_mask.shape)}")
+            return texts, attention_mask.bool()
+        if attention_mask is not None:
+            raise ValueError("attention_mask is only for token ids; strings are tokenised with their own mask")
+        ids, mask = self.tokenize(texts)
+        return ids, mask.bool()
+
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """list[str] → ids (B, T), attention_mask (B, T): "<bos> words <eos>", right-padded, on
         the model's device. Unknown words become <unk>; a text longer than max_text_len is an error."""

@@ -54,6 +54,7 @@ from minivlm.models.inputs import (
 from minivlm.nn import masks
 from minivlm.nn.blocks import ACTIVATIONS
 from minivlm.nn.multiway import MoMEBlock
+from minivlm.nn.text import check_token_ids
 from minivlm.nn.vit import PatchEmbed, patchify
 from minivlm.utils import check_int, check_number, check_tensor, eval_mode
 
@@ -170,29 +171,9 @@ class VLMo(TextInputs, nn.Module):
 
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T) → (B, T, D)."""
-        c = self.config
-        check_tensor("ids", ids, ndim=2, dtype="int")
-        if ids.shape[1] > c.max_text_len:
-            raise ValueError(f"text has {ids.shape[1]} tokens, longer than max_text_len={c.max_text_len}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= c.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {c.vocab_size - 1}], got values in "
-                             f"[{int(ids.min())}, {int(ids.max())}]")
+        check_token_ids(ids, self.config.vocab_size, self.config.max_text_len, "max_text_len")
         x = self.token_embedding(ids) + self.text_pos[:, :ids.shape[1]]  # (B, T, D)
         return self.text_embedding_norm(x) + self.type_embedding.weight[1]
-
-    def _ids(self, texts, attention_mask):
-        if isinstance(texts, torch.Tensor):
-            if attention_mask is None:
-                attention_mask = torch.ones_like(texts, dtype=torch.bool)
-            check_tensor("attention_mask", attention_mask, ndim=2)
-            if attention_mask.shape != texts.shape:
-                raise ValueError(f"attention_mask must have shape {tuple(texts.shape)}, "
-                                 f"got {tuple(attention_mask.shape)}")
-            return texts, attention_mask.bool()
-        if attention_mask is not None:
-            raise ValueError("attention_mask is only for token ids; strings are tokenised with their own mask")
-        ids, mask = self.tokenize(texts)
-        return ids, mask.bool()
 
     # ------------------------------------------------------------------------------ routing
     def routes(self, mode: str, n_image: int, n_text: int, device=None) -> list[torch.Tensor]:
@@ -231,7 +212,7 @@ class VLMo(TextInputs, nn.Module):
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Text-only mode: B strings or ids (B, T) → (tokens (B, T, D), ITC feature of <bos> (B, E),
         attention_mask (B, T) bool)."""
-        ids, attention_mask = self._ids(texts, attention_mask)
+        ids, attention_mask = self.ids_and_mask(texts, attention_mask)
         tokens = self.run(self.embed_text(ids), "text", 0, masks.padding(attention_mask))
         return tokens, F.normalize(self.text_projection(tokens[:, 0]), dim=-1), attention_mask
 
@@ -239,7 +220,7 @@ class VLMo(TextInputs, nn.Module):
              need_weights: bool = False) -> torch.Tensor:
         """Fusion mode: [image ; text] through every block, attention across both modalities.
         images (B, 3, H, W), texts (B strings or ids (B, T)) → (B, 1 + N + T, D)."""
-        ids, attention_mask = self._ids(texts, attention_mask)
+        ids, attention_mask = self.ids_and_mask(texts, attention_mask)
         if images.shape[0] != ids.shape[0]:
             raise ValueError(f"batch sizes must match, got images={images.shape[0]}, texts={ids.shape[0]}")
         return self.fuse_embedded(self.embed_image(images), self.embed_text(ids), attention_mask, need_weights)
@@ -296,7 +277,6 @@ class VLMo(TextInputs, nn.Module):
         return torch.cat(out)
 
     match_probability = match  # the name chapter 03's and 04's evaluations call
-
 
 
 # ----------------------------------------------------------------------------- staged pretraining
@@ -498,16 +478,12 @@ def pretrain(model: VLMo, schedule: Sequence[tuple[str, int, bool]], batch_size:
 # ----------------------------------------------------------------------------- retrieval, three ways
 
 
-@torch.no_grad()
 def dual_similarity(model: VLMo, images: torch.Tensor, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """Dual-encoder mode: (N_images, N_texts) cosine similarities; N_images + N_texts passes."""
-    check_tensor("images", images, ndim=4, dtype="float")
-    _check_texts(texts)
-    check_int("batch_size", batch_size)
-    with eval_mode(model):
-        img = torch.cat([model.encode_image(images[a:a + batch_size])[1] for a in range(0, len(images), batch_size)])
-        txt = torch.cat([model.encode_text(list(texts[a:a + batch_size]))[1] for a in range(0, len(texts), batch_size)])
-    return img @ txt.t()
+    """Dual-encoder mode: (N_images, N_texts) cosine similarities; N_images + N_texts passes.
+    The same computation as ALBEF's ITC (chapter 04): one image-mode and one text-mode pass each."""
+    from minivlm.models.albef import itc_similarity
+
+    return itc_similarity(model, images, texts, batch_size)
 
 
 def _check_texts(texts) -> None:

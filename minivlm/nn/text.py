@@ -11,6 +11,15 @@ from minivlm.nn.blocks import Transformer
 from minivlm.utils import check_int, check_tensor
 
 
+def check_token_ids(ids: torch.Tensor, vocab_size: int, max_len: int, limit: str = "max_len") -> None:
+    """ids: integer (B, T) with T <= max_len (named `limit` in the message) and every id in [0, vocab_size)."""
+    check_tensor("ids", ids, ndim=2, dtype="int")
+    if ids.shape[1] > max_len:
+        raise ValueError(f"text has {ids.shape[1]} tokens, longer than {limit}={max_len}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(f"token ids must lie in [0, {vocab_size - 1}], got values in [{int(ids.min())}, {int(ids.max())}]")
+
+
 class TextTransformer(nn.Module):
     """ids (B, T) → hidden states (B, T, dim). Causal by default (GPT/CLIP text tower);
     causal=False gives a bidirectional encoder (BERT)."""
@@ -39,13 +48,7 @@ class TextTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=eps)
 
     def check_ids(self, ids: torch.Tensor) -> None:
-        check_tensor("ids", ids, ndim=2, dtype="int")
-        if ids.shape[1] > self.max_len:
-            raise ValueError(f"text has {ids.shape[1]} tokens, longer than the context max_len={self.max_len}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
-            raise ValueError(
-                f"token ids must lie in [0, {self.vocab_size - 1}], got values in [{int(ids.min())}, {int(ids.max())}]"
-            )
+        check_token_ids(ids, self.vocab_size, self.max_len, "the context max_len")
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None, need_weights: bool = False):
         """ids: (B, T) integer; attention_mask: (B, T), True/1 on real tokens (None: all real)."""
