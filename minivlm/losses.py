@@ -206,3 +206,34 @@ def sample_negatives(similarity: torch.Tensor, exclude: torch.Tensor, generator:
         if bool(dead.any()):
             weights[dead] = (~exclude[dead]).float()
         return torch.multinomial(weights, 1, generator=generator).squeeze(1)
+
+
+# ----------------------------------------------------------------------------- chapter 06: language modelling
+
+
+def lm_loss(logits: torch.Tensor, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+            label_smoothing: float = 0.0) -> torch.Tensor:
+    """Next-token (language-modelling) loss: position t's logits predict token t + 1.
+
+    logits (B, T, V) from a causal decoder over ids (B, T); attention_mask (B, T), True on real
+    tokens (None: all real): a padded position is never a target. The mean cross-entropy over
+    every target token, with `label_smoothing` (BLIP: 0.1) of the probability spread evenly.
+    """
+    check_tensor("logits", logits, ndim=3, dtype="float")
+    check_tensor("ids", ids, ndim=2, dtype="int")
+    if logits.shape[:2] != ids.shape:
+        raise ValueError(f"logits (B, T, V) and ids (B, T) must agree on B and T, got logits "
+                         f"{tuple(logits.shape)} and ids {tuple(ids.shape)}")
+    if ids.shape[1] < 2:
+        raise ValueError(f"a next-token loss needs at least 2 tokens per row, got ids of shape {tuple(ids.shape)}")
+    if not isinstance(label_smoothing, (int, float)) or isinstance(label_smoothing, bool) \
+            or not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be a float in [0, 1), got {label_smoothing!r}")
+    targets = ids[:, 1:]
+    if attention_mask is not None:
+        check_tensor("attention_mask", attention_mask, ndim=2)
+        if attention_mask.shape != ids.shape:
+            raise ValueError(f"attention_mask must have shape {tuple(ids.shape)}, got {tuple(attention_mask.shape)}")
+        targets = targets.masked_fill(~attention_mask[:, 1:].bool(), -100)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100,
+                           label_smoothing=float(label_smoothing))

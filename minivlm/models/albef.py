@@ -233,10 +233,13 @@ class ALBEFPretrainer(nn.Module):
     requires_grad=False), and a checkpoint of the trainer holds all of it, so a resumed run
     continues exactly."""
 
+    model_type = ALBEF  # BLIP's trainer (chapter 06) is this one with another model and loss
+
     def __init__(self, model: ALBEF, queue_seed: int = 0):
         super().__init__()
-        if not isinstance(model, ALBEF):
-            raise TypeError(f"model must be an ALBEF, got {type(model).__name__}")
+        if not isinstance(model, self.model_type):
+            name = self.model_type.__name__
+            raise TypeError(f"model must be {'an' if name[0] in 'AEIOU' else 'a'} {name}, got {type(model).__name__}")
         self.model = model
         self.momentum = momentum_copy(model)
         g = torch.Generator().manual_seed(queue_seed)
@@ -279,33 +282,11 @@ def _pretrain_losses(trainer: ALBEFPretrainer, batch: dict) -> dict:
             momentum_update(mom, m, c.momentum)
         image_tokens_m, image_feat_m = mom.encode_image(images)
         _, text_feat_m, _ = mom.encode_text(ids, mask)
-        image_all = torch.cat([image_feat_m, trainer.image_queue.features])  # (B + Q, E)
-        text_all = torch.cat([text_feat_m, trainer.text_queue.features])
-        # targets: every true caption of an image in the batch is a positive (normalised), the queue none
-        hard = torch.zeros(b, b + c.queue_size, device=images.device)
-        hard_i2t, hard_t2i = hard.clone(), hard.clone()
-        hard_i2t[:, :b] = positives.float() / positives.float().sum(1, keepdim=True)
-        hard_t2i[:, :b] = positives.t().float() / positives.t().float().sum(1, keepdim=True)
-        if c.distill:
-            targets_i2t = mix_targets(hard_i2t, scale * image_feat_m @ text_all.t(), alpha)
-            targets_t2i = mix_targets(hard_t2i, scale * text_feat_m @ image_all.t(), alpha)
-        else:
-            targets_i2t, targets_t2i = hard_i2t, hard_t2i
-    sim_i2t = scale * image_feat @ text_all.t()  # (B, B + Q)
-    sim_t2i = scale * text_feat @ image_all.t()
-    itc = (soft_cross_entropy(sim_i2t, targets_i2t) + soft_cross_entropy(sim_t2i, targets_t2i)) / 2
-    if trainer.training:
-        trainer.image_queue.enqueue(image_feat_m)
-        trainer.text_queue.enqueue(text_feat_m)
+    itc, sim_i2t, sim_t2i = momentum_itc(trainer, image_feat, text_feat, image_feat_m, text_feat_m, positives, alpha)
 
     # ---- pass 2: the fusion encoder on B positive pairs and 2B negatives, ITM
     fused_pos = m.fuse(text_tokens, mask, image_tokens)
-    if c.hard_negatives:
-        sim_texts, sim_images = sim_i2t[:, :b], sim_t2i[:, :b]
-    else:  # uniform over the allowed columns: softmax of a constant
-        sim_texts = sim_images = torch.zeros(b, b, device=images.device)
-    neg_text = sample_negatives(sim_texts, positives)  # (B,) a wrong caption for each image
-    neg_image = sample_negatives(sim_images, positives.t())  # (B,) a wrong image for each caption
+    neg_text, neg_image = itm_negatives(sim_i2t, sim_t2i, positives, c.hard_negatives)
     fused_neg = m.fuse(torch.cat([text_tokens[neg_text], text_tokens]), torch.cat([mask[neg_text], mask]),
                        torch.cat([image_tokens, image_tokens[neg_image]]))  # (2B, T, D)
     itm_logits = m.itm_logits(torch.cat([fused_pos, fused_neg]))  # (3B, 2)
@@ -330,14 +311,58 @@ def _pretrain_losses(trainer: ALBEFPretrainer, batch: dict) -> dict:
             "itm_acc": itm_acc, "alpha": alpha, "temp": 1.0 / scale.detach()}
 
 
-def _check_batch(batch: dict, b: int) -> torch.Tensor:
+def momentum_itc(trainer: ALBEFPretrainer, image_feat: torch.Tensor, text_feat: torch.Tensor,
+                 image_feat_m: torch.Tensor, text_feat_m: torch.Tensor, positives: torch.Tensor, alpha: float
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ITC of B images and B texts against the batch and the trainer's queues of momentum
+    features, with targets mixed with the momentum model's similarities when distilling; the
+    momentum features then join the queues (in training). Features: (B, E) unit rows, `_m` from
+    the momentum model; positives (B, B): caption j is true of image i.
+    Returns (loss, image→text similarities (B, B), text→image (B, B)), both times 1/temperature,
+    for drawing ITM's hard negatives."""
+    m, c, b = trainer.model, trainer.config, image_feat.shape[0]
+    scale = m.scale()
+    with torch.no_grad():
+        image_all = torch.cat([image_feat_m, trainer.image_queue.features])  # (B + Q, E)
+        text_all = torch.cat([text_feat_m, trainer.text_queue.features])
+        # targets: every true caption of an image in the batch is a positive (normalised), the queue none
+        hard = torch.zeros(b, b + c.queue_size, device=image_feat.device)
+        hard_i2t, hard_t2i = hard.clone(), hard.clone()
+        hard_i2t[:, :b] = positives.float() / positives.float().sum(1, keepdim=True)
+        hard_t2i[:, :b] = positives.t().float() / positives.t().float().sum(1, keepdim=True)
+        if c.distill:
+            targets_i2t = mix_targets(hard_i2t, scale * image_feat_m @ text_all.t(), alpha)
+            targets_t2i = mix_targets(hard_t2i, scale * text_feat_m @ image_all.t(), alpha)
+        else:
+            targets_i2t, targets_t2i = hard_i2t, hard_t2i
+    sim_i2t = scale * image_feat @ text_all.t()  # (B, B + Q)
+    sim_t2i = scale * text_feat @ image_all.t()
+    itc = (soft_cross_entropy(sim_i2t, targets_i2t) + soft_cross_entropy(sim_t2i, targets_t2i)) / 2
+    if trainer.training:
+        trainer.image_queue.enqueue(image_feat_m)
+        trainer.text_queue.enqueue(text_feat_m)
+    return itc, sim_i2t[:, :b], sim_t2i[:, :b]
+
+
+def itm_negatives(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, positives: torch.Tensor, hard: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """ITM's negatives for a batch: (a wrong caption for each image (B,), a wrong image for each
+    caption (B,)), drawn in proportion to the softmax of the ITC similarities (B, B) (hard) or
+    uniformly, never a positive."""
+    if not hard:  # uniform over the allowed columns: softmax of a constant
+        sim_i2t = sim_t2i = torch.zeros_like(sim_i2t)
+    return sample_negatives(sim_i2t, positives), sample_negatives(sim_t2i, positives.t())
+
+
+def _check_batch(batch: dict, b: int,
+                 keys: tuple[str, ...] = ("images", "ids", "attention_mask", "mlm_ids", "mlm_labels")) -> torch.Tensor:
     """Every entry agrees on B (checked before any state changes); returns `positives` (B, B)."""
     if not isinstance(batch, dict):
         raise TypeError(f"batch must be a dict (see pretrain_batches), got {type(batch).__name__}")
-    missing = [k for k in ("images", "ids", "attention_mask", "mlm_ids", "mlm_labels") if k not in batch]
+    missing = [k for k in keys if k not in batch]
     if missing:
         raise ValueError(f"batch is missing {missing}; pretrain_batches(...)(step) makes a complete one")
-    for key in ("ids", "attention_mask", "mlm_ids", "mlm_labels"):
+    for key in keys[1:]:
         x = batch[key]
         check_tensor(f"batch['{key}']", x, ndim=2)
         if x.shape != batch["ids"].shape or x.shape[0] != b:

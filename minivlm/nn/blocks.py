@@ -1,7 +1,10 @@
-"""The pre-LN Transformer block and a stack of them (chapter 01).
+"""The pre-LN Transformer block and a stack of them (chapter 01), with BERT's post-LN layout
+as an option (chapter 06).
 
 Pre-LN (normalise *before* each sub-layer, add the residual after) trains stably without
-learning-rate warm-up tricks, which is why GPT-2, ViT and CLIP all use it.
+learning-rate warm-up tricks, which is why GPT-2, ViT and CLIP all use it. Post-LN, the
+original Transformer's and BERT's layout, normalises *after* the residual sum: x = LN(x + f(x)).
+BERT-based models (BLIP's text side, BLIP-2's Q-Former) need it to load their weights.
 """
 from __future__ import annotations
 
@@ -46,7 +49,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """x + SelfAttn(LN(x)) [+ CrossAttn(LN(x), context)] + MLP(LN(x))."""
+    """x + SelfAttn(LN(x)) [+ CrossAttn(LN(x), context)] + MLP(LN(x)): each sub-layer f adds
+    f(LN(x)) to x. norm_first=False gives the post-LN layout, x = LN(x + f(x)), per sub-layer."""
 
     def __init__(
         self,
@@ -58,10 +62,14 @@ class Block(nn.Module):
         context_dim: int | None = None,
         act: str = "gelu",
         eps: float = 1e-5,
+        norm_first: bool = True,
     ):
         super().__init__()
         check_int("dim", dim)
         check_int("heads", heads)
+        if not isinstance(norm_first, bool):
+            raise TypeError(f"norm_first must be True (pre-LN) or False (post-LN), got {norm_first!r}")
+        self.norm_first = norm_first
         check_number("mlp_ratio", mlp_ratio, 0, math.inf, lo_open=True, hi_open=True)
         if int(dim * mlp_ratio) < 1:
             raise ValueError(f"mlp_ratio={mlp_ratio} leaves the MLP no hidden unit (int({dim} * {mlp_ratio}) = 0)")
@@ -85,12 +93,17 @@ class Block(nn.Module):
         """x: (B, T, dim) → (B, T, dim); context: (B, Tk, context_dim), for a cross-attention block."""
         check_tensor("x", x, ndim=3, dtype="float")
         check_dtype("x", x, self.norm1.weight.dtype)
-        x = x + self.drop(self.attn(self.norm1(x), mask=mask, need_weights=need_weights))
+        x = self.sublayer(x, self.norm1, lambda h: self.drop(self.attn(h, mask=mask, need_weights=need_weights)))
         if self.cross_attn is not None:
             if context is None:
                 raise ValueError("this block has cross-attention: pass context=(B, Tk, context_dim)")
-            x = x + self.drop(self.cross_attn(self.norm_cross(x), context, context_mask, need_weights))
-        return x + self.mlp(self.norm2(x))
+            x = self.sublayer(x, self.norm_cross,
+                              lambda h: self.drop(self.cross_attn(h, context, context_mask, need_weights)))
+        return self.sublayer(x, self.norm2, self.mlp)
+
+    def sublayer(self, x: torch.Tensor, norm: nn.Module, f) -> torch.Tensor:
+        """One residual sub-layer: x + f(norm(x)) (pre-LN) or norm(x + f(x)) (post-LN)."""
+        return x + f(norm(x)) if self.norm_first else norm(x + f(x))
 
 
 class Transformer(nn.Module):
