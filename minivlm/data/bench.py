@@ -23,7 +23,7 @@ from minivlm.data.shapesworld import (
 )
 
 # Each task gets its own stream (seed + offset), so adding a task never changes another's data.
-_OFFSETS = {"classification": 0, "retrieval": 1, "swap": 2, "vqa": 3, "itm": 4, "hard_itm": 5}
+_OFFSETS = {"classification": 0, "retrieval": 1, "swap": 2, "vqa": 3, "itm": 4, "hard_itm": 5, "captioning": 6}
 
 
 def _check_count(name: str, n) -> int:
@@ -183,3 +183,12 @@ class ShapesBench:
             captions.append(pair)
             out_kinds.append(kind)
         return {"images": world.render(scenes), "captions": captions, "kinds": out_kinds, "scenes": scenes}
+
+    def captioning(self, n: int = 256) -> dict:
+        """n test scenes to caption (chapter 06). The references of each image are all six
+        paraphrases of its caption, so a caption is scored against every way the world says it.
+        Returns dict(images (N, 3, H, W), references list[list[str]], scenes)."""
+        n = _check_count("n", n)
+        world = self._world("captioning")
+        scenes = world.sample(n)
+        return {"images": world.render(scenes), "references": [world.captions(s) for s in scenes], "scenes": scenes}

@@ -220,6 +220,17 @@ class BLIP(TextInputs, nn.Module):
         register_image_stats(self, c)
         self.tokenizer = tokenizer
 
+    @classmethod
+    def from_hf(cls, model) -> "BLIP":
+        """A BLIP holding the weights of a Hugging Face `transformers` BLIP: a
+        `BlipForConditionalGeneration` (image encoder + decoder: captions) or a
+        `BlipForImageTextRetrieval` (image encoder + text encoder, ITC and ITM). transformers
+        keeps BLIP's decoder and encoder as two models, so the part the given one lacks stays at
+        its initialisation. See `minivlm.models.blip_hf`."""
+        from minivlm.models.blip_hf import blip_from_hf
+
+        return blip_from_hf(model)
+
     # ------------------------------------------------------------------------------ the image
     def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 3, H, W) in [0, 1] → (tokens (B, 1 + N, D_v), ITC feature (B, E) of unit norm)."""
@@ -438,17 +449,18 @@ def image_text_pairs(n: int, noise: float, seed: int, image_size: int = 32, spli
             "image_ids": torch.arange(n), "clean": clean}
 
 
-def check_pair_set(data) -> None:
-    """A pair set: images (N, 3, H, W), scenes (N), captions (M) and image_ids (M) into images."""
+def check_pair_set(data, allow_empty: bool = False) -> None:
+    """A pair set: images (N, 3, H, W), scenes (N), captions (M) and image_ids (M) into images;
+    M >= 1 unless allow_empty (a filter may keep nothing of a set that is then merged)."""
     if not isinstance(data, dict) or any(k not in data for k in ("images", "scenes", "captions", "image_ids")):
         raise ValueError("a pair set is a dict with images, scenes, captions and image_ids "
                          "(see image_text_pairs)")
     n, m = len(data["images"]), len(data["captions"])
-    if len(data["scenes"]) != n or len(data["image_ids"]) != m or m == 0:
+    if len(data["scenes"]) != n or len(data["image_ids"]) != m or (m == 0 and not allow_empty):
         raise ValueError(f"a pair set needs one scene per image and one image id per caption (and a caption), got "
                          f"{n} images, {len(data['scenes'])} scenes, {m} captions, {len(data['image_ids'])} image ids")
     ids = torch.as_tensor(data["image_ids"])
-    if int(ids.min()) < 0 or int(ids.max()) >= n:
+    if m and (int(ids.min()) < 0 or int(ids.max()) >= n):
         raise ValueError(f"image_ids must lie in [0, {n - 1}], got values in [{int(ids.min())}, {int(ids.max())}]")
 
 
@@ -485,7 +497,7 @@ def pair_batches(data: dict, batch_size: int = 64, seed: int = 0, tokenizer=None
 def merge_pair_sets(*sets: dict) -> dict:
     """One pair set holding the images and pairs of several (image ids shifted)."""
     for s in sets:
-        check_pair_set(s)
+        check_pair_set(s, allow_empty=True)
     images, scenes, captions, image_ids, offset = [], [], [], [], 0
     for s in sets:
         images.append(s["images"])
@@ -493,7 +505,10 @@ def merge_pair_sets(*sets: dict) -> dict:
         captions += list(s["captions"])
         image_ids.append(torch.as_tensor(s["image_ids"]) + offset)
         offset += len(s["images"])
-    return {"images": torch.cat(images), "scenes": scenes, "captions": captions, "image_ids": torch.cat(image_ids)}
+    out = {"images": torch.cat(images), "scenes": scenes, "captions": captions,
+           "image_ids": torch.cat(image_ids).long()}
+    check_pair_set(out)
+    return out
 
 
 # ----------------------------------------------------------------------------- CapFilt

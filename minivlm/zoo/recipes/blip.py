@@ -1,0 +1,224 @@
+"""The zoo BLIP (chapter 06) and the arms behind CapFilt's claim.
+
+For each of `seeds` seeds, on a "web" set of `n_web` ShapesWorld pairs with `noise` of the
+captions wrong and a small clean ("human-annotated") set of `n_clean` pairs:
+  1. "noisy": BLIP pretrained (ITC + ITM + LM) on web + clean, `steps` steps;
+  2. a captioner (LM) and a filter (ITC + ITM) fine-tuned from it on the clean set;
+  3. CapFilt: the captioner writes a synthetic caption per web image, by nucleus sampling and,
+     separately, by beam search; the filter removes the web and synthetic captions it judges
+     unmatched. The filter's precision and recall at catching the noisy captions are recorded;
+  4. "capfilt_nucleus" and "capfilt_beam": a fresh BLIP pretrained on each bootstrapped set +
+     the clean set, the same `steps` steps (equal compute to "noisy").
+Every arm is measured on the same ShapesBench sets: captioning (CIDEr-D, BLEU-4, captions
+exactly true), image→text retrieval R@1 (ITC), ITM accuracy. Seed 0's capfilt_nucleus model,
+BLIP's final recipe, ships as the weights.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from minivlm.zoo.recipes import config_dict, estimate, itm_figures, run_jobs
+
+BLIP_CONFIG = dict(image_size=32, patch_size=4, dim=64, vision_depth=3, text_depth=2, heads=4, embed_dim=64,
+                   max_text_len=32)
+BOOTSTRAPS = ("nucleus", "beam")
+
+
+def _model(config: dict):
+    from minivlm.models.blip import BLIP, BLIPConfig
+
+    return BLIP(BLIPConfig(**config))
+
+
+def pair_sets(job: dict) -> tuple[dict, dict]:
+    """The web set (noisy) and the clean set of a seed: they depend on (world_seed, seed) only."""
+    from minivlm.models.blip import image_text_pairs
+
+    base = job["world_seed"] + 1000 * job["seed"]
+    return (image_text_pairs(job["n_web"], job["noise"], seed=base),
+            image_text_pairs(job["n_clean"], 0.0, seed=base + 500))
+
+
+def train_blip(model, data: dict, steps: int, job: dict, losses=("itc", "itm", "lm"), lr: float | None = None,
+               desc: str | None = None):
+    """Train `model` (in place) on a pair set for `steps` steps with the job's settings; returns the history."""
+    from minivlm.models.blip import BLIPPretrainer, pair_batches, pretrain_step
+    from minivlm.train import fit
+
+    trainer = BLIPPretrainer(model, queue_seed=job["seed"], losses=losses)
+    batches = pair_batches(data, job["batch_size"], seed=job["seed"], max_text_len=model.config.max_text_len)
+    return fit(trainer, pretrain_step, batches, steps, lr=lr or job["lr"], warmup=job["warmup"],
+               weight_decay=job["weight_decay"], device="cpu", seed=job["seed"], progress=job["progress"], desc=desc)
+
+
+def _fresh(job: dict):
+    from minivlm import zoo
+    from minivlm.models.blip import init_vision_from_clip
+    from minivlm.utils import seed_everything
+
+    seed_everything(job["seed"])
+    model = _model(job["config"])
+    if job["vision_init"] == "clip":
+        init_vision_from_clip(model, zoo.load("clip", job["weights_dir"]))
+    return model
+
+
+def _bootstrap(job: dict) -> dict:
+    """Steps 1-3 of a seed: the noisy arm, the captioner and filter, both bootstrapped sets."""
+    from minivlm.eval import interval
+    from minivlm.models.blip import capfilt, filter_scores, merge_pair_sets, true_caption_rate
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    web, clean = pair_sets(job)
+    model = _fresh(job)
+    history = train_blip(model, merge_pair_sets(web, clean), job["steps"], job,
+                         desc=f"zoo: blip noisy seed {job['seed']}")
+    train_seconds = time.perf_counter() - start
+    out = {"arm": "noisy", "seed": job["seed"], "metrics": blip_metrics(model.eval(), job["bench_seed"]),
+           "final": {k: round(history.last(k), 4) for k in ("loss", "itc", "itm", "lm")},
+           "train_seconds": round(train_seconds, 1)}
+    captioner, filt = copy.deepcopy(model), copy.deepcopy(model)
+    train_blip(captioner, clean, job["finetune_steps"], job, losses=("lm",), lr=job["finetune_lr"])
+    train_blip(filt, clean, job["finetune_steps"], job, losses=("itc", "itm"), lr=job["finetune_lr"])
+    captioner.eval(), filt.eval()
+    pre_filter = model.match_probability(web["images"], web["captions"]) > 0.5
+    out["filter_before_finetune"] = _scores(filter_scores(pre_filter, web["clean"]))
+    boots = {}
+    for how in BOOTSTRAPS:
+        t0 = time.perf_counter()
+        r = capfilt(captioner, filt, web, do_sample=how == "nucleus", top_p=job["top_p"], num_beams=job["num_beams"],
+                    seed=job["seed"])
+        true_syn = true_caption_rate(r["synthetic"], web["scenes"])
+        boots[how] = {"captions": r["data"]["captions"], "image_ids": r["data"]["image_ids"].tolist()}
+        out[f"capfilt_{how}"] = {
+            "filter": _scores(filter_scores(r["web_kept"], web["clean"])),
+            "web_kept": int(r["web_kept"].sum()), "synthetic_kept": int(r["synthetic_kept"].sum()),
+            "synthetic_true": estimate(interval(true_syn)),
+            "kept_synthetic_true": estimate(interval([t for t, k in zip(true_syn, r["synthetic_kept"].tolist()) if k]))
+            if bool(r["synthetic_kept"].any()) else None,
+            "distinct_synthetic": len(set(r["synthetic"])),
+            "examples": r["synthetic"][:6], "seconds": round(time.perf_counter() - t0, 1)}
+    out["web_noisy"] = int((~web["clean"]).sum())
+    out["boots"] = boots
+    out["seconds"] = round(time.perf_counter() - start, 1)
+    return out
+
+
+def _scores(s: dict) -> dict:
+    return {k: (estimate(v) if hasattr(v, "low") else v) for k, v in s.items()}
+
+
+def _pretrain_bootstrapped(job: dict) -> dict:
+    """Step 4 of a seed: a fresh BLIP pretrained on a bootstrapped set + the clean set."""
+    from minivlm.models.blip import merge_pair_sets
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    web, clean = pair_sets(job)
+    boot = {"images": web["images"], "scenes": web["scenes"], "captions": job["boot"]["captions"],
+            "image_ids": torch.tensor(job["boot"]["image_ids"], dtype=torch.long)}
+    model = _fresh(job)
+    history = train_blip(model, merge_pair_sets(boot, clean), job["steps"], job,
+                         desc=f"zoo: blip {job['arm']} seed {job['seed']}")
+    out = {"arm": job["arm"], "seed": job["seed"], "metrics": blip_metrics(model.eval(), job["bench_seed"]),
+           "final": {k: round(history.last(k), 4) for k in ("loss", "itc", "itm", "lm")},
+           "train_seconds": round(time.perf_counter() - start, 1), "pairs": len(boot["captions"]) + job["n_clean"]}
+    if job["ship"]:
+        out["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    out["seconds"] = round(time.perf_counter() - start, 1)
+    return out
+
+
+def blip_metrics(model, bench_seed: int = 1234, caption_n: int = 256, retrieval_n: int = 256, itm_n: int = 1000,
+                 hard_n: int = 1000) -> dict:
+    """The chapter's ShapesBench figures of a BLIP, each with its 95 % interval: greedy captions'
+    CIDEr-D, BLEU-4 and exact truth; image→text R@1 by ITC; ITM accuracies."""
+    from minivlm.data import ShapesBench
+    from minivlm.eval import interval
+    from minivlm.models.albef import itc_similarity
+    from minivlm.models.blip import evaluate_captions
+
+    bench = ShapesBench(image_size=model.config.image_size, seed=bench_seed)
+    cap = bench.captioning(caption_n)
+    ev = evaluate_captions(model, cap["images"], cap["scenes"])
+    ret = bench.retrieval(retrieval_n)
+    hits = (itc_similarity(model, ret["images"], ret["captions"]).argmax(1) == torch.arange(retrieval_n)).tolist()
+    out = {"cider": estimate(ev["cider"]), "bleu4": round(ev["bleu4"], 4), "caption_true": estimate(ev["true"]),
+           "i2t_r1_itc": estimate(interval(hits))}
+    return out | itm_figures(model, bench, itm_n, hard_n)
+
+
+@dataclass
+class BlipRecipe:
+    """BLIP pretrained on noisy ShapesWorld pairs, bootstrapped with CapFilt, pretrained again;
+    seeded, on the CPU, its image encoder started from the zoo CLIP's. `workers` > 1 runs that
+    many jobs at once in separate processes (each on one thread: the figures do not change)."""
+
+    steps: int = 1200
+    finetune_steps: int = 200
+    batch_size: int = 32
+    lr: float = 2e-3
+    finetune_lr: float = 5e-4
+    warmup: int = 50
+    weight_decay: float = 0.01
+    seeds: int = 3
+    noise: float = 0.4
+    n_web: int = 4096
+    n_clean: int = 512
+    top_p: float = 0.9
+    num_beams: int = 3
+    world_seed: int = 6
+    bench_seed: int = 1234
+    vision_init: str | None = "clip"
+    workers: int = 1
+    config: dict = field(default_factory=lambda: dict(BLIP_CONFIG))
+
+    name = "blip"
+    model = staticmethod(_model)
+
+    def _job(self, seed: int, weights_dir, progress: bool, **extra) -> dict:
+        return dict(seed=seed, config=dict(self.config), steps=self.steps, finetune_steps=self.finetune_steps,
+                    batch_size=self.batch_size, lr=self.lr, finetune_lr=self.finetune_lr, warmup=self.warmup,
+                    weight_decay=self.weight_decay, noise=self.noise, n_web=self.n_web, n_clean=self.n_clean,
+                    top_p=self.top_p, num_beams=self.num_beams, world_seed=self.world_seed,
+                    bench_seed=self.bench_seed, vision_init=self.vision_init, weights_dir=str(weights_dir),
+                    progress=progress and self.workers == 1, **extra)
+
+    def train(self, weights_dir, progress: bool):
+        if self.vision_init not in (None, "clip"):
+            raise ValueError(f"vision_init must be None or 'clip', got {self.vision_init!r}")
+        first = run_jobs(_bootstrap, [self._job(s, weights_dir, progress, arm="noisy") for s in range(self.seeds)],
+                         self.workers, progress, "blip")
+        second = run_jobs(_pretrain_bootstrapped,
+                          [self._job(r["seed"], weights_dir, progress, arm=f"capfilt_{how}", boot=r["boots"][how],
+                                     ship=r["seed"] == 0 and how == "nucleus")
+                           for r in first for how in BOOTSTRAPS], self.workers, progress, "blip")
+        arms: dict[str, list] = {}
+        for r in first + second:
+            arms.setdefault(r["arm"], []).append({"seed": r["seed"], **r["metrics"], "final_loss": r["final"]["loss"],
+                                                  "train_seconds": r["train_seconds"],
+                                                  **({"pairs": r["pairs"]} if "pairs" in r else {})})
+        bootstrapping = [{"seed": r["seed"], "web_noisy": r["web_noisy"],
+                          "filter_before_finetune": r["filter_before_finetune"],
+                          **{f"capfilt_{how}": r[f"capfilt_{how}"] for how in BOOTSTRAPS}} for r in first]
+        shipped = next(r for r in second if "state" in r)
+        model = _model(self.config)
+        model.load_state_dict(shipped["state"])
+        return model.eval(), {
+            "config": config_dict(model),
+            "tokenizer_vocab_size": model.config.vocab_size,
+            "metrics": shipped["metrics"],
+            "ship_arm": "capfilt_nucleus",
+            "arms": arms,
+            "bootstrapping": bootstrapping,
+            "final_loss": shipped["final"]["loss"],
+            "final_lm": shipped["final"]["lm"],
+            "steps": self.steps,
+            "train_seconds": shipped["train_seconds"],
+            "job_seconds": {f"{r['arm']} seed {r['seed']}": r["seconds"] for r in first + second},
+        }
