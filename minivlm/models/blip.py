@@ -346,7 +346,8 @@ class BLIP(TextInputs, nn.Module):
                 ids = generate(next_logits, prompt, max_len - 1, c.eos_id, pad_id=c.pad_id, num_beams=num_beams,
                                do_sample=do_sample, top_p=top_p, top_k=top_k, temperature=temperature,
                                generator=generator)
-                out += [tok.decode(row) for row in strip_generated(ids, 1, c.eos_id)]
+                # a caption that never reached <eos> is cut so that "<bos> words <eos>" fits max_len
+                out += [tok.decode(row[:max_len - 2]) for row in strip_generated(ids, 1, c.eos_id)]
         return out
 
 

@@ -159,7 +159,7 @@ class BlipRecipe:
     seeded, on the CPU, its image encoder started from the zoo CLIP's. `workers` > 1 runs that
     many jobs at once in separate processes (each on one thread: the figures do not change)."""
 
-    steps: int = 1200
+    steps: int = 1500
     finetune_steps: int = 200
     batch_size: int = 32
     lr: float = 2e-3
