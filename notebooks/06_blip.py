@@ -61,9 +61,20 @@ from minivlm import viz, zoo
 from minivlm.data import ShapesBench, ShapesWorld, Tokenizer
 from minivlm.eval import bleu, cider_d, interval
 from minivlm.generate import generate, top_p_filter
-from minivlm.models.blip import (BLIP, BLIPConfig, BLIPPretrainer, capfilt, evaluate_captions, filter_scores,
-                                 image_text_pairs, init_vision_from_clip, med_masks, pair_batches, pretrain_step,
-                                 true_caption_rate)
+from minivlm.models.blip import (
+    BLIP,
+    BLIPConfig,
+    BLIPPretrainer,
+    capfilt,
+    evaluate_captions,
+    filter_scores,
+    image_text_pairs,
+    init_vision_from_clip,
+    med_masks,
+    pair_batches,
+    pretrain_step,
+    true_caption_rate,
+)
 from minivlm.models.clip import similarity as clip_similarity
 from minivlm.train import fit
 from minivlm.utils import count_parameters
@@ -94,7 +105,7 @@ NOTES = {
     "image-grounded\nencoder [ENC]": "the same self-attention and FFN as above, plus the cross-attention to the ViT's tokens",
     "image-grounded\ndecoder [DEC]": "shares cross-attention, FFN and embeddings with the encoder; only its self-attention is its own",
 }
-viz.plot_pipelines(PIPELINES, NOTES);
+viz.plot_pipelines(PIPELINES, NOTES)
 
 # %% [markdown]
 # The modes differ only in which tokens each text token may attend to. Below, the keys are four
@@ -112,7 +123,7 @@ for mode, first in (("text", "[CLS]"), ("encoder", "[ENC]"), ("decoder", "[DEC]"
     cross = cross_mask[0] if cross_mask is not None else torch.zeros(6, n_image, dtype=torch.bool)
     grids[f"{mode} ({first})"] = torch.cat([cross, self_mask[0]], dim=1)  # (T, n_image + T)
 labels = ([first if i == 0 else w for i, w in enumerate(words)], [f"img{i}" for i in range(n_image)] + words)
-viz.plot_masks(grids, labels=labels, size=3.4);
+viz.plot_masks(grids, labels=labels, size=3.4)
 decoder_self = med_masks(attention_mask, "decoder", n_image)[0][0]
 assert not decoder_self[1, 2] and decoder_self[2, 1], "the decoder must see the past, never the future"
 
@@ -205,7 +216,7 @@ bench = ShapesBench()
 cap_set = bench.captioning(256)
 live.eval()
 show = slice(0, 8)
-viz.show_images(cap_set["images"][show], titles=live.caption(cap_set["images"][show]), ncols=4, scale=2.2);
+viz.show_images(cap_set["images"][show], titles=live.caption(cap_set["images"][show]), ncols=4, scale=2.2)
 
 # %% [markdown]
 # ## 3. Decoding: greedy, beam, sampling
@@ -311,7 +322,7 @@ print(f"{'':34}{'CIDEr-D':>28}{'BLEU-4':>9}   exactly true")
 for name, r in rows.items():
     print(f"{name:34}{r['cider'].format(percent=False):>28}{r['bleu4']:9.3f}   {r['true']}")
 viz.plot_bars({name: r["cider"].value for name, r in rows.items()}, title="CIDEr-D on 256 fresh images",
-              ylabel="CIDEr-D");
+              ylabel="CIDEr-D")
 assert zoo_greedy["cider"].low > baseline["cider"].high, "BLIP must beat the nearest-caption baseline"
 
 # %%
@@ -319,7 +330,7 @@ wrong = [i for i, ok in enumerate(true_caption_rate(zoo_greedy["captions"], cap_
 right = [i for i, ok in enumerate(true_caption_rate(zoo_greedy["captions"], cap_set["scenes"])) if ok][:4]
 picked = right + wrong
 viz.show_images(cap_set["images"][picked], titles=[("✓ " if i in right else "✗ ") + zoo_greedy["captions"][i]
-                                                  for i in picked], ncols=4, scale=2.2);
+                                                  for i in picked], ncols=4, scale=2.2)
 
 # %% [markdown]
 # ## 5. CapFilt, live: the captioner writes, the filter judges
@@ -347,7 +358,7 @@ titles = [f"web {'✓' if k else '✗'} ({'clean' if c else 'NOISY'}): {w}\nsynt
           for w, k, c, syn, s in zip([web["captions"][i] for i in show], boot["web_kept"][show].tolist(),
                                      web["clean"][show].tolist(), [boot["synthetic"][i] for i in show],
                                      boot["synthetic_kept"][show].tolist())]
-viz.show_images(web["images"][show], titles=titles, ncols=3, scale=3.2);
+viz.show_images(web["images"][show], titles=titles, ncols=3, scale=3.2)
 assert live_filter["recall"].value >= 0.8, "the filter must catch at least 80 % of the noisy captions"
 
 # %% [markdown]
