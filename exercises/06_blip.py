@@ -1,0 +1,196 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: -nbgrader
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# > **Exercises.** This notebook is generated from `solutions/06_blip.py` by `minivlm exercises build`:
+# > edit the solution, not this file.
+# > Replace every `raise NotImplementedError(...)` with your code; each task is followed by a
+# > `check(...)` cell that tells you precisely what is wrong. To grade the whole notebook, run
+# > `minivlm check exercises/06_blip.ipynb`.
+
+# %% [markdown]
+# # 06 · BLIP — exercises
+#
+# Four pieces of chapter 06 (`notebooks/06_blip.ipynb`) to write yourself: the attention masks
+# that turn one text Transformer into BLIP's three models, the decoding loop that turns a
+# decoder's next-word logits into a caption, the nucleus filter that BLIP's captioner samples
+# through when it writes synthetic captions for CapFilt, and the clipped n-gram precision at
+# the heart of BLEU. The cell after each task runs `check(...)` on fresh inputs and tells you what
+# is wrong. At the end your pieces caption images with the zoo's BLIP and score the captions,
+# next to the library's (`minivlm/models/blip.py`, `minivlm/generate.py`, `minivlm/eval.py`).
+# Grade the whole notebook from a terminal with `minivlm check exercises/06_blip.ipynb`.
+
+# %%
+import torch
+
+from minivlm.grading import check
+
+_ = torch.manual_seed(0)
+
+# %% [markdown]
+# ## Task 1 — the masks of the three modes
+#
+# BLIP's *multimodal mixture of encoder-decoder* (MED) runs one text Transformer in three modes.
+# What changes between them is who may attend to whom:
+#
+# | mode | self-attention over the words | cross-attention to the image |
+# |---|---|---|
+# | `"text"` (`[CLS]`, for ITC) | bidirectional | none |
+# | `"encoder"` (`[ENC]`, for ITM) | bidirectional | every word sees every image token |
+# | `"decoder"` (`[DEC]`, for captioning) | **causal**: word i sees words 0..i | every word sees every image token |
+#
+# In every mode, no word may attend to a padded position. `attention_mask` is a `(B, T)` bool
+# tensor, True on real tokens. Return `(self_mask, cross_mask)`: `self_mask` `(B, T, T)` bool
+# (row = the attending query, column = the key; True = may attend), and `cross_mask`
+# `(B, T, n_image)` bool, or `None` in the `"text"` mode, which has no cross-attention.
+
+# %%
+def med_masks(attention_mask, mode, n_image):
+    raise NotImplementedError(
+        "start from the keys that are real, attention_mask[:, None, :] expanded to (B, T, T); the decoder "
+        "ANDs it with torch.tril (the lower triangle: a query sees keys up to itself)")
+
+
+# %%
+check("06.med_masks", med_masks)
+
+# %% [markdown]
+# ## Task 2 — greedy decoding that stops at end-of-text
+#
+# A captioner is a decoder: given the image and the words so far, it scores every word of the
+# vocabulary as the next one. Decoding is the loop around it. `next_logits(ids, rows)` takes the
+# prefixes so far, `ids` `(B, T)`, and `rows` `(B,)` (which example each prefix belongs to; here
+# `torch.arange(B)`), and returns `(B, V)` logits for the next token. **Greedy** decoding appends
+# the highest-scoring token of every row, `max_new_tokens` times at most. A row that has emitted
+# `eos_id` has ended: keep its eos, and give it `pad_id` at every later step while the other rows
+# go on. Stop as soon as every row has ended. Return the `(B, T + L)` ids, prompt first.
+
+# %%
+def greedy_decode(next_logits, prompt, max_new_tokens, eos_id, pad_id):
+    raise NotImplementedError(
+        "keep a (B,) bool `done`; each step take logits.argmax(-1), replace it by pad_id where done, append "
+        "it with torch.cat, then done |= token == eos_id, and break when done.all()")
+
+
+# %%
+check("06.greedy_decode", greedy_decode)
+
+# %% [markdown]
+# ## Task 3 — nucleus (top-p) filtering
+#
+# CapFilt's captioner does not decode greedily: it **samples**, so that its synthetic captions
+# are diverse (the paper found diversity beats beam search's safe captions). Sampling from the
+# whole vocabulary lets the long tail of unlikely words in; **nucleus sampling** (Holtzman et
+# al., 2020) samples only from the smallest set of most likely tokens whose probabilities add up
+# to at least p. Sort the probabilities in descending order; keep a token while the mass of the
+# tokens ranked above it is still below p (so the token that crosses p is kept); drop the rest.
+#
+# `logits` is `(B, V)`, `p` in (0, 1]. Return the logits with the dropped tokens set to
+# `-inf` (softmax then gives them probability 0) and the kept ones unchanged, in vocabulary
+# order. p = 1 keeps everything.
+
+# %%
+def top_p_filter(logits, p):
+    raise NotImplementedError(
+        "probs, order = logits.softmax(-1).sort(-1, descending=True); the mass above each token is "
+        "probs.cumsum(-1) - probs; drop where it is >= p, then scatter the decision back with `order`")
+
+
+# %%
+check("06.top_p_filter", top_p_filter)
+
+# %% [markdown]
+# ## Task 4 — BLEU's clipped n-gram precision
+#
+# BLEU (Papineni et al., 2002) asks how many of a caption's n-grams (runs of n consecutive words)
+# appear in the references. Counting plainly rewards cheating: "the the the the the the the."
+# would have every unigram in "the cat is on the mat.". So each n-gram's count is **clipped** at
+# the most times it appears in any *one* reference ("the" appears twice there: the candidate gets
+# 2 of its 7, not 7). BLEU-4 multiplies the clipped precisions for n = 1..4 (geometrically
+# averaged) by a brevity penalty, over a whole corpus; `minivlm.eval.bleu` does the rest.
+#
+# Split texts into words with `minivlm.eval.caption_tokens` (lower case, punctuation as its own
+# word). Return `(clipped matches, number of n-grams in the candidate)`.
+
+# %%
+from collections import Counter  # noqa: E402
+
+from minivlm.eval import caption_tokens  # noqa: E402
+
+
+def clipped_precision(candidate, references, n):
+    raise NotImplementedError(
+        "Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1)) counts the n-grams; the clip of "
+        "an n-gram is max over references of its count there")
+
+
+# %%
+check("06.clipped_precision", clipped_precision)
+
+# %% [markdown]
+# ## Your pieces on a trained BLIP
+#
+# The zoo's BLIP captions eight fresh ShapesBench images through *your* greedy loop, and then
+# samples through *your* nucleus filter; your clipped precisions give the BLEU-4 of the greedy
+# captions (geometric mean of the four precisions times the brevity penalty), next to the
+# library's `bleu`.
+
+# %%
+import math  # noqa: E402
+
+from minivlm import zoo  # noqa: E402
+from minivlm.data import ShapesBench  # noqa: E402
+from minivlm.eval import bleu  # noqa: E402
+
+blip = zoo.load("blip")
+data = ShapesBench().captioning(8)
+tok = blip.get_tokenizer()
+with torch.no_grad():
+    image_tokens, _ = blip.encode_image(data["images"])
+
+    def next_logits(ids, rows):
+        return blip.lm_logits(blip.text_forward(ids, None, "decoder", image_tokens[rows]))[:, -1]
+
+    prompt = torch.full((8, 1), blip.config.dec_id)
+    ids = greedy_decode(next_logits, prompt, 30, blip.config.eos_id, blip.config.pad_id)
+    g = torch.Generator().manual_seed(0)
+    sampled = prompt
+    for _ in range(30):
+        logits = top_p_filter(next_logits(sampled, torch.arange(8)), 0.9)
+        sampled = torch.cat([sampled, torch.multinomial(logits.softmax(-1), 1, generator=g)], dim=1)
+
+
+def words(row):
+    row = row.tolist()[1:]
+    return tok.decode(row[:row.index(blip.config.eos_id)] if blip.config.eos_id in row else row)
+
+
+greedy = [words(r) for r in ids]
+for caption, nucleus, refs in zip(greedy, [words(r) for r in sampled], data["references"]):
+    print(f"greedy  {caption}\nnucleus {nucleus}\n  (a reference: {refs[0]})")
+assert greedy == blip.caption(data["images"]), "your greedy loop must give the library's captions"
+
+matched, total = [0] * 4, [0] * 4
+for caption, refs in zip(greedy, data["references"]):
+    for n in range(1, 5):
+        m, t = clipped_precision(caption, refs, n)
+        matched[n - 1] += m
+        total[n - 1] += t
+length = sum(len(caption_tokens(c)) for c in greedy)
+closest = sum(min((len(caption_tokens(r)) for r in refs), key=lambda L: (abs(L - len(caption_tokens(c))), L))
+              for c, refs in zip(greedy, data["references"]))
+penalty = 1.0 if length > closest else math.exp(1 - closest / length)
+yours = penalty * math.exp(sum(math.log(m / t) for m, t in zip(matched, total)) / 4)
+print(f"BLEU-4 from your clipped precisions: {yours:.4f}; minivlm.eval.bleu: {bleu(greedy, data['references']):.4f}")
+assert abs(yours - bleu(greedy, data["references"])) < 1e-9
