@@ -1,11 +1,13 @@
-"""Speed checks of our models against reference implementations (chapter 02 for CLIP, 03 for ViLT).
+"""Speed checks of our models against reference implementations (chapter 02 for CLIP, 03 for
+ViLT, 06 for BLIP).
 
 `bench_clip` times one full training step (forward, loss, backward, AdamW step) of our CLIP and
 of Hugging Face transformers' CLIPModel built at the *same* configuration, on the same batch,
 alternating the two in each repeat so that a machine slowing down or speeding up (thermal
 throttling, another process) affects both alike. transformers is a development dependency
 only, imported inside the function. `bench_vilt` does the same for a VQA step of our ViLT and
-of transformers' ViltForQuestionAnswering.
+of transformers' ViltForQuestionAnswering, `bench_blip` for a captioning (LM) step of our BLIP
+and of transformers' BlipForConditionalGeneration.
 
     python -m minivlm.benchmarks                       # the chapter's default config
     python -m minivlm.benchmarks --dim 256 --depth 6 --image-size 64 --patch-size 8
@@ -191,6 +193,112 @@ def bench_vilt(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
             pixel_values = (images - mean) / std  # the same normalisation our model does inside
             out = hf(input_ids=ids, attention_mask=mask.long(), pixel_values=pixel_values)
             F.cross_entropy(out.logits, labels).backward()
+            opt.step()
+
+        runs = {"ours": (step_ours, torch.optim.AdamW(ours.parameters(), lr=1e-4)),
+                "theirs": (step_theirs, torch.optim.AdamW(hf.parameters(), lr=1e-4))}
+        return {**_time_alternating(runs, warmup, repeats, dev), "batch_size": batch_size, "repeats": repeats,
+                "warmup": warmup, "config": asdict(cfg), "params_ours": n_ours, "params_theirs": n_theirs,
+                **_versions(hf_version, dev)}
+
+
+def hf_blip_like(config):
+    """A randomly initialised transformers BlipForConditionalGeneration with the same architecture
+    as the captioning path of our BLIP(config): its ViT (no pre-norm, a patch bias) and its
+    post-LN decoder with cross-attention and the LM head tied to the word embeddings."""
+    try:
+        import transformers
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("bench_blip compares against Hugging Face transformers: pip install transformers "
+                          "(a development dependency; the library itself never needs it)") from e
+    if config.text_norm_first or config.vision_pre_norm or not config.patch_bias:
+        raise ValueError("transformers' BLIP is post-LN on the text side, has no LayerNorm before its ViT and a "
+                         "patch bias: use text_norm_first=False, vision_pre_norm=False, patch_bias=True")
+    vision = dict(hidden_size=config.vision_dim, intermediate_size=int(config.vision_dim * config.mlp_ratio),
+                  num_hidden_layers=config.vision_depth, num_attention_heads=config.vision_heads,
+                  image_size=config.image_size, patch_size=config.patch_size, hidden_act=HF_ACT[config.act],
+                  layer_norm_eps=config.eps, attention_dropout=0.0)
+    text = dict(vocab_size=config.vocab_size, hidden_size=config.dim,
+                intermediate_size=int(config.dim * config.mlp_ratio), num_hidden_layers=config.text_depth, num_attention_heads=config.heads,
+                max_position_embeddings=config.max_text_len, hidden_act=HF_ACT[config.act],
+                layer_norm_eps=config.text_eps, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                pad_token_id=config.pad_id, bos_token_id=config.dec_id, sep_token_id=config.eos_id,
+                eos_token_id=config.eos_id, label_smoothing=config.label_smoothing)
+    # transformers' BLIP attention is eager only (matmul, softmax, matmul), as its masks assume
+    hf_config = transformers.BlipConfig(text_config=text, vision_config=vision, image_text_hidden_size=config.embed_dim,
+                                        attn_implementation="eager")
+    return transformers.BlipForConditionalGeneration(hf_config), transformers.__version__
+
+
+def blip_caption_batch(config, batch_size: int, seed: int = 0) -> dict:
+    """A ShapesWorld captioning batch for `bench_blip`: images, ids "[DEC] words <eos>" (the
+    decoder's input and targets) and their attention mask."""
+    from minivlm.data import ShapesWorld, Tokenizer
+
+    data = ShapesWorld(seed=seed, image_size=config.image_size).batch(batch_size)
+    ids, mask = Tokenizer.from_world()(data["captions"], config.max_text_len, add_bos=True, add_eos=True)
+    ids = ids.clone()
+    ids[:, 0] = config.dec_id  # as BLIP.with_first_token(ids, "decoder")
+    return {"images": data["images"], "ids": ids, "attention_mask": mask.bool()}
+
+
+def blip_lm_loss_ours(model, images, ids, mask) -> torch.Tensor:
+    """Our BLIP's captioning loss: encode_image, the MED decoder mode, lm_logits, lm_loss."""
+    from minivlm.losses import lm_loss
+
+    image_tokens, _ = model.encode_image(images)
+    logits = model.lm_logits(model.text_forward(ids, mask, "decoder", image_tokens))
+    return lm_loss(logits, ids, mask, model.config.label_smoothing)
+
+
+def blip_lm_loss_theirs(hf, images, ids, mask, mean, std) -> torch.Tensor:
+    """transformers' loss for the same step: padded targets ignored (-100), the label smoothing
+    of its text config."""
+    pixel_values = (images - mean) / std  # the same normalisation our model does inside
+    return hf(pixel_values=pixel_values, input_ids=ids, attention_mask=mask.long(),
+              labels=ids.masked_fill(~mask, -100)).loss
+
+
+def bench_blip(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device: str | None = None,
+               threads: int | None = None, seed: int = 0, **config) -> dict:
+    """Median milliseconds per captioning training step of our BLIP and of transformers'
+    BlipForConditionalGeneration (chapter 06).
+
+    One step: encode the images, run the MED decoder mode with cross-attention to them, LM
+    logits, next-word loss with label smoothing 0.1, backward, AdamW step; transformers' model
+    does the same with `labels`. config: BLIPConfig fields over the chapter's shape
+    (`minivlm.zoo.recipes.blip.BLIP_CONFIG`), always post-LN text, no ViT pre-norm and a patch
+    bias (transformers' layout). device, threads and the returned dict as in `bench_clip`;
+    params_ours counts only what the step uses (not the encoder's self-attention, the ITC
+    projections, the ITM head or the temperature, which transformers' captioner lacks).
+    """
+    from minivlm.models.blip import BLIP, BLIPConfig
+    from minivlm.zoo.recipes.blip import BLIP_CONFIG
+
+    with _bench_setup(batch_size, repeats, warmup, device, threads) as dev:
+        cfg = BLIPConfig(**{**BLIP_CONFIG, **config, "text_norm_first": False, "vision_pre_norm": False,
+                            "patch_bias": True})
+        torch.manual_seed(seed)
+        ours = BLIP(cfg).to(dev).train()
+        hf, hf_version = hf_blip_like(cfg)
+        hf = hf.to(dev).train()
+        unused = [ours.image_projection, ours.text_projection, ours.itm_head]
+        unused += [m for b in ours.blocks for m in (b.attn, b.norm1)]
+        n_ours = count_parameters(ours) - sum(count_parameters(m) for m in unused) - ours.log_scale.numel()
+        n_theirs = count_parameters(hf)
+
+        batch = blip_caption_batch(cfg, batch_size, seed)
+        images, ids, mask = (batch[k].to(dev) for k in ("images", "ids", "attention_mask"))
+        mean, std = ours.image_mean, ours.image_std
+
+        def step_ours(opt):
+            opt.zero_grad(set_to_none=True)
+            blip_lm_loss_ours(ours, images, ids, mask).backward()
+            opt.step()
+
+        def step_theirs(opt):
+            opt.zero_grad(set_to_none=True)
+            blip_lm_loss_theirs(hf, images, ids, mask, mean, std).backward()
             opt.step()
 
         runs = {"ours": (step_ours, torch.optim.AdamW(ours.parameters(), lr=1e-4)),

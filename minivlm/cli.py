@@ -263,7 +263,8 @@ def _cmd_bench_render(args) -> int:
 
 
 def _cmd_bench_model(args) -> int:
-    """`minivlm bench clip|vilt`: minivlm.benchmarks.bench_clip / bench_vilt (ours vs transformers)."""
+    """`minivlm bench clip|vilt|blip`: minivlm.benchmarks.bench_clip / bench_vilt / bench_blip (ours vs
+    transformers)."""
     name = f"bench_{args.action}"
     try:
         benchmarks = importlib.import_module("minivlm.benchmarks")
@@ -328,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--n", type=int, default=256, help="scenes per batch (default 256)")
     br.add_argument("--image-size", type=int, default=32, help="image side in pixels (default 32)")
     br.set_defaults(func=_cmd_bench_render)
-    for name, what, reference in (("clip", "CLIP", "CLIPModel"), ("vilt", "ViLT VQA", "ViltForQuestionAnswering")):
+    for name, what, reference in (("clip", "CLIP", "CLIPModel"), ("vilt", "ViLT VQA", "ViltForQuestionAnswering"),
+                                  ("blip", "BLIP captioning", "BlipForConditionalGeneration")):
         bm = bp.add_parser(name, help=f"{what} training-step speed against transformers' {reference}")
         bm.add_argument("--repeats", type=int, help="timed steps per model (default 20)")
         bm.add_argument("--threads", type=int, help="torch threads (default: torch's)")

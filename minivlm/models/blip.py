@@ -221,15 +221,17 @@ class BLIP(TextInputs, nn.Module):
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_hf(cls, model) -> "BLIP":
+    def from_hf(cls, model, **kwargs) -> "BLIP":
         """A BLIP holding the weights of a Hugging Face `transformers` BLIP: a
         `BlipForConditionalGeneration` (image encoder + decoder: captions) or a
         `BlipForImageTextRetrieval` (image encoder + text encoder, ITC and ITM). transformers
         keeps BLIP's decoder and encoder as two models, so the part the given one lacks stays at
-        its initialisation. See `minivlm.models.blip_hf`."""
+        its initialisation. kwargs (tokenizer, image statistics, special ids): see
+        `minivlm.models.blip_hf.blip_from_hf`. With Salesforce's weights (max_text_len 512) pass
+        `caption(..., max_len=20)`: decoding recomputes the whole prefix at every step."""
         from minivlm.models.blip_hf import blip_from_hf
 
-        return blip_from_hf(model)
+        return blip_from_hf(model, **kwargs)
 
     # ------------------------------------------------------------------------------ the image
     def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
