@@ -38,9 +38,9 @@ def pair_sets(job: dict) -> tuple[dict, dict]:
     """The web set (noisy) and the clean set of a seed: they depend on (world_seed, seed) only."""
     from minivlm.models.blip import image_text_pairs
 
-    base = job["world_seed"] + 1000 * job["seed"]
-    return (image_text_pairs(job["n_web"], job["noise"], seed=base),
-            image_text_pairs(job["n_clean"], 0.0, seed=base + 500))
+    base, size = job["world_seed"] + 1000 * job["seed"], job["config"].get("image_size", 32)
+    return (image_text_pairs(job["n_web"], job["noise"], seed=base, image_size=size),
+            image_text_pairs(job["n_clean"], 0.0, seed=base + 500, image_size=size))
 
 
 def train_blip(model, data: dict, steps: int, job: dict, losses=("itc", "itm", "lm"), lr: float | None = None,
