@@ -41,6 +41,26 @@ def run_jobs(fn: Callable[[dict], dict], jobs: list[dict], workers: int, progres
     return results
 
 
+def arm_table(results: list[dict], extra: tuple[str, ...] = ()) -> dict[str, list[dict]]:
+    """The manifest's `arms`: for each arm, one row per seed with its metrics, final loss, training
+    seconds and the `extra` fields a result has."""
+    arms: dict[str, list[dict]] = {}
+    for r in results:
+        row = {"seed": r["seed"], **r["metrics"], "final_loss": r["final"]["loss"], "train_seconds": r["train_seconds"]}
+        row.update({k: r[k] for k in extra if k in r})
+        arms.setdefault(r["arm"], []).append(row)
+    return arms
+
+
+def shipped_model(make: Callable[[dict], object], config: dict, results: list[dict]):
+    """(the model built by make(config) holding the weights of the one result that carries a
+    "state", in eval mode; that result)."""
+    shipped = next(r for r in results if "state" in r)
+    model = make(config)
+    model.load_state_dict(shipped["state"])
+    return model.eval(), shipped
+
+
 def itm_figures(model, bench, itm_n: int, hard_n: int) -> dict:
     """ITM accuracy of a model with `match_probability` (ALBEF, VLMo) on a ShapesBench's standard
     set and its hard set (one fact changed): accuracy, pair accuracy, pair accuracy per kind."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from minivlm.zoo.recipes import config_dict, estimate, itm_figures, run_jobs
+from minivlm.zoo.recipes import arm_table, config_dict, estimate, itm_figures, run_jobs, shipped_model
 
 ALBEF_CONFIG = dict(image_size=32, patch_size=4, dim=64, vision_depth=3, text_depth=2, fusion_depth=2, heads=4,
                     embed_dim=64, max_text_len=32)
@@ -128,13 +128,8 @@ class AlbefRecipe:
                                  rerank_k=self.rerank_k, vision_init=self.vision_init, weights_dir=str(weights_dir),
                                  ship=seed == 0 and k == 0, progress=progress and self.workers == 1))
         results = run_jobs(_run_arm, jobs, self.workers, progress, "albef")
-        arms: dict[str, list] = {}
-        for r in results:
-            arms.setdefault(r["arm"], []).append({"seed": r["seed"], **r["metrics"], "final_loss": r["final"]["loss"],
-                                                  "train_seconds": r["train_seconds"]})
-        shipped = next(r for r in results if "state" in r)
-        model = _model({**self.config, "distill": True, "hard_negatives": True})
-        model.load_state_dict(shipped["state"])
+        arms = arm_table(results)
+        model, shipped = shipped_model(_model, {**self.config, "distill": True, "hard_negatives": True}, results)
         return model.eval(), {
             "config": config_dict(model),
             "tokenizer_vocab_size": model.config.vocab_size,

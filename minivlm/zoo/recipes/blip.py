@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from minivlm.zoo.recipes import config_dict, estimate, itm_figures, run_jobs
+from minivlm.zoo.recipes import arm_table, config_dict, estimate, itm_figures, run_jobs, shipped_model
 
 BLIP_CONFIG = dict(image_size=32, patch_size=4, dim=64, vision_depth=3, text_depth=2, heads=4, embed_dim=64,
                    max_text_len=32)
@@ -198,17 +198,11 @@ class BlipRecipe:
                           [self._job(r["seed"], weights_dir, progress, arm=f"capfilt_{how}", boot=r["boots"][how],
                                      ship=r["seed"] == 0 and how == "nucleus")
                            for r in first for how in BOOTSTRAPS], self.workers, progress, "blip")
-        arms: dict[str, list] = {}
-        for r in first + second:
-            arms.setdefault(r["arm"], []).append({"seed": r["seed"], **r["metrics"], "final_loss": r["final"]["loss"],
-                                                  "train_seconds": r["train_seconds"],
-                                                  **({"pairs": r["pairs"]} if "pairs" in r else {})})
+        arms = arm_table(first + second, ("pairs",))
         bootstrapping = [{"seed": r["seed"], "web_noisy": r["web_noisy"],
                           "filter_before_finetune": r["filter_before_finetune"],
                           **{f"capfilt_{how}": r[f"capfilt_{how}"] for how in BOOTSTRAPS}} for r in first]
-        shipped = next(r for r in second if "state" in r)
-        model = _model(self.config)
-        model.load_state_dict(shipped["state"])
+        model, shipped = shipped_model(_model, self.config, second)
         return model.eval(), {
             "config": config_dict(model),
             "tokenizer_vocab_size": model.config.vocab_size,

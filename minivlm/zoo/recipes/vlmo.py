@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from minivlm.zoo.recipes import config_dict, estimate, itm_figures, run_jobs
+from minivlm.zoo.recipes import arm_table, config_dict, estimate, itm_figures, run_jobs, shipped_model
 
 VLMO_CONFIG = dict(image_size=32, patch_size=8, dim=64, depth=4, vl_depth=2, heads=4, embed_dim=64, max_text_len=32)
 
@@ -122,14 +122,8 @@ class VlmoRecipe:
                      ship=seed == 0 and arm == self.ship_arm, progress=progress and self.workers == 1)
                 for seed in range(self.seeds) for arm in self.arms]
         results = run_jobs(_run_arm, jobs, self.workers, progress, "vlmo")
-        arms: dict[str, list] = {}
-        for r in results:
-            arms.setdefault(r["arm"], []).append({"seed": r["seed"], **r["metrics"], "final_loss": r["final"]["loss"],
-                                                  "train_seconds": r["train_seconds"],
-                                                  "stage_seconds": r["stage_seconds"]})
-        shipped = next(r for r in results if "state" in r)
-        model = _model(self.config)
-        model.load_state_dict(shipped["state"])
+        arms = arm_table(results, ("stage_seconds",))
+        model, shipped = shipped_model(_model, self.config, results)
         return model.eval(), {
             "config": config_dict(model),
             "tokenizer_vocab_size": model.config.vocab_size,
