@@ -1,0 +1,257 @@
+"""CoCa: contrastive and captioning losses in one image-text model, one text pass per step (chapter 07).
+
+Yu, Wang, Vasudevan, Yeung, Seyedhosseini and Wu, "CoCa: Contrastive Captioners are Image-Text
+Foundation Models", 2022.
+
+ALBEF and BLIP (chapters 04 and 06) run the caption through their text Transformer two or three
+times per step, once per loss. CoCa cuts its text decoder in half and runs it once:
+
+    image tokens   = ViT(image)                                          (B, 1 + N, D_v)
+    image embed    = contrastive pooler (1 learned query)     → ITC      (B, E)
+    image queries  = captioning pooler (n learned queries)    → read by the decoder (B, n, D)
+    unimodal half  : causal self-attention only, over [words ; CLS]: the CLS appended at the end
+                     sees every word, and its output is the text embedding for ITC
+    multimodal half: causal self-attention + cross-attention to the image queries, over the words;
+                     an LM head predicts each next word (captioning)
+    loss           = λ_con · contrastive (CLIP's, chapter 02) + λ_cap · captioning (next word)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minivlm.generate import generate, strip_generated
+from minivlm.losses import clip_loss, lm_loss
+from minivlm.models.inputs import (
+    TextInputs,
+    check_encoder_config,
+    check_ids_in_vocab,
+    check_image_stats,
+    check_images,
+    fill_token_ids,
+    register_image_stats,
+)
+from minivlm.nn import Transformer, ViT, masks
+from minivlm.nn.pooling import AttentionalPooler
+from minivlm.nn.text import check_token_ids
+from minivlm.utils import check_int, check_number, check_tensor, eval_mode
+
+
+@dataclass
+class CoCaConfig:
+    """Small defaults for 32×32 ShapesWorld images; CoCa-Base's values in the comments."""
+
+    image_size: int = 32
+    patch_size: int = 4
+    dim: int = 64  # 768
+    vision_depth: int = 3  # 12
+    unimodal_depth: int = 2  # 12: the decoder's first half, text only
+    multimodal_depth: int = 2  # 12: the second half, with cross-attention to the image queries
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    embed_dim: int = 64  # the contrastive space
+    caption_queries: int = 16  # 256: the captioning pooler's learned queries
+    vocab_size: int | None = None
+    max_text_len: int = 32  # words, <bos> and <eos> included; the CLS is one more position
+    act: str = "gelu"
+    eps: float = 1e-5
+    temp: float = 0.07
+    max_scale: float = 100.0
+    contrastive_weight: float = 1.0  # λ_con (1)
+    caption_weight: float = 2.0  # λ_cap (2)
+    label_smoothing: float = 0.0  # (0.1 in CoCa's captioning fine-tunes)
+    pos_init_std: float = 1.0
+    vision_pre_norm: bool = True  # chapter 02's CLIP layout, so that its tower can initialise ours
+    patch_bias: bool = False
+    pad_id: int | None = None
+    mask_id: int | None = None
+    bos_id: int | None = None
+    eos_id: int | None = None
+    image_mean: tuple[float, float, float] = field(default=(0.5, 0.5, 0.5))
+    image_std: tuple[float, float, float] = field(default=(0.5, 0.5, 0.5))
+
+    def __post_init__(self):
+        fill_token_ids(self)
+        if self.bos_id is None or self.eos_id is None:
+            from minivlm.data.tokenizer import Tokenizer
+
+            tok = Tokenizer.from_world()
+            self.bos_id = tok.bos_id if self.bos_id is None else self.bos_id
+            self.eos_id = tok.eos_id if self.eos_id is None else self.eos_id
+        check_encoder_config(self, ("image_size", "patch_size", "dim", "vision_depth", "unimodal_depth",
+                                    "multimodal_depth", "heads", "embed_dim", "caption_queries", "vocab_size",
+                                    "max_text_len"))
+        check_number("mlp_ratio", self.mlp_ratio, 0, float("inf"), lo_open=True)
+        check_number("eps", self.eps, 0, 1.0, lo_open=True)
+        check_number("temp", self.temp, 0.001, 1.0, lo_open=True)
+        check_number("max_scale", self.max_scale, 1.0, 1e4)
+        check_number("pos_init_std", self.pos_init_std, 0, float("inf"))
+        check_number("label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
+        for name in ("contrastive_weight", "caption_weight"):
+            check_number(name, getattr(self, name), 0.0, float("inf"), hi_open=True)
+        if self.contrastive_weight == 0 and self.caption_weight == 0:
+            raise ValueError("contrastive_weight and caption_weight are both 0: nothing would be trained")
+        for name in ("vision_pre_norm", "patch_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        check_ids_in_vocab(self)
+        for name in ("bos_id", "eos_id"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.vocab_size:
+                raise ValueError(f"{name} must lie in [0, {self.vocab_size - 1}], got {value!r}")
+        check_image_stats(self)
+
+
+class CoCa(TextInputs, nn.Module):
+    """ViT + two attentional poolers + a text decoder split into unimodal and multimodal halves."""
+
+    def __init__(self, config: CoCaConfig | None = None, tokenizer=None):
+        super().__init__()
+        self.config = c = config or CoCaConfig()
+        self.visual = ViT(image_size=c.image_size, patch_size=c.patch_size, dim=c.dim, depth=c.vision_depth,
+                          heads=c.heads, mlp_ratio=c.mlp_ratio, pool="cls", act=c.act, eps=c.eps,
+                          pre_norm=c.vision_pre_norm, patch_bias=c.patch_bias)
+        nn.init.normal_(self.visual.pos_embedding, std=c.pos_init_std)
+        self.contrastive_pooler = AttentionalPooler(c.dim, n_queries=1, heads=c.heads, eps=c.eps)
+        self.caption_pooler = AttentionalPooler(c.dim, n_queries=c.caption_queries, heads=c.heads, eps=c.eps)
+        self.token_embedding = nn.Embedding(c.vocab_size, c.dim)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        self.cls_embedding = nn.Parameter(torch.randn(c.dim) * 0.02)  # appended after the words
+        self.pos_embedding = nn.Parameter(torch.randn(1, c.max_text_len + 1, c.dim) * 0.01)
+        self.unimodal = Transformer(c.dim, c.unimodal_depth, c.heads, mlp_ratio=c.mlp_ratio, act=c.act, eps=c.eps)
+        self.cls_norm = nn.LayerNorm(c.dim, eps=c.eps)
+        self.multimodal = Transformer(c.dim, c.multimodal_depth, c.heads, mlp_ratio=c.mlp_ratio, act=c.act,
+                                      eps=c.eps, cross_attention=True)
+        self.text_norm = nn.LayerNorm(c.dim, eps=c.eps)
+        self.image_projection = nn.Linear(c.dim, c.embed_dim, bias=False)
+        self.text_projection = nn.Linear(c.dim, c.embed_dim, bias=False)
+        self.log_scale = nn.Parameter(torch.tensor(-math.log(c.temp)))
+        register_image_stats(self, c)
+        self.tokenizer = tokenizer
+
+    # ------------------------------------------------------------------------------ the image
+    def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, 3, H, W) in [0, 1] → (ITC feature (B, E) of unit norm, caption queries
+        (B, caption_queries, D) for the multimodal half)."""
+        check_images(images, self.config.image_size)
+        tokens = self.visual.forward_features((images - self.image_mean) / self.image_std)  # (B, 1 + N, D)
+        pooled = self.contrastive_pooler(tokens)[:, 0]  # (B, D)
+        return F.normalize(self.image_projection(pooled), dim=-1), self.caption_pooler(tokens)
+
+    def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(caption queries (B, n, D), ITC feature (B, E)): the order ALBEF's and BLIP's
+        encode_image use (tokens first, unit feature second), so their retrieval code serves."""
+        feature, queries = self.image_features(images)
+        return queries, feature
+
+    # ------------------------------------------------------------------------------ the text: one pass
+    def decode(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               image_queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One pass of the decoder over ids (B, T): returns (text embedding (B, E) of unit norm from
+        the appended CLS, next-word logits (B, T, V) from the multimodal half, or None when
+        image_queries is None: the unimodal half alone, for retrieval)."""
+        c = self.config
+        check_token_ids(ids, c.vocab_size, c.max_text_len, "max_text_len")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(ids, dtype=torch.bool)
+        check_tensor("attention_mask", attention_mask, ndim=2)
+        if attention_mask.shape != ids.shape:
+            raise ValueError(f"attention_mask must have shape {tuple(ids.shape)}, got {tuple(attention_mask.shape)}")
+        b, t = ids.shape
+        words = self.token_embedding(ids)  # (B, T, D)
+        x = torch.cat([words, self.cls_embedding.expand(b, 1, -1)], dim=1) + self.pos_embedding[:, :t + 1]
+        valid = torch.cat([attention_mask.bool(), torch.ones(b, 1, dtype=torch.bool, device=ids.device)], dim=1)
+        mask = masks.causal(t + 1, ids.device) & masks.padding(valid)  # the CLS, last, sees every real word
+        x = self.unimodal(x, mask=mask)  # (B, T + 1, D)
+        text_feature = F.normalize(self.text_projection(self.cls_norm(x[:, -1])), dim=-1)
+        if image_queries is None:
+            return text_feature, None
+        check_tensor("image_queries", image_queries, ndim=3, dtype="float")
+        if image_queries.shape[0] != b or image_queries.shape[2] != c.dim:
+            raise ValueError(f"image_queries must be ({b}, n, {c.dim}), got {tuple(image_queries.shape)}")
+        y = self.multimodal(x[:, :t], mask=mask[..., :t, :t], context=image_queries)  # the words only
+        logits = F.linear(self.text_norm(y), self.token_embedding.weight)  # (B, T, V), tied
+        return text_feature, logits
+
+    def encode_text(self, texts, attention_mask: torch.Tensor | None = None
+                    ) -> tuple[None, torch.Tensor, torch.Tensor]:
+        """B strings or ids (B, T) → (None, ITC feature (B, E), attention_mask): the unimodal half only."""
+        ids, attention_mask = self.ids_and_mask(texts, attention_mask)
+        return None, self.decode(ids, attention_mask)[0], attention_mask
+
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.exp().clamp(max=self.config.max_scale)
+
+    @torch.no_grad()
+    def caption(self, images: torch.Tensor, max_len: int | None = None, num_beams: int = 1,
+                do_sample: bool = False, top_p: float = 1.0, top_k: int = 0, temperature: float = 1.0,
+                generator: torch.Generator | None = None) -> list[str]:
+        """A caption per image: start at <bos>, decode with `minivlm.generate.generate` until <eos>
+        or max_len tokens (<bos> and <eos> included; default max_text_len)."""
+        c = self.config
+        max_len = c.max_text_len if max_len is None else max_len
+        check_int("max_len", max_len, lo=2)
+        if max_len > c.max_text_len:
+            raise ValueError(f"max_len={max_len} is longer than the model's max_text_len={c.max_text_len}")
+        tok = self.get_tokenizer()
+        with eval_mode(self):
+            _, queries = self.image_features(images)
+
+            def next_logits(ids, rows):
+                return self.decode(ids, None, queries[rows])[1][:, -1]
+
+            prompt = torch.full((len(images), 1), c.bos_id, dtype=torch.long, device=queries.device)
+            ids = generate(next_logits, prompt, max_len - 1, c.eos_id, pad_id=c.pad_id, num_beams=num_beams,
+                           do_sample=do_sample, top_p=top_p, top_k=top_k, temperature=temperature,
+                           generator=generator)
+        return [tok.decode(row[:max_len - 2]) for row in strip_generated(ids, 1, c.eos_id)]
+
+
+def coca_step(model: CoCa, batch: dict) -> dict:
+    """CoCa's loss for `minivlm.train.fit`: λ_con · CLIP's contrastive loss on (pooled image, CLS)
+    + λ_cap · next-word loss, from ONE pass of the text. batch: images (B, 3, H, W), ids
+    "<bos> ... <eos>" (B, T), attention_mask (B, T)."""
+    core = getattr(model, "module", model)
+    if not isinstance(core, CoCa):
+        raise TypeError(f"coca_step trains a CoCa, got {type(core).__name__}")
+    if not isinstance(batch, dict) or any(k not in batch for k in ("images", "ids", "attention_mask")):
+        raise ValueError("batch must be a dict with images, ids and attention_mask")
+    c = core.config
+    image_feature, queries = core.image_features(batch["images"])
+    text_feature, logits = core.decode(batch["ids"], batch["attention_mask"], queries)
+    contrastive = clip_loss(image_feature, text_feature, core.scale())
+    caption = lm_loss(logits, batch["ids"], batch["attention_mask"], c.label_smoothing)
+    loss = c.contrastive_weight * contrastive + c.caption_weight * caption
+    return {"loss": loss, "contrastive": contrastive.detach(), "caption": caption.detach(),
+            "temp": 1.0 / core.scale().detach()}
+
+
+def caption_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, tokenizer=None,
+                    max_text_len: int = 32, relational_fraction: float = 0.3):
+    """step -> a batch of clean ShapesWorld pairs for coca_step (images, ids, attention_mask)."""
+    from minivlm.models.albef import pretrain_batches
+
+    inner = pretrain_batches(batch_size, seed=seed, image_size=image_size, tokenizer=tokenizer,
+                             max_text_len=max_text_len, relational_fraction=relational_fraction)
+
+    def batch(step: int) -> dict:
+        b = inner(step)
+        return {"images": b["images"], "ids": b["ids"], "attention_mask": b["attention_mask"]}
+
+    return batch
+
+
+def captions_of(model: CoCa, images: torch.Tensor, batch_size: int = 256, **kwargs) -> list[str]:
+    """model.caption over images in batches."""
+    out: list[str] = []
+    for a in range(0, len(images), batch_size):
+        out += model.caption(images[a:a + batch_size], **kwargs)
+    return out
+
+
+__all__: Sequence[str] = ("CoCaConfig", "CoCa", "coca_step", "caption_batches", "captions_of")
