@@ -1,5 +1,5 @@
 """The model zoo: pretrained components that later chapters start from (chapter 02 builds "clip",
-chapter 03 "vilt_pretrained" and "vilt", chapter 04 "albef", chapter 05 "vlmo", chapter 06 "blip").
+chapter 03 "vilt_pretrained" and "vilt", chapter 04 "albef", chapter 05 "vlmo", chapter 06 "blip", chapter 07 "coca").
 
 Nothing is downloaded: the weights ship inside the package (`minivlm/zoo/weights/`, safetensors)
 next to a JSON manifest with their sha256, the config, the recipe and the metrics they reached on
@@ -36,12 +36,13 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 from minivlm.zoo.recipes.albef import AlbefRecipe  # noqa: E402
 from minivlm.zoo.recipes.blip import BlipRecipe  # noqa: E402
 from minivlm.zoo.recipes.clip import CLIP_TEMPLATES, ClipRecipe, class_prompts, evaluate_clip  # noqa: E402
+from minivlm.zoo.recipes.coca import CocaRecipe  # noqa: E402
 from minivlm.zoo.recipes.vilt import ViltPretrainedRecipe, ViltRecipe  # noqa: E402
 from minivlm.zoo.recipes.vlmo import VlmoRecipe  # noqa: E402
 
 # The registry, in build order: an entry may load an earlier one ("vilt" fine-tunes "vilt_pretrained").
 RECIPES = {recipe.name: recipe for recipe in (ClipRecipe, ViltPretrainedRecipe, ViltRecipe, AlbefRecipe, VlmoRecipe,
-                                             BlipRecipe)}
+                                             BlipRecipe, CocaRecipe)}
 
 
 def available() -> list[str]:

@@ -1,0 +1,172 @@
+"""The zoo CoCa (chapter 07) and the PrefixLM arm it is compared with.
+
+Both train on the zoo CLIP's own batches (chapter 02's recipe: one single-object scene of every
+seen colour-shape composition + 21 two-object scenes per batch, captions "<bos> ... <eos>"), for
+the CLIP's number of steps, from scratch, `seeds` seeds each:
+  - "coca": contrastive + captioning losses, one text pass per step;
+  - "prefixlm": SimVLM's prefix language modelling alone, at equal steps.
+Every run is measured on the same ShapesBench sets: zero-shot classification with CLIP's
+template ensemble (seen and held-out compositions; CoCa only), image→text R@1 among 256 (CoCa
+only), and greedy captions of 256 fresh images (CIDEr-D, BLEU-4, exactly true). CoCa seed 0
+ships as the weights.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from minivlm.zoo.recipes import arm_table, config_dict, estimate, run_jobs, shipped_model
+
+COCA_CONFIG = dict(image_size=32, patch_size=4, dim=64, vision_depth=3, unimodal_depth=2, multimodal_depth=2,
+                   heads=4, embed_dim=64, caption_queries=16, max_text_len=32)
+PREFIXLM_CONFIG = dict(image_size=32, patch_size=4, dim=64, depth=5, heads=4, max_text_len=32)
+ARMS = ("coca", "prefixlm")
+
+
+def _model(config: dict):
+    from minivlm.models.coca import CoCa, CoCaConfig
+
+    return CoCa(CoCaConfig(**config))
+
+
+def _prefixlm(config: dict):
+    from minivlm.models.prefixlm import PrefixLM, PrefixLMConfig
+
+    return PrefixLM(PrefixLMConfig(**config))
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which of the zoo CLIP's data streams (chapter 02's `clip_batches`) an arm trains on."""
+
+    world_seed: int = 1
+    pairs: int = 21
+    relational_fraction: float = 0.3
+
+
+def training_batches(spec: DataSpec, image_size: int = 32, max_text_len: int = 32):
+    """The zoo CLIP's batches (chapter 02), tokenised "<bos> ... <eos>" for a decoder."""
+    from minivlm.data import Tokenizer
+    from minivlm.zoo.recipes.clip import ClipRecipe, clip_batches
+
+    tok = Tokenizer.from_world()
+    recipe = ClipRecipe(world_seed=spec.world_seed, pairs=spec.pairs, relational_fraction=spec.relational_fraction,
+                        config={**ClipRecipe().config, "image_size": image_size})
+    return clip_batches(recipe, lambda captions, max_len: tok(captions, max_len, add_bos=True, add_eos=True),
+                        max_text_len)
+
+
+def _run_arm(job: dict) -> dict:
+    from minivlm.models.coca import coca_step
+    from minivlm.models.prefixlm import prefixlm_step
+    from minivlm.train import fit
+    from minivlm.utils import seed_everything
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    seed_everything(job["seed"])
+    coca = job["arm"] == "coca"
+    model = _model(job["config"]) if coca else _prefixlm(job["prefixlm_config"])
+    batches = training_batches(job["data"], model.config.image_size, model.config.max_text_len)
+    history = fit(model, coca_step if coca else prefixlm_step, batches, job["steps"], lr=job["lr"],
+                  weight_decay=job["weight_decay"], warmup=job["warmup"], device="cpu", seed=job["seed"],
+                  progress=job["progress"], desc=f"zoo: coca {job['arm']} seed {job['seed']}")
+    train_seconds = time.perf_counter() - start
+    model.eval()
+    out = {"arm": job["arm"], "seed": job["seed"], "metrics": coca_metrics(model, job["bench_seed"]),
+           "final": {"loss": round(history.last("loss"), 4)}, "train_seconds": round(train_seconds, 1),
+           "ms_per_step": round(1000 * train_seconds / job["steps"], 1)}
+    if job["ship"]:
+        out["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    out["seconds"] = round(time.perf_counter() - start, 1)
+    return out
+
+
+@torch.no_grad()
+def zero_shot(model, data: dict, templates) -> torch.Tensor:
+    """Zero-shot logits (N, classes) of any model whose encode_image / encode_text return the unit
+    feature second (CoCa, ALBEF, BLIP): chapter 02's protocol, one averaged text feature per class
+    over the prompt templates."""
+    import torch.nn.functional as F
+
+    from minivlm.utils import eval_mode
+    from minivlm.zoo.recipes.clip import class_prompts
+
+    prompts = class_prompts(data["class_names"])
+    with eval_mode(model):
+        per_template = torch.stack([model.encode_text([t.format(p) for p in prompts])[1] for t in templates])
+        classes = F.normalize(per_template.mean(0), dim=-1)  # (C, E): the templates' mean, renormalised
+        images = torch.cat([model.encode_image(data["images"][a:a + 256])[1]
+                            for a in range(0, len(data["images"]), 256)])  # (N, E)
+    return images @ classes.t()
+
+
+def coca_metrics(model, bench_seed: int = 1234, caption_n: int = 256, retrieval_n: int = 256) -> dict:
+    """ShapesBench figures with 95 % intervals: captions (both models); zero-shot and retrieval
+    (CoCa, the model with a contrastive head)."""
+    from minivlm.data import ShapesBench
+    from minivlm.eval import interval
+    from minivlm.models.albef import itc_similarity
+    from minivlm.models.blip import evaluate_captions
+    from minivlm.zoo.recipes.clip import CLIP_TEMPLATES
+
+    bench = ShapesBench(image_size=model.config.image_size, seed=bench_seed)
+    cap = bench.captioning(caption_n)
+    ev = evaluate_captions(model, cap["images"], cap["scenes"])
+    out = {"cider": estimate(ev["cider"]), "bleu4": round(ev["bleu4"], 4), "caption_true": estimate(ev["true"])}
+    if hasattr(model, "encode_text"):
+        for split in ("seen", "heldout"):
+            data = bench.classification(split)
+            hits = (zero_shot(model, data, CLIP_TEMPLATES).argmax(1) == data["labels"]).tolist()
+            out[f"zero_shot_{split}"] = estimate(interval(hits))
+        ret = bench.retrieval(retrieval_n)
+        hits = (itc_similarity(model, ret["images"], ret["captions"]).argmax(1) == torch.arange(retrieval_n)).tolist()
+        out["i2t_r1"] = estimate(interval(hits))
+    return out
+
+
+@dataclass
+class CocaRecipe:
+    """CoCa and PrefixLM on the zoo CLIP's batches for its number of steps, `seeds` seeds each,
+    on the CPU, from scratch. `workers` > 1 runs that many arms at once (one thread each: the
+    figures do not change)."""
+
+    steps: int = 2000
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup: int = 50
+    seeds: int = 3
+    world_seed: int = 1  # the zoo CLIP's data
+    pairs: int = 21
+    relational_fraction: float = 0.3
+    bench_seed: int = 1234
+    workers: int = 1
+    config: dict = field(default_factory=lambda: dict(COCA_CONFIG))
+    prefixlm_config: dict = field(default_factory=lambda: dict(PREFIXLM_CONFIG))
+
+    name = "coca"
+    model = staticmethod(_model)
+
+    def train(self, weights_dir, progress: bool):
+        jobs = [dict(arm=arm, seed=seed, config=dict(self.config), prefixlm_config=dict(self.prefixlm_config),
+                     steps=self.steps, lr=self.lr, weight_decay=self.weight_decay, warmup=self.warmup,
+                     data=DataSpec(self.world_seed, self.pairs, self.relational_fraction), bench_seed=self.bench_seed, ship=arm == "coca" and seed == 0,
+                     progress=progress and self.workers == 1)
+                for seed in range(self.seeds) for arm in ARMS]
+        results = run_jobs(_run_arm, jobs, self.workers, progress, "coca")
+        arms = arm_table(results, ("ms_per_step",))
+        model, shipped = shipped_model(_model, self.config, results)
+        return model, {
+            "config": config_dict(model),
+            "tokenizer_vocab_size": model.config.vocab_size,
+            "metrics": shipped["metrics"],
+            "ship_arm": "coca",
+            "arms": arms,
+            "prefixlm_config": dict(self.prefixlm_config),
+            "final_loss": shipped["final"]["loss"],
+            "steps": self.steps,
+            "train_seconds": shipped["train_seconds"],
+            "job_seconds": {f"{r['arm']} seed {r['seed']}": r["seconds"] for r in results},
+        }
