@@ -1,0 +1,318 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · CoCa: contrast and caption in one pass — and PrefixLM
+#
+# Yu, Wang, Vasudevan, Yeung, Seyedhosseini and Wu, *CoCa: Contrastive Captioners are Image-Text
+# Foundation Models* (2022); Wang et al., *SimVLM: Simple Visual Language Model Pretraining with
+# Weak Supervision* (ICLR 2022); Desai and Johnson, *VirTex* (CVPR 2021).
+#
+# Three families so far: **single encoders** (ViLT) fuse image and text early; **dual encoders**
+# (CLIP) embed them apart and compare; **encoder-decoders** (BLIP's decoder) write text about an
+# image. ALBEF and BLIP get several of these abilities by running the caption through their text
+# Transformer two or three times per step, once per loss. CoCa gets them from **one pass**:
+#
+# * its text decoder is cut in half. The **unimodal** half is a causal text Transformer with no
+#   image; a learned `[CLS]` token appended *after* the words sees every word, and its output is
+#   the text embedding for the contrastive loss;
+# * the **multimodal** half continues from the unimodal half's word outputs, with cross-attention
+#   to the image, and predicts each next word: captioning;
+# * **attentional poolers** (learned queries cross-attending to the ViT's tokens) give one image
+#   embedding for the contrastive loss and 16 image tokens for the decoder to read;
+# * loss = λ_con · contrastive + λ_cap · captioning (the paper: 1 and 2).
+#
+# **PrefixLM** (SimVLM) goes further: no contrastive loss at all, one Transformer over
+# [image patches ; caption prefix ; caption suffix] with the prefix-LM mask of chapter 01.
+#
+# This chapter builds both from the library, measures what a training step costs CoCa, BLIP
+# and ALBEF at the same width and depth, and reads from the zoo's seeds how CoCa's zero-shot
+# accuracy compares with chapter 02's CLIP trained on the same batches for the same steps, and
+# how its captions compare with PrefixLM's.
+#
+# | piece | library |
+# |---|---|
+# | the attentional pooler | `minivlm/nn/pooling.py` |
+# | CoCa: poolers, the split decoder with the appended CLS, `coca_step`, `caption` | `minivlm/models/coca.py` |
+# | PrefixLM: one Transformer under the prefix-LM mask, `prefixlm_step`, `caption` | `minivlm/models/prefixlm.py` |
+# | the prefix-LM mask | `minivlm/nn/masks.py` (chapter 01) |
+# | the contrastive loss, the next-word loss, decoding, CIDEr | chapters 02 and 06 |
+# | the trained CoCa and the PrefixLM arms | `minivlm/zoo` (`zoo.load("coca")`, `zoo.manifest("coca")`) |
+
+# %%
+import time
+
+import torch
+
+import minivlm
+from minivlm import viz, zoo
+from minivlm.data import ShapesBench
+from minivlm.eval import interval
+from minivlm.models.albef import ALBEF, ALBEFConfig, ALBEFPretrainer, itc_similarity, pretrain_batches
+from minivlm.models.albef import pretrain_step as albef_step
+from minivlm.models.blip import BLIP, BLIPConfig, BLIPPretrainer, image_text_pairs, pair_batches
+from minivlm.models.blip import pretrain_step as blip_step
+from minivlm.models.coca import CoCa, CoCaConfig, coca_step
+from minivlm.models.prefixlm import PrefixLM, PrefixLMConfig
+from minivlm.nn import masks
+from minivlm.nn.pooling import AttentionalPooler
+from minivlm.train import fit
+from minivlm.utils import count_parameters
+from minivlm.zoo.recipes.clip import CLIP_TEMPLATES
+from minivlm.zoo.recipes.coca import COCA_CONFIG, PREFIXLM_CONFIG, coca_metrics, zero_shot
+
+minivlm.seed_everything(0)
+chapter_start = time.perf_counter()
+print("torch threads:", torch.get_num_threads())
+
+# %% [markdown]
+# ## 1. Three ways to train on image-text pairs
+
+# %%
+PIPELINES = {
+    "ALBEF / BLIP\n(chapters 04, 06)": [
+        ("image, caption", "input"), ("text pass 1: ITC", "text"), ("text pass 2: ITM\n(+ negatives)", "fusion"),
+        ("text pass 3: MLM / LM", "fusion"), ("three losses", "head")],
+    "CoCa": [
+        ("image, caption", "input"), ("ViT → 2 poolers", "vision"), ("unimodal half:\nwords + CLS", "text"),
+        ("multimodal half:\nwords × image", "fusion"), ("contrastive (CLS)\n+ captioning", "head")],
+    "PrefixLM\n(SimVLM)": [
+        ("[patches ; prefix ;\nsuffix]", "input"), ("one Transformer,\nprefix-LM mask", "fusion"),
+        ("next word of\nthe suffix", "head")],
+}
+NOTES = {
+    "ALBEF / BLIP\n(chapters 04, 06)": "the caption goes through the text Transformer once per loss (plus the momentum model)",
+    "CoCa": "one pass of the caption gives both losses",
+    "PrefixLM\n(SimVLM)": "no contrastive or matching head: it writes, but has no embedding to retrieve with",
+}
+viz.plot_pipelines(PIPELINES, NOTES)
+
+# %% [markdown]
+# ## 2. The attentional pooler
+#
+# A handful of learned **queries** cross-attend to the image tokens: each query's output is a
+# weighted average of the (projected) tokens, weights from how well the token answers the query.
+# Written out and checked against the library's module:
+
+# %%
+pooler = AttentionalPooler(dim=64, context_dim=64, n_queries=16, heads=4)
+tokens = torch.randn(2, 65, 64)  # (B, 1 + N, D): a ViT's CLS and 64 patch tokens
+
+
+def pool_inline(tokens):
+    a = pooler.cross_attn
+    q = a.q_proj(pooler.norm_queries(pooler.queries))  # (Q, D): the queries, the same for every image
+    kv = pooler.norm_context(tokens)  # (B, N, D)
+    k, v = a.k_proj(kv), a.v_proj(kv)
+    heads = []
+    for h in range(a.heads):
+        s = slice(h * 16, (h + 1) * 16)
+        weights = (q[:, s] @ k[..., s].transpose(1, 2) / 16 ** 0.5).softmax(-1)  # (B, Q, N)
+        heads.append(weights @ v[..., s])  # (B, Q, 16)
+    return a.out_proj(torch.cat(heads, -1))  # (B, Q, D)
+
+
+with torch.no_grad():
+    diff = (pool_inline(tokens) - pooler(tokens)).abs().max().item()
+    shuffled = pooler(tokens[:, torch.randperm(65)])
+    print(f"max |inline − library| = {diff:.1e}; output {tuple(pooler(tokens).shape)} for 65 tokens, "
+          f"{tuple(pooler(torch.randn(2, 300, 64)).shape)} for 300")
+    print(f"shuffling the 65 tokens changes the output by {(shuffled - pooler(tokens)).abs().max():.1e}")
+assert diff < 1e-5 and torch.allclose(shuffled, pooler(tokens), atol=1e-5)
+
+# %% [markdown]
+# ## 3. The masks: CoCa's appended CLS and PrefixLM's prefix
+#
+# CoCa's unimodal half is causal, like any decoder; the CLS it appends comes *last*, so causality
+# lets it see every word (and padding hides the pad slots). The multimodal half runs on the words
+# only. PrefixLM puts the image patches and the first k words in a fully visible prefix and the
+# rest of the caption after it, causal.
+
+# %%
+words = ["<bos>", "a", "red", "star", "<eos>", "<pad>"]
+coca = CoCa(CoCaConfig(**COCA_CONFIG))
+text_mask = torch.tensor([[True] * 5 + [False]])
+unimodal = (masks.causal(7) & masks.padding(torch.cat([text_mask, torch.ones(1, 1, dtype=torch.bool)], 1)))[0]
+prefixlm = PrefixLM(PrefixLMConfig(**{**PREFIXLM_CONFIG, "image_size": 16, "patch_size": 8}))  # 4 patches
+prefix_mask = prefixlm.attention_mask(text_mask, torch.tensor([3]))[0]  # image + "<bos> a red" visible
+labels_prefix = [f"img{i}" for i in range(4)] + words
+fig, axes = viz.plt.subplots(1, 3, figsize=(14, 4))
+viz.plot_mask(unimodal, title="CoCa unimodal: [words ; CLS]", ax=axes[0], labels=words + ["[CLS]"])
+viz.plot_mask(unimodal[:6, :6], title="CoCa multimodal: the words\n(+ every image query)", ax=axes[1], labels=words)
+viz.plot_mask(prefix_mask, title="PrefixLM: image + 3 words as prefix", ax=axes[2], labels=labels_prefix)
+fig.tight_layout()
+assert unimodal[6, :5].all() and not unimodal[6, 5], "the CLS sees every real word and no padding"
+assert prefix_mask[:7, :7].all() and not prefix_mask[7, 8], "prefix bidirectional, suffix causal"
+
+# %% [markdown]
+# ## 4. What a training step costs
+#
+# CoCa, BLIP and ALBEF at the same width (64), image encoder (3 layers, 64 patches) and text
+# depth (4 layers: CoCa 2 + 2, BLIP 4 with cross-attention, ALBEF 2 + 2 fusion), on one batch of
+# 32 pairs: the text Transformer passes each makes per step (counted with hooks on the online
+# model; ALBEF and BLIP also run a momentum copy), the milliseconds of a full step (forward,
+# backward, AdamW; median of 8 after 2 warm-up steps, in this run), and the parameters.
+
+# %%
+def median_step_ms(trainable, step_fn, batch, repeats=8, warmup=2):
+    opt = torch.optim.AdamW([p for p in trainable.parameters() if p.requires_grad], lr=1e-4)
+    trainable.train()
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        opt.zero_grad()
+        step_fn(trainable, batch)["loss"].backward()
+        opt.step()
+        if i >= warmup:
+            times.append(1000 * (time.perf_counter() - start))
+    return sorted(times)[len(times) // 2]
+
+
+def count_calls(modules):
+    calls = []
+    handles = [m.register_forward_hook(lambda *a: calls.append(1)) for m in modules]
+    return calls, handles
+
+
+pairs = image_text_pairs(64, noise=0.0, seed=70)
+blip_batch = pair_batches(pairs, 32, seed=0)(0)
+albef_batch = pretrain_batches(32, seed=70)(0)
+coca_batch = {k: blip_batch[k] for k in ("images", "ids", "attention_mask")}
+models = {
+    "CoCa": (CoCa(CoCaConfig(**COCA_CONFIG)), coca_step, coca_batch, lambda m: [m.unimodal]),
+    "BLIP": (BLIPPretrainer(BLIP(BLIPConfig(text_depth=4, queue_size=64))), blip_step, blip_batch,
+             lambda t: [t.model.blocks[0]]),
+    "ALBEF": (ALBEFPretrainer(ALBEF(ALBEFConfig(patch_size=4, queue_size=64))), albef_step, albef_batch,
+              lambda t: [t.model.text, t.model.fusion]),
+}
+cost = {}
+for name, (trainable, step_fn, batch, text_modules) in models.items():
+    calls, handles = count_calls(text_modules(trainable))
+    step_fn(trainable.train(), batch)
+    passes = len(calls)
+    for h in handles:
+        h.remove()
+    online = trainable.model if hasattr(trainable, "model") else trainable
+    cost[name] = {"passes": passes, "ms": median_step_ms(trainable, step_fn, batch),
+                  "params": count_parameters(online)}
+print(f"{'model':7}{'text passes / step':>20}{'ms / step':>11}{'parameters':>12}")
+for name, c in cost.items():
+    print(f"{name:7}{c['passes']:>20}{c['ms']:>11.0f}{c['params']:>12,}")
+viz.plot_bars({name: c["ms"] for name, c in cost.items()}, title="one training step, batch 32", ylabel="ms")
+assert cost["CoCa"]["passes"] == 1 and cost["BLIP"]["passes"] >= 3
+assert cost["CoCa"]["ms"] < cost["BLIP"]["ms"], "CoCa's step must cost less than BLIP's at matched size"
+
+# %% [markdown]
+# **At equal wall-clock time.** Each model trains for the number of steps that fits in the same
+# 10 seconds at its measured cost, on clean pairs (CoCa and BLIP on the very same batches), then is scored on chapter 02's
+# zero-shot protocol and image→text retrieval among 256 (both through the models' contrastive
+# embeddings):
+
+# %%
+budget_s = 10.0
+bench = ShapesBench()
+
+seen = bench.classification("seen", n_per_class=5)
+retrieval = bench.retrieval(256)
+clean_pairs = pair_batches(image_text_pairs(2048, noise=0.0, seed=71), 32, seed=1)  # CoCa and BLIP: the same batches
+stream = {"CoCa": clean_pairs, "BLIP": clean_pairs, "ALBEF": pretrain_batches(32, seed=71)}
+equal_time = {}
+for name, (trainable, step_fn, _, _) in models.items():
+    steps = max(1, int(1000 * budget_s / cost[name]["ms"]))
+    minivlm.seed_everything(0)
+    start = time.perf_counter()
+    fit(trainable, step_fn, stream[name], steps, lr=2e-3, warmup=10, device="cpu", progress=False)
+    seconds = time.perf_counter() - start
+    online = (trainable.model if hasattr(trainable, "model") else trainable).eval()
+    zs = interval((zero_shot(online, seen, CLIP_TEMPLATES).argmax(1) == seen["labels"]).tolist())
+    r1 = interval((itc_similarity(online, retrieval["images"], retrieval["captions"]).argmax(1)
+                   == torch.arange(256)).tolist())
+    equal_time[name] = {"steps": steps, "seconds": seconds, "zero_shot": zs, "r1": r1}
+    print(f"{name:6} {steps:4} steps in {seconds:4.1f} s: zero-shot {zs}, R@1 {r1}")
+
+# %% [markdown]
+# ## 5. The zoo: CoCa against chapter 02's CLIP, and against PrefixLM
+#
+# `minivlm zoo build coca` trained CoCa and PrefixLM from scratch on the zoo CLIP's own batches
+# (43 single-object + 21 two-object scenes per step) for the CLIP's 2,000 steps, three seeds each,
+# and measured each on the manifest's bench sets (seed 1234). Chapter 02's CLIP, one seed, is the
+# reference for zero-shot and retrieval.
+
+# %%
+manifest = zoo.manifest("coca")
+clip_metrics = zoo.manifest("clip")["metrics"]
+arms = manifest["arms"]
+
+
+def values(arm, metric):
+    return [run[metric]["value"] if isinstance(run[metric], dict) else run[metric] for run in arms[arm]]
+
+
+for metric, clip_key in (("zero_shot_seen", "zero_shot_seen"), ("zero_shot_heldout", "zero_shot_heldout"),
+                         ("i2t_r1", "i2t_r1")):
+    v = values("coca", metric)
+    print(f"{metric:18} CoCa seeds {[f'{100 * x:.1f}' for x in v]} %   CLIP {100 * clip_metrics[clip_key]:.1f} %")
+for metric in ("cider", "bleu4", "caption_true"):
+    print(f"{metric:18} CoCa {[round(x, 3) for x in values('coca', metric)]}   "
+          f"PrefixLM {[round(x, 3) for x in values('prefixlm', metric)]}")
+print("ms per step (one thread, in the build):", {arm: values(arm, "ms_per_step") for arm in arms})
+gap = [clip_metrics["zero_shot_seen"] - x for x in values("coca", "zero_shot_seen")]
+print(f"CLIP − CoCa zero-shot (seen) per seed: {[f'{100 * g:+.1f}' for g in gap]} points (target: within 5)")
+
+# %%
+model = zoo.load("coca")
+cap = bench.captioning(8)
+captions = model.caption(cap["images"])
+viz.show_images(cap["images"], titles=captions, ncols=4, scale=2.2)
+live = coca_metrics(model)
+print({k: (v["value"] if isinstance(v, dict) else v) for k, v in live.items()})
+assert abs(live["zero_shot_seen"]["value"] - manifest["metrics"]["zero_shot_seen"]["value"]) < 0.02
+
+# %%
+chapter_seconds = time.perf_counter() - chapter_start
+print(f"chapter: {chapter_seconds:.0f} s on this machine")
+# the claims of "What we saw" below, checked against this run and the manifest's figures
+assert all(g > 0.05 for g in gap), "CoCa came within 5 points of CLIP: update What we saw"
+assert min(values("prefixlm", "cider")) > max(values("coca", "cider")), "PrefixLM's captions beat CoCa's in every seed"
+assert max(values("coca", "i2t_r1")) < clip_metrics["i2t_r1"]
+assert equal_time["CoCa"]["zero_shot"].value > max(equal_time[m]["zero_shot"].value for m in ("BLIP", "ALBEF"))
+
+# %% [markdown]
+# ## What we saw
+#
+# * **One pass is cheaper.** CoCa runs the caption through its text Transformer once per step;
+#   BLIP three times and ALBEF five (plus their momentum copies). At the same width and depth its
+#   step cost less than BLIP's and ALBEF's in this run (the table above), and in the same ten
+#   seconds of training it reached a higher zero-shot accuracy than either. The cost side of
+#   CoCa's claim holds.
+# * **Its contrastive half did not keep up with CLIP — the target is missed.** Trained from scratch
+#   on chapter 02's CLIP batches for the CLIP's 2,000 steps, CoCa's zero-shot accuracy on seen
+#   compositions is 46–53 % over three seeds against the zoo CLIP's 99.3 %, and its image→text
+#   R@1 34–43 % against 59.8 %: far more than the 5 points the chapter aimed at. It is not the
+#   captioning loss competing for capacity: in a check outside this notebook, 800 steps of CoCa
+#   with the captioning weight set to 0 reached 25.6 % zero-shot and with it 23.3 %, where
+#   chapter 02's CLIP reaches 94 % in 800 steps. What learns slowly is CoCa's contrastive path
+#   itself at our scale: a single learned query pooling the image tokens, and a CLS appended after
+#   the words, instead of CLIP's class token and end-of-text token. We have not found out which of
+#   the two (or the temperature, which fell to about 0.045) is to blame.
+# * **PrefixLM captions better at equal steps.** With no contrastive head, PrefixLM's greedy
+#   captions score CIDEr-D 1.79–1.95 against CoCa's 1.42–1.49 in every seed, with fewer parameters
+#   (298 k vs 475 k). Neither comes near chapter 06's BLIP (3.82): both trained on CLIP's batches of
+#   one- and two-object scenes, and the captioning bench has up to four objects.
+#
+# **Exercises:** `exercises/07_coca.ipynb` — attentional pooling, the appended CLS and the words,
+# and CoCa's weighted loss; `minivlm check exercises/07_coca.ipynb` tells you what is wrong.
+#
+# **References.** Yu et al., *CoCa* (2022); Wang et al., *SimVLM* (ICLR 2022); Desai and Johnson,
+# *VirTex* (CVPR 2021); Lee et al., *Set Transformer* (attention pooling, ICML 2019); Radford et
+# al., *CLIP* (ICML 2021); Li et al., *BLIP* (ICML 2022).
