@@ -165,3 +165,19 @@ def strip_generated(ids: torch.Tensor, prompt_len: int, eos_id: int) -> list[lis
     for row in ids[:, prompt_len:].tolist():
         out.append(row[:row.index(eos_id)] if eos_id in row else row)
     return out
+
+
+def caption_texts(next_logits: NextLogits, n: int, start_id: int, eos_id: int, pad_id: int, max_len: int | None,
+                  max_text_len: int, tokenizer, device=None, **decoding) -> list[str]:
+    """The captioners' loop (BLIP, CoCa, PrefixLM): n texts decoded from a prompt of one
+    `start_id` token with `generate` (decoding: num_beams, do_sample, top_p, top_k, temperature,
+    generator), each cut at its first eos and so that "<bos> words <eos>" fits max_len (default
+    max_text_len; at most max_text_len), and turned into strings by the tokenizer."""
+    max_len = max_text_len if max_len is None else max_len
+    check_int("max_len", max_len, lo=2)
+    if max_len > max_text_len:
+        raise ValueError(f"max_len={max_len} is longer than the model's max_text_len={max_text_len}")
+    prompt = torch.full((n, 1), start_id, dtype=torch.long, device=device)
+    ids = generate(next_logits, prompt, max_len - 1, eos_id, pad_id=pad_id, **decoding)
+    # a caption that never reached eos is cut so that "<bos> words <eos>" fits max_len
+    return [tokenizer.decode(row[:max_len - 2]) for row in strip_generated(ids, 1, eos_id)]

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minivlm.data.shapesworld import ShapesWorld
-from minivlm.generate import generate, strip_generated
+from minivlm.generate import caption_texts
 from minivlm.losses import check_alpha, itm_loss, lm_loss
 from minivlm.models.albef import (
     ALBEFPretrainer,
@@ -330,10 +330,6 @@ class BLIP(TextInputs, nn.Module):
         included; default: max_text_len)."""
         c = self.config
         check_images(images, c.image_size)
-        max_len = c.max_text_len if max_len is None else max_len
-        check_int("max_len", max_len, lo=2)
-        if max_len > c.max_text_len:
-            raise ValueError(f"max_len={max_len} is longer than the model's max_text_len={c.max_text_len}")
         check_int("batch_size", batch_size)
         tok = self.get_tokenizer()
         out = []
@@ -344,12 +340,10 @@ class BLIP(TextInputs, nn.Module):
                 def next_logits(ids, rows, image_tokens=image_tokens):
                     return self.lm_logits(self.text_forward(ids, None, "decoder", image_tokens[rows]))[:, -1]
 
-                prompt = torch.full((len(image_tokens), 1), c.dec_id, dtype=torch.long, device=image_tokens.device)
-                ids = generate(next_logits, prompt, max_len - 1, c.eos_id, pad_id=c.pad_id, num_beams=num_beams,
-                               do_sample=do_sample, top_p=top_p, top_k=top_k, temperature=temperature,
-                               generator=generator)
-                # a caption that never reached <eos> is cut so that "<bos> words <eos>" fits max_len
-                out += [tok.decode(row[:max_len - 2]) for row in strip_generated(ids, 1, c.eos_id)]
+                out += caption_texts(next_logits, len(image_tokens), c.dec_id, c.eos_id, c.pad_id, max_len,
+                                     c.max_text_len, tok, image_tokens.device, num_beams=num_beams,
+                                     do_sample=do_sample, top_p=top_p, top_k=top_k, temperature=temperature,
+                                     generator=generator)
         return out
 
 

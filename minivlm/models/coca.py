@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minivlm.generate import generate, strip_generated
+from minivlm.generate import caption_texts
 from minivlm.losses import clip_loss, lm_loss
 from minivlm.models.inputs import (
     TextInputs,
@@ -39,7 +39,7 @@ from minivlm.models.inputs import (
 from minivlm.nn import Transformer, ViT, masks
 from minivlm.nn.pooling import AttentionalPooler
 from minivlm.nn.text import check_token_ids
-from minivlm.utils import check_int, check_number, check_tensor, eval_mode
+from minivlm.utils import check_number, check_tensor, eval_mode
 
 
 @dataclass
@@ -194,22 +194,15 @@ class CoCa(TextInputs, nn.Module):
         """A caption per image: start at <bos>, decode with `minivlm.generate.generate` until <eos>
         or max_len tokens (<bos> and <eos> included; default max_text_len)."""
         c = self.config
-        max_len = c.max_text_len if max_len is None else max_len
-        check_int("max_len", max_len, lo=2)
-        if max_len > c.max_text_len:
-            raise ValueError(f"max_len={max_len} is longer than the model's max_text_len={c.max_text_len}")
-        tok = self.get_tokenizer()
         with eval_mode(self):
             _, queries = self.image_features(images)
 
             def next_logits(ids, rows):
                 return self.decode(ids, None, queries[rows])[1][:, -1]
 
-            prompt = torch.full((len(images), 1), c.bos_id, dtype=torch.long, device=queries.device)
-            ids = generate(next_logits, prompt, max_len - 1, c.eos_id, pad_id=c.pad_id, num_beams=num_beams,
-                           do_sample=do_sample, top_p=top_p, top_k=top_k, temperature=temperature,
-                           generator=generator)
-        return [tok.decode(row[:max_len - 2]) for row in strip_generated(ids, 1, c.eos_id)]
+            return caption_texts(next_logits, len(images), c.bos_id, c.eos_id, c.pad_id, max_len, c.max_text_len,
+                                 self.get_tokenizer(), queries.device, num_beams=num_beams, do_sample=do_sample,
+                                 top_p=top_p, top_k=top_k, temperature=temperature, generator=generator)
 
 
 def coca_step(model: CoCa, batch: dict) -> dict:

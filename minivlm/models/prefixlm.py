@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minivlm.generate import generate, strip_generated
+from minivlm.generate import caption_texts
 from minivlm.losses import lm_loss
 from minivlm.models.inputs import (
     TextInputs,
@@ -37,7 +37,7 @@ from minivlm.models.inputs import (
 from minivlm.nn import Transformer, masks
 from minivlm.nn.text import check_token_ids
 from minivlm.nn.vit import PatchEmbed
-from minivlm.utils import check_int, check_number, check_tensor, eval_mode
+from minivlm.utils import check_number, check_tensor, eval_mode
 
 
 @dataclass
@@ -134,21 +134,14 @@ class PrefixLM(TextInputs, nn.Module):
                 generator: torch.Generator | None = None) -> list[str]:
         """A caption per image: the prefix is the image and <bos>; decode until <eos> or max_len."""
         c = self.config
-        max_len = c.max_text_len if max_len is None else max_len
-        check_int("max_len", max_len, lo=2)
-        if max_len > c.max_text_len:
-            raise ValueError(f"max_len={max_len} is longer than the model's max_text_len={c.max_text_len}")
         check_images(images, c.image_size)
-        tok = self.get_tokenizer()
         with eval_mode(self):
             def next_logits(ids, rows):
                 return self(images[rows], ids, None, 1)[:, -1]
 
-            prompt = torch.full((len(images), 1), c.bos_id, dtype=torch.long, device=images.device)
-            ids = generate(next_logits, prompt, max_len - 1, c.eos_id, pad_id=c.pad_id, num_beams=num_beams,
-                           do_sample=do_sample, top_p=top_p, top_k=top_k, temperature=temperature,
-                           generator=generator)
-        return [tok.decode(row[:max_len - 2]) for row in strip_generated(ids, 1, c.eos_id)]
+            return caption_texts(next_logits, len(images), c.bos_id, c.eos_id, c.pad_id, max_len, c.max_text_len,
+                                 self.get_tokenizer(), images.device, num_beams=num_beams, do_sample=do_sample,
+                                 top_p=top_p, top_k=top_k, temperature=temperature, generator=generator)
 
 
 def random_prefix_lengths(attention_mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
