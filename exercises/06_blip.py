@@ -120,8 +120,8 @@ check("06.top_p_filter", top_p_filter)
 # 2 of its 7, not 7). BLEU-4 multiplies the clipped precisions for n = 1..4 (geometrically
 # averaged) by a brevity penalty, over a whole corpus; `minivlm.eval.bleu` does the rest.
 #
-# Split texts into words with `minivlm.eval.caption_tokens` (lower case, punctuation as its own
-# word). Return `(clipped matches, number of n-grams in the candidate)`.
+# Split texts into words with `minivlm.eval.caption_tokens` (lower case, punctuation dropped, as
+# the library's `bleu` does). Return `(clipped matches, number of n-grams in the candidate)`.
 
 # %%
 from collections import Counter  # noqa: E402
@@ -142,9 +142,10 @@ check("06.clipped_precision", clipped_precision)
 # ## Your pieces on a trained BLIP
 #
 # The zoo's BLIP captions eight fresh ShapesBench images through *your* greedy loop, and then
-# samples through *your* nucleus filter; your clipped precisions give the BLEU-4 of the greedy
-# captions (geometric mean of the four precisions times the brevity penalty), next to the
-# library's `bleu`.
+# samples through *your* nucleus filter (with the same random draws as the library's
+# `caption(do_sample=True, top_p=0.9)`, so the captions must agree); your clipped precisions give
+# the BLEU-4 of the greedy captions (geometric mean of the four precisions times the brevity
+# penalty), next to the library's `bleu`.
 
 # %%
 import math  # noqa: E402
@@ -176,10 +177,12 @@ def words(row):
     return tok.decode(row[:row.index(blip.config.eos_id)] if blip.config.eos_id in row else row)
 
 
-greedy = [words(r) for r in ids]
-for caption, nucleus, refs in zip(greedy, [words(r) for r in sampled], data["references"]):
-    print(f"greedy  {caption}\nnucleus {nucleus}\n  (a reference: {refs[0]})")
+greedy, nucleus = [words(r) for r in ids], [words(r) for r in sampled]
+for caption, sample, refs in zip(greedy, nucleus, data["references"]):
+    print(f"greedy  {caption}\nnucleus {sample}\n  (a reference: {refs[0]})")
 assert greedy == blip.caption(data["images"]), "your greedy loop must give the library's captions"
+library_nucleus = blip.caption(data["images"], do_sample=True, top_p=0.9, generator=torch.Generator().manual_seed(0))
+assert nucleus == library_nucleus, "your nucleus filter must give the library's samples"
 
 matched, total = [0] * 4, [0] * 4
 for caption, refs in zip(greedy, data["references"]):

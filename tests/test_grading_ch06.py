@@ -92,17 +92,13 @@ WRONG_GREEDY = [
 
 
 def _top_p(logits, p, keep_crossing=True, extra=0, restore=True, on_logits=False, as_probs=False):
-    values = logits if on_logits else logits.softmax(-1)
+    values = logits if on_logits else logits.softmax(-1)  # on_logits: the softmax forgotten
     srt, order = values.sort(-1, descending=True)
-    weights = srt.softmax(-1) if on_logits else srt
-    before = weights.cumsum(-1) - weights
-    drop = before >= p if keep_crossing else weights.cumsum(-1) > p
-    if extra:
-        drop = before - 1e-9 >= p + 1.0  # keeps nothing dropped
-        n_keep = (~(weights.cumsum(-1) - weights >= p)).sum(-1, keepdim=True) + extra
+    before = srt.cumsum(-1) - srt  # the mass ranked above each token
+    drop = before >= p if keep_crossing else srt.cumsum(-1) > p
+    if extra:  # keep `extra` tokens more than the nucleus (fewer when negative)
+        n_keep = (~drop).sum(-1, keepdim=True) + extra
         drop = torch.arange(logits.shape[-1])[None, :] >= n_keep
-    if p >= 1.0 and not keep_crossing:
-        drop = torch.zeros_like(drop)
     mask = drop.scatter(-1, order, drop) if restore else drop
     out = logits.softmax(-1) if as_probs else logits
     return out.masked_fill(mask, float("-inf"))
@@ -112,10 +108,10 @@ WRONG_TOP_P = [
     (lambda x, p: _top_p(x, p, keep_crossing=False), "crosses p is dropped"),
     (lambda x, p: _top_p(x, p, extra=1), "one token too many"),
     (lambda x, p: _top_p(x, p, restore=False), "vocabulary order is lost"),
+    (lambda x, p: _top_p(x, p, on_logits=True), "logits were cumulated"),
     (lambda x, p: _top_p(x, p, as_probs=True), "not probabilities"),
-    (lambda x, p: x if p >= 1 else _top_p(x, p, keep_crossing=False) if p < 0.85 else _top_p(x, 0.5),
-     "crosses p is dropped"),
-    (lambda x, p: _top_p(x, p) if p < 1 else _top_p(x, 0.99), "p = 1 must keep every token"),
+    (lambda x, p: _top_p(x, p).masked_fill(_top_p(x, p).isinf(), 0.0), "must get -inf"),
+    (lambda x, p: _top_p(x, p) if p < 1 else _top_p(x, p, extra=-1), "p = 1 must keep every token"),
 ]
 
 

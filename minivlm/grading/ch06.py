@@ -8,8 +8,9 @@ and names the one that matches: a causal mask transposed (the future instead of 
 padding ignored, a causal encoder, cross-attention in the text-only mode; decoding past
 end-of-text, dropping the end-of-text token, one token too many or too few, sampling instead of
 the argmax, not stopping when every row has ended; dropping the token that crosses p, keeping
-one too many, the vocabulary order lost after sorting, probabilities returned instead of
-logits; counts not clipped, clipped by the sum over references instead of the maximum, unigrams
+one too many, the vocabulary order lost after sorting, the logits cumulated instead of the
+probabilities, probabilities returned instead of logits, p = 1 not keeping every token; counts
+not clipped, clipped by the sum over references instead of the maximum, unigrams
 only, dividing by a reference's length.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections import Counter
 
 import torch
 
+from minivlm.eval import _ngrams as _all_ngrams
 from minivlm.eval import caption_tokens
 from minivlm.generate import generate, top_p_filter
 from minivlm.grading import GradingFailure, call, fresh_generator, register, tensor_answer
@@ -206,24 +208,31 @@ def _kept(x: torch.Tensor) -> torch.Tensor:
 def check_top_p_filter(fn) -> None:
     g = fresh_generator()
     b, v = _randint(g, 2, 4), _randint(g, 8, 14)
-    logits = torch.randn(b, v, generator=g) * 2
+    # shifted below zero, which softmax does not see: summing these logits instead of the
+    # probabilities never reaches p, which tells that mistake apart from the others
+    logits = torch.randn(b, v, generator=g) * 2 - 8
     for p in (0.3 + 0.5 * float(torch.rand(1, generator=g)), 0.9, 1.0):
         want = top_p_filter(logits, p)
         got = tensor_answer(f"top_p_filter(logits, {p:.3f})", call(fn, logits.clone(), p))
         if tuple(got.shape) != (b, v):
             raise GradingFailure(f"return the filtered logits, shape {(b, v)}, got {tuple(got.shape)}")
-        if torch.equal(_kept(got), _kept(want)):
-            if not torch.allclose(got[_kept(want)], logits[_kept(want)]):
+        kept, dropped = _kept(want), ~_kept(want)
+        if bool(dropped.any()) and bool(torch.isfinite(got[dropped]).all()) \
+                and bool((got[dropped] != logits[dropped]).all()) and torch.allclose(got[kept], logits[kept]):
+            raise GradingFailure(f"dropped tokens must get -inf, so that softmax gives them probability 0; they got "
+                                 f"finite values such as {float(got[dropped][0]):.3g}")
+        if torch.equal(_kept(got), kept):
+            if not torch.allclose(got[kept], logits[kept]):
                 raise GradingFailure("the kept tokens' logits must be unchanged (return logits with -inf where "
                                      "dropped, not probabilities)")
-            if bool((got[~_kept(want)] != float("-inf")).any()):
+            if bool((got[dropped] != float("-inf")).any()):
                 raise GradingFailure("dropped tokens must get -inf, so that softmax gives them probability 0")
             continue
         if p == 1.0:
             raise GradingFailure("p = 1 must keep every token")
-        probs = logits.softmax(-1)
-        srt, order = probs.sort(-1, descending=True)
-        cum = srt.cumsum(-1)
+        if torch.equal(_kept(got), _kept(_top_p_on_logits(logits, p))):
+            raise GradingFailure(f"the logits were cumulated, not the probabilities (p = {p:.3f}): p is a "
+                                 f"probability mass, so take the softmax before sorting and summing")
         n_want = _kept(want).sum(1)
         n_got = _kept(got).sum(1)
         if bool((n_got == n_want - 1).all()):
@@ -236,16 +245,23 @@ def check_top_p_filter(fn) -> None:
         if torch.equal(_kept(got), in_sorted):
             raise GradingFailure("the vocabulary order is lost: the keep/drop decision is made in sorted order; "
                                  "scatter it back to each token's own position (order from sort)")
-        del cum, order
-        raise GradingFailure(f"kept {n_got.tolist()} tokens per row, expected {n_want.tolist()} (p = {p:.3f}); "
-                             f"cumulate the softmax probabilities, not the logits")
+        raise GradingFailure(f"kept {n_got.tolist()} tokens per row, expected {n_want.tolist()} (p = {p:.3f}): "
+                             f"keep the most likely tokens until their probabilities sum to at least p")
+
+
+def _top_p_on_logits(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """The nucleus filter with the softmax forgotten: raw logits sorted and cumulated against p."""
+    srt, order = logits.sort(-1, descending=True)
+    drop = srt.cumsum(-1) - srt >= p
+    return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
 
 
 # ----------------------------------------------------------------------------- 06.clipped_precision
 
 
 def _ngrams(words: list[str], n: int) -> Counter:
-    return Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    """The n-grams of exactly length n (minivlm.eval._ngrams counts lengths 1..n, as BLEU needs)."""
+    return Counter({gram: c for gram, c in _all_ngrams(words, n).items() if len(gram) == n})
 
 
 def _clipped(candidate: str, references: list[str], n: int, clip: str = "max") -> tuple[int, int]:
