@@ -98,13 +98,15 @@ check("06.greedy_decode", greedy_decode)
 #
 # `logits` is `(B, V)`, `p` in (0, 1]. Return the logits with the dropped tokens set to
 # `-inf` (softmax then gives them probability 0) and the kept ones unchanged, in vocabulary
-# order. p = 1 keeps everything.
+# order. p = 1 keeps everything (however small the last probabilities: a cumulative sum in
+# floating point can reach 1.0 before them).
 
 # %%
 def top_p_filter(logits, p):
     raise NotImplementedError(
-        "probs, order = logits.softmax(-1).sort(-1, descending=True); the mass above each token is "
-        "probs.cumsum(-1) - probs; drop where it is >= p, then scatter the decision back with `order`")
+        "p >= 1: return the logits as they are; else probs, order = logits.softmax(-1).sort(-1, "
+        "descending=True); the mass above each token is probs.cumsum(-1) - probs; drop where it is >= p, "
+        "then scatter the decision back with `order`")
 
 
 # %%
@@ -139,13 +141,112 @@ def clipped_precision(candidate, references, n):
 check("06.clipped_precision", clipped_precision)
 
 # %% [markdown]
-# ## Your pieces on a trained BLIP
+# ## Put together: your pieces write and score captions
 #
-# The zoo's BLIP captions eight fresh ShapesBench images through *your* greedy loop, and then
-# samples through *your* nucleus filter (with the same random draws as the library's
-# `caption(do_sample=True, top_p=0.9)`, so the captions must agree); your clipped precisions give
-# the BLEU-4 of the greedy captions (geometric mean of the four precisions times the brevity
-# penalty), next to the library's `bleu`.
+# The next cells decode with your greedy loop and your nucleus filter, first on a captioner small
+# enough to read, then on the zoo's trained BLIP, and score the captions with your clipped
+# precision next to the library's `bleu`.
+
+# %%
+from minivlm import grading  # noqa: E402
+from minivlm.generate import generate, strip_generated  # noqa: E402
+
+yours = {"06.med_masks": med_masks, "06.greedy_decode": greedy_decode, "06.top_p_filter": top_p_filter,
+         "06.clipped_precision": clipped_precision}
+ready = all(grading.run(task, fn).passed for task, fn in yours.items())
+print("all four tasks pass: captioning with your functions" if ready
+      else "finish the four tasks above first: the next cells use all of them")
+
+# %% [markdown]
+# **A captioner by hand.** Two "images", each with the caption it should get. The model ignores
+# the words so far except for their number k: it gives logit 3 to word k of its image's caption
+# (end-of-text after the last), 1.5 to the other colours or shapes where that word is a colour or a
+# shape (plausible mistakes), and −3 to every other word, the long tail of nonsense that a real
+# decoder also keeps a little mass on.
+
+# %%
+WORDS = ["[DEC]", "[EOS]", "[PAD]", "a", "and", ".", "red", "green", "blue", "circle", "square", "star"]
+DEC, EOS, PAD = 0, 1, 2
+COLOURS, SHAPES = [6, 7, 8], [9, 10, 11]
+SCRIPTS = [[WORDS.index(w) for w in text.split()] for text in ("a red circle and a blue square .", "a green star .")]
+
+
+def hand_logits(ids, rows):
+    """(B, V) next-word logits; row b shows image rows[b] % 2."""
+    k = ids.shape[1] - 1  # words written after [DEC]
+    logits = torch.full((len(ids), len(WORDS)), -3.0)  # the tail
+    for b, image in enumerate(rows.tolist()):
+        script = SCRIPTS[image % 2]
+        word = script[k] if k < len(script) else EOS
+        for group in (COLOURS, SHAPES):
+            if word in group:
+                logits[b, group] = 1.5  # the other colours or shapes
+        logits[b, word] = 3.0
+    return logits
+
+
+def texts(ids):
+    """The words after [DEC] of each row, up to its first [EOS]."""
+    return [" ".join(WORDS[i] for i in row) for row in strip_generated(ids, 1, EOS)]
+
+
+if ready:
+    ids = greedy_decode(hand_logits, torch.full((2, 1), DEC), 12, EOS, PAD)
+    for row in ids:
+        print(" ".join(WORDS[i] for i in row.tolist()))
+    print("the library's generate gives the same ids:", torch.equal(ids, generate(hand_logits, ids[:, :1], 12, EOS,
+                                                                                   pad_id=PAD)))
+
+# %% [markdown]
+# The shorter caption ends first and is padded while the other goes on. Now 2,000 captions sampled
+# through your filter at three values of p: how many differ from the greedy ones, and how many
+# took a word from the tail somewhere (a token the model gave logit −3, about 2 % each step).
+
+# %%
+def sample(next_logits, prompt, steps, p, generator):
+    """Sampling through your nucleus filter; the words after each row's first eos are ignored."""
+    ids = prompt
+    for _ in range(steps):
+        logits = top_p_filter(next_logits(ids, torch.arange(len(ids))), p)  # (B, V)
+        ids = torch.cat([ids, torch.multinomial(logits.softmax(-1), 1, generator=generator)], dim=1)
+    return ids
+
+
+def tail_words(ids, next_logits):
+    """(B,) True where a row took a tail word (logit < 0) before its first eos."""
+    rows = torch.arange(len(ids))
+    ended, took = torch.zeros(len(ids), dtype=torch.bool), torch.zeros(len(ids), dtype=torch.bool)
+    for k in range(1, ids.shape[1]):
+        chosen = next_logits(ids[:, :k], rows).gather(1, ids[:, k:k + 1])[:, 0]
+        took |= ~ended & (chosen < 0)
+        ended |= ids[:, k] == EOS
+    return took
+
+
+if ready:
+    greedy_texts = texts(ids)
+    for p in (1.0, 0.9, 0.5):
+        g = torch.Generator().manual_seed(0)
+        drawn = sample(hand_logits, torch.full((2000, 1), DEC), 12, p, g)
+        yours_drawn = texts(drawn)
+        differ = sum(t != greedy_texts[i % 2] for i, t in enumerate(yours_drawn))
+        tail = tail_words(drawn, hand_logits).float().mean()
+        library = generate(hand_logits, torch.full((2000, 1), DEC), 12, EOS, pad_id=PAD, do_sample=True, top_p=p,
+                           generator=torch.Generator().manual_seed(0))
+        same = yours_drawn == texts(library)
+        print(f"p = {p}: {differ / 2000:5.1%} differ from greedy, {tail:5.1%} took a tail word; same samples as "
+              f"the library's: {same}   e.g. {yours_drawn[0]!r}")
+
+# %% [markdown]
+# With p = 1 about one caption in seven picks up a word from the tail somewhere; p = 0.9 keeps the
+# plausible colours and shapes (two captions in three still differ from the greedy one) and
+# cuts the tail off; p = 0.5 keeps only the most likely word: greedy again. BLIP's CapFilt samples at p = 0.9.
+#
+# **On the zoo's BLIP.** Eight fresh ShapesBench images are captioned through *your* greedy loop
+# and sampled through *your* nucleus filter (with the same random draws as the library's
+# `caption(do_sample=True, top_p=0.9)`, so the captions must agree); then your clipped precisions
+# give the BLEU-4 of the greedy captions (the geometric mean of the four precisions times the
+# brevity penalty), next to the library's `bleu`.
 
 # %%
 import math  # noqa: E402
@@ -154,46 +255,45 @@ from minivlm import zoo  # noqa: E402
 from minivlm.data import ShapesBench  # noqa: E402
 from minivlm.eval import bleu  # noqa: E402
 
-blip = zoo.load("blip")
-data = ShapesBench().captioning(8)
-tok = blip.get_tokenizer()
-with torch.no_grad():
-    image_tokens, _ = blip.encode_image(data["images"])
+if ready:
+    blip = zoo.load("blip")
+    data = ShapesBench().captioning(8)
+    tok = blip.get_tokenizer()
+    with torch.no_grad():
+        image_tokens, _ = blip.encode_image(data["images"])
 
-    def next_logits(ids, rows):
-        return blip.lm_logits(blip.text_forward(ids, None, "decoder", image_tokens[rows]))[:, -1]
+        def next_logits(ids, rows):
+            return blip.lm_logits(blip.text_forward(ids, None, "decoder", image_tokens[rows]))[:, -1]
 
-    prompt = torch.full((8, 1), blip.config.dec_id)
-    ids = greedy_decode(next_logits, prompt, 30, blip.config.eos_id, blip.config.pad_id)
-    g = torch.Generator().manual_seed(0)
-    sampled = prompt
-    for _ in range(30):
-        logits = top_p_filter(next_logits(sampled, torch.arange(8)), 0.9)
-        sampled = torch.cat([sampled, torch.multinomial(logits.softmax(-1), 1, generator=g)], dim=1)
+        prompt = torch.full((8, 1), blip.config.dec_id)
+        ids = greedy_decode(next_logits, prompt, 30, blip.config.eos_id, blip.config.pad_id)
+        sampled = sample(next_logits, prompt, 30, 0.9, torch.Generator().manual_seed(0))
 
+    def words(row):
+        row = row.tolist()[1:]
+        return tok.decode(row[:row.index(blip.config.eos_id)] if blip.config.eos_id in row else row)
 
-def words(row):
-    row = row.tolist()[1:]
-    return tok.decode(row[:row.index(blip.config.eos_id)] if blip.config.eos_id in row else row)
+    greedy, nucleus = [words(r) for r in ids], [words(r) for r in sampled]
+    for caption, drawn, refs in zip(greedy, nucleus, data["references"]):
+        print(f"greedy  {caption}\nnucleus {drawn}\n  (a reference: {refs[0]})")
+    assert greedy == blip.caption(data["images"]), "your greedy loop must give the library's captions"
+    library_nucleus = blip.caption(data["images"], do_sample=True, top_p=0.9, generator=torch.Generator().manual_seed(0))
+    assert nucleus == library_nucleus, "your nucleus filter must give the library's samples"
 
-
-greedy, nucleus = [words(r) for r in ids], [words(r) for r in sampled]
-for caption, sample, refs in zip(greedy, nucleus, data["references"]):
-    print(f"greedy  {caption}\nnucleus {sample}\n  (a reference: {refs[0]})")
-assert greedy == blip.caption(data["images"]), "your greedy loop must give the library's captions"
-library_nucleus = blip.caption(data["images"], do_sample=True, top_p=0.9, generator=torch.Generator().manual_seed(0))
-assert nucleus == library_nucleus, "your nucleus filter must give the library's samples"
-
-matched, total = [0] * 4, [0] * 4
-for caption, refs in zip(greedy, data["references"]):
-    for n in range(1, 5):
-        m, t = clipped_precision(caption, refs, n)
-        matched[n - 1] += m
-        total[n - 1] += t
-length = sum(len(caption_tokens(c)) for c in greedy)
-closest = sum(min((len(caption_tokens(r)) for r in refs), key=lambda L: (abs(L - len(caption_tokens(c))), L))
-              for c, refs in zip(greedy, data["references"]))
-penalty = 1.0 if length > closest else math.exp(1 - closest / length)
-yours = penalty * math.exp(sum(math.log(m / t) for m, t in zip(matched, total)) / 4)
-print(f"BLEU-4 from your clipped precisions: {yours:.4f}; minivlm.eval.bleu: {bleu(greedy, data['references']):.4f}")
-assert abs(yours - bleu(greedy, data["references"])) < 1e-9
+# %%
+if ready:
+    matched, total = [0] * 4, [0] * 4
+    for caption, refs in zip(greedy, data["references"]):
+        for n in range(1, 5):
+            m, t = clipped_precision(caption, refs, n)
+            matched[n - 1] += m
+            total[n - 1] += t
+    length = sum(len(caption_tokens(c)) for c in greedy)
+    closest = sum(min((len(caption_tokens(r)) for r in refs), key=lambda L: (abs(L - len(caption_tokens(c))), L))
+                  for c, refs in zip(greedy, data["references"]))
+    penalty = 1.0 if length > closest else math.exp(1 - closest / length)
+    your_bleu = penalty * math.exp(sum(math.log(m / t) for m, t in zip(matched, total)) / 4)
+    print("clipped precisions, n = 1..4:", ", ".join(f"{m}/{t}" for m, t in zip(matched, total)))
+    library_bleu = bleu(greedy, data["references"])
+    print(f"BLEU-4 from your clipped precisions: {your_bleu:.4f}; minivlm.eval.bleu: {library_bleu:.4f}")
+    assert abs(your_bleu - library_bleu) < 1e-9

@@ -112,6 +112,7 @@ WRONG_TOP_P = [
     (lambda x, p: _top_p(x, p, as_probs=True), "not probabilities"),
     (lambda x, p: _top_p(x, p).masked_fill(_top_p(x, p).isinf(), 0.0), "must get -inf"),
     (lambda x, p: _top_p(x, p) if p < 1 else _top_p(x, p, extra=-1), "p = 1 must keep every token"),
+    (lambda x, p: _top_p(x, p), "return the logits unchanged when p >= 1"),  # the sums reach 1.0 by rounding
 ]
 
 

@@ -211,7 +211,13 @@ def check_top_p_filter(fn) -> None:
     # shifted below zero, which softmax does not see: summing these logits instead of the
     # probabilities never reaches p, which tells that mistake apart from the others
     logits = torch.randn(b, v, generator=g) * 2 - 8
-    for p in (0.3 + 0.5 * float(torch.rand(1, generator=g)), 0.9, 1.0):
+    # p = 1 on a peaked row too: its tail probabilities are below float32's rounding of 1.0, so a
+    # cumulative sum reaches 1.0 before them and `mass above >= p` drops them unless p = 1 keeps all
+    peaked = torch.cat([logits, torch.zeros(1, v)])  # (B + 1, V)
+    peaked[-1, _randint(g, 0, v - 1)] = 40.0
+    cases = [(0.3 + 0.5 * float(torch.rand(1, generator=g)), logits), (0.9, logits), (1.0, peaked)]
+    for p, logits in cases:
+        b = len(logits)
         want = top_p_filter(logits, p)
         got = tensor_answer(f"top_p_filter(logits, {p:.3f})", call(fn, logits.clone(), p))
         if tuple(got.shape) != (b, v):
@@ -229,7 +235,9 @@ def check_top_p_filter(fn) -> None:
                 raise GradingFailure("dropped tokens must get -inf, so that softmax gives them probability 0")
             continue
         if p == 1.0:
-            raise GradingFailure("p = 1 must keep every token")
+            raise GradingFailure("p = 1 must keep every token, also where the last probabilities are tiny: a "
+                                 "cumulative sum in floating point reaches 1.0 before them, so return the logits "
+                                 "unchanged when p >= 1")
         if torch.equal(_kept(got), _kept(_top_p_on_logits(logits, p))):
             raise GradingFailure(f"the logits were cumulated, not the probabilities (p = {p:.3f}): p is a "
                                  f"probability mass, so take the softmax before sorting and summing")
