@@ -65,7 +65,10 @@ class CoCaConfig:
     contrastive_weight: float = 1.0  # λ_con (1)
     caption_weight: float = 2.0  # λ_cap (2)
     label_smoothing: float = 0.0  # (0.1 in CoCa's captioning fine-tunes)
-    pos_init_std: float = 1.0
+    # CLIP's ViT positions (std 0.02). Chapter 03's fusion encoders start them as large as the
+    # patches (std 1); behind CLIP's pre-norm that drowns what the patches show, and the
+    # contrastive half learned 3x slower (measured in the chapter: the zoo's "coca_pos1" arm)
+    pos_init_std: float = 0.02
     vision_pre_norm: bool = True  # chapter 02's CLIP layout, so that its tower can initialise ours
     patch_bias: bool = False
     pad_id: int | None = None
