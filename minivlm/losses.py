@@ -158,6 +158,26 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
+def multi_positive_itc(similarity: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Symmetric contrastive loss where an image may have several true captions in the batch
+    (ShapesWorld repeats captions): each row's target is uniform over its positives.
+
+    similarity (B, B) image-to-text logits, already scaled by 1 / temperature; positives (B, B)
+    bool, True where text j describes image i, with at least one True in every row and column.
+    With positives = the identity this is `clip_loss` on the same logits (VLMo, chapter 05; BEiT-3's
+    retrieval fine-tuning, chapter 08)."""
+    check_tensor("similarity", similarity, ndim=2, dtype="float")
+    check_tensor("positives", positives, ndim=2, dtype="bool")
+    if similarity.shape != positives.shape or similarity.shape[0] != similarity.shape[1]:
+        raise ValueError(f"similarity and positives must both be (B, B), got {tuple(similarity.shape)} and "
+                         f"{tuple(positives.shape)}")
+    if not bool(positives.any(1).all() and positives.any(0).all()):
+        raise ValueError("every image and every text needs at least one positive (the diagonal, at least)")
+    pos = positives.float()
+    return (soft_cross_entropy(similarity, pos / pos.sum(1, keepdim=True))
+            + soft_cross_entropy(similarity.t(), pos.t() / pos.t().sum(1, keepdim=True))) / 2
+
+
 def check_alpha(alpha) -> float:
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha (the distillation weight) must be a float in [0, 1], got {alpha!r}")

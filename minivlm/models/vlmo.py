@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minivlm.data.masking import block_mask
-from minivlm.losses import itm_loss, mlm_loss, sample_negatives, soft_cross_entropy
+from minivlm.losses import itm_loss, mlm_loss, multi_positive_itc, sample_negatives
 from minivlm.models.inputs import (
     TextInputs,
     check_encoder_config,
@@ -382,9 +382,7 @@ def pair_step(model: VLMo, batch: dict) -> dict:
     _, image_feat = m.encode_image(images)
     _, text_feat, _ = m.encode_text(ids, mask)
     sim = scale * image_feat @ text_feat.t()  # (B, B)
-    pos = positives.float()
-    itc = (soft_cross_entropy(sim, pos / pos.sum(1, keepdim=True))
-           + soft_cross_entropy(sim.t(), pos.t() / pos.t().sum(1, keepdim=True))) / 2
+    itc = multi_positive_itc(sim, positives.bool())
 
     # ---- ITM: fusion mode on B positives and 2B negatives (config.negatives says how they are drawn)
     image_x, text_x = m.embed_image(images), m.embed_text(ids)
