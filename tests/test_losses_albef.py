@@ -171,3 +171,39 @@ def test_sampler_bad_input():
         sample_negatives(torch.zeros(3, 3), torch.eye(3))
     with pytest.raises(ValueError, match="2 dims"):
         sample_negatives(torch.zeros(3), torch.zeros(3, dtype=torch.bool))
+
+
+# ----------------------------------------------------------------------------- multi_positive_itc (VLMo, BEiT-3)
+
+
+def test_multi_positive_itc_with_one_positive_each_is_clip_loss():
+    from minivlm.losses import clip_loss, multi_positive_itc
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    want = clip_loss(img, txt, 10.0)
+    got = multi_positive_itc(10.0 * img @ txt.t(), torch.eye(6, dtype=torch.bool))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_multi_positive_itc_spreads_each_target_over_its_positives():
+    from minivlm.losses import multi_positive_itc
+
+    sim = torch.tensor([[2.0, 1.0, 0.0], [0.5, 1.5, -1.0], [0.0, 0.3, 1.0]])
+    pos = torch.tensor([[True, True, False], [True, True, False], [False, False, True]])
+    log_r, log_c = sim.log_softmax(1), sim.log_softmax(0)
+    rows = -(log_r[0, :2].mean() + log_r[1, :2].mean() + log_r[2, 2]) / 3
+    cols = -(log_c[:2, 0].mean() + log_c[:2, 1].mean() + log_c[2, 2]) / 3
+    torch.testing.assert_close(multi_positive_itc(sim, pos), (rows + cols) / 2, rtol=0, atol=1e-6)
+
+
+def test_multi_positive_itc_bad_input():
+    from minivlm.losses import multi_positive_itc
+
+    with pytest.raises(ValueError, match=r"\(B, B\)"):
+        multi_positive_itc(torch.zeros(3, 4), torch.ones(3, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="at least one positive"):
+        multi_positive_itc(torch.zeros(3, 3), torch.zeros(3, 3, dtype=torch.bool))
+    with pytest.raises((TypeError, ValueError), match="positives"):
+        multi_positive_itc(torch.zeros(3, 3), torch.eye(3))
