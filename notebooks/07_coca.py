@@ -247,6 +247,13 @@ for name, (trainable, step_fn, _, _) in models.items():
 # (43 single-object + 21 two-object scenes per step) for the CLIP's 2,000 steps, three seeds each,
 # and measured each on the manifest's bench sets (seed 1234). Chapter 02's CLIP, one seed, is the
 # reference for zero-shot and retrieval.
+#
+# A third arm, `coca_pos1`, is the zoo's first CoCa: the same model with its ViT's position
+# embeddings started at std 1 instead of CLIP's 0.02. Chapters 03–06 start their fusion encoders'
+# image positions that large (chapter 03 showed why: a fusion encoder must tell patches apart from
+# the first step). Behind CLIP's pre-norm LayerNorm, std-1 positions outweigh what the patches
+# show, and the contrastive half learned far more slowly. The two CoCa arms differ in that one
+# number only.
 
 # %%
 manifest = zoo.manifest("coca")
@@ -258,16 +265,34 @@ def values(arm, metric):
     return [run[metric]["value"] if isinstance(run[metric], dict) else run[metric] for run in arms[arm]]
 
 
-for metric, clip_key in (("zero_shot_seen", "zero_shot_seen"), ("zero_shot_heldout", "zero_shot_heldout"),
-                         ("i2t_r1", "i2t_r1")):
-    v = values("coca", metric)
-    print(f"{metric:18} CoCa seeds {[f'{100 * x:.1f}' for x in v]} %   CLIP {100 * clip_metrics[clip_key]:.1f} %")
-for metric in ("cider", "bleu4", "caption_true"):
-    print(f"{metric:18} CoCa {[round(x, 3) for x in values('coca', metric)]}   "
-          f"PrefixLM {[round(x, 3) for x in values('prefixlm', metric)]}")
-print("ms per step (one thread, in the build):", {arm: values(arm, "ms_per_step") for arm in arms})
+def pct(xs):
+    return "  ".join(f"{100 * x:5.1f}" for x in xs)
+
+
+print(f"{'per seed, %':24}{'CoCa (pos 0.02)':>22}{'coca_pos1 (pos 1)':>22}{'CLIP':>8}")
+for metric in ("zero_shot_seen", "zero_shot_heldout", "i2t_r1"):
+    print(f"{metric:24}{pct(values('coca', metric)):>22}{pct(values('coca_pos1', metric)):>22}"
+          f"{100 * clip_metrics[metric]:>8.1f}")
+print(f"\n{'captions, per seed':24}{'CoCa':>22}{'coca_pos1':>22}{'PrefixLM':>22}")
+for metric in ("cider", "bleu4"):
+    row = ["  ".join(f"{x:5.2f}" for x in values(arm, metric)) for arm in ("coca", "coca_pos1", "prefixlm")]
+    print(f"{metric:24}" + "".join(f"{r:>22}" for r in row))
 gap = [clip_metrics["zero_shot_seen"] - x for x in values("coca", "zero_shot_seen")]
-print(f"CLIP − CoCa zero-shot (seen) per seed: {[f'{100 * g:+.1f}' for g in gap]} points (target: within 5)")
+gap_pos1 = [clip_metrics["zero_shot_seen"] - x for x in values("coca_pos1", "zero_shot_seen")]
+print(f"\nCLIP − CoCa zero-shot (seen) per seed: {[f'{100 * g:+.1f}' for g in gap]} points (target: within 5); "
+      f"with std-1 positions {[f'{100 * g:+.1f}' for g in gap_pos1]}")
+seen = {arm: [r["zero_shot_seen"] for r in arms[arm]] for arm in ("coca", "coca_pos1")}
+fig, ax = viz.plt.subplots(figsize=(7, 3.2))
+for k, (arm, runs) in enumerate(seen.items()):
+    for j, e in enumerate(runs):
+        ax.errorbar(k + 0.1 * (j - 1), 100 * e["value"], yerr=[[100 * (e["value"] - e["low"])], [100 * (e["high"] - e["value"])]],
+                    fmt="o", color=f"C{k}", capsize=3)
+ax.axhline(100 * clip_metrics["zero_shot_seen"], color="k", ls="--", label="zoo CLIP (2,000 steps)")
+ax.set_xticks([0, 1], ["CoCa, positions std 0.02", "coca_pos1, std 1"])
+ax.set_ylabel("zero-shot, seen (%)")
+ax.set_title("three seeds each, 95 % intervals, on the CLIP's batches and steps")
+ax.legend(loc="lower left")
+fig.tight_layout()
 
 # %%
 model = zoo.load("coca")
@@ -282,9 +307,10 @@ assert abs(live["zero_shot_seen"]["value"] - manifest["metrics"]["zero_shot_seen
 chapter_seconds = time.perf_counter() - chapter_start
 print(f"chapter: {chapter_seconds:.0f} s on this machine")
 # the claims of "What we saw" below, checked against this run and the manifest's figures
-assert all(g > 0.05 for g in gap), "CoCa came within 5 points of CLIP: update What we saw"
-assert min(values("prefixlm", "cider")) > max(values("coca", "cider")), "PrefixLM's captions beat CoCa's in every seed"
-assert max(values("coca", "i2t_r1")) < clip_metrics["i2t_r1"]
+assert all(abs(g) <= 0.05 for g in gap), "CoCa's zero-shot came out more than 5 points from CLIP's: update What we saw"
+assert all(g > 0.3 for g in gap_pos1), "std-1 positions no longer hold CoCa back: update What we saw"
+assert all(c > p for c, p in zip(values("coca", "cider"), values("prefixlm", "cider"))), "CoCa's captions above PrefixLM's per seed"
+assert all(c > p for c, p in zip(values("coca", "cider"), values("coca_pos1", "cider")))
 assert equal_time["CoCa"]["zero_shot"].value > max(equal_time[m]["zero_shot"].value for m in ("BLIP", "ALBEF"))
 
 # %% [markdown]
@@ -295,20 +321,23 @@ assert equal_time["CoCa"]["zero_shot"].value > max(equal_time[m]["zero_shot"].va
 #   step cost less than BLIP's and ALBEF's in this run (the table above), and in the same ten
 #   seconds of training it reached a higher zero-shot accuracy than either. The cost side of
 #   CoCa's claim holds.
-# * **Its contrastive half did not keep up with CLIP — the target is missed.** Trained from scratch
-#   on chapter 02's CLIP batches for the CLIP's 2,000 steps, CoCa's zero-shot accuracy on seen
-#   compositions is 46–53 % over three seeds against the zoo CLIP's 99.3 %, and its image→text
-#   R@1 34–43 % against 59.8 %: far more than the 5 points the chapter aimed at. It is not the
-#   captioning loss competing for capacity: in a check outside this notebook, 800 steps of CoCa
-#   with the captioning weight set to 0 reached 25.6 % zero-shot and with it 23.3 %, where
-#   chapter 02's CLIP reaches 94 % in 800 steps. What learns slowly is CoCa's contrastive path
-#   itself at our scale: a single learned query pooling the image tokens, and a CLS appended after
-#   the words, instead of CLIP's class token and end-of-text token. We have not found out which of
-#   the two (or the temperature, which fell to about 0.045) is to blame.
-# * **PrefixLM captions better at equal steps.** With no contrastive head, PrefixLM's greedy
-#   captions score CIDEr-D 1.79–1.95 against CoCa's 1.42–1.49 in every seed, with fewer parameters
-#   (298 k vs 475 k). Neither comes near chapter 06's BLIP (3.82): both trained on CLIP's batches of
-#   one- and two-object scenes, and the captioning bench has up to four objects.
+# * **It also keeps up with CLIP — the target is met.** Trained from scratch on chapter 02's CLIP
+#   batches for the CLIP's 2,000 steps, CoCa's zero-shot accuracy on seen compositions is
+#   99.1–99.3 % over three seeds against the zoo CLIP's 99.3 % (within 0.3 points, target 5),
+#   88 / 84 / 90 % on held-out ones (CLIP 86 %, 50 images each: wide intervals), and its
+#   image→text R@1 among 256 is 53.9–63.7 % against CLIP's 59.8 %, while the same model captions.
+# * **One number made the difference.** The zoo's first CoCa (`coca_pos1`) started its ViT's
+#   position embeddings at std 1, as chapters 03–06 start their fusion encoders'; it reached only
+#   47–56 % zero-shot and 36–40 % R@1, and its captions were worse too (CIDEr-D 1.42–1.54 against
+#   2.23–2.64). Behind CLIP's pre-norm LayerNorm, positions that large outweigh what the patches
+#   show. We found it by elimination, in checks outside this notebook (800 steps, captioning weight
+#   0): the pooler vs the ViT's CLS token, the word-embedding scale and the CLS position made no
+#   difference (24–26 %); position std 0.02 gave 85.6 % (CLIP: 94 % at 800 steps).
+# * **CoCa captions better than PrefixLM at equal steps.** CoCa's greedy captions score CIDEr-D
+#   2.64 / 2.60 / 2.23 against PrefixLM's 1.77 / 2.02 / 1.92, higher in every seed (the intervals
+#   of seed 2 overlap), with more parameters (475 k vs 298 k). Neither comes near chapter 06's BLIP
+#   (3.82): both trained on CLIP's batches of one- and two-object scenes, and the captioning bench
+#   has up to four objects.
 #
 # **Exercises:** `exercises/07_coca.ipynb` — attentional pooling, the appended CLS and the words,
 # and CoCa's weighted loss; `minivlm check exercises/07_coca.ipynb` tells you what is wrong.
