@@ -157,10 +157,12 @@ def test_the_notebook_limit_stops_grading(tmp_path):
     cell = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith("def clip_loss"))
     cell.source = "def clip_loss(logits):\n    while True:\n        pass"
     start = time.perf_counter()
-    report = _grade(_write(nb, tmp_path), timeout=60, notebook_timeout=3)
-    assert time.perf_counter() - start < 30
+    # 12 s: the cells before the first task (imports) must finish inside the limit on a slow machine
+    # too (with 3 s, a CI machine under load ran out before reaching the loop: "not run")
+    report = _grade(_write(nb, tmp_path), timeout=60, notebook_timeout=12)
+    assert time.perf_counter() - start < 45  # far below the task's own 60 s: the notebook limit stopped it
     assert report["tasks"][0]["status"] == "timed out" and not report["ok"]
-    assert any("grading timed out after 3 s" in e["evalue"] for e in report["errors"])
+    assert any("grading timed out after 12 s" in e["evalue"] for e in report["errors"])
 
 
 def test_memory_cap(tmp_path):
