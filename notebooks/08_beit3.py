@@ -167,7 +167,7 @@ fig.tight_layout()
 #
 # BEiT-3's backbone is VLMo's (chapter 05): one self-attention shared by every token, a vision
 # and a language expert (FFN) in every block, and a vision-language expert in the top blocks
-# (BEiT-3: the top 3 of 24 for pairs). `BEiT3` subclasses chapter 05's `VLMo`; every weight of
+# (BEiT-3 too: vision-language experts only in its top layers). `BEiT3` subclasses chapter 05's `VLMo`; every weight of
 # the network has the same name and shape, only the heads differ.
 
 # %%
@@ -233,7 +233,7 @@ fig.tight_layout()
 
 # %% [markdown]
 # A short live run of masked data modelling from scratch at the chapter's size, to see the three
-# losses fall (the zoo's model trained for 1,500 such steps):
+# losses fall (the zoo's model trained for 1,500 steps of 3 × 64 sequences):
 
 # %%
 minivlm.seed_everything(0)
