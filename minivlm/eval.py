@@ -255,6 +255,42 @@ def answer_prior(answers: Sequence[str], kinds: Sequence[str]) -> dict[str, str]
     return {k: min(c, key=lambda a: (-c[a], a)) for k, c in counts.items()}
 
 
+# ----------------------------------------------------------------------------- perplexity (chapter 09)
+
+
+def perplexity(token_logprobs, n_boot: int = 2000, seed: int = 0) -> Estimate:
+    """exp(−mean log-probability per token) of a language model on some text, with a bootstrap
+    interval over documents.
+
+    token_logprobs: one 1-D sequence per document, the natural-log probability the model gave
+    each of its tokens (log p(token t | tokens before it), padding left out). The mean runs over
+    all tokens of all documents (a long document weighs more), and the interval resamples whole
+    documents, since the tokens of one document are not independent. A model that spreads its
+    probability evenly over V tokens has perplexity V; one that is always sure and right, 1.
+    """
+    if isinstance(token_logprobs, torch.Tensor) or not isinstance(token_logprobs, (list, tuple)) \
+            or not token_logprobs:
+        raise TypeError("token_logprobs must be a non-empty list with one 1-D sequence of log-probabilities per "
+                        f"document, got {type(token_logprobs).__name__}")
+    docs = []
+    for i, lp in enumerate(token_logprobs):
+        x = np.asarray(lp.detach().cpu() if isinstance(lp, torch.Tensor) else lp, dtype=np.float64)
+        if x.ndim != 1 or len(x) == 0:
+            raise ValueError(f"document {i}: log-probabilities must be a non-empty 1-D sequence, got shape {x.shape}")
+        if not np.isfinite(x).all() or (x > 1e-6).any():
+            raise ValueError(f"document {i}: log-probabilities must be finite and <= 0 (natural log of a "
+                             f"probability), got values in [{x.min():.4g}, {x.max():.4g}]")
+        docs.append(x)
+    sums = np.array([d.sum() for d in docs])
+    counts = np.array([len(d) for d in docs], dtype=np.float64)
+
+    def ppl(index: np.ndarray) -> float:
+        index = index.astype(int)
+        return float(np.exp(-sums[index].sum() / counts[index].sum()))
+
+    return bootstrap(np.arange(len(docs), dtype=np.float64), ppl, n_boot=n_boot, seed=seed)
+
+
 # ----------------------------------------------------------------------------- caption metrics
 # BLEU-4 (Papineni et al., 2002) and CIDEr-D (Vedantam et al., 2015), as the COCO caption
 # evaluation computes them (chapter 06 introduces them; every captioning chapter reuses them).

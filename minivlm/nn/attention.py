@@ -32,6 +32,54 @@ def scaled_dot_product_attention(
     return weights @ v, weights
 
 
+class LayerCache:
+    """One self-attention layer's keys and values so far: k and v (B, H, T, d), growing on T."""
+
+    def __init__(self):
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add the new tokens' k, v (B, H, t, d) after the cached ones; return all of them."""
+        if self.k is not None:
+            if k.shape[:2] != self.k.shape[:2] or k.shape[3] != self.k.shape[3]:
+                raise ValueError(f"new keys {tuple(k.shape)} do not fit the cached keys {tuple(self.k.shape)} "
+                                 "(batch, heads and head width must match; only the time axis grows)")
+            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)  # time is axis 2
+        self.k, self.v = k, v
+        return k, v
+
+
+class KVCache:
+    """The keys and values of every self-attention layer for the tokens decoded so far (chapter 09).
+
+    Without a cache, decoding token t+1 re-runs the model on all t tokens before it: O(t) work
+    per token, O(T²) for a text of T tokens (and O(T³) attention). With it, each layer keeps the
+    keys and values it already computed, and a step feeds only the new token: its query attends
+    to the cached keys. `len(cache)` is the number of tokens cached.
+    """
+
+    def __init__(self, depth: int):
+        check_int("depth", depth)
+        self.layers = [LayerCache() for _ in range(depth)]
+
+    def __len__(self) -> int:
+        return len(self.layers[0])
+
+    def __repr__(self) -> str:
+        return f"KVCache(layers={len(self.layers)}, tokens={len(self)})"
+
+    def select(self, rows: torch.Tensor) -> "KVCache":
+        """Keep batch rows `rows` (B',) in that order (beam search reorders its beams)."""
+        for layer in self.layers:
+            if layer.k is not None:
+                layer.k, layer.v = layer.k[rows], layer.v[rows]
+        return self
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention. Self-attention when `context` is None, cross-attention otherwise
     (queries from x, keys and values from context, which may have its own width)."""
@@ -59,15 +107,20 @@ class MultiHeadAttention(nn.Module):
         context: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         need_weights: bool = False,
+        cache: LayerCache | None = None,
     ) -> torch.Tensor:
         """x: (B, Tq, dim); context: (B, Tk, context_dim) or None; mask: see `masks.expand`.
-        Returns (B, Tq, dim). With need_weights=True the weights are kept in `last_weights`."""
+        Returns (B, Tq, dim). With need_weights=True the weights are kept in `last_weights`.
+        cache (self-attention only): the keys and values of earlier tokens; x's are appended to
+        it, and x's queries attend to all of them (the mask is then (Tq, past + Tq))."""
         check_tensor("x", x, ndim=3, dtype="float")
         if x.shape[-1] != self.dim:
             raise ValueError(f"x must have last dim {self.dim}, got shape {tuple(x.shape)}")
         check_dtype("x", x, self.q_proj.weight.dtype)
         if context is None:
             context = x
+        elif cache is not None:
+            raise ValueError("a KV cache holds self-attention keys: pass context=None with cache")
         else:
             check_tensor("context", context, ndim=3, dtype="float")
             if context.shape[-1] != self.context_dim:
@@ -75,13 +128,14 @@ class MultiHeadAttention(nn.Module):
             check_dtype("context", context, self.k_proj.weight.dtype)
         if context.shape[0] != x.shape[0]:
             raise ValueError(f"batch sizes must match, got x={x.shape[0]}, context={context.shape[0]}")
-        b, tq, tk = x.shape[0], x.shape[1], context.shape[1]
-        if mask is not None:
-            mask = masks.expand(mask, b, tq, tk)
-
         q = rearrange(self.q_proj(x), "b t (h d) -> b h t d", h=self.heads)
         k = rearrange(self.k_proj(context), "b t (h d) -> b h t d", h=self.heads)
         v = rearrange(self.v_proj(context), "b t (h d) -> b h t d", h=self.heads)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, H, past + Tq, d)
+        b, tq, tk = x.shape[0], x.shape[1], k.shape[2]
+        if mask is not None:
+            mask = masks.expand(mask, b, tq, tk)
         if need_weights:
             out, weights = scaled_dot_product_attention(q, k, v, mask)
             self.last_weights = weights.detach()

@@ -89,11 +89,14 @@ class Block(nn.Module):
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
         need_weights: bool = False,
+        cache=None,
     ) -> torch.Tensor:
-        """x: (B, T, dim) → (B, T, dim); context: (B, Tk, context_dim), for a cross-attention block."""
+        """x: (B, T, dim) → (B, T, dim); context: (B, Tk, context_dim), for a cross-attention block;
+        cache: this block's `LayerCache` (decoding with a KV cache, chapter 09)."""
         check_tensor("x", x, ndim=3, dtype="float")
         check_dtype("x", x, self.norm1.weight.dtype)
-        x = self.sublayer(x, self.norm1, lambda h: self.drop(self.attn(h, mask=mask, need_weights=need_weights)))
+        x = self.sublayer(x, self.norm1,
+                          lambda h: self.drop(self.attn(h, mask=mask, need_weights=need_weights, cache=cache)))
         if self.cross_attn is not None:
             if context is None:
                 raise ValueError("this block has cross-attention: pass context=(B, Tk, context_dim)")
@@ -115,9 +118,12 @@ class Transformer(nn.Module):
         check_int("depth", depth)
         self.blocks = nn.ModuleList(Block(dim, heads, **block_kwargs) for _ in range(depth))
 
-    def forward(self, x, mask=None, context=None, context_mask=None, need_weights: bool = False):
-        for block in self.blocks:
-            x = block(x, mask, context, context_mask, need_weights)
+    def forward(self, x, mask=None, context=None, context_mask=None, need_weights: bool = False, cache=None):
+        """cache: a `KVCache` with one layer per block, or None."""
+        if cache is not None and len(cache.layers) != len(self.blocks):
+            raise ValueError(f"the KV cache has {len(cache.layers)} layers, this Transformer {len(self.blocks)} blocks")
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, context, context_mask, need_weights, None if cache is None else cache.layers[i])
         return x
 
     def attention_maps(self) -> list[torch.Tensor]:

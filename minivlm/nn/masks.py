@@ -17,10 +17,15 @@ def bidirectional(t: int, device=None) -> torch.Tensor:
     return torch.ones(t, t, dtype=torch.bool, device=device)
 
 
-def causal(t: int, device=None) -> torch.Tensor:
-    """(T, T) lower-triangular: token i sees tokens 0..i (GPT, every captioning decoder)."""
+def causal(t: int, device=None, past: int = 0) -> torch.Tensor:
+    """(T, T) lower-triangular: token i sees tokens 0..i (GPT, every captioning decoder).
+
+    past > 0 (decoding with a KV cache, chapter 09): the T new tokens follow `past` cached ones,
+    so the mask is (T, past + T) and new token i, at position past + i, sees keys 0..past + i.
+    """
     check_int("t", t, lo=0)
-    return torch.ones(t, t, dtype=torch.bool, device=device).tril()
+    check_int("past", past, lo=0)
+    return torch.ones(t, past + t, dtype=torch.bool, device=device).tril(diagonal=past)
 
 
 def prefix(t: int, prefix_len: int | torch.Tensor, device=None) -> torch.Tensor:

@@ -50,17 +50,38 @@ class TextTransformer(nn.Module):
     def check_ids(self, ids: torch.Tensor) -> None:
         check_token_ids(ids, self.vocab_size, self.max_len, "the context max_len")
 
-    def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None, need_weights: bool = False):
-        """ids: (B, T) integer; attention_mask: (B, T), True/1 on real tokens (None: all real)."""
-        self.check_ids(ids)
-        t = ids.shape[1]
+    def forward(self, ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                need_weights: bool = False, *, inputs_embeds: torch.Tensor | None = None, cache=None):
+        """ids: (B, T) integer, or inputs_embeds: (B, T, dim) token embeddings in their place (an
+        image spliced in among the words, chapter 10); attention_mask: (B, T), True/1 on real
+        tokens (None: all real); cache: a `KVCache` (chapter 09): the T tokens continue the
+        len(cache) tokens it holds, their keys and values are added to it, and attention_mask,
+        if given, covers all len(cache) + T tokens."""
+        if (ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of ids (B, T) and inputs_embeds (B, T, dim)")
+        past = 0 if cache is None else len(cache)
+        if ids is not None:
+            check_tensor("ids", ids, ndim=2, dtype="int")
+            x = None
+        else:
+            check_tensor("inputs_embeds", inputs_embeds, ndim=3, dtype="float")
+            if inputs_embeds.shape[-1] != self.token_embedding.embedding_dim:
+                raise ValueError(f"inputs_embeds must have last dim {self.token_embedding.embedding_dim}, got "
+                                 f"shape {tuple(inputs_embeds.shape)}")
+            x = inputs_embeds
+        b, t = (ids if ids is not None else inputs_embeds).shape[:2]
+        if past + t > self.max_len:
+            cached = f" ({past} cached + {t} new)" if past else ""
+            raise ValueError(f"text has {past + t} tokens{cached}, longer than the context max_len={self.max_len}")
+        if ids is not None:
+            self.check_ids(ids)
+            x = self.token_embedding(ids)
         if attention_mask is not None:
             check_tensor("attention_mask", attention_mask, ndim=2)
-            if attention_mask.shape != ids.shape:
-                raise ValueError(f"attention_mask must have shape {tuple(ids.shape)}, got {tuple(attention_mask.shape)}")
-        mask = masks.combine(
-            masks.causal(t, ids.device) if self.causal else None,
-            masks.padding(attention_mask) if attention_mask is not None else None,
-        )
-        x = self.token_embedding(ids) + self.pos_embedding[:, :t]  # (B, T, D)
-        return self.norm(self.transformer(x, mask=mask, need_weights=need_weights))
+            if attention_mask.shape != (b, past + t):
+                raise ValueError(f"attention_mask must have shape {(b, past + t)}, got {tuple(attention_mask.shape)}")
+        # one new token with a cache and no padding sees every key: no mask at all (the fast path)
+        causal = masks.causal(t, x.device, past) if self.causal and t > 1 else None
+        mask = masks.combine(causal, masks.padding(attention_mask) if attention_mask is not None else None)
+        x = x + self.pos_embedding[:, past:past + t]  # (B, T, D)
+        return self.norm(self.transformer(x, mask=mask, need_weights=need_weights, cache=cache))

@@ -1,0 +1,345 @@
+"""A tiny GPT: the decoder-only language model that chapters 10-18 keep frozen (chapter 09).
+
+Radford, Wu, Child, Luan, Amodei and Sutskever, "Language Models are Unsupervised Multitask
+Learners" (GPT-2), 2019; Karpathy's nanoGPT for the layout.
+
+The model is chapter 01's text Transformer, causal, with a language-modelling head tied to the
+token embeddings (the same matrix reads words in and writes them out: fewer weights, and GPT-2
+does it too):
+
+    ids (B, T) -> token + position embeddings -> pre-LN blocks, causal mask -> final LN
+               -> h @ Eᵀ -> next-token logits (B, T, V)
+
+It is trained on `minivlm.data.worldtext`: scene text and the world facts no image-text data
+states. Decoding goes through chapter 06's `minivlm.generate`, with a KV cache behind it
+(`minivlm.nn.attention.KVCache`): each step feeds the new token only.
+
+`GPT.from_hf` loads a `transformers` GPT2LMHeadModel's weights into this model: with GPT-2's
+own tokenizer (anything with `encode(text) -> ids` and `decode(ids) -> text`), `complete` runs
+real GPT-2 in the from-scratch code.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minivlm.generate import generate
+from minivlm.losses import lm_loss
+from minivlm.nn.attention import KVCache
+from minivlm.nn.blocks import ACTIVATIONS
+from minivlm.nn.text import TextTransformer
+from minivlm.utils import check_int, check_number, check_tensor, eval_mode
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int | None = None  # None: the course tokenizer's
+    max_len: int = 64  # the context: prompt and generated tokens together
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    act: str = "gelu_tanh"  # GPT-2's "gelu_new"
+    eps: float = 1e-5
+    dropout: float = 0.0
+    pad_id: int | None = None
+    bos_id: int | None = None
+    eos_id: int | None = None
+
+    def __post_init__(self):
+        if None in (self.vocab_size, self.pad_id, self.bos_id, self.eos_id):
+            from minivlm.data.tokenizer import Tokenizer
+
+            tok = Tokenizer.from_world()
+            if self.vocab_size is None:
+                self.vocab_size = len(tok)
+            for name in ("pad_id", "bos_id", "eos_id"):
+                if getattr(self, name) is None:
+                    setattr(self, name, getattr(tok, name))
+        for name in ("vocab_size", "max_len", "dim", "depth", "heads"):
+            check_int(name, getattr(self, name))
+        if self.max_len < 2:
+            raise ValueError(f"max_len must be >= 2 (a token and the one it predicts), got {self.max_len}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
+        check_number("mlp_ratio", self.mlp_ratio, 0, math.inf, lo_open=True, hi_open=True)
+        check_number("eps", self.eps, 0, 1.0, lo_open=True)
+        check_number("dropout", self.dropout, 0, 1, hi_open=True)
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {self.act!r}")
+        for name in ("pad_id", "bos_id", "eos_id"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.vocab_size:
+                raise ValueError(f"{name} must be an int in [0, {self.vocab_size - 1}], got {value!r}")
+
+
+class GPT(nn.Module):
+    """Token + position embeddings, `depth` causal pre-LN blocks, a final LayerNorm and a head
+    tied to the token embeddings. forward(ids) -> next-token logits (B, T, V)."""
+
+    def __init__(self, config: GPTConfig | None = None, tokenizer=None):
+        super().__init__()
+        self.config = c = config or GPTConfig()
+        self.text = TextTransformer(c.vocab_size, max_len=c.max_len, dim=c.dim, depth=c.depth, heads=c.heads,
+                                    mlp_ratio=c.mlp_ratio, causal=True, dropout=c.dropout, act=c.act, eps=c.eps)
+        self.tokenizer = tokenizer
+        self.apply(self._init_weights)
+        # GPT-2: each residual branch's last projection starts smaller, by 1/√(2·depth), so that
+        # the residual stream's variance does not grow with depth at initialisation.
+        for name, p in self.named_parameters():
+            if name.endswith(("attn.out_proj.weight", "mlp.fc2.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * c.depth))
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        """The (V, dim) embedding table; also the output head (tied)."""
+        return self.text.token_embedding
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) -> token embeddings (B, T, dim), before positions: what a bridge (chapter 10)
+        splices image embeddings into, then passes as `inputs_embeds`."""
+        self.text.check_ids(ids)
+        return self.text.token_embedding(ids)
+
+    def new_cache(self) -> KVCache:
+        """An empty KV cache for this model (one layer per block)."""
+        return KVCache(self.config.depth)
+
+    def forward(self, ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
+                inputs_embeds: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """ids (B, T) or inputs_embeds (B, T, dim) -> logits (B, T, V): position t's logits score
+        the token at t + 1. attention_mask (B, T): True on real tokens (right padding needs
+        none: a causal model never looks ahead). cache: continue the tokens it holds."""
+        h = self.text(ids, attention_mask, inputs_embeds=inputs_embeds, cache=cache)  # (B, T, D)
+        return F.linear(h, self.text.token_embedding.weight)  # tied head: (B, T, V)
+
+    # ------------------------------------------------------------------ decoding
+    def next_logits_fn(self, use_cache: bool = True):
+        """next_logits(ids, rows) -> (N, V) for `minivlm.generate`: the logits after each row of ids.
+
+        Without a cache, every call runs the model on the whole prefix. With one, the function
+        keeps the cache of the ids it saw last call and feeds only the new tokens; rows whose
+        prefix it holds are picked out of it (beam search reorders rows), and if a row's prefix is
+        not in it (a new prompt) it starts over."""
+        if not use_cache:
+            return lambda ids, rows: self(ids)[:, -1]
+        state: dict = {"cache": None, "ids": None}
+
+        def next_logits(ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            cache, seen = state["cache"], state["ids"]
+            new = ids
+            if cache is not None and ids.shape[1] > seen.shape[1]:
+                past = seen.shape[1]
+                if ids.shape[0] == seen.shape[0] and bool((ids[:, :past] == seen).all()):
+                    new = ids[:, past:]  # the same rows, grown: the common case
+                else:
+                    same = (ids[:, None, :past] == seen[None]).all(-1)  # (N, M): row n continues cached row m
+                    if bool(same.any(1).all()):
+                        cache.select(same.float().argmax(1))
+                        new = ids[:, past:]
+                    else:
+                        cache = None
+            else:
+                cache = None
+            if cache is None:
+                cache, new = self.new_cache(), ids
+            logits = self(new, cache=cache)[:, -1]  # (N, V)
+            state.update(cache=cache, ids=ids)
+            return logits
+
+        return next_logits
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, use_cache: bool = True, **decoding) -> torch.Tensor:
+        """Continue prompt ids (B, T) by at most max_new_tokens with `minivlm.generate` (greedy by
+        default; decoding: num_beams, do_sample, temperature, top_k, top_p, generator, eos_id).
+        The prompt and the new tokens must fit the context: T + max_new_tokens <= max_len."""
+        c = self.config
+        check_tensor("prompt", prompt, ndim=2, dtype="int")
+        check_int("max_new_tokens", max_new_tokens, lo=0)
+        if prompt.shape[1] + max_new_tokens > c.max_len:
+            raise ValueError(f"the prompt has {prompt.shape[1]} tokens; with max_new_tokens={max_new_tokens} that is "
+                             f"{prompt.shape[1] + max_new_tokens}, longer than the context max_len={c.max_len}")
+        if max_new_tokens == 0:
+            return prompt
+        eos_id = decoding.pop("eos_id", c.eos_id)
+        with eval_mode(self):
+            return generate(self.next_logits_fn(use_cache), prompt, max_new_tokens, eos_id, pad_id=c.pad_id,
+                            **decoding)
+
+    def get_tokenizer(self):
+        if self.tokenizer is None:
+            from minivlm.data.tokenizer import Tokenizer
+
+            tok = Tokenizer.from_world()
+            if len(tok) != self.config.vocab_size:
+                raise ValueError(f"this GPT (vocab_size={self.config.vocab_size}) was not built for the course "
+                                 f"tokenizer (vocab {len(tok)}): pass its own, GPT(config, tokenizer=...) or "
+                                 "complete(..., tokenizer=...)")
+            self.tokenizer = tok
+        return self.tokenizer
+
+    @torch.no_grad()
+    def complete(self, prompts: Sequence[str], max_new_tokens: int = 8, stop: str | None = ".", tokenizer=None,
+                 use_cache: bool = True, **decoding) -> list[str]:
+        """The text each prompt continues with, up to `stop` (a token, not included; None: up to
+        <eos> or max_new_tokens). Each prompt is "<bos> prompt words"; an empty prompt generates
+        from <bos> alone, and unknown words become <unk>. Prompts of equal length are decoded as
+        one batch. tokenizer: anything with encode(text) -> ids and decode(ids) -> text (default:
+        the course tokenizer; GPT-2's own for a model from `from_hf`)."""
+        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) \
+                or not all(isinstance(p, str) for p in prompts):
+            raise TypeError(f"prompts must be a list of strings, got {type(prompts).__name__}"
+                            + (" (one string: wrap it in a list)" if isinstance(prompts, str) else ""))
+        if not prompts:
+            raise ValueError("prompts must hold at least one string")
+        tok = tokenizer if tokenizer is not None else self.get_tokenizer()
+        c = self.config
+        encoded = [[c.bos_id] + list(tok.encode(p)) for p in prompts]
+        stop_ids = list(tok.encode(stop)) if stop else []
+        if stop and len(stop_ids) != 1:
+            raise ValueError(f"stop must be one token, got {stop!r} = {len(stop_ids)} tokens")
+        dev = next(self.parameters()).device
+        out: list[str] = [""] * len(prompts)
+        for length in sorted({len(e) for e in encoded}):
+            rows = [i for i, e in enumerate(encoded) if len(e) == length]
+            prompt = torch.tensor([encoded[i] for i in rows], dtype=torch.long, device=dev)
+            ids = self.generate(prompt, max_new_tokens, use_cache=use_cache, **decoding)
+            for i, row in zip(rows, ids[:, length:].tolist()):
+                ends = [row.index(t) for t in [c.eos_id, *stop_ids] if t in row]
+                out[i] = tok.decode(row[:min(ends)] if ends else row).strip()
+        return out
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def token_logprobs(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(token t+1 | tokens ≤ t) for every t: (B, T-1), and the mask (B, T-1) of the
+        targets that are real tokens (padding is never scored)."""
+        check_tensor("ids", ids, ndim=2, dtype="int")
+        if ids.shape[1] < 2:
+            raise ValueError(f"scoring needs at least 2 tokens per row, got ids of shape {tuple(ids.shape)}")
+        with eval_mode(self):
+            logp = self(ids).float().log_softmax(-1)[:, :-1]  # (B, T-1, V)
+        target = ids[:, 1:]
+        scored = torch.ones_like(target, dtype=torch.bool) if attention_mask is None else attention_mask[:, 1:].bool()
+        return logp.gather(-1, target[..., None]).squeeze(-1) * scored, scored
+
+    # ------------------------------------------------------------------ GPT-2's weights
+    @classmethod
+    def from_hf(cls, hf_model, tokenizer=None) -> "GPT":
+        """A GPT holding the weights of a `transformers` GPT2LMHeadModel (or GPT2Model): same
+        logits to float precision. GPT-2 stores its projections as Conv1D (in, out) matrices and
+        q, k, v as one (dim, 3·dim) matrix: both are transposed and split here."""
+        hf_config = hf_model.config
+        if getattr(hf_config, "model_type", None) != "gpt2":
+            raise TypeError(f"from_hf loads a GPT-2 model, got model_type={getattr(hf_config, 'model_type', None)!r}")
+        acts = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
+                "quick_gelu": "quick_gelu"}
+        if hf_config.activation_function not in acts:
+            raise ValueError(f"activation {hf_config.activation_function!r} is not one of {sorted(acts)}")
+        if getattr(hf_config, "scale_attn_by_inverse_layer_idx", False) or getattr(hf_config, "reorder_and_upcast_attn",
+                                                                                   False):
+            raise ValueError("scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported")
+        d = hf_config.n_embd
+        eos = hf_config.eos_token_id
+        config = GPTConfig(vocab_size=hf_config.vocab_size, max_len=hf_config.n_positions, dim=d,
+                           depth=hf_config.n_layer, heads=hf_config.n_head,
+                           mlp_ratio=(hf_config.n_inner or 4 * d) / d, act=acts[hf_config.activation_function],
+                           eps=hf_config.layer_norm_epsilon, pad_id=eos, bos_id=hf_config.bos_token_id, eos_id=eos)
+        model = cls(config, tokenizer=tokenizer)
+        src = hf_model.transformer if hasattr(hf_model, "transformer") else hf_model
+        state = {"text.token_embedding.weight": src.wte.weight, "text.pos_embedding": src.wpe.weight[None],
+                 "text.norm.weight": src.ln_f.weight, "text.norm.bias": src.ln_f.bias}
+        for i, h in enumerate(src.h):
+            p = f"text.transformer.blocks.{i}."
+            qkv_w, qkv_b = h.attn.c_attn.weight.t(), h.attn.c_attn.bias  # (3·dim, dim), (3·dim,)
+            for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
+                state[p + f"attn.{name}.weight"] = qkv_w[j * d:(j + 1) * d]
+                state[p + f"attn.{name}.bias"] = qkv_b[j * d:(j + 1) * d]
+            state.update({
+                p + "attn.out_proj.weight": h.attn.c_proj.weight.t(), p + "attn.out_proj.bias": h.attn.c_proj.bias,
+                p + "norm1.weight": h.ln_1.weight, p + "norm1.bias": h.ln_1.bias,
+                p + "norm2.weight": h.ln_2.weight, p + "norm2.bias": h.ln_2.bias,
+                p + "mlp.fc1.weight": h.mlp.c_fc.weight.t(), p + "mlp.fc1.bias": h.mlp.c_fc.bias,
+                p + "mlp.fc2.weight": h.mlp.c_proj.weight.t(), p + "mlp.fc2.bias": h.mlp.c_proj.bias,
+            })
+        model.load_state_dict({k: v.detach().clone().float() for k, v in state.items()})
+        return model.eval()
+
+
+# ----------------------------------------------------------------------------- training
+def lm_step(model: GPT, batch: dict) -> dict:
+    """The language-modelling loss for `minivlm.train.fit`: every real token predicted from the
+    ones before it (shifted by one; padding is never a target). batch: ids, attention_mask."""
+    core = getattr(model, "module", model)
+    if not isinstance(core, GPT):
+        raise TypeError(f"lm_step trains a GPT, got {type(core).__name__}")
+    if not isinstance(batch, dict) or any(k not in batch for k in ("ids", "attention_mask")):
+        raise ValueError("batch must be a dict with ids and attention_mask")
+    # right padding: the causal mask already keeps real tokens from seeing the pads after them
+    return {"loss": lm_loss(model(batch["ids"]), batch["ids"], batch["attention_mask"])}
+
+
+def lm_batches(batch_size: int = 64, max_len: int = 64, seed: int = 0, split: str = "train", **world_text):
+    """batches(i) -> dict(ids, attention_mask): batch_size world-text documents "<bos> ... <eos>",
+    right-padded, the i-th batch of stream `seed` (deterministic in i, so a run can resume)."""
+    from minivlm.data.tokenizer import Tokenizer
+    from minivlm.data.worldtext import WorldText
+
+    check_int("batch_size", batch_size)
+    check_int("max_len", max_len, lo=2)
+    tok = Tokenizer.from_world()
+    WorldText(seed, split, **world_text)  # check the arguments now, not at the first step
+
+    def batches(i: int) -> dict:
+        docs = WorldText(seed * 1_000_003 + i, split, **world_text).documents(batch_size)
+        ids, mask = tok(docs, max_len, add_bos=True, add_eos=True)
+        return {"ids": ids, "attention_mask": mask}
+
+    return batches
+
+
+# ----------------------------------------------------------------------------- evaluation
+def fact_recall(model: GPT, items, use_cache: bool = True) -> dict:
+    """Ask each `RecallItem` (minivlm.data.worldtext.recall_items) greedily: a hit when the text
+    generated up to the first "." equals the answer. Returns dict(predictions, hits, accuracy
+    (an Estimate), per_family {family: Estimate})."""
+    from minivlm.eval import answer_hits, interval
+
+    items = list(items)
+    if not items:
+        raise ValueError("items must hold at least one RecallItem")
+    longest = max(len(it.answer.split()) for it in items)
+    predictions = model.complete([it.prompt for it in items], max_new_tokens=longest + 1, use_cache=use_cache)
+    hits = answer_hits(predictions, [it.answer for it in items])
+    families = sorted({it.family for it in items})
+    per_family = {f: interval([h for h, it in zip(hits, items) if it.family == f]) for f in families}
+    return {"predictions": predictions, "hits": hits, "accuracy": interval(hits), "per_family": per_family}
+
+
+def world_perplexity(model: GPT, documents: Sequence[str], batch_size: int = 128):
+    """Perplexity of `model` on world-text documents ("<bos> ... <eos>"), with a bootstrap interval
+    over documents (`minivlm.eval.perplexity`)."""
+    from minivlm.eval import perplexity
+
+    tok = model.get_tokenizer()
+    per_doc = []
+    for a in range(0, len(documents), batch_size):
+        ids, mask = tok(list(documents[a:a + batch_size]), model.config.max_len, add_bos=True, add_eos=True,
+                        truncation=False)
+        logp, scored = model.token_logprobs(ids.to(next(model.parameters()).device), mask)
+        per_doc += [lp[m].cpu() for lp, m in zip(logp, scored.cpu())]
+    return perplexity(per_doc)
