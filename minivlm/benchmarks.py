@@ -1,5 +1,5 @@
 """Speed checks of our models against reference implementations (chapter 02 for CLIP, 03 for
-ViLT, 06 for BLIP).
+ViLT, 06 for BLIP, 09 for the GPT).
 
 `bench_clip` times one full training step (forward, loss, backward, AdamW step) of our CLIP and
 of Hugging Face transformers' CLIPModel built at the *same* configuration, on the same batch,
@@ -7,7 +7,8 @@ alternating the two in each repeat so that a machine slowing down or speeding up
 throttling, another process) affects both alike. transformers is a development dependency
 only, imported inside the function. `bench_vilt` does the same for a VQA step of our ViLT and
 of transformers' ViltForQuestionAnswering, `bench_blip` for a captioning (LM) step of our BLIP
-and of transformers' BlipForConditionalGeneration.
+and of transformers' BlipForConditionalGeneration, `bench_gpt` for a language-modelling step and
+for greedy generation with the KV cache of our GPT and of transformers' GPT2LMHeadModel.
 
     python -m minivlm.benchmarks                       # the chapter's default config
     python -m minivlm.benchmarks --dim 256 --depth 6 --image-size 64 --patch-size 8
@@ -306,6 +307,140 @@ def bench_blip(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
         return {**_time_alternating(runs, warmup, repeats, dev), "batch_size": batch_size, "repeats": repeats,
                 "warmup": warmup, "config": asdict(cfg), "params_ours": n_ours, "params_theirs": n_theirs,
                 **_versions(hf_version, dev)}
+
+
+def hf_gpt2_like(config):
+    """A randomly initialised transformers GPT2LMHeadModel with the same architecture as our
+    GPT(config) (chapter 09): context n_positions = max_len, n_inner = dim · mlp_ratio, no
+    dropout, the LM head tied to the token embeddings, the fused attention (sdpa)."""
+    try:
+        import transformers
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("bench_gpt compares against Hugging Face transformers: pip install transformers "
+                          "(a development dependency; the library itself never needs it)") from e
+    n_inner = config.dim * config.mlp_ratio
+    if n_inner != int(n_inner):
+        raise ValueError(f"GPT-2's MLP width is an integer: dim * mlp_ratio = {n_inner}")
+    if config.dropout:
+        raise ValueError(f"bench_gpt times the same computation on both sides: use dropout=0, got {config.dropout}")
+    # GPT-2 names its tanh-approximated GELU "gelu_new" (the function of our "gelu_tanh")
+    act = "gelu_new" if config.act == "gelu_tanh" else HF_ACT[config.act]
+    hf_config = transformers.GPT2Config(
+        vocab_size=config.vocab_size, n_positions=config.max_len, n_embd=config.dim, n_layer=config.depth,
+        n_head=config.heads, n_inner=int(n_inner), activation_function=act, layer_norm_epsilon=config.eps,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=config.bos_id, eos_token_id=config.eos_id,
+        pad_token_id=config.pad_id, attn_implementation="sdpa")  # the fused kernel, as our attention uses
+    return transformers.GPT2LMHeadModel(hf_config), transformers.__version__
+
+
+def gpt_bench_models(config, seed: int = 0):
+    """(ours, theirs, transformers version): transformers' GPT-2 at our config, randomly
+    initialised, and our GPT(config) holding the same weights (copied with `GPT.from_hf`), so
+    that the two compute the same thing."""
+    from minivlm.models.gpt import GPT
+
+    torch.manual_seed(seed)
+    hf, hf_version = hf_gpt2_like(config)
+    ours = GPT(config)  # our config (the course's pad id; from_hf's would be GPT-2's, pad = eos)
+    ours.load_state_dict(GPT.from_hf(hf).state_dict())
+    return ours, hf, hf_version
+
+
+def gpt_lm_loss_theirs(hf, ids: torch.Tensor) -> torch.Tensor:
+    """transformers' next-token loss on ids (B, T): `labels` are shifted inside, as `lm_loss` does."""
+    return hf(input_ids=ids, labels=ids).loss
+
+
+def gpt_generate_theirs(hf, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """transformers' greedy search with its KV cache, exactly `new_tokens` tokens per row (eos is
+    suppressed until then), every other decoding default off."""
+    return hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, num_beams=1,
+                       use_cache=True, min_new_tokens=new_tokens, max_new_tokens=new_tokens,
+                       repetition_penalty=1.0, no_repeat_ngram_size=0, pad_token_id=hf.config.pad_token_id)
+
+
+def gpt_bench_batches(config, batch_size: int, prompt_len: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random token ids for `bench_gpt`: a training batch (B, max_len), the full context, and
+    prompts (B, prompt_len), "<bos>" then random tokens."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, config.vocab_size, (batch_size, config.max_len), generator=g)
+    prompts = torch.randint(0, config.vocab_size, (batch_size, prompt_len), generator=g)
+    prompts[:, 0] = config.bos_id
+    return ids, prompts
+
+
+def bench_gpt(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device: str | None = None,
+              threads: int | None = None, new_tokens: int = 32, prompt_len: int = 8, seed: int = 0,
+              **config) -> dict:
+    """Our GPT against transformers' GPT2LMHeadModel at the zoo LLM's shape (chapter 09), with
+    the same weights.
+
+    Training: median milliseconds per step (forward on random ids of the full context, next-token
+    loss, backward, AdamW step). Generation: greedy decoding with the KV cache of `new_tokens`
+    tokens after prompts of `prompt_len` tokens, ours `GPT.generate(use_cache=True)`, theirs
+    `generate(use_cache=True)`; transformers is held to exactly new_tokens (min_new_tokens), and
+    tokens per second count the tokens each side actually generated (ours stops early only if
+    every row has emitted eos). config: GPTConfig fields over `minivlm.zoo.recipes.llm.LLM_CONFIG`.
+
+    Returns a dict: train_ours_ms, train_theirs_ms, train_ratio (ours / theirs, < 1: ours is
+    faster) and their CPU times; generate_ours_ms, generate_theirs_ms (one generate call),
+    ours_tokens_per_s, theirs_tokens_per_s, generate_ratio (ours / theirs time per token) and
+    their CPU times; the config, parameter counts, versions, threads and device.
+    """
+    from minivlm.losses import lm_loss
+    from minivlm.models.gpt import GPTConfig
+    from minivlm.utils import check_int
+    from minivlm.zoo.recipes.llm import LLM_CONFIG
+
+    check_int("new_tokens", new_tokens)
+    check_int("prompt_len", prompt_len)
+    with _bench_setup(batch_size, repeats, warmup, device, threads) as dev:
+        cfg = GPTConfig(**{**LLM_CONFIG, **config})
+        if prompt_len + new_tokens > cfg.max_len:
+            raise ValueError(f"prompt_len + new_tokens = {prompt_len + new_tokens} exceeds max_len={cfg.max_len}")
+        ours, hf, hf_version = gpt_bench_models(cfg, seed)
+        ours, hf = ours.to(dev).train(), hf.to(dev).train()
+        ids, prompts = (t.to(dev) for t in gpt_bench_batches(cfg, batch_size, prompt_len, seed))
+
+        def train_ours(opt):
+            opt.zero_grad(set_to_none=True)
+            lm_loss(ours(ids), ids).backward()
+            opt.step()
+
+        def train_theirs(opt):
+            opt.zero_grad(set_to_none=True)
+            gpt_lm_loss_theirs(hf, ids).backward()
+            opt.step()
+
+        runs = {"ours": (train_ours, torch.optim.AdamW(ours.parameters(), lr=1e-4)),
+                "theirs": (train_theirs, torch.optim.AdamW(hf.parameters(), lr=1e-4))}
+        train = _time_alternating(runs, warmup, repeats, dev)
+
+        ours.eval()
+        hf.eval()
+        generated = {}
+
+        def generate_ours(_):
+            generated["ours"] = ours.generate(prompts, new_tokens, use_cache=True).shape[1] - prompt_len
+
+        def generate_theirs(_):
+            generated["theirs"] = gpt_generate_theirs(hf, prompts, new_tokens).shape[1] - prompt_len
+
+        gen = _time_alternating({"ours": (generate_ours, None), "theirs": (generate_theirs, None)}, warmup,
+                                repeats, dev)
+        tokens = {k: batch_size * n for k, n in generated.items()}  # greedy: the same count every call
+        per_s = {k: tokens[k] / (gen[f"{k}_ms"] / 1000) for k in tokens}
+        return {
+            "train_ours_ms": train["ours_ms"], "train_theirs_ms": train["theirs_ms"], "train_ratio": train["ratio"],
+            "train_ours_cpu_ms": train["ours_cpu_ms"], "train_theirs_cpu_ms": train["theirs_cpu_ms"],
+            "generate_ours_ms": gen["ours_ms"], "generate_theirs_ms": gen["theirs_ms"],
+            "ours_tokens_per_s": round(per_s["ours"], 1), "theirs_tokens_per_s": round(per_s["theirs"], 1),
+            "generate_ratio": float(f"{per_s['theirs'] / per_s['ours']:.4g}"),  # time per token, ours / theirs
+            "generate_ours_cpu_ms": gen["ours_cpu_ms"], "generate_theirs_cpu_ms": gen["theirs_cpu_ms"],
+            "new_tokens_ours": generated["ours"], "new_tokens_theirs": generated["theirs"],
+            "prompt_len": prompt_len, "batch_size": batch_size, "repeats": repeats, "warmup": warmup,
+            "config": asdict(cfg), "params_ours": count_parameters(ours), "params_theirs": count_parameters(hf),
+            **_versions(hf_version, dev)}
 
 
 @contextlib.contextmanager

@@ -61,7 +61,9 @@ MIXTURES: dict[tuple[str, str], str] = {
 }
 
 # ----------------------------------------------------------------------------- the phrasings
-# Per relation: statement forms and question forms. Slots: {s} a shape, {p} its plural, {t} a
+# Per relation: statement forms and question forms. No form may end with another form of its
+# relation ("the colour of grass is green." would contain a held-out "grass is green."): a test
+# checks that no held-out statement occurs inside any training text. Slots: {s} a shape, {p} its plural, {t} a
 # thing ("a wheel", "the sky"), {x} {y} two colours, {c} a colour, {a} the answer.
 _PART_STATEMENTS = ("a {s} has {a} {part}.", "every {s} has {a} {part}.", "the number of {part} of a {s} is {a}.",
                     "{p} have {a} {part}.", "you can count {a} {part} on a {s}.")
@@ -72,12 +74,12 @@ TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     **{part: (tuple(t.replace("{part}", part) for t in _PART_STATEMENTS),
               tuple(t.replace("{part}", part) for t in _PART_QUESTIONS)) for part in SHAPE_PARTS},
     "thing_shape": (
-        ("{t} is a {a}.", "{t} looks like a {a}.", "the shape of {t} is a {a}.", "{t} has the shape of a {a}."),
+        ("{t} is a {a}.", "{t} looks like a {a}.", "a {a} is the shape of {t}.", "{t} has the shape of a {a}."),
         ("what shape is {t}?", "what is the shape of {t}?", "which shape does {t} look like?",
          "{t} looks like which shape?", "tell me the shape of {t}.", "what shape does {t} have?"),
     ),
     "thing_color": (
-        ("{t} is {a}.", "the colour of {t} is {a}.", "the color of {t} is {a}.", "{t} has a {a} colour."),
+        ("{t} is {a}.", "{a} is the colour of {t}.", "{t} has the color {a}.", "{t} has a {a} colour."),
         ("what colour is {t}?", "what color is {t}?", "what is the colour of {t}?", "which colour is {t}?",
          "{t} is which colour?", "tell me the colour of {t}."),
     ),
@@ -271,6 +273,9 @@ class WorldText:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.split, self.fact_fraction = split, float(fact_fraction)
+        if facts_per_document > 4:  # four fact sentences already fill most of a 64-token context
+            raise ValueError(f"facts_per_document must be at most 4 (longer documents outgrow the LLM's context), "
+                             f"got {facts_per_document}")
         self.facts_per_document, self.questions_per_scene = facts_per_document, questions_per_scene
         self.rng = np.random.default_rng(seed)
         self.world = ShapesWorld(seed=seed, split="train" if split == "train" else "test")

@@ -175,6 +175,9 @@ class GPT(nn.Module):
         if max_new_tokens == 0:
             return prompt
         eos_id = decoding.pop("eos_id", c.eos_id)
+        check_int("eos_id", eos_id, lo=0)
+        if eos_id >= c.vocab_size:
+            raise ValueError(f"eos_id must be a token id in [0, {c.vocab_size - 1}], got {eos_id}")
         with eval_mode(self):
             return generate(self.next_logits_fn(use_cache), prompt, max_new_tokens, eos_id, pad_id=c.pad_id,
                             **decoding)
@@ -250,15 +253,24 @@ class GPT(nn.Module):
                 "quick_gelu": "quick_gelu"}
         if hf_config.activation_function not in acts:
             raise ValueError(f"activation {hf_config.activation_function!r} is not one of {sorted(acts)}")
-        if getattr(hf_config, "scale_attn_by_inverse_layer_idx", False) or getattr(hf_config, "reorder_and_upcast_attn",
-                                                                                   False):
-            raise ValueError("scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported")
+        for flag, unsupported in (("scale_attn_by_inverse_layer_idx", True), ("reorder_and_upcast_attn", True),
+                                  ("scale_attn_weights", False), ("tie_word_embeddings", False)):
+            if getattr(hf_config, flag, not unsupported) == unsupported:
+                raise ValueError(f"{flag}={unsupported} is not supported: this GPT scales attention by 1/√d and ties "
+                                 "its head to the token embeddings, as GPT-2 does")
         d = hf_config.n_embd
-        eos = hf_config.eos_token_id
+        hidden = hf_config.n_inner or 4 * d
+        if int(d * (hidden / d)) != hidden:
+            raise ValueError(f"an MLP width of n_inner={hidden} with n_embd={d} cannot be written as a ratio here")
+        eos, bos = hf_config.eos_token_id, hf_config.bos_token_id
+        for name, value in (("eos_token_id", eos), ("bos_token_id", bos)):
+            if not isinstance(value, int) or not 0 <= value < hf_config.vocab_size:
+                raise ValueError(f"the GPT-2 config's {name} must be an id in [0, {hf_config.vocab_size - 1}], "
+                                 f"got {value!r}")
         config = GPTConfig(vocab_size=hf_config.vocab_size, max_len=hf_config.n_positions, dim=d,
                            depth=hf_config.n_layer, heads=hf_config.n_head,
-                           mlp_ratio=(hf_config.n_inner or 4 * d) / d, act=acts[hf_config.activation_function],
-                           eps=hf_config.layer_norm_epsilon, pad_id=eos, bos_id=hf_config.bos_token_id, eos_id=eos)
+                           mlp_ratio=hidden / d, act=acts[hf_config.activation_function],
+                           eps=hf_config.layer_norm_epsilon, pad_id=eos, bos_id=bos, eos_id=eos)
         model = cls(config, tokenizer=tokenizer)
         src = hf_model.transformer if hasattr(hf_model, "transformer") else hf_model
         state = {"text.token_embedding.weight": src.wte.weight, "text.pos_embedding": src.wpe.weight[None],
