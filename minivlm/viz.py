@@ -397,6 +397,45 @@ def plot_bars(values: Mapping[str, float], title: str | None = None, ax=None, yl
     return fig
 
 
+def plot_estimates(series: Mapping[str, Mapping[str, object]], title: str | None = None, ax=None,
+                   ylabel: str | None = None, scale: float = 100.0):
+    """Grouped bars with 95 % intervals: series {name: {category: Estimate}} (minivlm.eval), one
+    colour per series, one group per category (the first series' order). Heights are value ×
+    scale (100: accuracies in %); a category a series lacks is left empty."""
+    if not isinstance(series, Mapping) or not series or not all(isinstance(v, Mapping) for v in series.values()):
+        raise ValueError("series must be a non-empty dict name -> {category: Estimate}")
+    categories = list(dict.fromkeys(c for values in series.values() for c in values))
+    own = ax is None
+    fig, ax = _new_axes(ax, (max(4, 0.4 * len(categories) * len(series) + 2), 3))
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        xs, heights, errs = [], [], [[], []]
+        for j, c in enumerate(categories):
+            if c not in values:
+                continue
+            e = values[c]
+            if not all(hasattr(e, a) for a in ("value", "low", "high")):
+                raise TypeError(f"series[{name!r}][{c!r}] must be an Estimate (value, low, high), got "
+                                f"{type(e).__name__}")
+            xs.append(j + width * (i - (len(series) - 1) / 2))
+            heights.append(scale * e.value)
+            errs[0].append(max(0.0, scale * (e.value - e.low)))  # never negative: rounding at 0 or 1
+            errs[1].append(max(0.0, scale * (e.high - e.value)))
+        ax.bar(xs, heights, width=width, yerr=errs, capsize=2, label=name, color=f"C{i % 10}")
+    ax.set_xticks(range(len(categories)), categories)
+    if len(categories) > 5:
+        ax.tick_params(axis="x", labelrotation=30)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if own:
+        fig.tight_layout()
+    return fig
+
+
 # ----------------------------------------------------------------------------- diagrams
 
 STAGE_COLORS = {"input": "#e2e8f0", "vision": "#fbd38d", "text": "#9ae6b4", "fusion": "#90cdf4", "head": "#d6bcfa"}

@@ -148,3 +148,21 @@ def test_plot_bars_heights_and_axes():
         viz.plot_bars({})
     with pytest.raises(TypeError):
         viz.plot_bars({"a": "x"})
+
+
+def test_plot_estimates_groups_series_with_nonnegative_intervals():
+    from minivlm.eval import interval
+
+    full = interval([1] * 20)  # value 1.0: high - value may round below zero
+    fig = viz.plot_estimates({"a": {"x": full, "y": interval([0, 1] * 10)}, "b": {"x": interval([0] * 5 + [1])}},
+                             title="t", ylabel="%")
+    ax = fig.axes[0]
+    heights = sorted(round(p.get_height(), 6) for p in ax.patches)
+    assert heights == [16.666667, 50.0, 100.0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["x", "y"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
+    plt.close(fig)
+    with pytest.raises(TypeError, match="must be an Estimate"):
+        viz.plot_estimates({"a": {"x": 0.5}})
+    with pytest.raises(ValueError, match="non-empty dict"):
+        viz.plot_estimates({})

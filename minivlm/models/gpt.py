@@ -126,46 +126,60 @@ class GPT(nn.Module):
         return F.linear(h, self.text.token_embedding.weight)  # tied head: (B, T, V)
 
     # ------------------------------------------------------------------ decoding
-    def next_logits_fn(self, use_cache: bool = True):
+    def next_logits_fn(self, use_cache: bool = True, embed=None):
         """next_logits(ids, rows) -> (N, V) for `minivlm.generate`: the logits after each row of ids.
 
         Without a cache, every call runs the model on the whole prefix. With one, the function
         keeps the cache of the ids it saw last call and feeds only the new tokens; rows whose
-        prefix it holds are picked out of it (beam search reorders rows), and if a row's prefix is
-        not in it (a new prompt) it starts over."""
+        prefix it holds (same example, same ids) are picked out of it (beam search reorders
+        rows), and if a row's prefix is not in it (a new prompt) it starts over.
+
+        embed(ids, rows) -> (N, T, dim): the input embeddings of a whole prompt (chapter 10: the
+        token embeddings with an image spliced in, row n showing example rows[n]'s image);
+        default `self.embed`. Tokens fed on top of a cache are plain token embeddings."""
+        def run(ids, rows, cache=None):
+            if embed is None:
+                return self(ids, cache=cache)[:, -1]
+            return self(inputs_embeds=embed(ids, rows), cache=cache)[:, -1]
+
         if not use_cache:
-            return lambda ids, rows: self(ids)[:, -1]
-        state: dict = {"cache": None, "ids": None}
+            return run
+        state: dict = {"cache": None, "ids": None, "rows": None}
 
         def next_logits(ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            cache, seen = state["cache"], state["ids"]
-            new = ids
+            cache, seen, seen_rows = state["cache"], state["ids"], state["rows"]
             if cache is not None and ids.shape[1] > seen.shape[1]:
                 past = seen.shape[1]
-                if ids.shape[0] == seen.shape[0] and bool((ids[:, :past] == seen).all()):
-                    new = ids[:, past:]  # the same rows, grown: the common case
+                if ids.shape[0] == seen.shape[0] and torch.equal(rows, seen_rows) \
+                        and bool((ids[:, :past] == seen).all()):
+                    pass  # the same rows, grown: the common case
                 else:
-                    same = (ids[:, None, :past] == seen[None]).all(-1)  # (N, M): row n continues cached row m
+                    # (N, M): row n continues cached row m (the same example: two examples' prompts
+                    # may have equal ids and different images)
+                    same = (ids[:, None, :past] == seen[None]).all(-1) & (rows[:, None] == seen_rows[None])
                     if bool(same.any(1).all()):
                         cache.select(same.float().argmax(1))
-                        new = ids[:, past:]
                     else:
                         cache = None
             else:
                 cache = None
             if cache is None:
-                cache, new = self.new_cache(), ids
-            logits = self(new, cache=cache)[:, -1]  # (N, V)
-            state.update(cache=cache, ids=ids)
+                cache = self.new_cache()
+                logits = run(ids, rows, cache)
+            else:
+                logits = self(ids[:, seen.shape[1]:], cache=cache)[:, -1]  # (N, V): only the new tokens
+            state.update(cache=cache, ids=ids, rows=rows)
             return logits
 
         return next_logits
 
     @torch.no_grad()
-    def generate(self, prompt: torch.Tensor, max_new_tokens: int, use_cache: bool = True, **decoding) -> torch.Tensor:
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, use_cache: bool = True, embed=None,
+                 **decoding) -> torch.Tensor:
         """Continue prompt ids (B, T) by at most max_new_tokens with `minivlm.generate` (greedy by
         default; decoding: num_beams, do_sample, temperature, top_k, top_p, generator, eos_id).
-        The prompt and the new tokens must fit the context: T + max_new_tokens <= max_len."""
+        The prompt and the new tokens must fit the context: T + max_new_tokens <= max_len.
+        embed(ids, rows) -> (N, T, dim): the prompt's input embeddings, see `next_logits_fn`."""
         c = self.config
         check_tensor("prompt", prompt, ndim=2, dtype="int")
         check_int("max_new_tokens", max_new_tokens, lo=0)
@@ -179,7 +193,7 @@ class GPT(nn.Module):
         if eos_id >= c.vocab_size:
             raise ValueError(f"eos_id must be a token id in [0, {c.vocab_size - 1}], got {eos_id}")
         with eval_mode(self):
-            return generate(self.next_logits_fn(use_cache), prompt, max_new_tokens, eos_id, pad_id=c.pad_id,
+            return generate(self.next_logits_fn(use_cache, embed), prompt, max_new_tokens, eos_id, pad_id=c.pad_id,
                             **decoding)
 
     def get_tokenizer(self):
@@ -196,12 +210,13 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def complete(self, prompts: Sequence[str], max_new_tokens: int = 8, stop: str | None = ".", tokenizer=None,
-                 use_cache: bool = True, **decoding) -> list[str]:
+                 use_cache: bool = True, embed=None, **decoding) -> list[str]:
         """The text each prompt continues with, up to `stop` (a token, not included; None: up to
         <eos> or max_new_tokens). Each prompt is "<bos> prompt words"; an empty prompt generates
         from <bos> alone, and unknown words become <unk>. Prompts of equal length are decoded as
         one batch. tokenizer: anything with encode(text) -> ids and decode(ids) -> text (default:
-        the course tokenizer; GPT-2's own for a model from `from_hf`)."""
+        the course tokenizer; GPT-2's own for a model from `from_hf`). embed(ids, index) ->
+        (N, T, dim): the input embeddings of prompts[index] (chapter 10 splices images in)."""
         if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) \
                 or not all(isinstance(p, str) for p in prompts):
             raise TypeError(f"prompts must be a list of strings, got {type(prompts).__name__}"
@@ -219,7 +234,9 @@ class GPT(nn.Module):
         for length in sorted({len(e) for e in encoded}):
             rows = [i for i, e in enumerate(encoded) if len(e) == length]
             prompt = torch.tensor([encoded[i] for i in rows], dtype=torch.long, device=dev)
-            ids = self.generate(prompt, max_new_tokens, use_cache=use_cache, **decoding)
+            index = torch.tensor(rows, device=dev)
+            hook = None if embed is None else (lambda ids, r, index=index: embed(ids, index[r]))
+            ids = self.generate(prompt, max_new_tokens, use_cache=use_cache, embed=hook, **decoding)
             for i, row in zip(rows, ids[:, length:].tolist()):
                 ends = [row.index(t) for t in [c.eos_id, *stop_ids] if t in row]
                 out[i] = tok.decode(row[:min(ends)] if ends else row).strip()

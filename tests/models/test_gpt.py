@@ -190,7 +190,7 @@ def scripted(words, vocab_size=len(TOK)):
     """A next_logits_fn factory whose model says `words` (tokens, "<eos>" allowed) after any prompt."""
     script = [TOK.id(w) for w in words]
 
-    def factory(use_cache=True):
+    def factory(use_cache=True, embed=None):
         state = {}
 
         def next_logits(ids, rows):

@@ -1,0 +1,518 @@
+"""Checks for the chapter 09 exercises (exercises/09_llm): the shifted next-token loss that
+ignores padding, one attention step with a KV cache, perplexity from the log-probabilities of a
+batch of documents, and greedy decoding of a GPT that feeds one token at a time through its cache.
+
+The loss is compared with `minivlm.losses.lm_loss` and perplexity with `minivlm.eval.perplexity`
+on fresh random inputs whose rows have very different numbers of real tokens and whose padded
+positions hold values of their own, redrawn until every plausible mistake gives another number
+than the right answer (and than every other mistake). The cached attention step is compared with
+full causal attention recomputed from scratch over the whole sequence, on one step and then on
+every step of a sequence decoded from an empty cache, the learner's returned cache fed back in;
+batch, heads, time and head width all have distinct sizes. Greedy decoding runs on a small random
+`GPT` (its embeddings scaled up so that the top two logits are never near a tie) seen through a
+recorder of the calls the learner makes, and is compared with greedy decoding without a cache.
+
+When an answer is wrong the check tries to name the plausible mistake: no shift, the shift the
+wrong way, padding used as targets, padding counted in the mean, the mask not shifted with the
+targets, the mean of per-row means, the sum instead of the mean, raw logits taken for
+log-probabilities, a loss without gradient; the cache grown on the batch, heads or feature axis
+(torch.cat refuses it at these distinct sizes; the check names the axis from torch's error),
+torch.stack instead of torch.cat, the new token's key and value left out of the attention or of
+the returned cache, the new key prepended, keys and values swapped, the 1/√d scale missing or
+1/d, the softmax over the query, heads or batch axis, a causal mask built for one query; the minus
+sign missing, padding included or counted, the mean of per-document perplexities or of
+per-document means, base 2 or 10 instead of e, the cross-entropy (or the mean log-probability)
+returned instead of its exp, the exp of the total; no cache, a fresh cache every step, the whole
+sequence fed again to a cache that holds it, the first position's logits, the prompt left out,
+the wrong number of new tokens, the library's decoder called instead of a loop.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import re
+
+import torch
+import torch.nn.functional as F
+
+from minivlm.eval import perplexity
+from minivlm.grading import GradingFailure, call, fresh_generator, is_close, register, tensor_answer
+from minivlm.losses import lm_loss
+from minivlm.models.gpt import GPT, GPTConfig
+
+
+def _randint(g: torch.Generator, lo: int, hi: int) -> int:
+    """An int in [lo, hi]."""
+    return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+
+def _all_distinct(values: list[float], rel: float = 1e-3) -> bool:
+    """Every pair of numbers differs by more than `rel` relative (so a tolerance never confuses two)."""
+    return all(abs(a - b) > rel * max(1.0, abs(a), abs(b)) for i, a in enumerate(values) for b in values[i + 1:])
+
+
+def _right_padded(g: torch.Generator, b: int, t: int, shortest: int) -> torch.Tensor:
+    """A (B, T) bool mask of right-padded rows: a full row, a short one, the others in between."""
+    lengths = torch.randint(shortest, t, (b,), generator=g)
+    lengths[0], lengths[1] = t, shortest
+    return torch.arange(t)[None] < lengths[:, None]
+
+
+# ----------------------------------------------------------------------------- 09.shifted_lm_loss
+
+
+def shifted_lm_loss_reference(logits: torch.Tensor, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position t's logits predict token t + 1; padded targets are left out; the mean over the real
+    targets. logits (B, T, V), ids (B, T), attention_mask (B, T) True on real tokens -> a 0-dim loss."""
+    targets = ids[:, 1:].masked_fill(~attention_mask[:, 1:].bool(), -100)  # (B, T-1): -100 is ignored
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+
+def _token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every position (B, T') against its target (B, T')."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+
+
+def _masked_mean(losses: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    return (losses * keep).sum() / keep.sum()
+
+
+def _lm_mistakes(logits, ids, mask) -> list[tuple[torch.Tensor, str]]:
+    m = mask.float()
+    shifted = _token_losses(logits[:, :-1], ids[:, 1:])  # (B, T-1), every position
+    target_mask = m[:, 1:]
+    per_row = (shifted * target_mask).sum(1) / target_mask.sum(1)
+    backwards = _token_losses(logits[:, 1:], ids[:, :-1])
+    same = _token_losses(logits, ids)
+    not_shifted = ("no shift: position t's logits were scored against token t itself, which the model already "
+                   "sees there; they predict the NEXT token: logits[:, :-1] against ids[:, 1:]")
+    wrong_way = ("shifted the wrong way: logits[:, 1:] against ids[:, :-1] asks position t + 1 to predict token t, "
+                 "which it has already read; drop the last position's logits and the first token: logits[:, :-1] "
+                 "against ids[:, 1:]")
+    return [
+        (_masked_mean(same, m), not_shifted),
+        (same.mean(), not_shifted),
+        (_masked_mean(backwards, target_mask), wrong_way),
+        (_masked_mean(backwards, m[:, :-1]), wrong_way),
+        (shifted.mean(),
+         "padding used as targets: every position after a row's end is scored against the pad token; ignore the "
+         "targets where attention_mask[:, 1:] is False (ignore_index=-100, or a mask)"),
+        ((shifted * target_mask).sum() / target_mask.numel(),
+         "padding counted in the mean: the padded targets were zeroed but still divide the sum; divide by the number "
+         "of REAL targets, attention_mask[:, 1:].sum()"),
+        (_masked_mean(shifted, m[:, :-1]),
+         "the mask was not shifted with the targets: the targets are ids[:, 1:], so the real ones are "
+         "attention_mask[:, 1:]; attention_mask[:, :-1] also scores each short row's last token predicting a pad"),
+        (per_row.mean(),
+         "the mean of per-row means: a short row then weighs as much as a long one; take the mean over all real "
+         "target tokens of the batch (their sum over their number)"),
+        ((shifted * target_mask).sum(),
+         "the sum over the target tokens: the loss is their MEAN (divide by the number of real targets)"),
+        (_masked_mean(-logits[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1), target_mask),
+         "the raw logits were used as log-probabilities (F.nll_loss on logits): take log_softmax first, or use "
+         "F.cross_entropy, which does"),
+    ]
+
+
+def _lm_inputs(g: torch.Generator):
+    """Logits, right-padded ids (pad id 0) and their mask, redrawn until every mistake gives its own number."""
+    for _ in range(50):
+        b, t, v = _randint(g, 3, 5), _randint(g, 6, 9), _randint(g, 11, 16)
+        logits = torch.randn(b, t, v, generator=g) * 2
+        mask = _right_padded(g, b, t, shortest=2)
+        ids = torch.randint(1, v, (b, t), generator=g).masked_fill(~mask, 0)  # pads are token 0
+        values = [float(shifted_lm_loss_reference(logits, ids, mask))]
+        values += [float(value) for value, _ in _lm_mistakes(logits, ids, mask)]
+        if _all_distinct(values):
+            return logits, ids, mask
+    raise RuntimeError("could not draw inputs on which the mistakes differ")  # pragma: no cover
+
+
+@register("09.shifted_lm_loss", title="The next-token loss: shifted by one, padding ignored, mean over real targets")
+def check_shifted_lm_loss(fn) -> None:
+    g = fresh_generator()
+    logits, ids, mask = _lm_inputs(g)
+    want = lm_loss(logits, ids, mask)
+    leaf = logits.clone().requires_grad_(True)
+    got = tensor_answer("shifted_lm_loss's result", call(fn, leaf, ids.clone(), mask.clone()))
+    if got.numel() != 1:
+        b, t = ids.shape
+        hint = " (one loss per target token: reduce them to their mean)" if got.numel() in (b * t, b * (t - 1)) else ""
+        raise GradingFailure(f"the loss must be one number (a 0-dim tensor), got shape {tuple(got.shape)}{hint}")
+    if not got.is_floating_point():
+        raise GradingFailure(f"the loss must be a float tensor, got {got.dtype}")
+    if not is_close(got.reshape(()), want):
+        for value, message in _lm_mistakes(logits, ids, mask):
+            if is_close(got.reshape(()), value):
+                raise GradingFailure(message)
+        raise GradingFailure(f"shifted_lm_loss returned {float(got):.5f}, expected {float(want):.5f} (lm_loss)")
+    if not got.requires_grad:
+        raise GradingFailure("the loss carries no gradient (computed under torch.no_grad, detached, or rebuilt from "
+                             "a number): compute it from logits with torch operations so that loss.backward() trains "
+                             "the model")
+
+
+# ----------------------------------------------------------------------------- 09.attend_with_cache
+
+_AXES = {0: "the batch axis (dim 0)", 1: "the heads axis (dim 1)", 3: "the feature axis (dim 3, the head width)"}
+_CAT_ERROR = re.compile(r"Sizes of tensors must match except in dimension (\d+)")
+
+
+def _attend(q, k_all, v_all, scale: float | None = None, softmax_dim: int = -1):
+    """softmax(q k_allᵀ · scale, over softmax_dim) v_all; scale None: 1/√d."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return ((q @ k_all.transpose(-2, -1)) * scale).softmax(softmax_dim) @ v_all
+
+
+def attend_with_cache_reference(q, k_new, v_new, k_cache, v_cache):
+    """One decoding step of one attention layer. q, k_new, v_new (B, H, 1, d): the new token's;
+    k_cache, v_cache (B, H, T, d): the earlier tokens' (T may be 0). The new key and value are
+    appended on the time axis; the new query attends to all T + 1 keys (no mask: every key is in
+    its past). Returns (out (B, H, 1, d), k_all, v_all (B, H, T + 1, d))."""
+    k_all = torch.cat([k_cache, k_new], dim=2)  # time is axis 2
+    v_all = torch.cat([v_cache, v_new], dim=2)
+    return _attend(q, k_all, v_all), k_all, v_all
+
+
+def _full_causal(q, k, v) -> torch.Tensor:
+    """Causal attention over a whole sequence (B, H, T, d), from scratch: every row at once."""
+    t = q.shape[2]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, T)
+    scores = scores.masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+def _triple(got) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if not (isinstance(got, (tuple, list)) and len(got) == 3):
+        extra = f" of length {len(got)}" if isinstance(got, (tuple, list)) else ""
+        raise GradingFailure(f"attend_with_cache must return a tuple (out, k_all, v_all), got "
+                             f"{type(got).__name__}{extra}")
+    return tuple(tensor_answer(name, x) for name, x in zip(("out", "k_all", "v_all"), got))
+
+
+def _call_step(fn, q, k_new, v_new, k_cache, v_cache):
+    try:
+        got = call(fn, q.clone(), k_new.clone(), v_new.clone(), k_cache.clone(), v_cache.clone())
+    except GradingFailure as exc:
+        text = str(exc)
+        found = _CAT_ERROR.search(text)
+        if found and int(found.group(1)) != 2:
+            axis = _AXES.get(int(found.group(1)), f"axis {found.group(1)}")
+            raise GradingFailure(f"torch.cat along {axis}: the cache (B, H, T, d) grows on the TIME axis, dim=2 "
+                                 f"(torch.cat([k_cache, k_new], dim=2)); the other axes must match") from None
+        if "stack expects each tensor to be equal size" in text:
+            raise GradingFailure("torch.stack makes a NEW axis and needs equal sizes: append the new key with "
+                                 "torch.cat([k_cache, k_new], dim=2), which grows the time axis") from None
+        raise
+    return _triple(got)
+
+
+def _check_cache(name: str, got: torch.Tensor, cache: torch.Tensor, new: torch.Tensor, other_all: torch.Tensor,
+                 where: str = "") -> None:
+    """got: the returned k_all (or v_all); cache, new: its inputs; other_all: the other tensor's right answer.
+    (A cache grown on another axis never gets here: with batch, heads, time and width all of different
+    sizes, torch.cat refuses it, and `_call_step` names the axis from torch's error.)"""
+    b, h, t, d = cache.shape
+    want = torch.cat([cache, new], dim=2)
+    shape = tuple(got.shape)
+    if shape == (b, h, t, d):
+        raise GradingFailure(f"{name}{where} has the cache's shape {shape}: the new token's key and value must be "
+                             f"appended to it, (B, H, T + 1, d) = {tuple(want.shape)}")
+    if shape != tuple(want.shape):
+        raise GradingFailure(f"{name}{where} must have shape (B, H, T + 1, d) = {tuple(want.shape)}, got {shape}")
+    got = got.detach().cpu()
+    if torch.allclose(got, want):
+        return
+    if t > 0 and torch.allclose(got, torch.cat([new, cache], dim=2)):
+        raise GradingFailure(f"{name}{where}: the new token was prepended: append it AFTER the cached ones, "
+                             f"torch.cat([cache, new], dim=2); the cache is in time order (a padding mask over "
+                             f"past + new tokens, and every later step, rely on it)")
+    if torch.allclose(got, other_all):
+        raise GradingFailure(f"{name}{where}: keys and values are swapped: k_all grows from k_cache and k_new, v_all "
+                             f"from v_cache and v_new")
+    raise GradingFailure(f"{name}{where}: values differ from torch.cat([cache, new], dim=2), the cached tokens "
+                         f"followed by the new one, in time order")
+
+
+def _check_out(out: torch.Tensor, want: torch.Tensor, q, k_new, v_new, k_cache, v_cache, where: str) -> None:
+    b, h, _, d = q.shape
+    if tuple(out.shape) != (b, h, 1, d):
+        hint = " (keep the query axis of length 1)" if tuple(out.shape) == (b, h, d) else ""
+        raise GradingFailure(f"out must have q's shape (B, H, 1, d) = {(b, h, 1, d)}, got {tuple(out.shape)}{hint}")
+    out = out.detach().cpu()
+    if is_close(out, want):
+        return
+    k_all, v_all = torch.cat([k_cache, k_new], 2), torch.cat([v_cache, v_new], 2)
+    t = k_cache.shape[2]
+    mistakes = []
+    if t > 0:
+        mistakes.append((_attend(q, k_cache, v_cache),
+                         "the new token's own key and value are left out: it attends to the cached tokens only; a "
+                         "token sees itself too (the causal mask's diagonal): append k_new and v_new, then attend to "
+                         "all T + 1"))
+    mistakes += [
+        (_attend(q, k_all, v_all, scale=1.0),
+         "the scores are not scaled: divide q · kᵀ by √d (d = the head width, q.shape[-1])"),
+        (_attend(q, k_all, v_all, scale=1.0 / d),
+         "the scores were divided by d: divide by √d (d = the head width, q.shape[-1])"),
+        (_attend(q, k_all, v_all, softmax_dim=-2),
+         "softmax over the query axis (dim=-2, of length 1: every weight is 1, out is the sum of the values): the "
+         "weights are a distribution over the KEYS, softmax(dim=-1)"),
+        (_attend(q, k_all, v_all, softmax_dim=1),
+         "softmax over the heads axis (dim=1): each head weighs the keys on its own, softmax over the keys (dim=-1)"),
+        (_attend(q, k_all, v_all, softmax_dim=0),
+         "softmax over the batch axis (dim=0): softmax over the keys (dim=-1)"),
+        (v_all[:, :, :1],
+         "a causal mask built for one query (torch.ones(1, T + 1).tril()) keeps only the first key: the new token "
+         "is the LAST position, every cached key is in its past, so this step needs no mask"),
+    ]
+    for value, message in mistakes:
+        if is_close(out, value):
+            raise GradingFailure(message)
+    diff = float((out - want).abs().max())
+    raise GradingFailure(f"out differs from full causal attention's row for the new token{where}: max |diff| = "
+                         f"{diff:.3g}")
+
+
+@register("09.attend_with_cache", title="One attention step with a KV cache")
+def check_attend_with_cache(fn) -> None:
+    g = fresh_generator()
+    b = _randint(g, 2, 3)
+    h = b + _randint(g, 1, 2)
+    t = h + _randint(g, 1, 2)  # cached tokens
+    d = t + _randint(g, 2, 4)  # batch, heads, time (T and T + 1) and head width: all different sizes
+    q, k, v = (torch.randn(b, h, t + 1, d, generator=g) for _ in range(3))  # the whole sequence
+    full = _full_causal(q, k, v)  # (B, H, T + 1, d), recomputed from scratch
+
+    # one step: the (T + 1)-th token with T cached; the returned cache first (a wrong cache is the cause
+    # of a wrong output more often than the other way round)
+    args = (q[:, :, t:], k[:, :, t:], v[:, :, t:], k[:, :, :t], v[:, :, :t])
+    out, k_all, v_all = _call_step(fn, *args)
+    _check_cache("k_all", k_all, k[:, :, :t], k[:, :, t:], v)
+    _check_cache("v_all", v_all, v[:, :, :t], v[:, :, t:], k)
+    _check_out(out, full[:, :, t:], *args, where="")
+
+    # decoding the whole sequence from an empty cache (T = 0), the returned cache fed back each step
+    k_cache, v_cache = k[:, :, :0], v[:, :, :0]
+    for i in range(t + 1):
+        args = (q[:, :, i:i + 1], k[:, :, i:i + 1], v[:, :, i:i + 1], k_cache, v_cache)
+        out, k_cache, v_cache = _call_step(fn, *args)
+        where = f" (step {i} of decoding from an empty cache, your cache fed back)"
+        _check_cache("k_all", k_cache, k[:, :, :i], k[:, :, i:i + 1], v[:, :, :i + 1], where)
+        _check_cache("v_all", v_cache, v[:, :, :i], v[:, :, i:i + 1], k[:, :, :i + 1], where)
+        _check_out(out, full[:, :, i:i + 1], *args, where=where)
+        k_cache, v_cache = k_cache.detach().cpu(), v_cache.detach().cpu()
+
+
+# ----------------------------------------------------------------------------- 09.perplexity_from_logprobs
+
+
+def perplexity_from_logprobs_reference(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """exp(−(sum of the real tokens' log-probabilities) / (their number)). logprobs (B, T) natural
+    logs (any value where mask is False), mask (B, T) True on real tokens -> a 0-dim tensor."""
+    mask = mask.bool()
+    return torch.exp(-logprobs[mask].sum() / mask.sum())
+
+
+def _perplexity_mistakes(logprobs, mask) -> list[tuple[float, str]]:
+    m = mask.float()
+    lp = logprobs.double()
+    total, count = float((lp * m).sum()), float(m.sum())
+    nll = -total / count
+    row_nll = -(lp * m).sum(1) / m.sum(1)
+    base = ("the log-probabilities are natural logs (from log_softmax), so perplexity is e to the mean negative "
+            "log-probability: torch.exp, not {} **")
+    return [
+        (math.exp(-nll), "the minus sign is missing: log-probabilities are <= 0, so exp(mean) < 1; perplexity is "
+                         "exp(−mean log p), at least 1"),
+        (math.exp(-float(lp.mean())),
+         "the padded positions' log-probabilities were included: average only where mask is True (logprobs[mask])"),
+        (math.exp(-total / m.numel()),
+         "padding counted in the mean: the padded positions were zeroed but still divide the sum; divide by the "
+         "number of real tokens, mask.sum()"),
+        (float(row_nll.exp().mean()),
+         "the mean of per-document perplexities: perplexity pools every token of every document, "
+         "exp(−sum of all real log-probabilities / number of real tokens), as minivlm.eval.perplexity does"),
+        (math.exp(float(row_nll.mean())),
+         "the mean of per-document means: a short document then weighs as much as a long one; average the "
+         "log-probabilities over all real tokens of all documents at once"),
+        (2 ** nll, base.format(2)),
+        (10 ** nll, base.format(10)),
+        (nll, "the mean negative log-probability (the cross-entropy) was returned, not its exp: perplexity = "
+              "exp(cross-entropy)"),
+        (-nll, "the mean log-probability was returned: perplexity is exp(−mean log-probability)"),
+        (math.exp(-total), "exp of the TOTAL negative log-probability: divide by the number of real tokens first"),
+    ]
+
+
+def _perplexity_inputs(g: torch.Generator):
+    """Log-probabilities of random targets under random distributions (B, T), right-padded; the pads
+    hold log-probabilities too (what a model gives there, never zero)."""
+    for _ in range(50):
+        b, t, v = _randint(g, 3, 5), _randint(g, 7, 12), _randint(g, 8, 20)
+        logits = torch.randn(b, t, v, generator=g) * float(torch.empty(()).uniform_(0.5, 2.0, generator=g))
+        logprobs = logits.log_softmax(-1).gather(-1, torch.randint(v, (b, t, 1), generator=g)).squeeze(-1)
+        mask = _right_padded(g, b, t, shortest=2)
+        want = float(perplexity_from_logprobs_reference(logprobs, mask))
+        values = [want] + [value for value, _ in _perplexity_mistakes(logprobs, mask)]
+        if all(math.isfinite(x) for x in values) and _all_distinct(values):
+            return logprobs, mask
+    raise RuntimeError("could not draw inputs on which the mistakes differ")  # pragma: no cover
+
+
+def _number(got) -> float:
+    if isinstance(got, torch.Tensor):
+        if got.numel() != 1:
+            hint = " (one per document? pool all the documents' tokens into one number)" if got.ndim == 1 else ""
+            raise GradingFailure(f"return one number (a float or a 0-dim tensor), got a tensor of shape "
+                                 f"{tuple(got.shape)}{hint}")
+        return float(got.detach().cpu())
+    if isinstance(got, numbers.Real) and not isinstance(got, bool):
+        return float(got)
+    raise GradingFailure(f"return one number (a float or a 0-dim tensor), got {type(got).__name__}")
+
+
+@register("09.perplexity_from_logprobs", title="Perplexity: exp(−mean log-probability) over every real token")
+def check_perplexity_from_logprobs(fn) -> None:
+    g = fresh_generator()
+    logprobs, mask = _perplexity_inputs(g)
+    # the library's perplexity over the same documents, each given as its real tokens' log-probabilities
+    want = perplexity([lp[m] for lp, m in zip(logprobs, mask)], n_boot=100).value
+    got = _number(call(fn, logprobs.clone(), mask.clone()))
+    if math.isclose(got, want, rel_tol=1e-4):
+        return
+    for value, message in _perplexity_mistakes(logprobs, mask):
+        overflowed = math.isinf(got) and got > 0 and value > torch.finfo(torch.float32).max  # exp in float32
+        if overflowed or math.isclose(got, value, rel_tol=1e-4, abs_tol=1e-9):
+            raise GradingFailure(message)
+    raise GradingFailure(f"perplexity_from_logprobs returned {got:.5g}, expected {want:.5g} "
+                         f"(minivlm.eval.perplexity on the same documents)")
+
+
+# ----------------------------------------------------------------------------- 09.greedy_with_cache
+
+_LIBRARY_DECODERS = ("generate", "complete", "next_logits_fn")
+
+
+class _Recorder:
+    """A GPT seen through what a learner's loop does with it: model(ids, cache=...) calls (how many
+    tokens each fed, with a cache or not, how many tokens that cache held) and model.new_cache()."""
+
+    def __init__(self, model: GPT):
+        self._model = model
+        self.calls: list[tuple[int, bool, int]] = []  # (tokens fed, a cache passed, len(cache) before the call)
+
+    @property
+    def config(self) -> GPTConfig:
+        return self._model.config
+
+    def new_cache(self):
+        return self._model.new_cache()
+
+    def eval(self) -> "_Recorder":
+        self._model.eval()
+        return self
+
+    def __call__(self, ids=None, attention_mask=None, *, cache=None, **kwargs):
+        fed = int(ids.shape[1]) if isinstance(ids, torch.Tensor) and ids.ndim == 2 else -1
+        self.calls.append((fed, cache is not None, 0 if cache is None else len(cache)))
+        return self._model(ids, attention_mask, cache=cache, **kwargs)
+
+    def __getattr__(self, name):
+        if name in _LIBRARY_DECODERS:
+            raise GradingFailure(f"model.{name} is the library's decoder: write the loop yourself, calling "
+                                 f"model(ids, cache=cache)")
+        return getattr(self.__dict__["_model"], name)
+
+
+def greedy_reference(model, prompt: torch.Tensor, max_new_tokens: int, first_position: bool = False) -> torch.Tensor:
+    """Greedy decoding WITHOUT a cache: the whole sequence through the model at every step.
+    first_position: the first new token read from position 0's logits (a mistake)."""
+    ids = prompt
+    with torch.no_grad():
+        for i in range(max_new_tokens):
+            logits = model(ids)
+            row = logits[:, 0] if first_position and i == 0 else logits[:, -1]
+            ids = torch.cat([ids, row.argmax(-1, keepdim=True)], dim=1)
+    return ids
+
+
+def _margin(model, ids: torch.Tensor, start: int) -> float:
+    """The smallest gap between the top two logits at the positions that chose the new tokens."""
+    with torch.no_grad():
+        top2 = model(ids[:, :-1])[:, start - 1:].topk(2, dim=-1).values  # (B, new, 2)
+    return float((top2[..., 0] - top2[..., 1]).min())
+
+
+def _decode_setup(g: torch.Generator):
+    """A small random GPT with sharp logits (no near-ties between the cached and uncached paths), a
+    prompt and the number of new tokens."""
+    for _ in range(20):
+        vocab = _randint(g, 20, 40)
+        config = GPTConfig(vocab_size=vocab, max_len=64, dim=16, depth=2, heads=2, pad_id=0, bos_id=1, eos_id=2)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_randint(g, 0, 2**31 - 2))
+            model = GPT(config).eval()
+        with torch.no_grad():
+            model.token_embedding.weight.mul_(50.0)  # std 1: logits of a few units, not a near-uniform mush
+        b, t0, new = _randint(g, 2, 3), _randint(g, 3, 5), _randint(g, 5, 7)
+        prompt = torch.randint(3, vocab, (b, t0), generator=g)
+        want = greedy_reference(model, prompt, new)
+        if _margin(model, want, t0) > 1e-3 and not torch.equal(want, greedy_reference(model, prompt, new, True)):
+            return model, prompt, new, want
+    raise RuntimeError("could not draw a model without near-ties")  # pragma: no cover
+
+
+@register("09.greedy_with_cache", title="Greedy decoding that feeds one token at a time through a KV cache")
+def check_greedy_with_cache(fn) -> None:
+    g = fresh_generator()
+    model, prompt, new, want = _decode_setup(g)
+    b, t0 = prompt.shape
+    recorder = _Recorder(model)
+    got = tensor_answer("greedy_with_cache's result", call(fn, recorder, prompt.clone(), new))
+    calls = recorder.calls
+    if not calls:
+        raise GradingFailure("the model was never called: run it as model(ids, cache=cache), which returns the "
+                             "logits (B, t, V) of the t tokens fed")
+    # how the cache was used: named before the tokens, since these mistakes give other tokens
+    cached = [c for c in calls if c[1]]
+    if any(held > 0 and fed > 1 for fed, _, held in cached):
+        fed, _, held = next(c for c in cached if c[2] > 0 and c[0] > 1)
+        raise GradingFailure(f"{fed} tokens were fed to a cache that already held {held}: the cache holds the keys "
+                             f"and values of every token it has seen, so feed only the tokens it has not (after the "
+                             f"prompt, the one new token); feeding the sequence again counts it twice")
+    fresh = [fed for fed, _, held in cached[1:] if held == 0]  # calls after the first, with an empty cache
+    if fresh and max(fresh) == 1:
+        raise GradingFailure("a fresh cache at every step: the new token then attends to itself alone; create the "
+                             "cache once, cache = model.new_cache(), before the loop, and pass the same one to every "
+                             "call")
+    if fresh:
+        raise GradingFailure(f"a fresh cache at every step, fed the whole sequence: that is decoding without a cache "
+                             f"({sum(c[0] for c in calls)} token passes for {new} new tokens); create the cache once, "
+                             f"before the loop, feed it the prompt, then only the new token at each step")
+    if tuple(got.shape) != (b, t0 + new):
+        if tuple(got.shape) == (b, new):
+            raise GradingFailure(f"return the prompt followed by the new tokens, (B, T + max_new_tokens) = "
+                                 f"{(b, t0 + new)}, got only the {new} new ones")
+        raise GradingFailure(f"the result must have shape (B, T + max_new_tokens) = {(b, t0 + new)} (the prompt and "
+                             f"exactly max_new_tokens new tokens), got {tuple(got.shape)}")
+    got = got.detach().cpu()
+    if not torch.equal(got[:, :t0], prompt):
+        raise GradingFailure("the result must start with the prompt, unchanged")
+    if not torch.equal(got, want):
+        if torch.equal(got, greedy_reference(model, prompt, new, first_position=True)):
+            raise GradingFailure("the first new token came from the first position's logits: the token after the "
+                                 "prompt is predicted by the LAST position, logits[:, -1]")
+        r, s = map(int, (got != want).nonzero()[0])
+        raise GradingFailure(f"row {r}, new token {s - t0}: expected {int(want[r, s])} (the argmax of the logits "
+                             f"after the tokens before it, as decoding without a cache gives), got {int(got[r, s])}")
+    if not cached:
+        fed = sum(c[0] for c in calls)
+        raise GradingFailure(f"no KV cache: every step ran the model on the whole sequence again ({fed} token passes "
+                             f"for {new} new tokens); create cache = model.new_cache() once and pass it to every call, "
+                             f"feeding the prompt first and then only the new token")
+    fed = sum(c[0] for c in calls)
+    if fed > t0 + new:
+        raise GradingFailure(f"the model ran on {fed} tokens in all; with the cache, a {t0}-token prompt and {new} new "
+                             f"tokens need at most {t0 + new} (the prompt once, then one token per step): some call "
+                             f"fed the whole sequence without the cache")

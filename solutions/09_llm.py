@@ -1,0 +1,285 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 09 · A tiny LLM — exercises
+#
+# Four pieces of chapter 09 (`notebooks/09_llm.ipynb`) to write yourself: the next-token loss a
+# GPT trains on, one attention step with a KV cache, perplexity from the log-probabilities a
+# model gives a text, and greedy decoding that feeds the model one token at a time through its
+# cache. The cell after each task runs `check(...)` on fresh inputs and tells you what is wrong.
+# At the end your loss trains a small GPT, your perplexity measures it, and your decoder writes
+# with it, next to the library's `lm_loss`, `perplexity` and `generate` (`minivlm/losses.py`,
+# `minivlm/eval.py`, `minivlm/nn/attention.py`, `minivlm/models/gpt.py`). Grade the whole
+# notebook from a terminal with `minivlm check exercises/09_llm.ipynb`.
+
+# %%
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from minivlm.grading import check
+
+_ = torch.manual_seed(0)
+
+# %% [markdown]
+# ## Task 1 — the shifted next-token loss
+#
+# A GPT reads a text left to right and, at every position, scores each word of the vocabulary
+# as the **next** token. Its attention is causal: position t sees tokens 0 … t and nothing after.
+# So the logits at t are scored against the token at t + 1, never against token t, which the
+# model already reads there (predicting it is copying, and the loss would fall to zero without the
+# model learning anything). The inputs and the targets are one text, shifted by one: the logits of
+# positions 0 … T − 2 against the tokens 1 … T − 1. The last position has no target in the text;
+# the first token (`<bos>`) is never a target. One pass of the model gives T − 1 predictions at
+# once, every prefix of the text trained in parallel.
+#
+# A batch holds texts of different lengths, **right-padded**: `attention_mask` is True on real
+# tokens, False on the padding after them. A padded target is not text: leave it out. And the
+# loss is the **mean over every real target token of the batch**, not a mean of per-row means
+# (which would weigh the two tokens of a short row as much as the fifty of a long one); it is the
+# quantity perplexity (task 3) is made of.
+#
+# `logits` `(B, T, V)`, `ids` `(B, T)` (long), `attention_mask` `(B, T)` (bool). Return the loss,
+# a 0-dim tensor that carries the gradient to the logits.
+
+# %%
+def shifted_lm_loss(logits, ids, attention_mask):
+    ### BEGIN SOLUTION hint: the predictions are logits[:, :-1], the targets ids[:, 1:], the real targets
+    ###     attention_mask[:, 1:]; F.cross_entropy on the flattened (N, V) and (N,) with the padded targets set to
+    ###     -100 (ignore_index) averages over the real ones
+    targets = ids[:, 1:].masked_fill(~attention_mask[:, 1:], -100)  # (B, T-1): padding is never a target
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100)
+    ### END SOLUTION
+
+
+# %%
+check("09.shifted_lm_loss", shifted_lm_loss)
+
+# %% [markdown]
+# ## Task 2 — one attention step with a KV cache
+#
+# To generate token t + 1, the model runs on tokens 0 … t. A naive loop runs it on the whole
+# prefix again at every step: 1 + 2 + … + T ≈ T²/2 token passes for a text of T tokens. But the
+# mask is causal, so a token's key and value never change when tokens are added after it. Keep
+# them: at each step every layer computes the query, key and value of the **new token only**,
+# appends its key and value to those it cached, and the new query attends to all of them. T
+# token passes. No mask is needed in this step: every cached token is in the new token's past, and
+# the new token sees itself too (the diagonal of the causal mask).
+#
+# The tensors are laid out as in `MultiHeadAttention`: `(B, H, T, d)`, batch, heads, time, head
+# width. `q`, `k_new`, `v_new` are the new token's, `(B, H, 1, d)`; `k_cache`, `v_cache` the `T`
+# earlier tokens', `(B, H, T, d)` (T = 0 at the first step: an empty cache). Append on the
+# **time** axis, in time order, and return `(out, k_all, v_all)`: `out` `(B, H, 1, d)` =
+# softmax(q k_allᵀ / √d) v_all, and the grown cache `(B, H, T + 1, d)` for the next step. The
+# check compares `out` with full causal attention recomputed over the whole sequence.
+
+# %%
+def attend_with_cache(q, k_new, v_new, k_cache, v_cache):
+    ### BEGIN SOLUTION hint: torch.cat([k_cache, k_new], dim=2) (and the same for v) grows the time axis; the weights
+    ###     are (q @ k_allᵀ / √d).softmax(dim=-1), over the keys
+    k_all = torch.cat([k_cache, k_new], dim=2)  # (B, H, T + 1, d): time is axis 2
+    v_all = torch.cat([v_cache, v_new], dim=2)
+    weights = (q @ k_all.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1)  # (B, H, 1, T + 1)
+    return weights @ v_all, k_all, v_all
+    ### END SOLUTION
+
+
+# %%
+check("09.attend_with_cache", attend_with_cache)
+
+# %% [markdown]
+# ## Task 3 — perplexity
+#
+# How good is a language model on a text it never trained on? Give it the text and read off the
+# probability it gave each actual next token, p(token t | tokens before it). The mean of −log p
+# over the tokens is the cross-entropy, the loss of task 1 on that text. **Perplexity** is its
+# exponential,
+#
+# $$\mathrm{PPL} = \exp\Big(-\frac{1}{N}\sum_{t=1}^{N} \log p(x_t \mid x_{<t})\Big),$$
+#
+# which reads as a number of choices: a model that spreads its probability evenly over V words
+# gives every token 1/V, and its perplexity is exactly V; one that is always sure and right has
+# perplexity 1; perplexity 12 means the model is, on average, as unsure as if it picked among 12
+# equally likely words. The exp turns the log scale back into that count, and it is why a small
+# drop in the loss is a large drop in perplexity.
+#
+# The mean runs over **all real tokens of all documents** (N is their number; a long document
+# weighs more, as in `minivlm.eval.perplexity`), and the logs are **natural** logs (`log_softmax`
+# gives them), so the base is e. `logprobs` `(B, T)`: the log-probability of each token of B
+# documents; `mask` `(B, T)` bool, True on real tokens (the values at padded positions are
+# whatever the model gave there: leave them out). Return one number (a float or a 0-dim tensor).
+
+# %%
+def perplexity_from_logprobs(logprobs, mask):
+    ### BEGIN SOLUTION hint: the real tokens are logprobs[mask]; the mean negative log-probability is minus their sum
+    ###     over their number, mask.sum(); return its torch.exp
+    mean_nll = -logprobs[mask].sum() / mask.sum()  # the cross-entropy per real token
+    return torch.exp(mean_nll)
+    ### END SOLUTION
+
+
+# %%
+check("09.perplexity_from_logprobs", perplexity_from_logprobs)
+
+# %% [markdown]
+# ## Task 4 — greedy decoding through the KV cache
+#
+# Now the cache in a whole model. `model` is a `GPT` (`minivlm/models/gpt.py`): `model.new_cache()`
+# gives an empty `KVCache` (a `LayerCache` of keys and values per block), and `model(ids,
+# cache=cache)` runs the tokens `ids` `(B, t)` as the continuation of the tokens the cache holds,
+# adds their keys and values to it, and returns the logits `(B, t, V)` of those t positions.
+#
+# Decode greedily: feed the prompt `(B, T)` once; then, `max_new_tokens` times, take the highest
+# logit of the **last** position as the next token of each row, and feed only that token. Create
+# the cache once, before the loop: a fresh cache would leave the new token attending to itself
+# alone, and feeding the whole sequence to a cache that already holds it would count it twice.
+# Return the ids `(B, T + max_new_tokens)`, the prompt first (no end-of-text stop here). The
+# check compares your tokens with decoding without a cache, and counts the tokens you feed.
+
+# %%
+def greedy_with_cache(model, prompt, max_new_tokens):
+    ### BEGIN SOLUTION hint: cache = model.new_cache(); new = prompt; each step: token = model(new,
+    ###     cache=cache)[:, -1].argmax(-1, keepdim=True) (B, 1), append it to the ids, and feed it next (new = token)
+    cache = model.new_cache()
+    ids, new = prompt, prompt  # the first call feeds the whole prompt
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            token = model(new, cache=cache)[:, -1].argmax(-1, keepdim=True)  # (B, 1): the last position predicts
+            ids, new = torch.cat([ids, token], dim=1), token  # and only that token is fed next
+    return ids
+    ### END SOLUTION
+
+
+# %%
+check("09.greedy_with_cache", greedy_with_cache)
+
+# %% [markdown]
+# ## Put together: a small GPT trained with your loss, measured with your perplexity
+#
+# The next cells train a small GPT on ShapesWorld's world text with your loss, measure it with
+# your perplexity before and after, write with your decoder, and run your cached step inside the
+# library's attention module.
+
+# %%
+from minivlm import grading  # noqa: E402
+from minivlm.data import Tokenizer  # noqa: E402
+from minivlm.data.worldtext import WorldText  # noqa: E402
+from minivlm.losses import lm_loss  # noqa: E402
+from minivlm.models.gpt import GPT, GPTConfig, lm_batches, world_perplexity  # noqa: E402
+from minivlm.nn.attention import LayerCache, MultiHeadAttention  # noqa: E402
+from minivlm.train import fit  # noqa: E402
+
+yours = {"09.shifted_lm_loss": shifted_lm_loss, "09.attend_with_cache": attend_with_cache,
+         "09.perplexity_from_logprobs": perplexity_from_logprobs, "09.greedy_with_cache": greedy_with_cache}
+ready = all(grading.run(task, fn).passed for task, fn in yours.items())
+print("all four tasks pass: your pieces next to the library's" if ready
+      else "finish the four tasks above first: the next cells use all of them")
+
+# %% [markdown]
+# **Your perplexity, before training.** A GPT of 47 k parameters, freshly initialised, on 128
+# held-out documents (facts in phrasings the training text never uses, scenes from the test
+# split). Its logits start close to zero, so it spreads its probability nearly evenly over the
+# vocabulary: perplexity close to V. And perplexity is the exp of your loss on the same tokens.
+
+# %%
+def held_out_perplexity(model, documents):
+    """Your perplexity of `model` on `documents`, from the log-probabilities the model gives each token."""
+    ids, mask = tok(documents, model.config.max_len, add_bos=True, add_eos=True, truncation=False)
+    logprobs, scored = model.token_logprobs(ids, mask)  # (B, T-1): log p(token t+1 | tokens <= t); <bos> not scored
+    return float(perplexity_from_logprobs(logprobs, scored)), ids, mask
+
+
+if ready:
+    tok = Tokenizer.from_world()
+    heldout = WorldText(seed=1, split="heldout").documents(128)
+    _ = torch.manual_seed(0)  # the checks above drew from the global generator
+    model = GPT(GPTConfig(dim=32, depth=2, heads=4))
+    before, ids, mask = held_out_perplexity(model, heldout)
+    library = world_perplexity(model, heldout).value
+    with torch.no_grad():
+        exp_loss = math.exp(float(shifted_lm_loss(model(ids), ids, mask)))
+    print(f"untrained: your perplexity {before:.1f}, the library's {library:.1f}, exp(your loss) {exp_loss:.1f}; "
+          f"V = {len(tok)} words")
+    assert math.isclose(before, library, rel_tol=1e-4) and math.isclose(before, exp_loss, rel_tol=1e-4)
+
+# %% [markdown]
+# **Your loss trains it.** 100 steps of 16 documents with your `shifted_lm_loss` as the step's
+# loss (the library's `lm_loss` is logged beside it: the two must agree at every step).
+
+# %%
+def your_lm_step(model, batch):
+    logits = model(batch["ids"])
+    loss = shifted_lm_loss(logits, batch["ids"], batch["attention_mask"])
+    return {"loss": loss, "library": lm_loss(logits, batch["ids"], batch["attention_mask"]).detach()}
+
+
+if ready:
+    t0 = time.perf_counter()
+    history = fit(model, your_lm_step, lm_batches(batch_size=16, max_len=model.config.max_len, seed=0), 100,
+                  lr=1e-2, warmup=10, progress=False)
+    losses, library_losses = history.losses["loss"], history.losses["library"]
+    after = held_out_perplexity(model, heldout)[0]
+    print(f"{time.perf_counter() - t0:.1f} s; loss {losses[0]:.2f} -> {losses[-1]:.2f} (your loss = lm_loss at "
+          f"every step: {all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(losses, library_losses))})")
+    print(f"held-out perplexity: {before:.1f} untrained -> {after:.1f} after 100 steps "
+          f"(the library's: {world_perplexity(model, heldout).value:.1f})")
+    assert after < before / 5
+
+# %% [markdown]
+# **Your decoder writes with it.** Greedy continuations of a prompt with your cached loop and with
+# the library's `generate` without a cache (the whole prefix at every step): the same tokens.
+# After 100 steps the model writes the course's kind of sentence for a while, then loops: a weak
+# model's likeliest continuation is often what it just wrote, which is why chapter 06 samples
+# (nucleus) instead of always taking the argmax. The chapter trains for 1,000 steps and more.
+
+# %%
+if ready:
+    prompt = torch.tensor([[tok.bos_id] + tok.encode("two shapes: a red circle and")] * 2)
+    new = model.config.max_len - prompt.shape[1]  # fill the context
+    t0 = time.perf_counter()
+    cached = greedy_with_cache(model, prompt, new)
+    t_cached = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    uncached = model.generate(prompt, new, use_cache=False, eos_id=tok.pad_id)  # pad never comes: no early stop
+    t_uncached = time.perf_counter() - t0
+    print(f"the same {new} tokens as decoding without a cache: {torch.equal(cached, uncached)}; "
+          f"{t_cached * 1000:.0f} ms with your cache, {t_uncached * 1000:.0f} ms without")
+    print("   ", tok.decode(cached[0]))
+    assert torch.equal(cached, uncached)
+
+# %% [markdown]
+# **Your step is the library's attention.** `MultiHeadAttention` with a `LayerCache` (what every
+# block of the GPT uses while decoding) runs 5 tokens into its cache; the 6th token's query, key
+# and value, through your `attend_with_cache` on that cache and the output projection, give the
+# module's output for the 6th token of the whole sequence.
+
+# %%
+if ready:
+    attention, x = MultiHeadAttention(32, heads=4).eval(), torch.randn(2, 6, 32)
+    with torch.no_grad():
+        full = attention(x, mask=torch.ones(6, 6, dtype=torch.bool).tril())  # (B, 6, D): all rows at once
+        layer = LayerCache()
+        attention(x[:, :5], mask=torch.ones(5, 5, dtype=torch.bool).tril(), cache=layer)  # the cache: 5 tokens
+
+        def heads(t):  # (B, 1, D) -> (B, H, 1, d)
+            return t.view(2, 1, 4, 8).transpose(1, 2)
+
+        q, k, v = (heads(proj(x[:, 5:])) for proj in (attention.q_proj, attention.k_proj, attention.v_proj))
+        out, k_all, v_all = attend_with_cache(q, k, v, layer.k, layer.v)
+        step = attention.out_proj(out.transpose(1, 2).reshape(2, 1, 32))
+    print(f"cache {tuple(layer.k.shape)} -> {tuple(k_all.shape)}; "
+          f"|your step − the module's 6th row| = {(step - full[:, 5:]).abs().max():.1e}")
+    assert torch.allclose(step, full[:, 5:], atol=1e-5)
