@@ -23,7 +23,8 @@ from minivlm.data.shapesworld import (
 )
 
 # Each task gets its own stream (seed + offset), so adding a task never changes another's data.
-_OFFSETS = {"classification": 0, "retrieval": 1, "swap": 2, "vqa": 3, "itm": 4, "hard_itm": 5, "captioning": 6}
+_OFFSETS = {"classification": 0, "retrieval": 1, "swap": 2, "vqa": 3, "itm": 4, "hard_itm": 5, "captioning": 6,
+            "knowledge": 7}
 
 
 def _check_count(name: str, n) -> int:
@@ -134,6 +135,18 @@ class ShapesBench:
         n = _check_count("n", n)
         world = self._world("vqa")
         out = world.vqa_sample(n, kinds)
+        return {"images": world.render(out["scenes"]), **out}
+
+    def knowledge(self, n: int = 512) -> dict:
+        """n questions about test scenes whose answer needs a world fact of chapter 09 ("how many
+        corners does the red object have?": the image says which shape is red, the facts say how
+        many corners it has), cycling through the kinds corners, sides and mix_parts; one scene
+        per question. Returns dict(images (N, 3, H, W), questions, answers, kinds, scenes)."""
+        from minivlm.data.worldtext import knowledge_sample
+
+        n = _check_count("n", n)
+        world = self._world("knowledge")
+        out = knowledge_sample(world, n)
         return {"images": world.render(out["scenes"]), **out}
 
     def itm(self, n: int = 512) -> dict:

@@ -231,6 +231,32 @@ def knowledge_questions(scene: Scene) -> list[tuple[str, str, str]]:
     return out
 
 
+KNOWLEDGE_KINDS = ("corners", "sides", "mix_parts")
+
+
+def knowledge_sample(world: ShapesWorld, n: int, kinds: Sequence[str] = KNOWLEDGE_KINDS) -> dict:
+    """n knowledge questions (`knowledge_questions`) about scenes of `world`, cycling through
+    `kinds` so each has the same share, one scene per question (a random question of that kind
+    among those the scene supports). Returns dict(scenes, questions, answers, kinds)."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    kinds = tuple(kinds)
+    if not kinds or any(k not in KNOWLEDGE_KINDS for k in kinds):
+        raise ValueError(f"kinds must be a non-empty subset of {list(KNOWLEDGE_KINDS)}, got {list(kinds)}")
+    out: dict[str, list] = {"scenes": [], "questions": [], "answers": [], "kinds": []}
+    for i in range(n):
+        kind = kinds[i % len(kinds)]
+        while True:
+            scene = world.sample(1)[0]
+            options = [qa for qa in knowledge_questions(scene) if qa[2] == kind]
+            if options:
+                break
+        q, a, k = options[int(world.rng.integers(len(options)))]
+        for key, value in zip(("scenes", "questions", "answers", "kinds"), (scene, q, a, k)):
+            out[key].append(value)
+    return out
+
+
 def scene_items(n: int, seed: int = 0, split: str = "test") -> list[RecallItem]:
     """n questions about scenes asked in text: the scene's caption, then "question: ... answer:".
     Half are VQA questions (family "vqa": the caption holds the answer), half knowledge

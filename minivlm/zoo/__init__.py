@@ -38,6 +38,7 @@ from minivlm.zoo.recipes.albef import AlbefRecipe  # noqa: E402
 from minivlm.zoo.recipes.beit3 import Beit3Recipe, Beit3TokenizerRecipe  # noqa: E402
 from minivlm.zoo.recipes.blip import BlipRecipe  # noqa: E402
 from minivlm.zoo.recipes.clip import CLIP_TEMPLATES, ClipRecipe, class_prompts, evaluate_clip  # noqa: E402
+from minivlm.zoo.recipes.clipcap import ClipCapRecipe  # noqa: E402
 from minivlm.zoo.recipes.coca import CocaRecipe  # noqa: E402
 from minivlm.zoo.recipes.llm import LlmRecipe  # noqa: E402
 from minivlm.zoo.recipes.vilt import ViltPretrainedRecipe, ViltRecipe  # noqa: E402
@@ -45,7 +46,8 @@ from minivlm.zoo.recipes.vlmo import VlmoRecipe  # noqa: E402
 
 # The registry, in build order: an entry may load an earlier one ("vilt" fine-tunes "vilt_pretrained").
 RECIPES = {recipe.name: recipe for recipe in (ClipRecipe, ViltPretrainedRecipe, ViltRecipe, AlbefRecipe, VlmoRecipe,
-                                             BlipRecipe, CocaRecipe, Beit3TokenizerRecipe, Beit3Recipe, LlmRecipe)}
+                                             BlipRecipe, CocaRecipe, Beit3TokenizerRecipe, Beit3Recipe, LlmRecipe,
+                                             ClipCapRecipe)}
 
 
 def available() -> list[str]:
@@ -137,7 +139,7 @@ def load(name: str, weights_dir: str | Path | None = None, device: str | torch.d
         raise ValueError(f"manifest {manifest_path}: its 'config' does not build a {name!r} model: {e}; "
                          f"{rebuild}") from None
     state = load_file(str(weights))
-    problems = state_dict_mismatches(model.state_dict(), state)
+    problems = state_dict_mismatches(stored_state(model), state)
     if problems:
         raise ValueError(f"{weights} does not fit the {name!r} model built from its manifest's config "
                          f"({len(problems)} mismatch(es), first: {problems[0]}); {rebuild}")
@@ -153,8 +155,17 @@ def load(name: str, weights_dir: str | Path | None = None, device: str | torch.d
                             ("parameters", count_parameters(model), "the model its config builds has")):
         if key in info and info[key] != want:
             raise ValueError(f"manifest {manifest_path}: {key!r} is {info[key]!r}, {what} {want}; {rebuild}")
-    model.load_state_dict(state)
+    # a model on other zoo entries holds their (already loaded) weights: load only its own part
+    model.load_state_dict(state, strict=not hasattr(model, "stored_state_dict"))
     return model.to(device).eval()
+
+
+def stored_state(model: nn.Module) -> dict:
+    """What a zoo weights file holds: the whole state dict, or, for a model built on other zoo
+    entries (chapter 10's prefix on the frozen clip and llm), only its own part
+    (`model.stored_state_dict()`)."""
+    fn = getattr(model, "stored_state_dict", None)
+    return model.state_dict() if fn is None else fn()
 
 
 CONFIG_METADATA_KEY = "minivlm_config"  # the config as JSON, in the weights file's safetensors metadata
@@ -172,7 +183,7 @@ def _stored_config(weights: Path) -> dict | None:
 def save_weights(model: nn.Module, path: str | Path, config: dict) -> None:
     """The model's state dict as safetensors, with `config` (JSON) in the file's metadata."""
     # contiguous copies: safetensors refuses views that share memory (tied weights)
-    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(path),
+    save_file({k: v.detach().contiguous().clone() for k, v in stored_state(model).items()}, str(path),
               metadata={CONFIG_METADATA_KEY: json.dumps(config, sort_keys=True)})
 
 
