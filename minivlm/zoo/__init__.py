@@ -38,7 +38,7 @@ from minivlm.zoo.recipes.albef import AlbefRecipe  # noqa: E402
 from minivlm.zoo.recipes.beit3 import Beit3Recipe, Beit3TokenizerRecipe  # noqa: E402
 from minivlm.zoo.recipes.blip import BlipRecipe  # noqa: E402
 from minivlm.zoo.recipes.clip import CLIP_TEMPLATES, ClipRecipe, class_prompts, evaluate_clip  # noqa: E402
-from minivlm.zoo.recipes.clipcap import ClipCapRecipe  # noqa: E402
+from minivlm.zoo.recipes.clipcap import ClipCapRecipe, MaplRecipe  # noqa: E402
 from minivlm.zoo.recipes.coca import CocaRecipe  # noqa: E402
 from minivlm.zoo.recipes.llm import LlmRecipe  # noqa: E402
 from minivlm.zoo.recipes.vilt import ViltPretrainedRecipe, ViltRecipe  # noqa: E402
@@ -47,7 +47,7 @@ from minivlm.zoo.recipes.vlmo import VlmoRecipe  # noqa: E402
 # The registry, in build order: an entry may load an earlier one ("vilt" fine-tunes "vilt_pretrained").
 RECIPES = {recipe.name: recipe for recipe in (ClipRecipe, ViltPretrainedRecipe, ViltRecipe, AlbefRecipe, VlmoRecipe,
                                              BlipRecipe, CocaRecipe, Beit3TokenizerRecipe, Beit3Recipe, LlmRecipe,
-                                             ClipCapRecipe)}
+                                             ClipCapRecipe, MaplRecipe)}
 
 
 def available() -> list[str]:

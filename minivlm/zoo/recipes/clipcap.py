@@ -4,7 +4,7 @@ embeddings the frozen zoo `llm` reads as a prefix, trained on ShapesWorld captio
 The build trains the three prefix variants of the chapter (Frozen: CLIP's ViT fine-tuned + a
 linear map; ClipCap: an MLP on the frozen CLIP embedding; MAPL: a light mapper over frozen patch
 tokens) for the same number of steps on the same batches as the zoo BLIP (chapter 06), `seeds`
-seeds each, and ships ClipCap seed 0. Only the trained part is stored: the weights file holds
+seeds each, and ships ClipCap seed 0 (the `mapl` entry ships MAPL seed 0). Only the trained part is stored: the weights file holds
 the mapper, and loading joins it to the zoo's `clip` and `llm` (whose sha256 the manifest
 records, so a rebuilt CLIP or LLM makes this entry refuse to load instead of decoding noise).
 
@@ -114,6 +114,8 @@ class ClipCapRecipe:
     world_seed: int = 6  # the zoo BLIP's world
     bench_seed: int = 1234
     workers: int = 2
+    arms: tuple = ARMS
+    ship_arm: str = "clipcap"
     config: dict = field(default_factory=lambda: dict(PREFIX_CONFIG))
 
     name = "clipcap"
@@ -124,20 +126,20 @@ class ClipCapRecipe:
 
         jobs = [dict(arm=arm, seed=seed, config=dict(self.config), steps=self.steps, batch_size=self.batch_size,
                      lr=self.lr, weight_decay=self.weight_decay, warmup=self.warmup, n_images=self.n_images,
-                     world_seed=self.world_seed, bench_seed=self.bench_seed, ship=arm == "clipcap" and seed == 0,
+                     world_seed=self.world_seed, bench_seed=self.bench_seed, ship=arm == self.ship_arm and seed == 0,
                      progress=progress and self.workers == 1)
-                for seed in range(self.seeds) for arm in ARMS]
+                for seed in range(self.seeds) for arm in self.arms]
         results = run_jobs(_run_arm, jobs, self.workers, progress, "clipcap")
         arms = arm_table(results, ("ms_per_step", "trainable", "total"))
         shipped = next(r for r in results if "state" in r)
-        config = {"variant": "clipcap", **self.config,
+        config = {"variant": self.ship_arm, **self.config,
                   **{f"{part}_sha256": zoo.manifest(part)["sha256"] for part in FROZEN_PARTS}}
         model = _model(config)
         model.load_state_dict(shipped["state"], strict=False)
         return model.eval(), {
             "config": config,
             "metrics": shipped["metrics"],
-            "ship_arm": "clipcap",
+            "ship_arm": self.ship_arm,
             "arms": arms,
             "trainable_parameters": shipped["trainable"],
             "final_loss": shipped["final"]["loss"],
@@ -145,3 +147,16 @@ class ClipCapRecipe:
             "train_seconds": shipped["train_seconds"],
             "job_seconds": {f"{r['arm']} seed {r['seed']}": r["seconds"] for r in results},
         }
+
+
+@dataclass
+class MaplRecipe(ClipCapRecipe):
+    """MAPL alone, shipped so that chapter 10 can re-measure it: the same job as the clipcap
+    build's MAPL seed 0 (one thread, so the same weights)."""
+
+    seeds: int = 1
+    workers: int = 1
+    arms: tuple = ("mapl",)
+    ship_arm: str = "mapl"
+
+    name = "mapl"
