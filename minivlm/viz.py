@@ -436,6 +436,43 @@ def plot_estimates(series: Mapping[str, Mapping[str, object]], title: str | None
     return fig
 
 
+def plot_sequence(tokens: Sequence[str], rows: Mapping[str, Sequence[bool]], title: str | None = None,
+                  ax=None):
+    """One token sequence as a strip of cells, and under it one row per mask (filled where
+    True): e.g. where the image embeddings go, which positions are attended, which are loss
+    targets (chapter 10's splice)."""
+    tokens = [str(t) for t in tokens]
+    if not tokens:
+        raise ValueError("tokens must hold at least one token")
+    if not isinstance(rows, Mapping) or not rows:
+        raise ValueError("rows must be a non-empty dict name -> mask")
+    masks = {}
+    for name, mask in rows.items():
+        values = [bool(v) for v in (mask.tolist() if isinstance(mask, torch.Tensor) else mask)]
+        if len(values) != len(tokens):
+            raise ValueError(f"rows[{name!r}] has {len(values)} entries for {len(tokens)} tokens")
+        masks[name] = values
+    own = ax is None
+    fig, ax = _new_axes(ax, (max(5, 0.55 * len(tokens) + 2), 0.5 * (len(masks) + 1) + 0.6))
+    for t, token in enumerate(tokens):
+        ax.add_patch(Rectangle((t, len(masks)), 1, 1, facecolor="#edf2f7", edgecolor="#4a5568", linewidth=0.6))
+        ax.text(t + 0.5, len(masks) + 0.5, token, ha="center", va="center", fontsize=7, rotation=60)
+    for r, (name, values) in enumerate(masks.items()):
+        y = len(masks) - 1 - r
+        for t, on in enumerate(values):
+            ax.add_patch(Rectangle((t, y), 1, 1, facecolor=f"C{r % 10}" if on else "white", alpha=0.8 if on else 1,
+                                   edgecolor="#a0aec0", linewidth=0.5))
+        ax.text(-0.2, y + 0.5, name, ha="right", va="center", fontsize=8)
+    ax.set_xlim(-0.1, len(tokens) + 0.1)
+    ax.set_ylim(-0.1, len(masks) + 1.1)
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    if own:
+        fig.tight_layout()
+    return fig
+
+
 # ----------------------------------------------------------------------------- diagrams
 
 STAGE_COLORS = {"input": "#e2e8f0", "vision": "#fbd38d", "text": "#9ae6b4", "fusion": "#90cdf4", "head": "#d6bcfa"}

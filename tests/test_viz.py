@@ -166,3 +166,15 @@ def test_plot_estimates_groups_series_with_nonnegative_intervals():
         viz.plot_estimates({"a": {"x": 0.5}})
     with pytest.raises(ValueError, match="non-empty dict"):
         viz.plot_estimates({})
+
+
+def test_plot_sequence_draws_a_token_strip_and_one_row_per_mask():
+    fig = viz.plot_sequence(["<bos>", "<image>", "a", "<eos>"], {"image": [0, 1, 0, 0],
+                                                                   "target": torch.tensor([0, 0, 1, 1])}, title="t")
+    ax = fig.axes[0]
+    assert len(ax.patches) == 4 * 3
+    filled = [p for p in ax.patches if p.get_facecolor()[:3] != (1.0, 1.0, 1.0)]
+    assert len(filled) == 4 + 1 + 2  # the token strip, then the True cells
+    plt.close(fig)
+    with pytest.raises(ValueError, match="has 3 entries for 4 tokens"):
+        viz.plot_sequence(["a", "b", "c", "d"], {"x": [1, 0, 1]})

@@ -1,0 +1,279 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: -nbgrader
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# > **Exercises.** This notebook is generated from `solutions/10_frozen.py` by `minivlm exercises build`:
+# > edit the solution, not this file.
+# > Replace every `raise NotImplementedError(...)` with your code; each task is followed by a
+# > `check(...)` cell that tells you precisely what is wrong. To grade the whole notebook, run
+# > `minivlm check exercises/10_frozen.ipynb`.
+
+# %% [markdown]
+# # 10 · Frozen PrefixLM — exercises
+#
+# Four pieces of chapter 10 (`notebooks/10_frozen.ipynb`) to write yourself. Frozen, ClipCap and
+# MAPL keep a pretrained language model frozen and teach it to see by giving it a few vectors made
+# from the image, read as if they were the first words of the text. You write the token layout
+# that makes room for them, the splice that puts them in, the loss that trains only on the caption,
+# and the count of what is actually trained. The cell after each task runs `check(...)` on fresh
+# inputs and tells you what is wrong. At the end your pieces train the mapper of a small prefix
+# captioner next to the library's `insert_image_tokens`, `splice`, `prefix_step` and
+# `count_parameters` (`minivlm/models/frozen.py`, `minivlm/utils.py`). Grade the whole notebook
+# from a terminal with `minivlm check exercises/10_frozen.ipynb`.
+
+# %%
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from minivlm.grading import check
+
+_ = torch.manual_seed(0)
+
+# %% [markdown]
+# ## Task 1 — the prefix layout
+#
+# The language model reads token ids, so the image needs **places** in the sequence: K `<image>`
+# tokens, right after `<bos>` (every text the model read in chapter 09 began with `<bos>`; keep
+# it first), before the caption. A batch of right-padded captions `"<bos> words <eos> <pad>…"`
+# `(B, T)` becomes
+#
+#     <bos> <image> <image> <image> <image> a red circle and a blue star . <eos> <pad> …
+#           ------- K image places -------  ---------- the caption ----------
+#
+# `(B, K + T)`. Return three tensors of that shape:
+#
+# * `ids`: the new token ids (integers, like the old ones);
+# * `attention_mask` (bool): True on every real token, the `<image>` places included (the words
+#   must attend to the image), False on the padding;
+# * `loss_mask` (bool): True on the tokens the model must **predict**, the caption's words and its
+#   `<eos>` (so that it learns where a caption ends). Never `<bos>` (nothing comes before it),
+#   never an `<image>` place (its input will be an image embedding, not a token: there is nothing
+#   to predict), never padding. `lm_loss(logits, ids, loss_mask)` then scores exactly those
+#   tokens (it shifts the mask with the targets itself).
+#
+# `ids` `(B, T)` long, `attention_mask` `(B, T)` bool, `n_image` = K, `image_id` the `<image>`
+# token's id. Leave the inputs unchanged.
+
+# %%
+def insert_image_tokens(ids, attention_mask, n_image, image_id):
+    raise NotImplementedError(
+        "image = torch.full((B, K), image_id, dtype=ids.dtype); torch.cat([ids[:, :1], image, ids[:, 1:]], "
+        "dim=1), and the same split for the masks: True over the image for attention, False for the loss "
+        "(which is False on <bos> too, and equal to the attention mask on the rest)")
+
+
+# %%
+check("10.insert_image_tokens", insert_image_tokens)
+
+# %% [markdown]
+# ## Task 2 — the splice
+#
+# The language model turns ids into vectors with its embedding table, `embeds = llm.embed(ids)`
+# `(B, T, D)`. The mapper turns each image into K vectors of the same width D, `image_embeds`
+# `(B, K, D)`. The **splice** puts row b's K image embeddings, in order, in the places of row b's
+# K `<image>` tokens, and leaves every other position as it was; the result goes to the frozen
+# model as `llm(inputs_embeds=...)`. The `<image>` token's own embedding is **replaced**, not
+# added to: it is a row of the table that was never trained, it means nothing to the model.
+#
+# Find the places with `ids == image_id` (later chapters put the image after a prompt, so do not
+# assume positions 1..K). A boolean index walks the batch row by row, so the image embeddings
+# must be flattened the same way, `'b k d -> (b k) d'`. Write into a copy (`embeds.clone()`):
+# the caller's tensor stays the tokens' embeddings. And keep the graph: the mapper is the one
+# part trained in this chapter, and it learns only through the gradient that reaches
+# `image_embeds` through your splice. When a row does not hold exactly K `<image>` tokens, raise
+# `ValueError` naming the row: the batch's total could still be B·K, and a flat assignment would
+# silently move an image into the wrong row.
+
+# %%
+def splice(embeds, ids, image_embeds, image_id):
+    raise NotImplementedError(
+        "at = ids == image_id (B, T); check at.sum(1) == K for every row (else raise ValueError); out = "
+        "embeds.clone(); out[at] = rearrange(image_embeds, 'b k d -> (b k) d')")
+
+
+# %%
+check("10.splice", splice)
+
+# %% [markdown]
+# ## Task 3 — the captioning loss
+#
+# The model is trained as in chapter 09, to predict each next token: position t's logits are
+# scored against token t + 1. But the first K + 1 tokens are given, not text to learn: `<bos>` is
+# never a target, and an `<image>` place holds an image embedding, which no vocabulary word can
+# predict (scoring it would teach the frozen model nothing and pull the mapper towards making the
+# image look like the `<image>` token). The targets are the **caption's tokens**: the words and
+# `<eos>`, where `attention_mask` is True and `ids != image_id`. The first word is one of them:
+# the last `<image>` place's logits predict it, which is what makes the caption depend on the
+# image. The loss is the mean over all caption targets of the batch (a long caption weighs more),
+# as `lm_loss` computes it.
+#
+# `logits` `(B, T, V)`; `ids` `(B, T)` laid out as in task 1, `"<bos> <image>×K words <eos>
+# <pad>…"`; `attention_mask` `(B, T)` bool; `image_id`. Return a 0-dim tensor that carries the
+# gradient.
+
+# %%
+def caption_loss(logits, ids, attention_mask, image_id):
+    raise NotImplementedError(
+        "the caption's tokens: attention_mask & (ids != image_id); shift them with the targets, [:, 1:], "
+        "set the other targets to -100 and use F.cross_entropy(logits[:, :-1].flatten(0, 1), "
+        "targets.flatten(), ignore_index=-100)")
+
+
+# %%
+check("10.caption_loss", caption_loss)
+
+# %% [markdown]
+# ## Task 4 — what is trained
+#
+# The claim of these papers is that a small trained part is enough: ClipCap trains only its
+# mapper, Frozen the vision encoder and a linear map. Papers report it as the number of trainable
+# parameters and their fraction of the whole. Count them for any `nn.Module`: a parameter is
+# trainable when `p.requires_grad` is True (`minivlm.train.freeze` sets it False), and a number
+# of parameters counts scalars, `p.numel()`, not tensors.
+#
+# Two traps. **Tied weights**: GPT-2 and nanoGPT use one tensor as both the token embedding and
+# the output head (`lm_head.weight = wte.weight`); it is one set of parameters under two names.
+# `model.parameters()` yields each tensor once; `state_dict()` yields it once per name. **Buffers**:
+# batch-norm running statistics, a stored causal mask, the pixel mean and std are state the model
+# keeps, not parameters; `state_dict()` holds them (and detached copies of everything, whose
+# `requires_grad` is always False), `model.parameters()` does not.
+#
+# Return `(trainable, total, fraction)`: the two counts (ints) and trainable / total (a float
+# between 0 and 1). The check gives you small captioners with a frozen, tied language model.
+
+# %%
+def count_trainable(model):
+    raise NotImplementedError(
+        "iterate model.parameters() (each tensor once, no buffers); sum p.numel(), over all and over those "
+        "with p.requires_grad")
+
+
+# %%
+check("10.count_trainable", count_trainable)
+
+# %% [markdown]
+# ## Put together: your pieces train a prefix captioner
+#
+# The next cells build a small `PrefixVLM` (ClipCap's variant: an MLP maps CLIP's image
+# embedding to K = 4 vectors) from a CLIP and a GPT freshly initialised at random, not the zoo's
+# pretrained ones: they check the mechanics in a few seconds, not the captions (the chapter
+# trains on the pretrained parts). Your layout, splice and loss give what the library's
+# `PrefixVLM.forward` and `prefix_step` give; your pieces train the mapper, and nothing else moves.
+
+# %%
+import copy  # noqa: E402
+import time  # noqa: E402
+
+from minivlm import grading  # noqa: E402
+from minivlm.data import Tokenizer  # noqa: E402
+from minivlm.models import frozen as library  # noqa: E402
+from minivlm.models.clip import CLIP, CLIPConfig  # noqa: E402
+from minivlm.models.coca import caption_batches  # noqa: E402
+from minivlm.models.gpt import GPT, GPTConfig  # noqa: E402
+from minivlm.train import fit  # noqa: E402
+from minivlm.utils import count_parameters  # noqa: E402
+
+yours = {"10.insert_image_tokens": insert_image_tokens, "10.splice": splice, "10.caption_loss": caption_loss,
+         "10.count_trainable": count_trainable}
+ready = all(grading.run(task, fn).passed for task, fn in yours.items())
+print("all four tasks pass: your pieces next to the library's" if ready
+      else "finish the four tasks above first: the next cells use all of them")
+
+# %% [markdown]
+# **Your layout and splice are the model's forward.** A batch of 16 ShapesWorld captions with
+# K = 4 `<image>` places: your layout is the library's, the frozen GPT reading your splice gives
+# the logits of `model(images, ids)`, and your loss is `prefix_step`'s.
+
+# %%
+K = 4
+if ready:
+    tok = Tokenizer.from_world()
+    _ = torch.manual_seed(0)  # the checks above drew from the global generator
+    clip = CLIP(CLIPConfig(image_size=32, patch_size=8, vision_dim=32, vision_depth=2, vision_heads=2, text_dim=32,
+                           text_depth=1, text_heads=2, embed_dim=32))
+    llm = GPT(GPTConfig(dim=32, depth=2, heads=2, max_len=40))
+    model = library.PrefixVLM(copy.deepcopy(clip), copy.deepcopy(llm), library.PrefixConfig("clipcap", n_prefix=K))
+    pairs = caption_batches(16, seed=0, image_size=32, max_text_len=24)(0)  # "<bos> words <eos>" (16, T)
+
+    ids, mask, loss_mask = insert_image_tokens(pairs["ids"], pairs["attention_mask"], K, tok.image_id)
+    same_layout = all(torch.equal(a, b) for a, b in zip((ids, mask, loss_mask), library.insert_image_tokens(
+        pairs["ids"], pairs["attention_mask"], K, tok.image_id)))
+    batch = {"images": pairs["images"], "ids": ids, "attention_mask": mask, "loss_mask": loss_mask}
+    with torch.no_grad():
+        prefix = model.image_prefix(batch["images"])  # (B, K, D): the mapper's output
+        logits = model.llm(inputs_embeds=splice(model.llm.embed(ids), ids, prefix, tok.image_id))
+        diff = float((logits - model(batch["images"], ids)).abs().max())
+        loss, library_loss = caption_loss(logits, ids, mask, tok.image_id), library.prefix_step(model, batch)["loss"]
+    print(f"ids {tuple(pairs['ids'].shape)} -> {tuple(ids.shape)}, {int(loss_mask.sum())} caption targets of "
+          f"{int(mask.sum())} real tokens; your layout is the library's: {same_layout}")
+    print(f"|your splice's logits − model(images, ids)| = {diff:.1e}; your loss {float(loss):.4f}, "
+          f"prefix_step's {float(library_loss):.4f}")
+    assert same_layout and diff < 1e-5 and torch.allclose(loss, library_loss)
+
+# %% [markdown]
+# **Your pieces train the mapper, and only the mapper.** 40 steps on that one batch with a step
+# made of your splice and your loss. The gradient flows back through the frozen GPT to the
+# image embeddings and on into the mapper, but the GPT's own weights, and the frozen vision
+# tower's, must come out bit-for-bit as they went in: `fit` optimises only the parameters with
+# `requires_grad`. The loss falls only a little: this GPT is random, its logits nearly uniform
+# (embeddings of std 0.02), and a frozen model's output moves only as far as its own weights let
+# an input move it. It moves most at the first word, which the last `<image>` place predicts.
+# The chapter's GPT is the one trained in chapter 09.
+
+# %%
+def your_step(model, batch):
+    ids = batch["ids"]
+    embeds = splice(model.llm.embed(ids), ids, model.image_prefix(batch["images"]), tok.image_id)
+    return {"loss": caption_loss(model.llm(inputs_embeds=embeds), ids, batch["attention_mask"], tok.image_id)}
+
+
+def first_word_loss(model, batch):
+    """The cross-entropy of the first caption word, predicted at the last <image> place (position K)."""
+    with torch.no_grad():
+        return float(F.cross_entropy(model(batch["images"], batch["ids"])[:, K], batch["ids"][:, K + 1]))
+
+
+if ready:
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    first_before = first_word_loss(model, batch)
+    t0 = time.perf_counter()
+    history = fit(model, your_step, lambda step: batch, 40, lr=1e-2, progress=False)
+    losses = history.losses["loss"]
+    print(f"{time.perf_counter() - t0:.1f} s; caption loss on the batch {losses[0]:.2f} -> {losses[-1]:.2f}, "
+          f"its first word's {first_before:.2f} -> {first_word_loss(model, batch):.2f}")
+    now = dict(model.named_parameters())
+    for part in ("mapper", "visual", "image_projection", "llm"):
+        names = [n for n in before if n.split(".")[0] == part]
+        moved = sum(not torch.equal(before[n], now[n]) for n in names)
+        print(f"  {part:16s} {sum(before[n].numel() for n in names):7,d} parameters in {len(names):2d} tensors, "
+              f"{moved:2d} of them changed")
+    frozen_unchanged = all(torch.equal(before[n], p) for n, p in now.items() if not p.requires_grad)
+    assert losses[-1] < losses[0] and frozen_unchanged
+
+# %% [markdown]
+# **What each paper trains.** Your count on the three variants, each built from fresh copies of
+# the same CLIP and GPT: Frozen fine-tunes the vision tower and a linear map, ClipCap trains an
+# MLP on CLIP's image embedding, MAPL a small attentional mapper on CLIP's patch tokens. (Toy
+# sizes: Frozen's language model has 7 billion parameters, and there the trainable share is a
+# fraction of a per cent.)
+
+# %%
+if ready:
+    print(f"{'variant':8s} {'trainable':>9s} {'total':>7s}  fraction")
+    for variant in library.VARIANTS:
+        m = library.PrefixVLM(copy.deepcopy(clip), copy.deepcopy(llm), library.PrefixConfig(variant, n_prefix=K, hidden=32, mapper_dim=32))
+        trainable, total, fraction = count_trainable(m)
+        print(f"{variant:8s} {trainable:9,d} {total:7,d}  {fraction:6.1%}")
+        assert (trainable, total) == (count_parameters(m, trainable_only=True), count_parameters(m))

@@ -1,0 +1,663 @@
+"""Checks for the chapter 10 exercises (exercises/10_frozen): the token layout of a prefix
+captioner ("<bos> <image>×K words <eos>" with its attention and loss masks), the splice that puts
+K image embeddings in the places of the K `<image>` tokens, the captioning loss that scores only
+the caption, and the count of the trainable parameters of a model whose language model is frozen.
+
+The layout and the splice are compared with `minivlm.models.frozen.insert_image_tokens` and
+`splice` on fresh random inputs: right-padded rows of different lengths, an `<image>` id drawn at
+random (so that the course tokenizer's id cannot be hard-coded), and for the splice a second batch
+whose `<image>` tokens sit at a different place in every row (a prompt before the image, as in the
+chapters that reuse the splice), then a batch in which one row has one `<image>` token too many and
+another one too few. The loss is compared with `lm_loss(logits, ids, loss_mask)` on inputs redrawn
+until every plausible mistake gives another number than the right answer (and than every other
+mistake). The counts are compared with `count_parameters` on two freshly built random captioners
+(a vision encoder with batch norm, a mapper, a nanoGPT-style language model whose output head is
+tied to its token embedding and which keeps a causal-mask buffer), one with the vision encoder
+frozen and one with it trained, redrawn until every plausible mistake gives another number.
+
+When an answer is wrong the check tries to name the plausible mistake: the <image> tokens put
+before <bos> or after the padding, written over the words instead of inserted, ids that are no
+longer integers, masks that are not bool, the <image> positions left out of the attention mask,
+the masks not laid out like the ids, <bos>, the <image> tokens or the padding marked as targets,
+<eos> left out, the loss mask shifted by one, the input changed in place; the image written one
+position late or early, its K embeddings reversed, rows mixed (column-major order), row 0's image
+in every row, the other positions zeroed, the <image> token's embedding added instead of
+replaced, the image put at positions 1..K whatever the ids say, the sequence grown instead of
+positions replaced, embeds changed in place, no gradient to the image embeddings or to embeds, no
+ValueError for a row with the wrong number of <image> tokens; the <image> tokens (or the last of
+them) scored as targets, the first word left out, <eos> left out, every position scored, padding
+used as targets or counted in the mean, the prefix counted in the mean, no shift, the shift the
+wrong way, the mask not shifted with the targets, the mean of per-row means, the sum, raw logits
+taken for log-probabilities, a loss without gradient; every parameter counted as trainable, the
+frozen ones counted, only the mapper counted, a tied weight counted twice, the sum over
+state_dict() (tied copies and buffers, and no requires_grad), buffers counted, tensors counted
+instead of numbers, parameters counted once per enclosing module, the fraction inverted, the
+frozen fraction, a percentage, the ratio to the frozen parameters, integer division.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from minivlm.grading import GradingFailure, call, fresh_generator, is_close, register, tensor_answer
+from minivlm.losses import lm_loss
+from minivlm.models.frozen import insert_image_tokens, splice
+from minivlm.nn.blocks import Block
+from minivlm.train import freeze
+from minivlm.utils import count_parameters
+
+PAD, BOS, EOS = 0, 1, 2  # the course tokenizer's ids; the <image> id is drawn at random
+
+
+def _randint(g: torch.Generator, lo: int, hi: int) -> int:
+    """An int in [lo, hi]."""
+    return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+
+def _all_distinct(values: list[float], rel: float = 1e-3) -> bool:
+    """Every pair of numbers differs by more than `rel` relative (so a tolerance never confuses two)."""
+    return all(abs(a - b) > rel * max(1.0, abs(a), abs(b)) for i, a in enumerate(values) for b in values[i + 1:])
+
+
+def _captions(g: torch.Generator, b: int, n_words: int, vocab: int, image_id: int):
+    """Right-padded rows "<bos> words <eos> <pad>…" (B, 2 + n_words) of different lengths (a full
+    row, a one-word row), with word ids that are never <pad>, <bos>, <eos> or <image>."""
+    t = n_words + 2
+    words = [i for i in range(3, vocab) if i != image_id]
+    ids = torch.tensor(words)[torch.randint(len(words), (b, t), generator=g)]
+    lengths = torch.randint(1, n_words + 1, (b,), generator=g)  # words per row
+    lengths[0], lengths[1] = n_words, 1
+    pos = torch.arange(t)[None]
+    ids[:, 0] = BOS
+    ids[pos == lengths[:, None] + 1] = EOS
+    mask = pos <= lengths[:, None] + 1
+    return ids.masked_fill(~mask, PAD), mask
+
+
+# ----------------------------------------------------------------------------- 10.insert_image_tokens
+
+
+def _bool_answer(name: str, got, shape: tuple[int, ...]) -> torch.Tensor:
+    got = tensor_answer(name, got)
+    if got.dtype != torch.bool:
+        hint = (" (torch.cat promoted it: build the new part with dtype=torch.bool, e.g. torch.ones(B, K, "
+                "dtype=torch.bool))") if got.is_floating_point() else " (comparisons, & and | give bool tensors)"
+        raise GradingFailure(f"{name} must be a bool tensor (True = real token / target), got {got.dtype}"
+                             f"{hint}")
+    if tuple(got.shape) != shape:
+        raise GradingFailure(f"{name} must have the new ids' shape (B, K + T) = {shape}, got "
+                             f"{tuple(got.shape)}")
+    return got.detach().cpu()
+
+
+@register("10.insert_image_tokens", title="The prefix layout: <bos> <image>×K words <eos>, its attention and loss masks")
+def check_insert_image_tokens(fn) -> None:
+    g = fresh_generator()
+    b, n_words, k = _randint(g, 3, 5), _randint(g, 3, 6), _randint(g, 2, 4)
+    vocab = _randint(g, 12, 20)
+    image_id = _randint(g, 3, vocab - 1)
+    ids, mask = _captions(g, b, n_words, vocab, image_id)
+    t = ids.shape[1]
+    want_ids, want_mask, want_loss = insert_image_tokens(ids, mask, k, image_id)
+    ids_in, mask_in = ids.clone(), mask.clone()
+    got = call(fn, ids_in, mask_in, k, image_id)
+    if not (isinstance(got, (tuple, list)) and len(got) == 3):
+        extra = f" of length {len(got)}" if isinstance(got, (tuple, list)) else ""
+        raise GradingFailure(f"insert_image_tokens must return a tuple (ids, attention_mask, loss_mask), got "
+                             f"{type(got).__name__}{extra}")
+    if not (torch.equal(ids_in, ids) and torch.equal(mask_in, mask)):
+        raise GradingFailure("the input ids or attention_mask were changed in place: build new tensors "
+                             "(torch.cat makes new ones) and leave the caller's batch as it was")
+    got_ids = tensor_answer("the new ids", got[0]).detach().cpu()
+    image = torch.full((b, k), image_id)
+
+    # the ids
+    if got_ids.is_floating_point() or got_ids.dtype == torch.bool:
+        raise GradingFailure(f"the new ids must stay integer token ids (an Embedding looks them up), got "
+                             f"{got_ids.dtype}: build the <image> block with dtype=ids.dtype")
+    got_ids = got_ids.long()
+    if tuple(got_ids.shape) == (b, t):
+        raise GradingFailure(f"the new ids have the old shape {(b, t)}: the K = {k} <image> tokens are INSERTED "
+                             f"after <bos>, every row grows to (B, K + T) = {(b, k + t)}, no word is overwritten")
+    if tuple(got_ids.shape) != (b, k + t):
+        raise GradingFailure(f"the new ids must have shape (B, K + T) = {(b, k + t)}, got {tuple(got_ids.shape)}")
+    if not torch.equal(got_ids, want_ids):
+        if torch.equal(got_ids, torch.cat([image, ids], 1)):
+            raise GradingFailure("the <image> tokens were put before <bos>: every text the language model read in "
+                                 "chapter 09 began with <bos>; keep it first, then the K <image> tokens, then the "
+                                 "words: torch.cat([ids[:, :1], image, ids[:, 1:]], dim=1)")
+        if torch.equal(got_ids, torch.cat([ids, image], 1)):
+            raise GradingFailure("the <image> tokens were appended at the end, after the caption and its padding: "
+                                 "they are the prefix the caption is conditioned on, right after <bos>")
+        r, s = map(int, (got_ids != want_ids).nonzero()[0])
+        raise GradingFailure(f"the new ids differ from <bos>, K × image_id, then the rest of the row, first at row "
+                             f"{r}, position {s}: expected {int(want_ids[r, s])}, got {int(got_ids[r, s])}")
+
+    # the attention mask
+    got_mask = _bool_answer("the new attention_mask", got[1], (b, k + t))
+    if not torch.equal(got_mask, want_mask):
+        no_image = want_mask.clone()
+        no_image[:, 1:k + 1] = False
+        if torch.equal(got_mask, no_image):
+            raise GradingFailure("the <image> positions are False in attention_mask: they are real input that the "
+                                 "words must attend to (the image!); only padding is False")
+        if torch.equal(got_mask, torch.cat([mask, torch.ones(b, k, dtype=torch.bool)], 1)) \
+                or torch.equal(got_mask, torch.cat([torch.ones(b, k, dtype=torch.bool), mask], 1)):
+            raise GradingFailure("attention_mask is not laid out like the new ids: insert K True values after "
+                                 "<bos>'s, at the same positions as the <image> tokens")
+        raise GradingFailure("attention_mask must be True on <bos>, the K <image> tokens and the real tokens after "
+                             "them, False on the padding, at the new ids' positions")
+
+    # the loss mask
+    got_loss = _bool_answer("loss_mask", got[2], (b, k + t))
+    if torch.equal(got_loss, want_loss):
+        return
+    pos = torch.arange(k + t)[None]
+    with_bos, with_image = want_loss | (pos == 0), want_loss | ((pos >= 1) & (pos <= k))
+    new_eos = want_ids == EOS
+    named = [
+        (want_mask, "loss_mask is the attention mask: that marks <bos> and the K <image> tokens as targets too; "
+                    "the targets are only the caption's words and <eos>"),
+        (with_image, "the <image> positions are marked as targets: the model cannot predict an image embedding "
+                     "(there is no token to predict there); the targets are only the words and <eos>"),
+        (with_bos, "<bos> is marked as a target: nothing comes before it, so nothing predicts it (lm_loss would "
+                   "skip it anyway, as the shift drops position 0, but loss_mask says which tokens are predicted); "
+                   "the targets are only the words and <eos>"),
+        ((want_ids != image_id) & (pos > 0), "padding is marked as a target: loss_mask is False after each "
+                                             "caption's <eos> (use the attention mask)"),
+        (want_loss & ~new_eos, "<eos> is left out of the targets: the model must learn where a caption ends, so "
+                               "<eos> is a target like the words"),
+        (want_loss.roll(-1, 1), "loss_mask is shifted by one: it marks the positions whose logits predict a word; "
+                                "it must mark the predicted tokens themselves (lm_loss does the shift)"),
+        (want_loss.roll(1, 1), "loss_mask is shifted one position late: the first word (at position K + 1) is a "
+                               "target, the padding after <eos> is not"),
+    ]
+    for value, message in named:
+        if torch.equal(got_loss, value):
+            raise GradingFailure(message)
+    r, s = map(int, (got_loss != want_loss).nonzero()[0])
+    raise GradingFailure(f"loss_mask must be True on the words and <eos> only, first wrong at row {r}, position "
+                         f"{s}: expected {bool(want_loss[r, s])}, got {bool(got_loss[r, s])}")
+
+
+# ----------------------------------------------------------------------------- 10.splice
+
+
+def splice_reference(embeds: torch.Tensor, ids: torch.Tensor, image_embeds: torch.Tensor, image_id: int
+                     ) -> torch.Tensor:
+    """Row b's K image embeddings, in order, at row b's K <image> positions; every other position
+    keeps its token embedding. embeds (B, T, D), ids (B, T), image_embeds (B, K, D) -> a new (B, T, D)."""
+    at = ids == image_id  # (B, T)
+    b, k, _ = image_embeds.shape
+    bad = at.sum(1) != k
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0])
+        raise ValueError(f"row {row} has {int(at[row].sum())} <image> tokens, expected K={k}")
+    out = embeds.clone()
+    out[at] = rearrange(image_embeds, "b k d -> (b k) d")  # row-major: row 0's K slots, then row 1's …
+    return out
+
+
+def _place(base: torch.Tensor, at: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    out = base.clone()
+    out[at] = flat
+    return out
+
+
+def _splice_mistakes(embeds, ids, image_embeds, image_id, layout: str) -> list[tuple[torch.Tensor, str]]:
+    b, k, d = image_embeds.shape
+    at = ids == image_id
+    flat = rearrange(image_embeds, "b k d -> (b k) d")
+    mistakes = [
+        (_place(embeds, at.roll(1, 1), flat),
+         "the image was written one position late: each image embedding belongs exactly where an <image> token is "
+         "(the positions where ids == image_id), not at the token after it"),
+        (_place(embeds, at.roll(-1, 1), flat),
+         "the image was written one position early (over the token before the first <image>, <bos> in the "
+         "chapter's layout): each image embedding belongs exactly where an <image> token is (ids == image_id)"),
+        (_place(embeds, at, rearrange(image_embeds.flip(1), "b k d -> (b k) d")),
+         "each row's K image embeddings are in reverse order: the first <image> position gets image_embeds[b, 0], "
+         "the last one image_embeds[b, K - 1]"),
+        (_place(embeds, at, rearrange(image_embeds, "b k d -> (k b) d")),
+         "rows are mixed: the image embeddings were flattened column-major ('b k d -> (k b) d', or a transpose "
+         "before the reshape), so row 0's slots got the first embedding of every image; embeds[ids == image_id] "
+         "walks the batch row by row, so flatten image_embeds row-major: 'b k d -> (b k) d', "
+         "image_embeds.reshape(B * K, D)"),
+        (_place(embeds, at, rearrange(image_embeds[:1].expand(b, k, d), "b k d -> (b k) d")),
+         "every row got row 0's image: row b's <image> tokens take image_embeds[b], its own image"),
+        (_place(torch.zeros_like(embeds), at, flat),
+         "the other positions were zeroed: every position that is not an <image> token keeps its token embedding "
+         "(start from a copy of embeds, embeds.clone())"),
+        (_place(embeds, at, embeds[at] + flat),
+         "the <image> token's own embedding was added to the image embedding: the image embedding REPLACES it "
+         "(the <image> token's row in the embedding table is never trained and means nothing to the frozen LM)"),
+    ]
+    if layout == "anywhere":
+        fixed = embeds.clone()
+        fixed[:, 1:k + 1] = image_embeds
+        mistakes.append((fixed, "the image was written at positions 1..K, right after <bos>, in every row; the "
+                                "<image> tokens are not always there (here they follow a prompt, at another place "
+                                "in each row): find them, at = ids == image_id"))
+    return mistakes
+
+
+def _splice_inputs(g: torch.Generator, layout: str):
+    """A vocabulary's embedding table (a leaf), ids with K <image> tokens per row, the image embeddings
+    (a leaf). layout "prefix": "<bos> <image>×K words <eos> <pad>…"; "anywhere": "<bos> words
+    <image>×K words …", the block starting at another position in different rows."""
+    b, k, d = _randint(g, 3, 5), _randint(g, 2, 4), _randint(g, 4, 8)
+    n_words, vocab = _randint(g, 4, 7), _randint(g, 12, 20)
+    image_id = _randint(g, 3, vocab - 1)
+    text, mask = _captions(g, b, n_words, vocab, image_id)
+    if layout == "prefix":
+        ids = insert_image_tokens(text, mask, k, image_id)[0]
+    else:
+        t = text.shape[1] + k
+        words = [i for i in range(3, vocab) if i != image_id]
+        ids = torch.tensor(words)[torch.randint(len(words), (b, t), generator=g)]
+        ids[:, 0] = BOS
+        starts = torch.randint(2, t - k, (b,), generator=g)  # never at <bos>, never the last position
+        starts[0], starts[1] = 2, t - k - 1  # two rows with the block at different places
+        pos = torch.arange(t)[None]
+        ids[(pos >= starts[:, None]) & (pos < starts[:, None] + k)] = image_id
+    table = torch.randn(vocab, d, generator=g).requires_grad_(True)
+    image_embeds = torch.randn(b, k, d, generator=g).requires_grad_(True)
+    return table, ids, image_embeds, image_id
+
+
+def _check_splice_once(fn, g: torch.Generator, layout: str) -> None:
+    where = "" if layout == "prefix" else " (with the <image> tokens after a prompt, at another place in each row)"
+    table, ids, image_embeds, image_id = _splice_inputs(g, layout)
+    b, k, d = image_embeds.shape
+    embeds = table[ids]  # (B, T, D): the token embeddings, a non-leaf that carries the gradient to the table
+    before = embeds.detach().clone()
+    want = splice(embeds.detach(), ids, image_embeds.detach(), image_id)  # the library's
+    ids_in = ids.clone()
+    got = tensor_answer("splice's result", call(fn, embeds, ids_in, image_embeds, image_id))
+    t = ids.shape[1]
+    if tuple(got.shape) == (b, t + k, d):
+        raise GradingFailure(f"splice returned (B, T + K, D) = {(b, t + k, d)}{where}: the image embeddings take "
+                             f"the PLACES of the K <image> tokens (which are already in ids), the length stays T")
+    if tuple(got.shape) != (b, t, d):
+        raise GradingFailure(f"splice must return embeds' shape (B, T, D) = {(b, t, d)}{where}, got "
+                             f"{tuple(got.shape)}")
+    if got is embeds or not torch.equal(embeds.detach(), before):
+        raise GradingFailure("embeds was changed in place: the caller's token embeddings now hold the image; write "
+                             "into a copy, out = embeds.clone(), and return it")
+    if not torch.equal(ids_in, ids):
+        raise GradingFailure("ids was changed in place: leave the caller's ids as they are")
+    if not is_close(got, want, atol=1e-6, rtol=1e-6):
+        for value, message in _splice_mistakes(embeds.detach(), ids, image_embeds.detach(), image_id, layout):
+            if is_close(got, value, atol=1e-6, rtol=1e-6):
+                raise GradingFailure(message if "1..K" in message else message + where)
+        wrong = (got.detach().cpu() - want).abs().amax(-1) > 1e-5  # (B, T): positions with a wrong vector
+        r, s = map(int, wrong.nonzero()[0])
+        kind = "an <image> position" if int(ids[r, s]) == image_id else "a text position"
+        raise GradingFailure(f"splice's result differs from the reference{where}, first at row {r}, position {s} "
+                             f"({kind})")
+    if not got.requires_grad:
+        raise GradingFailure("the result carries no gradient (computed under torch.no_grad, or from detached "
+                             "inputs): the mapper learns through the gradient that reaches the image embeddings")
+    weights = torch.randn(got.shape, generator=g)
+    (got * weights).sum().backward()
+    at = ids == image_id
+    if image_embeds.grad is None or not is_close(image_embeds.grad, rearrange(weights[at], "(b k) d -> b k d", b=b)):
+        raise GradingFailure("no gradient reaches image_embeds (a .detach(), .data, or a copy made from their "
+                             "values): the mapper, the one part trained in this chapter, would never learn; "
+                             "assign the image embeddings themselves, out[at] = image_embeds.reshape(B * K, D)")
+    want_table = torch.zeros_like(table).index_add_(0, ids[~at], weights[~at])
+    if table.grad is None or not is_close(table.grad, want_table):
+        raise GradingFailure("no gradient reaches embeds: start from embeds.clone() (not embeds.detach() or "
+                             ".data), so that a trainable embedding table, or anything before it, still learns")
+
+
+def _check_splice_counts(fn, g: torch.Generator) -> None:
+    """A row with K + 1 <image> tokens and one with K − 1: the total is still B·K, so a flat
+    `out[at] = image_embeds.reshape(B * K, D)` runs and moves an image embedding into another row."""
+    table, ids, image_embeds, image_id = _splice_inputs(g, "anywhere")
+    b, k, _ = image_embeds.shape
+    ids = ids.clone()
+    text = (ids != image_id) & (ids != BOS)
+    r_more, r_less = 0, 1
+    ids[r_more, int(text[r_more].nonzero()[-1])] = image_id  # one more <image> token in row 0
+    ids[r_less, int((ids[r_less] == image_id).nonzero()[0])] = 3 if image_id != 3 else 4  # one fewer in row 1
+    embeds = table.detach()[ids]
+    try:
+        fn(embeds.clone(), ids.clone(), image_embeds.detach().clone(), image_id)
+    except ValueError:
+        return
+    except Exception as exc:
+        raise GradingFailure(f"row {r_more} has K + 1 = {k + 1} <image> tokens and row {r_less} K − 1 = {k - 1}: "
+                             f"raise ValueError naming the row and the counts (check (ids == image_id).sum(1) "
+                             f"against K), not {type(exc).__name__}: {str(exc).strip()[:120]}") from None
+    raise GradingFailure(f"row {r_more} has K + 1 = {k + 1} <image> tokens and row {r_less} K − 1 = {k - 1}, and "
+                         f"splice returned without an error: the total is still B·K, so a flat assignment silently "
+                         f"moved one of row {r_more}'s image embeddings into row {r_less}; check every row's count, "
+                         f"(ids == image_id).sum(1) == K, and raise ValueError otherwise")
+
+
+@register("10.splice", title="The splice: K image embeddings in the places of the K <image> tokens")
+def check_splice(fn) -> None:
+    g = fresh_generator()
+    _check_splice_once(fn, g, "prefix")
+    _check_splice_once(fn, g, "anywhere")
+    _check_splice_counts(fn, g)
+
+
+# ----------------------------------------------------------------------------- 10.caption_loss
+
+
+def caption_loss_reference(logits: torch.Tensor, ids: torch.Tensor, attention_mask: torch.Tensor, image_id: int
+                           ) -> torch.Tensor:
+    """The mean next-token cross-entropy over the caption's tokens (the words and <eos>) only.
+    logits (B, T, V); ids (B, T) "<bos> <image>×K words <eos> <pad>…"; attention_mask (B, T).
+    Position 0 (<bos>) is never a target of a shifted loss, so only the <image> tokens and the
+    padding need leaving out."""
+    targets = attention_mask.bool() & (ids != image_id)  # the caption (and <bos>, which is never a target)
+    return lm_loss(logits, ids, targets)
+
+
+def _token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every position (B, T') against its target (B, T')."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+
+
+def _masked_mean(losses: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    keep = keep.float()
+    return (losses * keep).sum() / keep.sum()
+
+
+def _caption_mistakes(logits, ids, mask, image_id, k: int) -> list[tuple[torch.Tensor, str]]:
+    """The plausible wrong losses; k: the number of <image> tokens (every row has K, right after <bos>)."""
+    m = mask.bool()
+    pos = torch.arange(ids.shape[1])[None]
+    caption = m & (ids != image_id) & (pos > 0)  # (B, T): the words and <eos>
+    target = caption[:, 1:].float()  # (B, T-1): which shifted targets count
+    shifted = _token_losses(logits[:, :-1], ids[:, 1:])
+    per_row = (shifted * target).sum(1) / target.sum(1)
+    not_shifted = ("no shift: position t's logits were scored against token t itself, which the model reads "
+                   "there; they predict the NEXT token: logits[:, :-1] against ids[:, 1:]")
+    wrong_way = ("shifted the wrong way: logits[:, 1:] against ids[:, :-1] asks position t + 1 to predict token t, "
+                 "which it has already read; logits[:, :-1] against ids[:, 1:]")
+    return [
+        (_masked_mean(shifted, m[:, 1:]),
+         "the <image> tokens were scored as targets (lm_loss with the attention mask): the image embeddings are "
+         "given, not predicted; score only the caption, where ids != image_id (and attention_mask is True)"),
+        (_masked_mean(shifted, (m & (pos >= k))[:, 1:]),
+         "off by one: the last <image> token was scored as a target; the prefix is <bos> and K <image> tokens, "
+         "positions 0..K, and the caption starts at position K + 1 (use ids != image_id rather than counting)"),
+        (_masked_mean(shifted, (m & (pos >= k + 2))[:, 1:]),
+         "the first word was not scored: it is predicted by the LAST <image> position's logits (position K), which "
+         "must be kept; the targets are every caption token, the first word included"),
+        (_masked_mean(shifted, (caption & (ids != EOS))[:, 1:]),
+         "<eos> was left out of the targets: the model must learn where a caption ends"),
+        (shifted.mean(),
+         "every position was scored: the <image> tokens and the padding too; score only the caption's tokens"),
+        (_masked_mean(shifted, ((ids != image_id) & (pos > 0))[:, 1:]),
+         "padding used as targets: every position after a caption's <eos> is scored against the pad token; keep "
+         "only the targets where attention_mask is True"),
+        ((shifted * target).sum() / target.numel(),
+         "padding (and the prefix) counted in the mean: the targets left out were zeroed but still divide the "
+         "sum; divide by the number of caption targets"),
+        ((shifted * target).sum() / m[:, 1:].sum(),
+         "the prefix counted in the mean: the <image> targets were zeroed but still divide the sum; divide by the "
+         "number of caption targets"),
+        (_masked_mean(_token_losses(logits, ids), caption), not_shifted),
+        (_masked_mean(_token_losses(logits[:, 1:], ids[:, :-1]), caption[:, :-1]), wrong_way),
+        (_masked_mean(_token_losses(logits[:, 1:], ids[:, :-1]), caption[:, 1:]), wrong_way),
+        (_masked_mean(shifted, caption[:, :-1]),
+         "the mask was not shifted with the targets: the targets are ids[:, 1:], so the caption targets are "
+         "caption_mask[:, 1:]; caption_mask[:, :-1] scores the last <image> position predicting the FIRST word "
+         "out and the <eos> position predicting padding in"),
+        (per_row.mean(),
+         "the mean of per-row means: a short caption then weighs as much as a long one; take the mean over all "
+         "caption tokens of the batch (their sum over their number)"),
+        ((shifted * target).sum(),
+         "the sum over the caption tokens: the loss is their MEAN (divide by the number of caption targets)"),
+        (_masked_mean(-logits[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1), target),
+         "the raw logits were used as log-probabilities (F.nll_loss on logits): take log_softmax first, or use "
+         "F.cross_entropy, which does"),
+    ]
+
+
+def _caption_inputs(g: torch.Generator):
+    """Logits, ids "<bos> <image>×K words <eos> <pad>…" with a random <image> id, their attention
+    mask and K; redrawn until every mistake gives its own number."""
+    for _ in range(50):
+        b, n_words, k, vocab = _randint(g, 3, 5), _randint(g, 4, 7), _randint(g, 2, 4), _randint(g, 12, 20)
+        image_id = _randint(g, 3, vocab - 1)
+        text, mask = _captions(g, b, n_words, vocab, image_id)
+        ids, mask, loss_mask = insert_image_tokens(text, mask, k, image_id)
+        logits = torch.randn(b, ids.shape[1], vocab, generator=g) * 2
+        values = [float(caption_loss_reference(logits, ids, mask, image_id))]
+        values += [float(value) for value, _ in _caption_mistakes(logits, ids, mask, image_id, k)]
+        if _all_distinct(values):
+            return logits, ids, mask, loss_mask, image_id, k
+    raise RuntimeError("could not draw inputs on which the mistakes differ")  # pragma: no cover
+
+
+@register("10.caption_loss", title="The captioning loss of a prefix model: the caption's tokens only")
+def check_caption_loss(fn) -> None:
+    g = fresh_generator()
+    logits, ids, mask, loss_mask, image_id, k = _caption_inputs(g)
+    want = lm_loss(logits, ids, loss_mask)  # the library's way: lm_loss over insert_image_tokens' loss mask
+    leaf = logits.clone().requires_grad_(True)
+    got = tensor_answer("caption_loss's result", call(fn, leaf, ids.clone(), mask.clone(), image_id))
+    if got.numel() != 1:
+        b, t = ids.shape
+        hint = " (one loss per target token: reduce them to their mean)" if got.numel() in (b * t, b * (t - 1)) else ""
+        raise GradingFailure(f"the loss must be one number (a 0-dim tensor), got shape {tuple(got.shape)}{hint}")
+    if not got.is_floating_point():
+        raise GradingFailure(f"the loss must be a float tensor, got {got.dtype}")
+    if not is_close(got.reshape(()), want):
+        for value, message in _caption_mistakes(logits, ids, mask, image_id, k):
+            if is_close(got.reshape(()), value):
+                raise GradingFailure(message)
+        raise GradingFailure(f"caption_loss returned {float(got):.5f}, expected {float(want):.5f} (lm_loss over the "
+                             f"caption's tokens)")
+    if not got.requires_grad:
+        raise GradingFailure("the loss carries no gradient (computed under torch.no_grad, detached, or rebuilt from "
+                             "a number): compute it from logits with torch operations so that loss.backward() trains "
+                             "the mapper")
+
+
+# ----------------------------------------------------------------------------- 10.count_trainable
+
+
+class TinyLM(nn.Module):
+    """A language model laid out as nanoGPT's (and Hugging Face's GPT-2): token and position
+    embeddings, blocks, a final LayerNorm, and an output head `lm_head` whose weight IS the token
+    embedding's (weight tying: one tensor under two names), plus a causal-mask buffer as nanoGPT
+    kept one. (The library's GPT ties with F.linear on the embedding's weight: one name only.)"""
+
+    def __init__(self, vocab: int, dim: int, depth: int, max_len: int):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, dim), nn.Embedding(max_len, dim)
+        self.blocks = nn.ModuleList(Block(dim, heads=2, mlp_ratio=2.0) for _ in range(depth))
+        self.ln_f = nn.LayerNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied
+        self.register_buffer("causal", torch.ones(max_len, max_len, dtype=torch.bool).tril())
+
+
+class TinyVision(nn.Module):
+    """A small CNN image encoder: conv, batch norm (its running statistics are buffers), pooling,
+    a projection; the pixel mean and std are non-persistent buffers, as in the library's CLIP."""
+
+    def __init__(self, channels: int, embed_dim: int):
+        super().__init__()
+        self.register_buffer("image_mean", torch.full((1, 3, 1, 1), 0.5), persistent=False)
+        self.register_buffer("image_std", torch.full((1, 3, 1, 1), 0.25), persistent=False)
+        self.conv = nn.Conv2d(3, channels, 3, padding=1)
+        self.norm = nn.BatchNorm2d(channels)
+        self.proj = nn.Linear(channels, embed_dim)
+
+
+class TinyCaptioner(nn.Module):
+    """vision (a CNN) -> mapper (image embedding -> K vectors of the LM's width) -> a frozen TinyLM.
+    train_vision False: ClipCap (only the mapper trains); True: Frozen (the vision encoder too)."""
+
+    def __init__(self, vocab: int, dim: int, depth: int, max_len: int, channels: int, embed_dim: int,
+                 n_prefix: int, hidden: int, train_vision: bool):
+        super().__init__()
+        self.vision = TinyVision(channels, embed_dim)
+        self.mapper = nn.Sequential(nn.Linear(embed_dim, hidden), nn.Tanh(), nn.Linear(hidden, n_prefix * dim))
+        self.lm = freeze(TinyLM(vocab, dim, depth, max_len))
+        if not train_vision:
+            freeze(self.vision)
+
+
+def count_trainable_reference(model: nn.Module) -> tuple[int, int, float]:
+    """(trainable parameters, all parameters, their fraction): numbers of scalars, each shared
+    tensor counted once, buffers not counted."""
+    trainable, total = count_parameters(model, trainable_only=True), count_parameters(model)
+    return trainable, total, trainable / total
+
+
+def _random_captioner(g: torch.Generator, train_vision: bool) -> TinyCaptioner:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_randint(g, 0, 2**31 - 2))
+        return TinyCaptioner(vocab=_randint(g, 20, 60), dim=2 * _randint(g, 4, 8), depth=_randint(g, 1, 2),
+                             max_len=_randint(g, 8, 16), channels=_randint(g, 3, 8), embed_dim=_randint(g, 4, 12),
+                             n_prefix=_randint(g, 2, 4), hidden=_randint(g, 8, 24), train_vision=train_vision)
+
+
+def _count_mistakes(model: nn.Module) -> dict[str, list[tuple[float, str]]]:
+    """The plausible wrong answers for each of the three values."""
+    params = list(model.parameters())
+    total, trainable = sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+    frozen = total - trainable
+    tied = sum(p.numel() for _, p in model.named_parameters(remove_duplicate=False)) - total
+    persistent = sum(v.numel() for v in model.state_dict().values()) - total - tied
+    buffers = sum(v.numel() for v in model.buffers())
+    nested = sum(p.numel() for m in model.modules() for p in m.parameters())
+    nested_trainable = sum(p.numel() for m in model.modules() for p in m.parameters() if p.requires_grad)
+    # only the mapper: a mistake only where something else trains too (-1: never matched)
+    mapper = count_parameters(model.mapper) if count_parameters(model.mapper) != trainable else -1
+    twice = ("a tied weight was counted twice: lm_head.weight IS wte.weight, one tensor under two names; "
+             "model.parameters() yields each tensor once, while state_dict(), named_parameters(remove_duplicate="
+             "False) or a count per module yield it once per name")
+    per_module = ("parameters counted once per enclosing module: model.modules() yields the model and every "
+                  "submodule, and each one's .parameters() recurses into its children; iterate model.parameters() "
+                  "once")
+    state_dict = ("the sum over state_dict(): it holds every name of a tied weight (lm_head.weight and wte.weight "
+                  "are one tensor) and the buffers (batch-norm statistics, the causal mask), which are not "
+                  "parameters; iterate model.parameters()")
+    buffers_msg = ("buffers were counted (batch-norm running statistics, the causal mask, the pixel mean and "
+                   "std): they are state, not parameters, and nothing trains them; count model.parameters() only")
+    return {
+        "total": [
+            (total + tied, twice),
+            (total + tied + persistent, state_dict),
+            (total + buffers, buffers_msg),
+            (total + persistent, buffers_msg),
+            (trainable, "the total counts only the trainable parameters: it is every parameter, frozen or not"),
+            (len(params), "tensors were counted, not numbers: a (V, D) weight holds V·D parameters, p.numel()"),
+            (nested, per_module),
+        ],
+        "trainable": [
+            (total, "every parameter was counted as trainable: a frozen one has requires_grad False; count those "
+                    "with p.requires_grad"),
+            (frozen, "the frozen parameters were counted: the trainable ones are those with requires_grad True"),
+            (0, "no parameter was counted as trainable: state_dict() returns detached tensors, whose requires_grad "
+                "is always False; count model.parameters() with p.requires_grad"),
+            (sum(1 for p in params if p.requires_grad),
+             "tensors were counted, not numbers: a (V, D) weight holds V·D parameters, p.numel()"),
+            (nested_trainable, per_module),
+            (mapper, "only the mapper was counted: here the vision encoder trains too (Frozen fine-tunes it); "
+                     "count every parameter with requires_grad True, wherever it is"),
+        ],
+        "fraction": [
+            (total / trainable, "the fraction is inverted: trainable / total, a number between 0 and 1"),
+            (frozen / total, "that is the frozen fraction: the trainable fraction is trainable / total"),
+            (100 * trainable / total, "a percentage: return the fraction trainable / total, between 0 and 1 "
+                                      "(print it as a percentage if you like)"),
+            (trainable / frozen, "the ratio to the frozen parameters: the fraction is trainable / total, the "
+                                 "frozen ones included in the total"),
+            (0.0, "the fraction is 0: integer division (trainable // total)? use trainable / total"),
+        ],
+    }
+
+
+def _distinct_counts(model: nn.Module) -> bool:
+    trainable, total, fraction = count_trainable_reference(model)
+    mistakes = _count_mistakes(model)
+    totals = [total] + [v for v, _ in mistakes["total"]]
+    trainables = [trainable] + [v for v, _ in mistakes["trainable"] if v >= 0]
+    fractions = [fraction] + [v for v, _ in mistakes["fraction"]]
+    return len(set(totals)) == len(totals) and len(set(trainables)) == len(trainables) and _all_distinct(fractions)
+
+
+def _whole_number(name: str, got) -> int:
+    if isinstance(got, torch.Tensor):
+        if got.numel() != 1:
+            raise GradingFailure(f"{name} must be one number, got a tensor of shape {tuple(got.shape)}")
+        got = got.item()
+    if isinstance(got, bool) or not isinstance(got, numbers.Real):
+        raise GradingFailure(f"{name} must be a number, got {type(got).__name__}")
+    if not float(got).is_integer():
+        raise GradingFailure(f"{name} must be a whole number of parameters, got {got}")
+    return int(got)
+
+
+def _real(name: str, got) -> float:
+    if isinstance(got, torch.Tensor):
+        if got.numel() != 1:
+            raise GradingFailure(f"{name} must be one number, got a tensor of shape {tuple(got.shape)}")
+        got = got.item()
+    if isinstance(got, bool) or not isinstance(got, numbers.Real):
+        raise GradingFailure(f"{name} must be a number, got {type(got).__name__}")
+    return float(got)
+
+
+def _check_counts(fn, model: nn.Module, what: str) -> None:
+    flags = [p.requires_grad for p in model.parameters()]
+    got = call(fn, model)
+    if [p.requires_grad for p in model.parameters()] != flags:
+        raise GradingFailure("count_trainable changed which parameters are trainable (requires_grad): only read the "
+                             "model")
+    if not (isinstance(got, (tuple, list)) and len(got) == 3):
+        extra = f" of length {len(got)}" if isinstance(got, (tuple, list)) else ""
+        raise GradingFailure(f"count_trainable must return a tuple (trainable, total, fraction), got "
+                             f"{type(got).__name__}{extra}")
+    trainable, total, fraction = count_trainable_reference(model)
+    mistakes = _count_mistakes(model)
+    got_total = _whole_number("total", got[1])
+    if got_total != total:
+        for value, message in mistakes["total"]:
+            if got_total == value:
+                raise GradingFailure(f"total ({what}): {message}")
+        raise GradingFailure(f"total ({what}): expected {total:,} parameters (each tensor counted once, buffers "
+                             f"not counted), got {got_total:,}")
+    got_trainable = _whole_number("trainable", got[0])
+    if got_trainable != trainable:
+        for value, message in mistakes["trainable"]:
+            if got_trainable == value:
+                raise GradingFailure(f"trainable ({what}): {message}")
+        raise GradingFailure(f"trainable ({what}): expected {trainable:,} (the parameters with requires_grad "
+                             f"True), got {got_trainable:,}")
+    got_fraction = _real("fraction", got[2])
+    if not math.isclose(got_fraction, fraction, rel_tol=1e-6):
+        for value, message in mistakes["fraction"]:
+            if math.isclose(got_fraction, value, rel_tol=1e-6, abs_tol=1e-12):
+                raise GradingFailure(f"fraction ({what}): {message}")
+        raise GradingFailure(f"fraction ({what}): expected trainable / total = {fraction:.6g}, got {got_fraction:.6g}")
+
+
+@register("10.count_trainable", title="Trainable parameters of a model with a frozen language model, and their share")
+def check_count_trainable(fn) -> None:
+    g = fresh_generator()
+    for train_vision, what in ((False, "a ClipCap-like model: only the mapper trains"),
+                               (True, "a Frozen-like model: the vision encoder trains too")):
+        for _ in range(50):
+            model = _random_captioner(g, train_vision)
+            if _distinct_counts(model):
+                break
+        else:  # pragma: no cover
+            raise RuntimeError("could not draw a model on which the mistakes differ")
+        _check_counts(fn, model, what)

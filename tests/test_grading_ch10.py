@@ -1,0 +1,342 @@
+"""Chapter 10 checks: the references pass, the stub says "not implemented yet", and each plausible
+wrong version fails with its own message."""
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from grading_suite import grading_tests
+
+from minivlm.grading import run
+from minivlm.grading.ch10 import (
+    TinyCaptioner,
+    caption_loss_reference,
+    count_trainable_reference,
+    splice_reference,
+)
+from minivlm.losses import lm_loss
+from minivlm.models.frozen import insert_image_tokens, splice
+from minivlm.utils import count_parameters
+
+# ----------------------------------------------------------------------------- 10.insert_image_tokens
+
+
+def _layout(ids, mask, k, image_id, where="after bos"):
+    """The new ids and attention mask with the K <image> tokens put `where`."""
+    image = torch.full((len(ids), k), image_id, dtype=ids.dtype)
+    ones = torch.ones(len(ids), k, dtype=torch.bool)
+    if where == "before bos":
+        return torch.cat([image, ids], 1), torch.cat([ones, mask], 1)
+    if where == "at the end":
+        return torch.cat([ids, image], 1), torch.cat([mask, ones], 1)
+    return torch.cat([ids[:, :1], image, ids[:, 1:]], 1), torch.cat([mask[:, :1], ones, mask[:, 1:]], 1)
+
+
+def _with_loss_mask(make_loss_mask):
+    def insert(ids, mask, k, image_id):
+        new_ids, new_mask = _layout(ids, mask, k, image_id)
+        return new_ids, new_mask, make_loss_mask(new_ids, new_mask, k, image_id)
+    return insert
+
+
+def _targets(new_ids, new_mask, k, image_id):
+    return new_mask & (torch.arange(new_ids.shape[1]) > k)[None]
+
+
+def _overwritten(ids, mask, k, image_id):
+    new_ids = ids.clone()
+    new_ids[:, 1:k + 1] = image_id
+    loss = mask.clone()
+    loss[:, :k + 1] = False
+    return new_ids, mask, loss
+
+
+def _in_place(ids, mask, k, image_id):
+    out = insert_image_tokens(ids, mask, k, image_id)
+    ids[:, 1] = image_id
+    return out
+
+
+def _float_mask(ids, mask, k, image_id):
+    new_ids, new_mask, loss = insert_image_tokens(ids, mask, k, image_id)
+    return new_ids, torch.cat([mask[:, :1].float(), torch.ones(len(ids), k), mask[:, 1:].float()], 1), loss
+
+
+def _no_image_attention(ids, mask, k, image_id):
+    new_ids, new_mask, loss = insert_image_tokens(ids, mask, k, image_id)
+    new_mask = new_mask.clone()
+    new_mask[:, 1:k + 1] = False
+    return new_ids, new_mask, loss
+
+
+def _misplaced(where):
+    def insert(ids, mask, k, image_id):
+        new_ids, new_mask = _layout(ids, mask, k, image_id, where)
+        return new_ids, new_mask, _targets(*_layout(ids, mask, k, image_id), k, image_id)
+    return insert
+
+
+def _mask_ones_at_the_end(ids, mask, k, image_id):
+    new_ids, _, loss = insert_image_tokens(ids, mask, k, image_id)
+    return new_ids, torch.cat([mask, torch.ones(len(ids), k, dtype=torch.bool)], 1), loss
+
+
+WRONG_INSERT = [
+    (_misplaced("before bos"), "put before <bos>"),
+    (_misplaced("at the end"), "appended at the end"),
+    (_overwritten, "INSERTED"),
+    (lambda ids, m, k, i: (_layout(ids.float(), m, k, i)[0],) + insert_image_tokens(ids, m, k, i)[1:],
+     "must stay integer token ids"),
+    (_in_place, "changed in place"),
+    (_float_mask, "must be a bool tensor"),
+    (_no_image_attention, "the <image> positions are False in attention_mask"),
+    (_mask_ones_at_the_end, "not laid out like the new ids"),
+    (_with_loss_mask(lambda ids, m, k, i: m), "loss_mask is the attention mask"),
+    (_with_loss_mask(lambda ids, m, k, i: m & (torch.arange(ids.shape[1]) > 0)[None]),
+     "the <image> positions are marked as targets"),
+    (_with_loss_mask(lambda ids, m, k, i: _targets(ids, m, k, i) | (torch.arange(ids.shape[1]) == 0)[None]),
+     "<bos> is marked as a target"),
+    (_with_loss_mask(lambda ids, m, k, i: (torch.arange(ids.shape[1]) > k)[None].expand_as(m)),
+     "padding is marked as a target"),
+    (_with_loss_mask(lambda ids, m, k, i: _targets(ids, m, k, i) & (ids != 2)), "<eos> is left out"),
+    (_with_loss_mask(lambda ids, m, k, i: _targets(ids, m, k, i).roll(-1, 1)), "shifted by one"),
+    (_with_loss_mask(lambda ids, m, k, i: _targets(ids, m, k, i).roll(1, 1)), "shifted one position late"),
+    (_with_loss_mask(lambda ids, m, k, i: _targets(ids, m, k, i).long()), "must be a bool tensor"),
+    (lambda ids, m, k, i: insert_image_tokens(ids, m, k, i)[:2], "must return a tuple"),
+]
+
+
+def test_insert_reference_scores_only_the_caption():
+    ids = torch.tensor([[1, 7, 8, 2, 0], [1, 9, 2, 0, 0]])
+    new_ids, new_mask, loss = insert_image_tokens(ids, ids != 0, 2, 5)
+    assert new_ids.tolist() == [[1, 5, 5, 7, 8, 2, 0], [1, 5, 5, 9, 2, 0, 0]]
+    assert loss.tolist() == [[False, False, False, True, True, True, False],
+                             [False, False, False, True, True, False, False]]
+    assert torch.equal(new_mask, new_ids != 0)
+
+
+# ----------------------------------------------------------------------------- 10.splice
+
+
+def _put(embeds, at, flat, base=None):
+    out = (embeds if base is None else base).clone()
+    out[at] = flat
+    return out
+
+
+def _flat(image_embeds):
+    return rearrange(image_embeds, "b k d -> (b k) d")
+
+
+def _rolled(shift):
+    return lambda e, ids, im, i: _put(e, (ids == i).roll(shift, 1), _flat(im))
+
+
+def _in_place_splice(embeds, ids, image_embeds, image_id):
+    embeds[ids == image_id] = _flat(image_embeds)
+    return embeds
+
+
+def _grown(embeds, ids, image_embeds, image_id):
+    return torch.cat([embeds[:, :1], image_embeds, embeds[:, 1:]], 1)
+
+
+def _fixed_positions(embeds, ids, image_embeds, image_id):
+    out = embeds.clone()
+    out[:, 1:image_embeds.shape[1] + 1] = image_embeds
+    return out
+
+
+def _loop_without_count_check(embeds, ids, image_embeds, image_id):
+    out = embeds.clone()
+    for b in range(len(ids)):
+        out[b, ids[b] == image_id] = image_embeds[b]  # a RuntimeError when the row's count is not K
+    return out
+
+
+def _no_grad(embeds, ids, image_embeds, image_id):
+    with torch.no_grad():
+        return splice_reference(embeds, ids, image_embeds, image_id)
+
+
+WRONG_SPLICE = [
+    (_rolled(1), "one position late"),
+    (_rolled(-1), "one position early"),
+    (lambda e, ids, im, i: _put(e, ids == i, _flat(im.flip(1))), "reverse order"),
+    (lambda e, ids, im, i: _put(e, ids == i, rearrange(im, "b k d -> (k b) d")), "rows are mixed"),
+    (lambda e, ids, im, i: _put(e, ids == i, im.transpose(0, 1).reshape(-1, im.shape[-1])), "rows are mixed"),
+    (lambda e, ids, im, i: _put(e, ids == i, _flat(im[:1].expand_as(im))), "every row got row 0's image"),
+    (lambda e, ids, im, i: _put(e, ids == i, _flat(im), base=torch.zeros_like(e)), "other positions were zeroed"),
+    (lambda e, ids, im, i: _put(e, ids == i, e[ids == i] + _flat(im)), "was added to the image embedding"),
+    (_fixed_positions, "positions 1..K"),
+    (_grown, "(B, T + K, D)"),
+    (lambda e, ids, im, i: _grown(e, ids, im, i)[:, :, :-1], "must return embeds' shape"),
+    (_in_place_splice, "changed in place"),
+    (lambda e, ids, im, i: splice_reference(e, ids, im.detach(), i), "no gradient reaches image_embeds"),
+    (lambda e, ids, im, i: _put(e, ids == i, _flat(im.data)), "no gradient reaches image_embeds"),
+    (lambda e, ids, im, i: splice_reference(e.detach(), ids, im, i), "no gradient reaches embeds"),
+    (_no_grad, "carries no gradient"),
+    (lambda e, ids, im, i: _put(e, ids == i, _flat(im)), "splice returned without an error"),
+    (_loop_without_count_check, "raise ValueError naming the row"),
+    (lambda e, ids, im, i: splice_reference(e, ids, im, i).tolist(), "must be a torch.Tensor"),
+]
+
+
+def test_splice_reference_is_the_library_splice():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.tensor([[1, 5, 5, 7, 2], [1, 8, 5, 5, 2], [1, 9, 9, 5, 5]])
+    embeds, image_embeds = torch.randn(3, 5, 4, generator=g), torch.randn(3, 2, 4, generator=g)
+    want = splice(embeds, ids, image_embeds, 5)
+    assert torch.equal(splice_reference(embeds, ids, image_embeds, 5), want)
+    assert torch.equal(want[1, 2:4], image_embeds[1]) and torch.equal(want[2, :3], embeds[2, :3])
+
+
+# ----------------------------------------------------------------------------- 10.caption_loss
+
+
+def _ce(logits, targets, keep, reduce="tokens"):
+    losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+    keep = keep.float()
+    if reduce == "rows":
+        return ((losses * keep).sum(1) / keep.sum(1)).mean()
+    if reduce == "sum":
+        return (losses * keep).sum()
+    if reduce == "all positions":
+        return (losses * keep).sum() / keep.numel()
+    return (losses * keep).sum() / keep.sum()
+
+
+def _caption(ids, m, i):
+    """The caption's tokens (the words and <eos>): real, not <image>, not position 0."""
+    return m & (ids != i) & (torch.arange(ids.shape[1]) > 0)[None]
+
+
+def _k(ids, i):
+    return int((ids[0] == i).sum())
+
+
+def _from(ids, m, start):
+    return m & (torch.arange(ids.shape[1]) >= start)[None]
+
+
+WRONG_CAPTION = [
+    (lambda lo, ids, m, i: lm_loss(lo, ids, m), "<image> tokens were scored as targets"),
+    (lambda lo, ids, m, i: lm_loss(lo, ids, _from(ids, m, _k(ids, i))), "the last <image> token was scored"),
+    (lambda lo, ids, m, i: lm_loss(lo, ids, _from(ids, m, _k(ids, i) + 2)), "the first word was not scored"),
+    (lambda lo, ids, m, i: lm_loss(lo, ids, _caption(ids, m, i) & (ids != 2)), "<eos> was left out"),
+    (lambda lo, ids, m, i: F.cross_entropy(lo[:, :-1].flatten(0, 1), ids[:, 1:].flatten()),
+     "every position was scored"),
+    (lambda lo, ids, m, i: lm_loss(lo, ids, ids != i), "padding used as targets"),
+    (lambda lo, ids, m, i: _ce(lo[:, :-1], ids[:, 1:], _caption(ids, m, i)[:, 1:], "all positions"),
+     "padding (and the prefix) counted in the mean"),
+    (lambda lo, ids, m, i: (_ce(lo[:, :-1], ids[:, 1:], _caption(ids, m, i)[:, 1:], "sum") / m[:, 1:].sum()),
+     "the prefix counted in the mean"),
+    (lambda lo, ids, m, i: _ce(lo, ids, _caption(ids, m, i)), "no shift"),
+    (lambda lo, ids, m, i: _ce(lo[:, 1:], ids[:, :-1], _caption(ids, m, i)[:, :-1]), "shifted the wrong way"),
+    (lambda lo, ids, m, i: _ce(lo[:, 1:], ids[:, :-1], _caption(ids, m, i)[:, 1:]), "shifted the wrong way"),
+    (lambda lo, ids, m, i: _ce(lo[:, :-1], ids[:, 1:], _caption(ids, m, i)[:, :-1]), "mask was not shifted"),
+    (lambda lo, ids, m, i: _ce(lo[:, :-1], ids[:, 1:], _caption(ids, m, i)[:, 1:], "rows"), "mean of per-row means"),
+    (lambda lo, ids, m, i: _ce(lo[:, :-1], ids[:, 1:], _caption(ids, m, i)[:, 1:], "sum"),
+     "the sum over the caption tokens"),
+    (lambda lo, ids, m, i: F.nll_loss(lo[:, :-1][_caption(ids, m, i)[:, 1:]], ids[:, 1:][_caption(ids, m, i)[:, 1:]]),
+     "raw logits were used as log-probabilities"),
+    (lambda lo, ids, m, i: caption_loss_reference(lo, ids, m, i).detach(), "carries no gradient"),
+    (lambda lo, ids, m, i: F.cross_entropy(lo[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none"),
+     "one loss per target token"),
+    (lambda lo, ids, m, i: caption_loss_reference(lo, ids, m, i).item(), "must be a torch.Tensor"),
+]
+
+
+def test_caption_reference_is_lm_loss_over_the_loss_mask_of_insert_image_tokens():
+    g = torch.Generator().manual_seed(0)
+    text = torch.tensor([[1, 7, 8, 9, 2], [1, 9, 2, 0, 0], [1, 7, 7, 2, 0]])
+    ids, mask, loss_mask = insert_image_tokens(text, text != 0, 3, 6)
+    logits = torch.randn(3, ids.shape[1], 12, generator=g)
+    assert torch.allclose(caption_loss_reference(logits, ids, mask, 6), lm_loss(logits, ids, loss_mask))
+    assert not torch.allclose(caption_loss_reference(logits, ids, mask, 6), lm_loss(logits, ids, mask))
+
+
+# ----------------------------------------------------------------------------- 10.count_trainable
+
+
+def _numel(tensors):
+    return sum(t.numel() for t in tensors)
+
+
+def _fraction(trainable, total):
+    return trainable, total, trainable / total
+
+
+def _counts(trainable_of, total_of):
+    return lambda model: _fraction(trainable_of(model), total_of(model))
+
+
+def _trainable(model):
+    return _numel(p for p in model.parameters() if p.requires_grad)
+
+
+def _total(model):
+    return _numel(model.parameters())
+
+
+WRONG_COUNT = [
+    (_counts(_total, _total), "every parameter was counted as trainable"),
+    (_counts(lambda m: _numel(p for p in m.parameters() if not p.requires_grad), _total),
+     "the frozen parameters were counted"),
+    (_counts(lambda m: _numel(m.mapper.parameters()), _total), "only the mapper was counted"),
+    (_counts(_trainable, lambda m: _numel(p for _, p in m.named_parameters(remove_duplicate=False))),
+     "a tied weight was counted twice"),
+    (_counts(_trainable, lambda m: _numel(m.state_dict().values())), "the sum over state_dict()"),
+    (_counts(lambda m: _numel(v for v in m.state_dict().values() if v.requires_grad), _total),
+     "state_dict() returns detached tensors"),
+    (_counts(_trainable, lambda m: _numel(m.parameters()) + _numel(m.buffers())), "buffers were counted"),
+    (_counts(_trainable, _trainable), "the total counts only the trainable parameters"),
+    (_counts(_trainable, lambda m: len(list(m.parameters()))), "tensors were counted, not numbers"),
+    (_counts(lambda m: len([p for p in m.parameters() if p.requires_grad]), _total),
+     "tensors were counted, not numbers"),
+    (_counts(_trainable, lambda m: sum(_numel(mod.parameters()) for mod in m.modules())),
+     "counted once per enclosing module"),
+    (_counts(lambda m: sum(_numel(p for p in mod.parameters() if p.requires_grad) for mod in m.modules()), _total),
+     "counted once per enclosing module"),
+    (_counts(_trainable, lambda m: sum(_numel(mod.parameters(recurse=False)) for mod in m.modules())),
+     "a tied weight was counted twice"),
+    (lambda m: (_trainable(m), _total(m), _total(m) / _trainable(m)), "the fraction is inverted"),
+    (lambda m: (_trainable(m), _total(m), 1 - _trainable(m) / _total(m)), "the frozen fraction"),
+    (lambda m: (_trainable(m), _total(m), 100 * _trainable(m) / _total(m)), "a percentage"),
+    (lambda m: (_trainable(m), _total(m), _trainable(m) / (_total(m) - _trainable(m))),
+     "the ratio to the frozen parameters"),
+    (lambda m: (_trainable(m), _total(m), _trainable(m) // _total(m)), "integer division"),
+    (lambda m: (_trainable(m), _total(m)), "must return a tuple (trainable, total, fraction)"),
+    (lambda m: (_trainable(m), _total(m) + 0.5, 0.1), "whole number"),
+    (lambda m: (m.requires_grad_(True), count_trainable_reference(m))[1], "changed which parameters are trainable"),
+]
+
+
+def test_count_reference_is_count_parameters_and_the_tie_is_one_tensor():
+    model = TinyCaptioner(vocab=30, dim=8, depth=1, max_len=8, channels=4, embed_dim=6, n_prefix=2, hidden=10,
+                          train_vision=False)
+    trainable, total, fraction = count_trainable_reference(model)
+    assert (trainable, total) == (count_parameters(model, trainable_only=True), count_parameters(model))
+    assert trainable == count_parameters(model.mapper) and fraction == trainable / total
+    assert model.lm.lm_head.weight is model.lm.wte.weight
+    assert _numel(model.state_dict().values()) > total + 30 * 8  # the tied copy and the buffers
+
+
+GOOD = {
+    "10.insert_image_tokens": insert_image_tokens,
+    "10.splice": splice_reference,
+    "10.caption_loss": caption_loss_reference,
+    "10.count_trainable": count_trainable_reference,
+}
+WRONG = {
+    "10.insert_image_tokens": WRONG_INSERT,
+    "10.splice": WRONG_SPLICE,
+    "10.caption_loss": WRONG_CAPTION,
+    "10.count_trainable": WRONG_COUNT,
+}
+
+test_reference_passes, test_stub_says_not_implemented, test_wrong_version_fails_with_its_message = \
+    grading_tests(GOOD, WRONG)
+
+
+def test_the_library_splice_passes():
+    result = run("10.splice", splice)
+    assert result.passed, result.message
