@@ -252,6 +252,33 @@ def fresh_generator():
     return torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
 
 
+def randint(g, lo: int, hi: int) -> int:
+    """An int in [lo, hi], drawn from the torch.Generator g (a check's input sizes)."""
+    import torch
+
+    return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+
+def all_distinct(values, rel: float = 1e-3) -> bool:
+    """Every pair of numbers differs by more than `rel` relative, so that a tolerance never
+    confuses two: inputs are redrawn until every plausible mistake gives its own number."""
+    return all(abs(a - b) > rel * max(1.0, abs(a), abs(b)) for i, a in enumerate(values) for b in values[i + 1:])
+
+
+def token_losses(logits, targets):
+    """Cross-entropy of every position (B, T') against its target (B, T'): the pieces the LM-loss
+    checks recombine into the right answer and into each mistake."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+
+
+def masked_mean(losses, keep):
+    """The mean of `losses` over the positions where `keep` is True (or 1)."""
+    keep = keep.float()
+    return (losses * keep).sum() / keep.sum()
+
+
 def is_close(a, b, atol: float = 1e-4, rtol: float = 1e-4) -> bool:
     """Same shape and equal within tolerances (as float tensors, detached)."""
     import torch

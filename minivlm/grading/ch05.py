@@ -23,17 +23,18 @@ import numbers
 import torch
 from torch import nn
 
-from minivlm.grading import GradingFailure, call, expect_close, fresh_generator, is_close, register, tensor_answer
+from minivlm.grading import (
+    GradingFailure,
+    call,
+    expect_close,
+    fresh_generator,
+    is_close,
+    randint,
+    register,
+    tensor_answer,
+)
 from minivlm.models.vlmo import retrieval_passes
 from minivlm.nn.multiway import Multiway
-
-
-def _randint(g: torch.Generator, lo: int, hi: int) -> int:
-    """An int in [lo, hi]."""
-    return int(torch.randint(lo, hi + 1, (1,), generator=g))
-
-
-
 
 # ----------------------------------------------------------------------------- 05.route_to_experts
 
@@ -54,7 +55,7 @@ class _CountingExpert(nn.Module):
 
 def _expert(d: int, d_out: int, g: torch.Generator) -> nn.Module:
     """A small random MLP, token by token (D → D_out), as an FFN expert is."""
-    hidden = _randint(g, 5, 9)
+    hidden = randint(g, 5, 9)
     mlp = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, d_out))
     with torch.no_grad():
         for p in mlp.parameters():
@@ -124,10 +125,10 @@ def check_route_to_experts(fn) -> None:
     # round 2: VLMo's image mode in a block with a vision-language expert: one expert no token uses
     for used in (3, 2):
         n_experts = 3
-        b = _randint(g, 2, 4)
-        t = _randint(g, 7, 12)
-        d = _randint(g, 4, 7)
-        d_out = d + _randint(g, 1, 3)
+        b = randint(g, 2, 4)
+        t = randint(g, 7, 12)
+        d = randint(g, 4, 7)
+        d_out = d + randint(g, 1, 3)
         inner = [_expert(d, d_out, g) for _ in range(n_experts)]
         experts = [_CountingExpert(m) for m in inner]
         while True:  # every used expert in every sequence, and the sequences routed differently
@@ -238,19 +239,19 @@ _FORMULAS = {"dual": "n_images + n_texts", "fusion": "n_images · n_texts",
 def _passes_cases(g: torch.Generator, mode: str) -> list[tuple[int, int, int]]:
     cases = []
     while len(cases) < 40:
-        n, m = _randint(g, 1, 3000), _randint(g, 1, 3000)
+        n, m = randint(g, 1, 3000), randint(g, 1, 3000)
         if len(cases) % 4 == 2:  # k larger than the texts: must be capped
-            m = _randint(g, 1, 40)
-            k = m + _randint(g, 1, 30)
+            m = randint(g, 1, 40)
+            k = m + randint(g, 1, 30)
         elif len(cases) % 4 == 3:  # k larger than the images (not than the texts): no cap
-            n = _randint(g, 1, 40)
-            k = n + _randint(g, 1, 30)
-            m = k + _randint(g, 1, 3000)
+            n = randint(g, 1, 40)
+            k = n + randint(g, 1, 30)
+            m = k + randint(g, 1, 3000)
         else:
-            k = _randint(g, 1, 64)
+            k = randint(g, 1, 64)
         if n != m and (n, m, k) not in cases:
             cases.append((n, m, k))
-    cases.append((_randint(g, 2, 9), 1, _randint(g, 2, 9)))  # a single text: the re-rank has one candidate
+    cases.append((randint(g, 2, 9), 1, randint(g, 2, 9)))  # a single text: the re-rank has one candidate
     return cases
 
 
@@ -444,10 +445,10 @@ def check_rerank(fn) -> None:
     g = fresh_generator()
     # k below both N and M, so that a wrong axis or scoring every pair shows; twice, on fresh inputs
     for _ in range(2):
-        _rerank_case(fn, g, _randint(g, 5, 8), _randint(g, 9, 14), _randint(g, 3, 4))
+        _rerank_case(fn, g, randint(g, 5, 8), randint(g, 9, 14), randint(g, 3, 4))
     # more than M asked for: every text of a row is re-ranked
-    n, m = _randint(g, 3, 6), _randint(g, 3, 5)
-    k = m + _randint(g, 1, 5)
+    n, m = randint(g, 3, 6), randint(g, 3, 5)
+    k = m + randint(g, 1, 5)
     try:
         _rerank_case(fn, g, n, m, k)
     except GradingFailure as exc:

@@ -23,14 +23,8 @@ import torch
 from minivlm.eval import _ngrams as _all_ngrams
 from minivlm.eval import caption_tokens
 from minivlm.generate import generate, top_p_filter
-from minivlm.grading import GradingFailure, call, fresh_generator, register, tensor_answer
+from minivlm.grading import GradingFailure, call, fresh_generator, randint, register, tensor_answer
 from minivlm.models.blip import med_masks
-
-
-def _randint(g: torch.Generator, lo: int, hi: int) -> int:
-    """An int in [lo, hi]."""
-    return int(torch.randint(lo, hi + 1, (1,), generator=g))
-
 
 # ----------------------------------------------------------------------------- 06.med_masks
 
@@ -53,7 +47,7 @@ def _bool_mask(name: str, got, shape: tuple[int, ...]) -> torch.Tensor:
 @register("06.med_masks", title="The self- and cross-attention masks of MED's three modes")
 def check_med_masks(fn) -> None:
     g = fresh_generator()
-    b, t, n_image = _randint(g, 2, 4), _randint(g, 4, 8), _randint(g, 3, 9)
+    b, t, n_image = randint(g, 2, 4), randint(g, 4, 8), randint(g, 3, 9)
     valid = _padding_mask(g, b, t)
     causal = torch.tril(torch.ones(t, t, dtype=torch.bool))
     for mode in ("text", "encoder", "decoder"):
@@ -103,7 +97,7 @@ class _Model:
     def __init__(self, g: torch.Generator, vocab: int, eos: int):
         self.table = torch.randn(vocab + 1, 12, vocab, generator=g) * 2  # row `vocab`: after the pad token
         for length in range(12):
-            self.table[:, length, eos] += length - _randint(g, 2, 4)  # eos grows likelier with length
+            self.table[:, length, eos] += length - randint(g, 2, 4)  # eos grows likelier with length
         self.calls = 0
 
     def __call__(self, ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -114,10 +108,10 @@ class _Model:
 
 
 def _decode_inputs(g: torch.Generator):
-    vocab = _randint(g, 6, 9)
+    vocab = randint(g, 6, 9)
     eos, pad = 0, vocab  # a pad id the model never writes, so padding is told apart from words
-    b = _randint(g, 3, 5)
-    prompt = torch.randint(2, vocab, (b, _randint(g, 1, 3)), generator=g)
+    b = randint(g, 3, 5)
+    prompt = torch.randint(2, vocab, (b, randint(g, 1, 3)), generator=g)
     return vocab, eos, pad, prompt
 
 
@@ -207,14 +201,14 @@ def _kept(x: torch.Tensor) -> torch.Tensor:
 @register("06.top_p_filter", title="Nucleus (top-p) filtering")
 def check_top_p_filter(fn) -> None:
     g = fresh_generator()
-    b, v = _randint(g, 2, 4), _randint(g, 8, 14)
+    b, v = randint(g, 2, 4), randint(g, 8, 14)
     # shifted below zero, which softmax does not see: summing these logits instead of the
     # probabilities never reaches p, which tells that mistake apart from the others
     logits = torch.randn(b, v, generator=g) * 2 - 8
     # p = 1 on a peaked row too: its tail probabilities are below float32's rounding of 1.0, so a
     # cumulative sum reaches 1.0 before them and `mass above >= p` drops them unless p = 1 keeps all
     peaked = torch.cat([logits, torch.zeros(1, v)])  # (B + 1, V)
-    peaked[-1, _randint(g, 0, v - 1)] = 40.0
+    peaked[-1, randint(g, 0, v - 1)] = 40.0
     cases = [(0.3 + 0.5 * float(torch.rand(1, generator=g)), logits), (0.9, logits), (1.0, peaked)]
     for p, logits in cases:
         b = len(logits)
@@ -288,7 +282,7 @@ WORDS = ["a", "red", "blue", "circle", "star", "and", "square", "the", "big", ".
 
 
 def _sentence(g: torch.Generator, lo: int, hi: int) -> str:
-    return " ".join(WORDS[int(i)] for i in torch.randint(0, 5, (_randint(g, lo, hi),), generator=g) * 2 % 10)
+    return " ".join(WORDS[int(i)] for i in torch.randint(0, 5, (randint(g, lo, hi),), generator=g) * 2 % 10)
 
 
 def _as_pair(name: str, got) -> tuple[int, int]:
@@ -310,8 +304,8 @@ def check_clipped_precision(fn) -> None:
     cases = []
     for _ in range(12):
         # a candidate that repeats words ("a a a red") against references that hold them fewer times
-        cand = " ".join(["a"] * _randint(g, 2, 4) + _sentence(g, 2, 6).split())
-        refs = [_sentence(g, 3, 8) + " a" * _randint(g, 0, 2) for _ in range(_randint(g, 2, 3))]
+        cand = " ".join(["a"] * randint(g, 2, 4) + _sentence(g, 2, 6).split())
+        refs = [_sentence(g, 3, 8) + " a" * randint(g, 0, 2) for _ in range(randint(g, 2, 3))]
         cases.append((cand, refs))
     cases.append(("the the the the the the the.", ["the cat is on the mat.", "there is a cat on the mat."]))
     for n in (1, 2, 3):

@@ -16,13 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from minivlm.grading import GradingFailure, call, fresh_generator, is_close, register, tensor_answer
+from minivlm.grading import GradingFailure, call, fresh_generator, is_close, randint, register, tensor_answer
 from minivlm.losses import clip_loss, lm_loss
-
-
-def _randint(g: torch.Generator, lo: int, hi: int) -> int:
-    return int(torch.randint(lo, hi + 1, (1,), generator=g))
-
 
 # ----------------------------------------------------------------------------- 07.attentional_pool
 
@@ -42,9 +37,9 @@ def pool_reference(context: torch.Tensor, queries: torch.Tensor, heads: int, sca
 @register("07.attentional_pool", title="Attentional pooling: learned queries read a set of tokens")
 def check_attentional_pool(fn) -> None:
     g = fresh_generator()
-    heads = _randint(g, 2, 4)
-    d = heads * _randint(g, 3, 5)
-    b, n, q = _randint(g, 2, 3), _randint(g, 5, 9), _randint(g, 2, 4)
+    heads = randint(g, 2, 4)
+    d = heads * randint(g, 3, 5)
+    b, n, q = randint(g, 2, 3), randint(g, 5, 9), randint(g, 2, 4)
     context, queries = torch.randn(b, n, d, generator=g) * 2, torch.randn(q, d, generator=g) * 2
     want = pool_reference(context, queries, heads)
     got = tensor_answer("attentional_pool's result", call(fn, context.clone(), queries.clone(), heads))
@@ -77,7 +72,7 @@ def check_attentional_pool(fn) -> None:
 @register("07.split_outputs", title="The appended CLS and the words from one decoder pass")
 def check_split_outputs(fn) -> None:
     g = fresh_generator()
-    b, t, d = _randint(g, 2, 4), _randint(g, 4, 8), _randint(g, 4, 8)
+    b, t, d = randint(g, 2, 4), randint(g, 4, 8), randint(g, 4, 8)
     hidden = torch.randn(b, t + 1, d, generator=g)
     got = call(fn, hidden.clone())
     if not isinstance(got, tuple) or len(got) != 2:
@@ -103,7 +98,7 @@ def check_split_outputs(fn) -> None:
 
 
 def _inputs(g: torch.Generator):
-    b, t, v, e = _randint(g, 3, 5), _randint(g, 5, 8), _randint(g, 10, 16), _randint(g, 4, 8)
+    b, t, v, e = randint(g, 3, 5), randint(g, 5, 8), randint(g, 10, 16), randint(g, 4, 8)
     image = F.normalize(torch.randn(b, e, generator=g), dim=-1)
     text = F.normalize(torch.randn(b, e, generator=g), dim=-1)
     logits = torch.randn(b, t, v, generator=g) * 2

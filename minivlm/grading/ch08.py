@@ -30,13 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from minivlm.data.masking import block_mask as library_block_mask
-from minivlm.grading import GradingFailure, call, fresh_generator, is_close, register, tensor_answer
+from minivlm.grading import GradingFailure, call, fresh_generator, is_close, randint, register, tensor_answer
 from minivlm.models.vlmo import LANGUAGE, VISION, VL
-
-
-def _randint(g: torch.Generator, lo: int, hi: int) -> int:
-    """An int in [lo, hi]."""
-    return int(torch.randint(lo, hi + 1, (1,), generator=g))
 
 
 def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
@@ -71,7 +66,7 @@ def _quantize_inputs(g: torch.Generator):
     """z and a codebook whose lengths vary a lot (a factor of e^±2), so that the searches with and
     without normalisation disagree somewhere; resampled until they do."""
     for _ in range(50):
-        b, n, d, k = _randint(g, 2, 3), _randint(g, 5, 9), _randint(g, 4, 8), _randint(g, 6, 12)
+        b, n, d, k = randint(g, 2, 3), randint(g, 5, 9), randint(g, 4, 8), randint(g, 6, 12)
         z = torch.randn(b, n, d, generator=g) * torch.exp(torch.randn(b, n, 1, generator=g))
         codebook = torch.randn(k, d, generator=g) * torch.exp(torch.randn(k, 1, generator=g))
         _, want = quantize_reference(z, codebook)
@@ -211,7 +206,7 @@ def _one_mask(fn, grid: int, ratio: float, generator: torch.Generator) -> torch.
 def _block_round(fn, g: torch.Generator, grid: int, ratio: float, draws: int) -> None:
     total, target = grid * grid, _target(grid, ratio)
     where = f"grid={grid}, ratio={ratio:.3f}"
-    seed = _randint(g, 0, 2**31 - 2)
+    seed = randint(g, 0, 2**31 - 2)
     first = _one_mask(fn, grid, ratio, torch.Generator().manual_seed(seed))
     again = _one_mask(fn, grid, ratio, torch.Generator().manual_seed(seed))
     if not torch.equal(first, again):
@@ -259,7 +254,7 @@ def check_block_mask(fn) -> None:
     # a ratio where BEiT uses it, then a smaller one (the ratio must be the argument, not 0.4);
     # ratio · grid² never an integer, so that rounding down falls short of the target
     for (lo_grid, hi_grid), (lo, hi), draws in (((7, 10), (0.3, 0.5), 200), ((6, 8), (0.15, 0.25), 120)):
-        grid = _randint(g, lo_grid, hi_grid)
+        grid = randint(g, lo_grid, hi_grid)
         while True:
             ratio = round(_uniform(g, lo, hi), 3)
             if abs(ratio * grid * grid - round(ratio * grid * grid)) > 0.05:
@@ -343,10 +338,10 @@ def _describe_routes(routes: list[torch.Tensor]) -> str:
 @register("08.routes", title="The expert of every token in every block of BEiT-3's Multiway Transformer")
 def check_routes(fn) -> None:
     g = fresh_generator()
-    depth = _randint(g, 4, 6)
-    vl_depth = _randint(g, 1, depth - 2)  # at least two bottom blocks and one top block
-    n_image = _randint(g, 3, 6)
-    n_text = n_image + _randint(g, 1, 3)  # differ, so that text first is seen
+    depth = randint(g, 4, 6)
+    vl_depth = randint(g, 1, depth - 2)  # at least two bottom blocks and one top block
+    n_image = randint(g, 3, 6)
+    n_text = n_image + randint(g, 1, 3)  # differ, so that text first is seen
     cases = [("fusion", n_image, n_text, depth, vl_depth), ("image", n_image, 0, depth, vl_depth),
              ("text", 0, n_text, depth, vl_depth), ("fusion", n_image, n_text, depth, 0),
              ("fusion", n_image, n_text, depth, depth)]

@@ -36,19 +36,20 @@ import torch
 import torch.nn.functional as F
 
 from minivlm.eval import perplexity
-from minivlm.grading import GradingFailure, call, fresh_generator, is_close, register, tensor_answer
+from minivlm.grading import (
+    GradingFailure,
+    all_distinct,
+    call,
+    fresh_generator,
+    is_close,
+    masked_mean,
+    randint,
+    register,
+    tensor_answer,
+    token_losses,
+)
 from minivlm.losses import lm_loss
 from minivlm.models.gpt import GPT, GPTConfig
-
-
-def _randint(g: torch.Generator, lo: int, hi: int) -> int:
-    """An int in [lo, hi]."""
-    return int(torch.randint(lo, hi + 1, (1,), generator=g))
-
-
-def _all_distinct(values: list[float], rel: float = 1e-3) -> bool:
-    """Every pair of numbers differs by more than `rel` relative (so a tolerance never confuses two)."""
-    return all(abs(a - b) > rel * max(1.0, abs(a), abs(b)) for i, a in enumerate(values) for b in values[i + 1:])
 
 
 def _right_padded(g: torch.Generator, b: int, t: int, shortest: int) -> torch.Tensor:
@@ -68,39 +69,32 @@ def shifted_lm_loss_reference(logits: torch.Tensor, ids: torch.Tensor, attention
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100)
 
 
-def _token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of every position (B, T') against its target (B, T')."""
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
-
-
-def _masked_mean(losses: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    return (losses * keep).sum() / keep.sum()
 
 
 def _lm_mistakes(logits, ids, mask) -> list[tuple[torch.Tensor, str]]:
     m = mask.float()
-    shifted = _token_losses(logits[:, :-1], ids[:, 1:])  # (B, T-1), every position
+    shifted = token_losses(logits[:, :-1], ids[:, 1:])  # (B, T-1), every position
     target_mask = m[:, 1:]
     per_row = (shifted * target_mask).sum(1) / target_mask.sum(1)
-    backwards = _token_losses(logits[:, 1:], ids[:, :-1])
-    same = _token_losses(logits, ids)
+    backwards = token_losses(logits[:, 1:], ids[:, :-1])
+    same = token_losses(logits, ids)
     not_shifted = ("no shift: position t's logits were scored against token t itself, which the model already "
                    "sees there; they predict the NEXT token: logits[:, :-1] against ids[:, 1:]")
     wrong_way = ("shifted the wrong way: logits[:, 1:] against ids[:, :-1] asks position t + 1 to predict token t, "
                  "which it has already read; drop the last position's logits and the first token: logits[:, :-1] "
                  "against ids[:, 1:]")
     return [
-        (_masked_mean(same, m), not_shifted),
+        (masked_mean(same, m), not_shifted),
         (same.mean(), not_shifted),
-        (_masked_mean(backwards, target_mask), wrong_way),
-        (_masked_mean(backwards, m[:, :-1]), wrong_way),
+        (masked_mean(backwards, target_mask), wrong_way),
+        (masked_mean(backwards, m[:, :-1]), wrong_way),
         (shifted.mean(),
          "padding used as targets: every position after a row's end is scored against the pad token; ignore the "
          "targets where attention_mask[:, 1:] is False (ignore_index=-100, or a mask)"),
         ((shifted * target_mask).sum() / target_mask.numel(),
          "padding counted in the mean: the padded targets were zeroed but still divide the sum; divide by the number "
          "of REAL targets, attention_mask[:, 1:].sum()"),
-        (_masked_mean(shifted, m[:, :-1]),
+        (masked_mean(shifted, m[:, :-1]),
          "the mask was not shifted with the targets: the targets are ids[:, 1:], so the real ones are "
          "attention_mask[:, 1:]; attention_mask[:, :-1] also scores each short row's last token predicting a pad"),
         (per_row.mean(),
@@ -108,7 +102,7 @@ def _lm_mistakes(logits, ids, mask) -> list[tuple[torch.Tensor, str]]:
          "target tokens of the batch (their sum over their number)"),
         ((shifted * target_mask).sum(),
          "the sum over the target tokens: the loss is their MEAN (divide by the number of real targets)"),
-        (_masked_mean(-logits[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1), target_mask),
+        (masked_mean(-logits[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1), target_mask),
          "the raw logits were used as log-probabilities (F.nll_loss on logits): take log_softmax first, or use "
          "F.cross_entropy, which does"),
     ]
@@ -117,13 +111,13 @@ def _lm_mistakes(logits, ids, mask) -> list[tuple[torch.Tensor, str]]:
 def _lm_inputs(g: torch.Generator):
     """Logits, right-padded ids (pad id 0) and their mask, redrawn until every mistake gives its own number."""
     for _ in range(50):
-        b, t, v = _randint(g, 3, 5), _randint(g, 6, 9), _randint(g, 11, 16)
+        b, t, v = randint(g, 3, 5), randint(g, 6, 9), randint(g, 11, 16)
         logits = torch.randn(b, t, v, generator=g) * 2
         mask = _right_padded(g, b, t, shortest=2)
         ids = torch.randint(1, v, (b, t), generator=g).masked_fill(~mask, 0)  # pads are token 0
         values = [float(shifted_lm_loss_reference(logits, ids, mask))]
         values += [float(value) for value, _ in _lm_mistakes(logits, ids, mask)]
-        if _all_distinct(values):
+        if all_distinct(values):
             return logits, ids, mask
     raise RuntimeError("could not draw inputs on which the mistakes differ")  # pragma: no cover
 
@@ -277,10 +271,10 @@ def _check_out(out: torch.Tensor, want: torch.Tensor, q, k_new, v_new, k_cache, 
 @register("09.attend_with_cache", title="One attention step with a KV cache")
 def check_attend_with_cache(fn) -> None:
     g = fresh_generator()
-    b = _randint(g, 2, 3)
-    h = b + _randint(g, 1, 2)
-    t = h + _randint(g, 1, 2)  # cached tokens
-    d = t + _randint(g, 2, 4)  # batch, heads, time (T and T + 1) and head width: all different sizes
+    b = randint(g, 2, 3)
+    h = b + randint(g, 1, 2)
+    t = h + randint(g, 1, 2)  # cached tokens
+    d = t + randint(g, 2, 4)  # batch, heads, time (T and T + 1) and head width: all different sizes
     q, k, v = (torch.randn(b, h, t + 1, d, generator=g) for _ in range(3))  # the whole sequence
     full = _full_causal(q, k, v)  # (B, H, T + 1, d), recomputed from scratch
 
@@ -349,13 +343,13 @@ def _perplexity_inputs(g: torch.Generator):
     """Log-probabilities of random targets under random distributions (B, T), right-padded; the pads
     hold log-probabilities too (what a model gives there, never zero)."""
     for _ in range(50):
-        b, t, v = _randint(g, 3, 5), _randint(g, 7, 12), _randint(g, 8, 20)
+        b, t, v = randint(g, 3, 5), randint(g, 7, 12), randint(g, 8, 20)
         logits = torch.randn(b, t, v, generator=g) * float(torch.empty(()).uniform_(0.5, 2.0, generator=g))
         logprobs = logits.log_softmax(-1).gather(-1, torch.randint(v, (b, t, 1), generator=g)).squeeze(-1)
         mask = _right_padded(g, b, t, shortest=2)
         want = float(perplexity_from_logprobs_reference(logprobs, mask))
         values = [want] + [value for value, _ in _perplexity_mistakes(logprobs, mask)]
-        if all(math.isfinite(x) for x in values) and _all_distinct(values):
+        if all(math.isfinite(x) for x in values) and all_distinct(values):
             return logprobs, mask
     raise RuntimeError("could not draw inputs on which the mistakes differ")  # pragma: no cover
 
@@ -448,14 +442,14 @@ def _decode_setup(g: torch.Generator):
     """A small random GPT with sharp logits (no near-ties between the cached and uncached paths), a
     prompt and the number of new tokens."""
     for _ in range(20):
-        vocab = _randint(g, 20, 40)
+        vocab = randint(g, 20, 40)
         config = GPTConfig(vocab_size=vocab, max_len=64, dim=16, depth=2, heads=2, pad_id=0, bos_id=1, eos_id=2)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_randint(g, 0, 2**31 - 2))
+            torch.manual_seed(randint(g, 0, 2**31 - 2))
             model = GPT(config).eval()
         with torch.no_grad():
             model.token_embedding.weight.mul_(50.0)  # std 1: logits of a few units, not a near-uniform mush
-        b, t0, new = _randint(g, 2, 3), _randint(g, 3, 5), _randint(g, 5, 7)
+        b, t0, new = randint(g, 2, 3), randint(g, 3, 5), randint(g, 5, 7)
         prompt = torch.randint(3, vocab, (b, t0), generator=g)
         want = greedy_reference(model, prompt, new)
         if _margin(model, want, t0) > 1e-3 and not torch.equal(want, greedy_reference(model, prompt, new, True)):

@@ -40,11 +40,21 @@ import math
 import numbers
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from minivlm.grading import GradingFailure, call, fresh_generator, is_close, register, tensor_answer
+from minivlm.grading import (
+    GradingFailure,
+    all_distinct,
+    call,
+    fresh_generator,
+    is_close,
+    masked_mean,
+    randint,
+    register,
+    tensor_answer,
+    token_losses,
+)
 from minivlm.losses import lm_loss
 from minivlm.models.frozen import insert_image_tokens, splice
 from minivlm.nn.blocks import Block
@@ -54,14 +64,6 @@ from minivlm.utils import count_parameters
 PAD, BOS, EOS = 0, 1, 2  # the course tokenizer's ids; the <image> id is drawn at random
 
 
-def _randint(g: torch.Generator, lo: int, hi: int) -> int:
-    """An int in [lo, hi]."""
-    return int(torch.randint(lo, hi + 1, (1,), generator=g))
-
-
-def _all_distinct(values: list[float], rel: float = 1e-3) -> bool:
-    """Every pair of numbers differs by more than `rel` relative (so a tolerance never confuses two)."""
-    return all(abs(a - b) > rel * max(1.0, abs(a), abs(b)) for i, a in enumerate(values) for b in values[i + 1:])
 
 
 def _captions(g: torch.Generator, b: int, n_words: int, vocab: int, image_id: int):
@@ -98,9 +100,9 @@ def _bool_answer(name: str, got, shape: tuple[int, ...]) -> torch.Tensor:
 @register("10.insert_image_tokens", title="The prefix layout: <bos> <image>×K words <eos>, its attention and loss masks")
 def check_insert_image_tokens(fn) -> None:
     g = fresh_generator()
-    b, n_words, k = _randint(g, 3, 5), _randint(g, 3, 6), _randint(g, 2, 4)
-    vocab = _randint(g, 12, 20)
-    image_id = _randint(g, 3, vocab - 1)
+    b, n_words, k = randint(g, 3, 5), randint(g, 3, 6), randint(g, 2, 4)
+    vocab = randint(g, 12, 20)
+    image_id = randint(g, 3, vocab - 1)
     ids, mask = _captions(g, b, n_words, vocab, image_id)
     t = ids.shape[1]
     want_ids, want_mask, want_loss = insert_image_tokens(ids, mask, k, image_id)
@@ -250,9 +252,9 @@ def _splice_inputs(g: torch.Generator, layout: str):
     """A vocabulary's embedding table (a leaf), ids with K <image> tokens per row, the image embeddings
     (a leaf). layout "prefix": "<bos> <image>×K words <eos> <pad>…"; "anywhere": "<bos> words
     <image>×K words …", the block starting at another position in different rows."""
-    b, k, d = _randint(g, 3, 5), _randint(g, 2, 4), _randint(g, 4, 8)
-    n_words, vocab = _randint(g, 4, 7), _randint(g, 12, 20)
-    image_id = _randint(g, 3, vocab - 1)
+    b, k, d = randint(g, 3, 5), randint(g, 2, 4), randint(g, 4, 8)
+    n_words, vocab = randint(g, 4, 7), randint(g, 12, 20)
+    image_id = randint(g, 3, vocab - 1)
     text, mask = _captions(g, b, n_words, vocab, image_id)
     if layout == "prefix":
         ids = insert_image_tokens(text, mask, k, image_id)[0]
@@ -362,14 +364,6 @@ def caption_loss_reference(logits: torch.Tensor, ids: torch.Tensor, attention_ma
     return lm_loss(logits, ids, targets)
 
 
-def _token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of every position (B, T') against its target (B, T')."""
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
-
-
-def _masked_mean(losses: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    keep = keep.float()
-    return (losses * keep).sum() / keep.sum()
 
 
 def _caption_mistakes(logits, ids, mask, image_id, k: int) -> list[tuple[torch.Tensor, str]]:
@@ -378,27 +372,27 @@ def _caption_mistakes(logits, ids, mask, image_id, k: int) -> list[tuple[torch.T
     pos = torch.arange(ids.shape[1])[None]
     caption = m & (ids != image_id) & (pos > 0)  # (B, T): the words and <eos>
     target = caption[:, 1:].float()  # (B, T-1): which shifted targets count
-    shifted = _token_losses(logits[:, :-1], ids[:, 1:])
+    shifted = token_losses(logits[:, :-1], ids[:, 1:])
     per_row = (shifted * target).sum(1) / target.sum(1)
     not_shifted = ("no shift: position t's logits were scored against token t itself, which the model reads "
                    "there; they predict the NEXT token: logits[:, :-1] against ids[:, 1:]")
     wrong_way = ("shifted the wrong way: logits[:, 1:] against ids[:, :-1] asks position t + 1 to predict token t, "
                  "which it has already read; logits[:, :-1] against ids[:, 1:]")
     return [
-        (_masked_mean(shifted, m[:, 1:]),
+        (masked_mean(shifted, m[:, 1:]),
          "the <image> tokens were scored as targets (lm_loss with the attention mask): the image embeddings are "
          "given, not predicted; score only the caption, where ids != image_id (and attention_mask is True)"),
-        (_masked_mean(shifted, (m & (pos >= k))[:, 1:]),
+        (masked_mean(shifted, (m & (pos >= k))[:, 1:]),
          "off by one: the last <image> token was scored as a target; the prefix is <bos> and K <image> tokens, "
          "positions 0..K, and the caption starts at position K + 1 (use ids != image_id rather than counting)"),
-        (_masked_mean(shifted, (m & (pos >= k + 2))[:, 1:]),
+        (masked_mean(shifted, (m & (pos >= k + 2))[:, 1:]),
          "the first word was not scored: it is predicted by the LAST <image> position's logits (position K), which "
          "must be kept; the targets are every caption token, the first word included"),
-        (_masked_mean(shifted, (caption & (ids != EOS))[:, 1:]),
+        (masked_mean(shifted, (caption & (ids != EOS))[:, 1:]),
          "<eos> was left out of the targets: the model must learn where a caption ends"),
         (shifted.mean(),
          "every position was scored: the <image> tokens and the padding too; score only the caption's tokens"),
-        (_masked_mean(shifted, ((ids != image_id) & (pos > 0))[:, 1:]),
+        (masked_mean(shifted, ((ids != image_id) & (pos > 0))[:, 1:]),
          "padding used as targets: every position after a caption's <eos> is scored against the pad token; keep "
          "only the targets where attention_mask is True"),
         ((shifted * target).sum() / target.numel(),
@@ -407,10 +401,10 @@ def _caption_mistakes(logits, ids, mask, image_id, k: int) -> list[tuple[torch.T
         ((shifted * target).sum() / m[:, 1:].sum(),
          "the prefix counted in the mean: the <image> targets were zeroed but still divide the sum; divide by the "
          "number of caption targets"),
-        (_masked_mean(_token_losses(logits, ids), caption), not_shifted),
-        (_masked_mean(_token_losses(logits[:, 1:], ids[:, :-1]), caption[:, :-1]), wrong_way),
-        (_masked_mean(_token_losses(logits[:, 1:], ids[:, :-1]), caption[:, 1:]), wrong_way),
-        (_masked_mean(shifted, caption[:, :-1]),
+        (masked_mean(token_losses(logits, ids), caption), not_shifted),
+        (masked_mean(token_losses(logits[:, 1:], ids[:, :-1]), caption[:, :-1]), wrong_way),
+        (masked_mean(token_losses(logits[:, 1:], ids[:, :-1]), caption[:, 1:]), wrong_way),
+        (masked_mean(shifted, caption[:, :-1]),
          "the mask was not shifted with the targets: the targets are ids[:, 1:], so the caption targets are "
          "caption_mask[:, 1:]; caption_mask[:, :-1] scores the last <image> position predicting the FIRST word "
          "out and the <eos> position predicting padding in"),
@@ -419,7 +413,7 @@ def _caption_mistakes(logits, ids, mask, image_id, k: int) -> list[tuple[torch.T
          "caption tokens of the batch (their sum over their number)"),
         ((shifted * target).sum(),
          "the sum over the caption tokens: the loss is their MEAN (divide by the number of caption targets)"),
-        (_masked_mean(-logits[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1), target),
+        (masked_mean(-logits[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1), target),
          "the raw logits were used as log-probabilities (F.nll_loss on logits): take log_softmax first, or use "
          "F.cross_entropy, which does"),
     ]
@@ -429,14 +423,14 @@ def _caption_inputs(g: torch.Generator):
     """Logits, ids "<bos> <image>×K words <eos> <pad>…" with a random <image> id, their attention
     mask and K; redrawn until every mistake gives its own number."""
     for _ in range(50):
-        b, n_words, k, vocab = _randint(g, 3, 5), _randint(g, 4, 7), _randint(g, 2, 4), _randint(g, 12, 20)
-        image_id = _randint(g, 3, vocab - 1)
+        b, n_words, k, vocab = randint(g, 3, 5), randint(g, 4, 7), randint(g, 2, 4), randint(g, 12, 20)
+        image_id = randint(g, 3, vocab - 1)
         text, mask = _captions(g, b, n_words, vocab, image_id)
         ids, mask, loss_mask = insert_image_tokens(text, mask, k, image_id)
         logits = torch.randn(b, ids.shape[1], vocab, generator=g) * 2
         values = [float(caption_loss_reference(logits, ids, mask, image_id))]
         values += [float(value) for value, _ in _caption_mistakes(logits, ids, mask, image_id, k)]
-        if _all_distinct(values):
+        if all_distinct(values):
             return logits, ids, mask, loss_mask, image_id, k
     raise RuntimeError("could not draw inputs on which the mistakes differ")  # pragma: no cover
 
@@ -521,10 +515,10 @@ def count_trainable_reference(model: nn.Module) -> tuple[int, int, float]:
 
 def _random_captioner(g: torch.Generator, train_vision: bool) -> TinyCaptioner:
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_randint(g, 0, 2**31 - 2))
-        return TinyCaptioner(vocab=_randint(g, 20, 60), dim=2 * _randint(g, 4, 8), depth=_randint(g, 1, 2),
-                             max_len=_randint(g, 8, 16), channels=_randint(g, 3, 8), embed_dim=_randint(g, 4, 12),
-                             n_prefix=_randint(g, 2, 4), hidden=_randint(g, 8, 24), train_vision=train_vision)
+        torch.manual_seed(randint(g, 0, 2**31 - 2))
+        return TinyCaptioner(vocab=randint(g, 20, 60), dim=2 * randint(g, 4, 8), depth=randint(g, 1, 2),
+                             max_len=randint(g, 8, 16), channels=randint(g, 3, 8), embed_dim=randint(g, 4, 12),
+                             n_prefix=randint(g, 2, 4), hidden=randint(g, 8, 24), train_vision=train_vision)
 
 
 def _count_mistakes(model: nn.Module) -> dict[str, list[tuple[float, str]]]:
@@ -590,7 +584,7 @@ def _distinct_counts(model: nn.Module) -> bool:
     totals = [total] + [v for v, _ in mistakes["total"]]
     trainables = [trainable] + [v for v, _ in mistakes["trainable"] if v >= 0]
     fractions = [fraction] + [v for v, _ in mistakes["fraction"]]
-    return len(set(totals)) == len(totals) and len(set(trainables)) == len(trainables) and _all_distinct(fractions)
+    return len(set(totals)) == len(totals) and len(set(trainables)) == len(trainables) and all_distinct(fractions)
 
 
 def _whole_number(name: str, got) -> int:
