@@ -46,7 +46,7 @@ WRONG_LOSS = [
     (lambda lo, ids, m: _ce(lo[:, :-1], ids[:, 1:], m[:, 1:], "all positions"), "padding counted in the mean"),
     (lambda lo, ids, m: _ce(lo[:, :-1], ids[:, 1:], m[:, :-1]), "mask was not shifted"),
     (lambda lo, ids, m: _ce(lo[:, :-1], ids[:, 1:], m[:, 1:], "rows"), "mean of per-row means"),
-    (lambda lo, ids, m: _ce(lo[:, :-1], ids[:, 1:], m[:, 1:], "sum"), "the sum over the target tokens"),
+    (lambda lo, ids, m: _ce(lo[:, :-1], ids[:, 1:], m[:, 1:], "sum"), "the sum over the real target tokens"),
     (_nll_on_logits, "raw logits were used as log-probabilities"),
     (lambda lo, ids, m: shifted_lm_loss_reference(lo, ids, m).detach(), "carries no gradient"),
     (lambda lo, ids, m: F.cross_entropy(lo[:, :-1].flatten(0, 1), ids[:, 1:].masked_fill(~m[:, 1:], -100).flatten(),

@@ -279,6 +279,31 @@ def masked_mean(losses, keep):
     return (losses * keep).sum() / keep.sum()
 
 
+NO_SHIFT = ("no shift: position t's logits were scored against token t itself, which the model already sees "
+            "there; they predict the NEXT token: logits[:, :-1] against ids[:, 1:]")
+WRONG_WAY = ("shifted the wrong way: logits[:, 1:] against ids[:, :-1] asks position t + 1 to predict token t, "
+             "which it has already read; drop the last position's logits and the first token: logits[:, :-1] "
+             "against ids[:, 1:]")
+
+
+def reduction_mistakes(logits, ids, target, unit: str, targets: str) -> list:
+    """The wrong reductions of a shifted next-token loss (chapters 09, 10), as (value, message):
+    the mean of per-row means, the sum, the raw logits taken for log-probabilities. target
+    (B, T-1): 1 on the targets that count; unit: what a row is ("row", "caption"); targets: what
+    they are ("real target tokens", "caption tokens")."""
+    shifted = token_losses(logits[:, :-1], ids[:, 1:])
+    per_row = (shifted * target).sum(1) / target.sum(1)
+    return [
+        (per_row.mean(),
+         f"the mean of per-row means: a short {unit} then weighs as much as a long one; take the mean over all "
+         f"{targets} of the batch (their sum over their number)"),
+        ((shifted * target).sum(), f"the sum over the {targets}: the loss is their MEAN (divide by their number)"),
+        (masked_mean(-logits[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1), target),
+         "the raw logits were used as log-probabilities (F.nll_loss on logits): take log_softmax first, or use "
+         "F.cross_entropy, which does"),
+    ]
+
+
 def is_close(a, b, atol: float = 1e-4, rtol: float = 1e-4) -> bool:
     """Same shape and equal within tolerances (as float tensors, detached)."""
     import torch

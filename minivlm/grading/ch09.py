@@ -37,6 +37,8 @@ import torch.nn.functional as F
 
 from minivlm.eval import perplexity
 from minivlm.grading import (
+    NO_SHIFT,
+    WRONG_WAY,
     GradingFailure,
     all_distinct,
     call,
@@ -44,6 +46,7 @@ from minivlm.grading import (
     is_close,
     masked_mean,
     randint,
+    reduction_mistakes,
     register,
     tensor_answer,
     token_losses,
@@ -75,19 +78,13 @@ def _lm_mistakes(logits, ids, mask) -> list[tuple[torch.Tensor, str]]:
     m = mask.float()
     shifted = token_losses(logits[:, :-1], ids[:, 1:])  # (B, T-1), every position
     target_mask = m[:, 1:]
-    per_row = (shifted * target_mask).sum(1) / target_mask.sum(1)
     backwards = token_losses(logits[:, 1:], ids[:, :-1])
     same = token_losses(logits, ids)
-    not_shifted = ("no shift: position t's logits were scored against token t itself, which the model already "
-                   "sees there; they predict the NEXT token: logits[:, :-1] against ids[:, 1:]")
-    wrong_way = ("shifted the wrong way: logits[:, 1:] against ids[:, :-1] asks position t + 1 to predict token t, "
-                 "which it has already read; drop the last position's logits and the first token: logits[:, :-1] "
-                 "against ids[:, 1:]")
     return [
-        (masked_mean(same, m), not_shifted),
-        (same.mean(), not_shifted),
-        (masked_mean(backwards, target_mask), wrong_way),
-        (masked_mean(backwards, m[:, :-1]), wrong_way),
+        (masked_mean(same, m), NO_SHIFT),
+        (same.mean(), NO_SHIFT),
+        (masked_mean(backwards, target_mask), WRONG_WAY),
+        (masked_mean(backwards, m[:, :-1]), WRONG_WAY),
         (shifted.mean(),
          "padding used as targets: every position after a row's end is scored against the pad token; ignore the "
          "targets where attention_mask[:, 1:] is False (ignore_index=-100, or a mask)"),
@@ -97,14 +94,7 @@ def _lm_mistakes(logits, ids, mask) -> list[tuple[torch.Tensor, str]]:
         (masked_mean(shifted, m[:, :-1]),
          "the mask was not shifted with the targets: the targets are ids[:, 1:], so the real ones are "
          "attention_mask[:, 1:]; attention_mask[:, :-1] also scores each short row's last token predicting a pad"),
-        (per_row.mean(),
-         "the mean of per-row means: a short row then weighs as much as a long one; take the mean over all real "
-         "target tokens of the batch (their sum over their number)"),
-        ((shifted * target_mask).sum(),
-         "the sum over the target tokens: the loss is their MEAN (divide by the number of real targets)"),
-        (masked_mean(-logits[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1), target_mask),
-         "the raw logits were used as log-probabilities (F.nll_loss on logits): take log_softmax first, or use "
-         "F.cross_entropy, which does"),
+        *reduction_mistakes(logits, ids, target_mask, "row", "real target tokens"),
     ]
 
 

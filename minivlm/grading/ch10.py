@@ -44,6 +44,8 @@ from einops import rearrange
 from torch import nn
 
 from minivlm.grading import (
+    NO_SHIFT,
+    WRONG_WAY,
     GradingFailure,
     all_distinct,
     call,
@@ -51,6 +53,7 @@ from minivlm.grading import (
     is_close,
     masked_mean,
     randint,
+    reduction_mistakes,
     register,
     tensor_answer,
     token_losses,
@@ -373,11 +376,6 @@ def _caption_mistakes(logits, ids, mask, image_id, k: int) -> list[tuple[torch.T
     caption = m & (ids != image_id) & (pos > 0)  # (B, T): the words and <eos>
     target = caption[:, 1:].float()  # (B, T-1): which shifted targets count
     shifted = token_losses(logits[:, :-1], ids[:, 1:])
-    per_row = (shifted * target).sum(1) / target.sum(1)
-    not_shifted = ("no shift: position t's logits were scored against token t itself, which the model reads "
-                   "there; they predict the NEXT token: logits[:, :-1] against ids[:, 1:]")
-    wrong_way = ("shifted the wrong way: logits[:, 1:] against ids[:, :-1] asks position t + 1 to predict token t, "
-                 "which it has already read; logits[:, :-1] against ids[:, 1:]")
     return [
         (masked_mean(shifted, m[:, 1:]),
          "the <image> tokens were scored as targets (lm_loss with the attention mask): the image embeddings are "
@@ -401,21 +399,14 @@ def _caption_mistakes(logits, ids, mask, image_id, k: int) -> list[tuple[torch.T
         ((shifted * target).sum() / m[:, 1:].sum(),
          "the prefix counted in the mean: the <image> targets were zeroed but still divide the sum; divide by the "
          "number of caption targets"),
-        (masked_mean(token_losses(logits, ids), caption), not_shifted),
-        (masked_mean(token_losses(logits[:, 1:], ids[:, :-1]), caption[:, :-1]), wrong_way),
-        (masked_mean(token_losses(logits[:, 1:], ids[:, :-1]), caption[:, 1:]), wrong_way),
+        (masked_mean(token_losses(logits, ids), caption), NO_SHIFT),
+        (masked_mean(token_losses(logits[:, 1:], ids[:, :-1]), caption[:, :-1]), WRONG_WAY),
+        (masked_mean(token_losses(logits[:, 1:], ids[:, :-1]), caption[:, 1:]), WRONG_WAY),
         (masked_mean(shifted, caption[:, :-1]),
          "the mask was not shifted with the targets: the targets are ids[:, 1:], so the caption targets are "
          "caption_mask[:, 1:]; caption_mask[:, :-1] scores the last <image> position predicting the FIRST word "
          "out and the <eos> position predicting padding in"),
-        (per_row.mean(),
-         "the mean of per-row means: a short caption then weighs as much as a long one; take the mean over all "
-         "caption tokens of the batch (their sum over their number)"),
-        ((shifted * target).sum(),
-         "the sum over the caption tokens: the loss is their MEAN (divide by the number of caption targets)"),
-        (masked_mean(-logits[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1), target),
-         "the raw logits were used as log-probabilities (F.nll_loss on logits): take log_softmax first, or use "
-         "F.cross_entropy, which does"),
+        *reduction_mistakes(logits, ids, target, "caption", "caption tokens"),
     ]
 
 
