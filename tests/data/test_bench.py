@@ -182,3 +182,40 @@ def test_vqa_answer_vocab_is_exactly_the_answers_the_world_gives():
     assert given == set(VQA_ANSWER_VOCAB)  # none missing (a head could not say it), none unreachable
     tok = Tokenizer.from_world()
     assert all(tok.encode(a) != [tok.unk_id] and len(tok.encode(a)) == 1 for a in VQA_ANSWER_VOCAB)
+
+
+# An independent statement of the facts the knowledge questions need (chapters 09 and 10).
+_CORNERS = {"circle": "zero", "square": "four", "triangle": "three", "diamond": "four", "cross": "twelve",
+            "star": "ten"}
+_MIXED_FROM = {"purple": "red and blue", "orange": "red and yellow", "green": "blue and yellow",
+               "pink": "red and white", "grey": "black and white", "cyan": "green and blue"}
+
+
+def _knowledge_answer(scene, question):
+    m = re.fullmatch(r"how many (corners|sides) does the (\w+) object have\?", question)
+    if m:
+        (obj,) = [o for o in scene.objects if o.color == m.group(2)]  # the colour names one object
+        return _CORNERS[obj.shape]
+    m = re.fullmatch(r"what is mixed to make the colour of the (\w+)\?", question)
+    (obj,) = [o for o in scene.objects if o.shape == m.group(1)]
+    return _MIXED_FROM[obj.color]
+
+
+def test_knowledge_questions_need_the_image_for_the_object_and_a_fact_for_the_answer(bench):
+    k = bench.knowledge(n=90)
+    assert k["images"].shape == (90, 3, 16, 16) and len(k["questions"]) == len(k["answers"]) == 90
+    assert Counter(k["kinds"]) == {"corners": 30, "sides": 30, "mix_parts": 30}
+    for q, a, scene in zip(k["questions"], k["answers"], k["scenes"]):
+        assert _knowledge_answer(scene, q) == a, q
+    again = ShapesBench(image_size=16, seed=1234).knowledge(n=90)
+    assert again["questions"] == k["questions"] and torch.equal(again["images"], k["images"])
+    assert ShapesBench(image_size=16, seed=99).knowledge(n=90)["questions"] != k["questions"]
+    # the knowledge set has its own stream: the VQA set does not move when it is drawn
+    assert bench.vqa(n=12)["questions"] == ShapesBench(image_size=16, seed=1234).vqa(n=12)["questions"]
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
+        bench.knowledge(n=0)
+    from minivlm.data.worldtext import knowledge_sample
+
+    assert set(knowledge_sample(ShapesWorld(seed=0), 6, kinds=("sides",))["kinds"]) == {"sides"}
+    with pytest.raises(ValueError, match="kinds must be a non-empty subset"):
+        knowledge_sample(ShapesWorld(seed=0), 3, kinds=("legs",))
