@@ -56,8 +56,7 @@ import torch.nn.functional as F
 import minivlm
 from minivlm import viz, zoo
 from minivlm.data import ShapesBench, Tokenizer
-from minivlm.data.worldtext import qa_prompt
-from minivlm.eval import answer_hits, bootstrap, interval
+from minivlm.eval import bootstrap
 from minivlm.losses import lm_loss
 from minivlm.models.blip import evaluate_captions, image_text_pairs
 from minivlm.models.frozen import (
@@ -66,6 +65,7 @@ from minivlm.models.frozen import (
     PrefixVLM,
     insert_image_tokens,
     knowledge_figures,
+    llm_alone_figures,
     prefix_batches,
     prefix_step,
     splice,
@@ -212,12 +212,8 @@ for i in range(3):
 # beside it:
 
 # %%
-from minivlm.eval import cider_d  # noqa: E402
-
-refs = cap["references"]
-_, per_clipcap = cider_d(scores["clipcap (zoo, 1,500)"]["captions"], refs)
-_, per_blip = cider_d(scores["BLIP (zoo, 1,500)"]["captions"], refs)
-a, b = np.array(per_clipcap), np.array(per_blip)
+a = np.array(scores["clipcap (zoo, 1,500)"]["cider_per_image"])
+b = np.array(scores["BLIP (zoo, 1,500)"]["cider_per_image"])
 ratio = bootstrap(np.arange(len(a)), lambda i: a[i.astype(int)].mean() / b[i.astype(int)].mean())
 blip_params = count_parameters(blip)
 print(f"ClipCap / BLIP CIDEr-D: {ratio.format(percent=False)} (target 0.80); trainable parameters "
@@ -247,14 +243,7 @@ assert scores["clipcap (zoo, 1,500)"]["cider"].low > live_best, "1,500 steps mus
 # %%
 zoo_models = {"clipcap": clipcap, "mapl": mapl}
 vqa = bench.vqa(600)
-
-
-def by_kind(hits, kinds):
-    return {k: interval([h for h, kk in zip(hits, kinds) if kk == k]) for k in sorted(set(kinds))}
-
-
-blind_hits = answer_hits(clipcap.llm.complete([qa_prompt(q) for q in vqa["questions"]], 4), vqa["answers"])
-vqa_ways = {"LLM alone, no image": {"accuracy": interval(blind_hits), "per_kind": by_kind(blind_hits, vqa["kinds"])}}
+vqa_ways = {"LLM alone, no image": llm_alone_figures(clipcap, vqa)}
 for name, m in zoo_models.items():
     vqa_ways[f"{name}, direct"] = vqa_figures(m, vqa)
     vqa_ways[f"{name}, describe first"] = vqa_figures(m, vqa, describe_first=True)

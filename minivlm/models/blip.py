@@ -578,12 +578,13 @@ def caption_references(scenes: Sequence) -> list[list[str]]:
 def evaluate_captions(model: BLIP, images: torch.Tensor, scenes: Sequence, num_beams: int = 1,
                       max_len: int | None = None) -> dict:
     """Caption images (greedy, or beam search) and score them against every paraphrase of their
-    scene: CIDEr-D (with a bootstrap interval over images), BLEU-4 (corpus), and the share of
-    captions exactly true of their scene (Wilson interval)."""
+    scene: CIDEr-D (with a bootstrap interval over images, and each image's score for paired
+    comparisons), BLEU-4 (corpus), and the share of captions exactly true of their scene (Wilson
+    interval)."""
     from minivlm.eval import bleu, cider_d, interval
 
     captions = model.caption(images, max_len=max_len, num_beams=num_beams)
     refs = caption_references(scenes)
     cider, per_image = cider_d(captions, refs)
-    return {"captions": captions, "cider": interval(per_image), "cider_corpus": cider, "bleu4": bleu(captions, refs),
-            "true": interval(true_caption_rate(captions, scenes))}
+    return {"captions": captions, "cider": interval(per_image), "cider_per_image": per_image, "cider_corpus": cider,
+            "bleu4": bleu(captions, refs), "true": interval(true_caption_rate(captions, scenes))}

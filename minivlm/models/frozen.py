@@ -172,7 +172,7 @@ class PrefixVLM(nn.Module):
             raise ValueError(f"a prefix of n_prefix={c.n_prefix} image embeddings leaves no room for text in the "
                              f"language model's context of max_len={llm.config.max_len} tokens")
         self.tokenizer = tokenizer or llm.get_tokenizer()
-        self.image_id = self.tokenizer.image_id if hasattr(self.tokenizer, "image_id") else None
+        self.image_id = getattr(self.tokenizer, "image_id", None)
         if self.image_id is None:
             raise ValueError("the tokenizer has no <image> token")
         # the vision tower: CLIP's ViT (+ its projection to the image embedding), not its text tower
@@ -229,6 +229,12 @@ class PrefixVLM(nn.Module):
     def _prompt(self) -> str:
         return " ".join(["<image>"] * self.config.n_prefix)
 
+    def _embedder(self, images: torch.Tensor):
+        """embed(ids, rows) for the LLM's decoding: the images' prefixes, computed once, spliced
+        into each prompt row (row n showing image rows[n])."""
+        prefix = self.image_prefix(images)  # (B, K, D)
+        return lambda ids, rows: splice(self.llm.embed(ids), ids, prefix[rows], self.image_id)
+
     @torch.no_grad()
     def generate(self, images: torch.Tensor, prompt: torch.Tensor, max_new_tokens: int, use_cache: bool = True,
                  **decoding) -> torch.Tensor:
@@ -237,12 +243,8 @@ class PrefixVLM(nn.Module):
         if len(images) != len(prompt):
             raise ValueError(f"one image per prompt row: got {len(images)} images and {len(prompt)} rows")
         with eval_mode(self):
-            prefix = self.image_prefix(images)  # (B, K, D), once
-
-            def embed(ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-                return splice(self.llm.embed(ids), ids, prefix[rows], self.image_id)
-
-            return self.llm.generate(prompt, max_new_tokens, use_cache=use_cache, embed=embed, **decoding)
+            return self.llm.generate(prompt, max_new_tokens, use_cache=use_cache, embed=self._embedder(images),
+                                     **decoding)
 
     @torch.no_grad()
     def complete(self, images: torch.Tensor, prompts: Sequence[str], max_new_tokens: int, stop: str | None,
@@ -252,15 +254,10 @@ class PrefixVLM(nn.Module):
         if isinstance(prompts, str) or len(prompts) != len(images):
             raise ValueError(f"one prompt per image: got {len(images)} images and "
                              f"{'one string' if isinstance(prompts, str) else len(prompts)} prompts")
+        texts = [f"{self._prompt()} {p}".strip() for p in prompts]
         with eval_mode(self):
-            prefix = self.image_prefix(images)  # (B, K, D), once
-
-            def embed(ids: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-                return splice(self.llm.embed(ids), ids, prefix[index], self.image_id)
-
-            texts = [f"{self._prompt()} {p}".strip() for p in prompts]
-            return self.llm.complete(texts, max_new_tokens, stop=stop, tokenizer=self.tokenizer, embed=embed,
-                                     **decoding)
+            return self.llm.complete(texts, max_new_tokens, stop=stop, tokenizer=self.tokenizer,
+                                     embed=self._embedder(images), **decoding)
 
     def caption(self, images: torch.Tensor, max_len: int | None = 32, **decoding) -> list[str]:
         """A caption per image (greedy by default; decoding: num_beams, do_sample, top_p ...), at
@@ -317,7 +314,9 @@ def prefix_batches(data: dict, n_prefix: int, batch_size: int = 32, seed: int = 
 
 
 # ----------------------------------------------------------------------------- evaluation
-def _answer_figures(predictions: list[str], answers: Sequence[str], kinds: Sequence[str]) -> dict:
+def answer_figures(predictions: list[str], answers: Sequence[str], kinds: Sequence[str]) -> dict:
+    """Exact-answer accuracy of predictions: dict(predictions, hits, accuracy, per_kind), each
+    accuracy an Estimate with its 95 % interval."""
     from minivlm.eval import answer_hits, interval
 
     hits = answer_hits(predictions, list(answers))
@@ -327,8 +326,18 @@ def _answer_figures(predictions: list[str], answers: Sequence[str], kinds: Seque
 
 def vqa_figures(model: PrefixVLM, data: dict, describe_first: bool = False) -> dict:
     """VQA by prompting on a ShapesBench `vqa` set: dict(predictions, hits, accuracy, per_kind)."""
-    return _answer_figures(model.ask(data["images"], data["questions"], describe_first=describe_first),
+    return answer_figures(model.ask(data["images"], data["questions"], describe_first=describe_first),
                            data["answers"], data["kinds"])
+
+
+def llm_alone_figures(model: PrefixVLM, data: dict, max_new_tokens: int = 4) -> dict:
+    """The baseline of questions about images: the same questions to the frozen LLM alone, with
+    no image. dict(predictions, hits, accuracy, per_kind)."""
+    from minivlm.data.worldtext import qa_prompt
+
+    predictions = model.llm.complete([qa_prompt(q) for q in data["questions"]], max_new_tokens,
+                                     tokenizer=model.tokenizer)
+    return answer_figures(predictions, data["answers"], data["kinds"])
 
 
 def knowledge_figures(model: PrefixVLM, data: dict) -> dict:
@@ -336,14 +345,11 @@ def knowledge_figures(model: PrefixVLM, data: dict) -> dict:
     then the question), "describe_first" (the model's own caption between them) and "llm_alone"
     (the question to the language model, no image: the baseline). Each: dict(predictions, hits,
     accuracy, per_kind)."""
-    from minivlm.data.worldtext import qa_prompt
-
-    longest = max(len(a.split()) for a in data["answers"]) + 1
-    blind = model.llm.complete([qa_prompt(q) for q in data["questions"]], longest, tokenizer=model.tokenizer)
+    n = max(len(a.split()) for a in data["answers"]) + 1
     return {
-        "direct": _answer_figures(model.ask(data["images"], data["questions"], max_new_tokens=longest),
-                                  data["answers"], data["kinds"]),
-        "describe_first": _answer_figures(model.ask(data["images"], data["questions"], describe_first=True,
-                                                    max_new_tokens=longest), data["answers"], data["kinds"]),
-        "llm_alone": _answer_figures(blind, data["answers"], data["kinds"]),
+        "direct": answer_figures(model.ask(data["images"], data["questions"], max_new_tokens=n),
+                                 data["answers"], data["kinds"]),
+        "describe_first": answer_figures(model.ask(data["images"], data["questions"], describe_first=True,
+                                                   max_new_tokens=n), data["answers"], data["kinds"]),
+        "llm_alone": llm_alone_figures(model, data, n),
     }

@@ -4,9 +4,10 @@ embeddings the frozen zoo `llm` reads as a prefix, trained on ShapesWorld captio
 The build trains the three prefix variants of the chapter (Frozen: CLIP's ViT fine-tuned + a
 linear map; ClipCap: an MLP on the frozen CLIP embedding; MAPL: a light mapper over frozen patch
 tokens) for the same number of steps on the same batches as the zoo BLIP (chapter 06), `seeds`
-seeds each, and ships ClipCap seed 0 (the `mapl` entry ships MAPL seed 0). Only the trained part is stored: the weights file holds
-the mapper, and loading joins it to the zoo's `clip` and `llm` (whose sha256 the manifest
-records, so a rebuilt CLIP or LLM makes this entry refuse to load instead of decoding noise).
+seeds each, and ships ClipCap seed 0 (the `mapl` entry ships MAPL seed 0). Only the trained part
+is stored: the weights file holds the mapper, and loading joins it to the zoo's `clip` and `llm`
+(whose sha256 the manifest records, so a rebuilt CLIP or LLM makes the entry refuse to load
+instead of decoding noise).
 
 Every arm is measured on the same ShapesBench sets: captions (CIDEr-D, BLEU-4, exactly true);
 VQA by prompting (never trained on questions) per kind; knowledge questions ("how many corners
@@ -29,7 +30,8 @@ FROZEN_PARTS = ("clip", "llm")
 
 def _model(config: dict):
     """A PrefixVLM on the zoo's clip and llm; config: PrefixConfig's fields + the sha256 of the
-    clip and llm weights it was trained on (`clip_sha256`, `llm_sha256`)."""
+    clip and llm weights it was trained on (`clip_sha256`, `llm_sha256`). The entry's name is its
+    variant ("clipcap", "mapl")."""
     from minivlm import zoo
     from minivlm.models.frozen import PrefixConfig, PrefixVLM
 
@@ -41,7 +43,7 @@ def _model(config: dict):
         trained_on, now = config.pop(key), zoo.manifest(part)["sha256"]
         if trained_on != now:
             raise ValueError(f"this prefix was trained on a zoo {part!r} with sha256 {trained_on[:12]}…, the zoo's "
-                             f"{part!r} is now {now[:12]}…: run `minivlm zoo build clipcap`")
+                             f"{part!r} is now {now[:12]}…: run `minivlm zoo build {config.get('variant')}`")
     return PrefixVLM(zoo.load("clip"), zoo.load("llm"), PrefixConfig(**config))
 
 
