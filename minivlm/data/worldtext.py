@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from minivlm.data.shapesworld import NUMBER_WORDS, PLURALS, Scene, ShapesWorld
+from minivlm.data.shapesworld import COLORS, NUMBER_WORDS, PLURALS, SHAPES, Scene, ShapesWorld
 
 FAMILIES: tuple[str, ...] = ("shape", "thing_shape", "thing_color", "mixing")
 
@@ -278,6 +278,109 @@ def scene_items(n: int, seed: int = 0, split: str = "test") -> list[RecallItem]:
     return items
 
 
+# ----------------------------------------------------------------------------- chat turns
+# The chat template of chapters 13-14 (ChatML's, with the vocabulary's own tokens): each message
+# opens with <im_start> and its role, and closes with <im_end>. The assistant's reply is what a
+# chat model is trained to write; a prompt ends right after "<im_start> <assistant>".
+USER, ASSISTANT, END = "<im_start> <user>", "<im_start> <assistant>", "<im_end>"
+# Response-format instructions (LLaVA-1.5's fix for short vs long answers): with one, the reply
+# is the bare answer ("red."); without, a sentence ("the answer is red.").
+ONE_WORD_INSTRUCTIONS: tuple[str, ...] = ("answer with one word.", "answer with a single word.",
+                                          "give a short answer.", "use one word.")
+SENTENCE_ANSWER = "the answer is {a}."
+
+
+def chat_text(turns: Sequence[tuple[str, str]]) -> str:
+    """A conversation [(user message, assistant reply), ...] in the chat template."""
+    if not turns:
+        raise ValueError("a conversation needs at least one (user, assistant) turn")
+    return " ".join(f"{USER} {u} {END} {ASSISTANT} {a} {END}" for u, a in turns)
+
+
+def chat_prompt(message: str, history: Sequence[tuple[str, str]] = ()) -> str:
+    """The prompt that asks `message` after the turns of `history`: it ends where the reply starts."""
+    head = chat_text(history) + " " if history else ""
+    return f"{head}{USER} {message} {END} {ASSISTANT}"
+
+
+def chat_reply(answer: str, one_word: bool) -> str:
+    """The assistant's reply to a question whose answer is `answer`."""
+    return f"{answer}." if one_word else SENTENCE_ANSWER.format(a=answer)
+
+
+# ----------------------------------------------------------------------------- context over memory
+def _answer_pool(relation: str) -> tuple[str, ...]:
+    """The answers a counterfactual statement may give for `relation`: its own answers and their
+    kind's other words (every colour, every shape, the numbers of parts)."""
+    if relation in SHAPE_PARTS:
+        return tuple(NUMBER_WORDS[n] for n in (0, 3, 4, 5, 6, 8, 10, 12))
+    if relation == "thing_shape":
+        return SHAPES
+    return tuple(dict.fromkeys(tuple(COLORS) + tuple(THING_COLORS.values())))  # thing_color, mixing
+
+
+COUNTERFACTUAL_FACTS: tuple[Fact, ...] = tuple(f for f in FACTS if f.relation != "mix_parts")
+
+
+def counterfactual(fact: Fact, rng: np.random.Generator, split: str = "train", distractors: int = 0,
+                   facts: Sequence[Fact] = FACTS) -> tuple[str, str]:
+    """(prompt, answer): a statement that contradicts `fact` (in a training statement form), up
+    to `distractors` true statements of other facts around it, then the fact's question in a
+    question form of `split`. The answer is the context's, not the world's."""
+    pool = [a for a in _answer_pool(fact.relation) if a != fact.answer]
+    wrong = pool[int(rng.integers(len(pool)))]
+    held = fact.held_out("statement")
+    forms = [f for i, f in enumerate(TEMPLATES[fact.relation][0]) if i not in held]
+    statement = forms[int(rng.integers(len(forms)))].format(**{**fact.slots(), "a": wrong})
+    others = [f for f in facts if f.subject != fact.subject]
+    context = [statement]
+    for j in rng.choice(len(others), size=distractors, replace=False):
+        texts = fact_statements(others[int(j)], "train")
+        context.append(texts[int(rng.integers(len(texts)))])
+    order = rng.permutation(len(context))
+    questions = fact_questions(fact, split)
+    q = questions[int(rng.integers(len(questions)))][0]
+    return " ".join([context[i] for i in order] + [qa_prompt(q)]), wrong
+
+
+def counterfactual_items(n: int, seed: int = 0, split: str = "heldout", distractors: int = 2) -> list[RecallItem]:
+    """n context-over-memory questions (family "counterfactual"): each answer contradicts a world
+    fact and is stated only in the prompt; questions in the `split` question forms."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    _check_split(split)
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(n):
+        fact = COUNTERFACTUAL_FACTS[i % len(COUNTERFACTUAL_FACTS)]
+        prompt, answer = counterfactual(fact, rng, split, int(rng.integers(distractors + 1)))
+        items.append(RecallItem(prompt, answer, "counterfactual", fact.relation, "context", fact))
+    return items
+
+
+def chat_items(n: int, seed: int = 0, split: str = "test", one_word: bool = True) -> list[RecallItem]:
+    """n questions about a scene asked in the chat template: the scene's caption and the question
+    in the user's message (with a one-word instruction when one_word), the reply to complete.
+    Half VQA (family "vqa"), half knowledge (family "knowledge"), as `scene_items`."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    world = ShapesWorld(seed=seed, split=split)
+    rng = np.random.default_rng(seed)
+    items: list[RecallItem] = []
+    while len(items) < n:
+        scene = world.sample(1)[0]
+        family = "vqa" if len(items) % 2 == 0 else "knowledge"
+        options = ([(q, a, k) for q, a, k in world.vqa(scene)] if family == "vqa" else knowledge_questions(scene))
+        if not options:
+            continue
+        q, a, kind = options[int(rng.integers(len(options)))]
+        instruction = " " + ONE_WORD_INSTRUCTIONS[int(rng.integers(len(ONE_WORD_INSTRUCTIONS)))] if one_word else ""
+        prompt = chat_prompt(f"{world.caption(scene)} {q}{instruction}")
+        items.append(RecallItem(prompt, a if one_word else SENTENCE_ANSWER.format(a=a).rstrip("."), family, kind,
+                                "chat", None))
+    return items
+
+
 # ----------------------------------------------------------------------------- the corpus
 class WorldText:
     """The language model's corpus, generated: `documents(n)` gives n texts, each either a few
@@ -330,6 +433,33 @@ class WorldText:
         k = min(self.questions_per_scene, len(questions))
         picks = self.rng.choice(len(questions), size=k, replace=False)
         return " ".join([self.world.caption(scene)] + [qa_text(*questions[i]) for i in picks])
+
+    def chat_document(self, scene: Scene | None = None) -> str:
+        """A conversation about a scene: the first user message gives its caption, each message
+        asks a question (VQA or knowledge), half of them with a one-word instruction; or the
+        user asks for a description and the reply is the caption."""
+        scene = scene if scene is not None else self.world.sample(1)[0]
+        questions = [(q, a) for q, a, _ in self.world.vqa(scene)] + [(q, a) for q, a, _ in knowledge_questions(scene)]
+        k = min(int(self.rng.integers(1, self.questions_per_scene + 2)), len(questions))
+        turns = []
+        if self.rng.uniform() < 0.2:
+            turns.append(("describe the scene.", self.world.caption(scene)))
+        for i in self.rng.choice(len(questions), size=k, replace=False):
+            q, a = questions[int(i)]
+            one_word = bool(self.rng.uniform() < 0.5)
+            instruction = " " + ONE_WORD_INSTRUCTIONS[int(self.rng.integers(len(ONE_WORD_INSTRUCTIONS)))] \
+                if one_word else ""
+            turns.append((f"{q}{instruction}", chat_reply(a, one_word)))
+        if turns[0][0] != "describe the scene.":
+            turns[0] = (f"{self.world.caption(scene)} {turns[0][0]}", turns[0][1])
+        return chat_text(turns)
+
+    def counterfactual_document(self, distractors: int = 2) -> str:
+        """A statement that contradicts a world fact, up to `distractors` true ones, then the
+        question answered from the context (`counterfactual`)."""
+        fact = COUNTERFACTUAL_FACTS[int(self.rng.integers(len(COUNTERFACTUAL_FACTS)))]
+        prompt, answer = counterfactual(fact, self.rng, self.split, int(self.rng.integers(distractors + 1)))
+        return f"{prompt} {answer}."
 
     def documents(self, n: int) -> list[str]:
         """n documents, each a fact document with probability `fact_fraction`, else a scene document."""
