@@ -32,7 +32,15 @@ from typing import Sequence
 
 import numpy as np
 
-from minivlm.data.shapesworld import COLORS, HELDOUT_COMPOSITIONS, NUMBER_WORDS, SHAPES, SIZES, join_phrases, with_article
+from minivlm.data.shapesworld import (
+    COLORS,
+    HELDOUT_COMPOSITIONS,
+    NUMBER_WORDS,
+    SHAPES,
+    SIZES,
+    join_phrases,
+    with_article,
+)
 from minivlm.data.tokenizer import NUM_EXTRA
 from minivlm.data.worldtext import SHAPE_PARTS, qa_prompt, qa_text
 
