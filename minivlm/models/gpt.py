@@ -14,9 +14,19 @@ It is trained on `minivlm.data.worldtext`: scene text and the world facts no ima
 states. Decoding goes through chapter 06's `minivlm.generate`, with a KV cache behind it
 (`minivlm.nn.attention.KVCache`): each step feeds the new token only.
 
-`GPT.from_hf` loads a `transformers` GPT2LMHeadModel's weights into this model: with GPT-2's
-own tokenizer (anything with `encode(text) -> ids` and `decode(ids) -> text`), `complete` runs
-real GPT-2 in the from-scratch code.
+The same model in the Llama layout (Touvron et al., "LLaMA", 2023), one config option per
+change, GPT-2's layout the default (`GPTConfig.llama()` turns them all on):
+
+    norm="rmsnorm"      RMSNorm for LayerNorm (no mean, no bias)
+    positions="rope"    rotary positions inside attention, no position table (`minivlm.nn.rope`)
+    mlp="glu", act="silu"   the SwiGLU MLP, down(silu(gate(x)) · up(x))
+    bias=False          no bias in any attention or MLP linear
+    kv_heads < heads    grouped-query attention (Llama 2-3, SmolLM)
+    tie_head=False      a separate output head (Llama's own checkpoints)
+
+`GPT.from_hf` loads a `transformers` GPT2LMHeadModel's or LlamaForCausalLM's weights into this
+model: with the checkpoint's own tokenizer (anything with `encode(text) -> ids` and
+`decode(ids) -> text`), `complete` runs real GPT-2 or a real Llama in the from-scratch code.
 """
 from __future__ import annotations
 
@@ -31,7 +41,7 @@ from torch import nn
 from minivlm.generate import generate
 from minivlm.losses import lm_loss
 from minivlm.nn.attention import KVCache
-from minivlm.nn.blocks import ACTIVATIONS
+from minivlm.nn.blocks import ACTIVATIONS, MLPS, NORMS
 from minivlm.nn.text import TextTransformer
 from minivlm.utils import check_int, check_number, check_tensor, eval_mode
 
@@ -50,6 +60,20 @@ class GPTConfig:
     pad_id: int | None = None
     bos_id: int | None = None
     eos_id: int | None = None
+    # the Llama layout's options (chapter 09); the defaults are GPT-2's
+    norm: str = "layernorm"  # or "rmsnorm"
+    positions: str = "learned"  # or "rope": rotary, no position table
+    rope_base: float = 10000.0  # RoPE's θ: the slowest pair turns once per 2π·rope_base positions
+    mlp: str = "mlp"  # or "glu": a gated MLP, SwiGLU with act="silu"
+    mlp_hidden: int | None = None  # None: int(dim · mlp_ratio), 2/3 of it (rounded up to 8s) for "glu"
+    bias: bool = True  # False: no bias in attention and MLP linears
+    kv_heads: int | None = None  # fewer key/value heads than heads: grouped-query attention; None: heads
+    tie_head: bool = True  # False: an output head of its own instead of the token embeddings
+
+    @classmethod
+    def llama(cls, **overrides) -> "GPTConfig":
+        """The Llama layout (RMSNorm, RoPE, SwiGLU, no biases), any field overridden."""
+        return cls(**{**LLAMA, **overrides})
 
     def __post_init__(self):
         if None in (self.vocab_size, self.pad_id, self.bos_id, self.eos_id):
@@ -76,23 +100,46 @@ class GPTConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.vocab_size:
                 raise ValueError(f"{name} must be an int in [0, {self.vocab_size - 1}], got {value!r}")
+        for name, choices in (("norm", NORMS), ("positions", ("learned", "rope")), ("mlp", MLPS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
+        check_number("rope_base", self.rope_base, 1, math.inf, lo_open=True, hi_open=True)
+        if self.positions == "rope" and (self.dim // self.heads) % 2:
+            raise ValueError(f"RoPE rotates channel pairs: dim / heads = {self.dim // self.heads} must be even")
+        if self.mlp_hidden is not None:
+            check_int("mlp_hidden", self.mlp_hidden)
+        if self.kv_heads is not None:
+            check_int("kv_heads", self.kv_heads)
+            if self.heads % self.kv_heads:
+                raise ValueError(f"heads={self.heads} must be a multiple of kv_heads={self.kv_heads}")
+        for name in ("bias", "tie_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+
+# GPTConfig.llama()'s fields: what the Llama layout changes in GPT-2's
+LLAMA = dict(norm="rmsnorm", positions="rope", mlp="glu", act="silu", bias=False)
 
 
 class GPT(nn.Module):
-    """Token + position embeddings, `depth` causal pre-LN blocks, a final LayerNorm and a head
-    tied to the token embeddings. forward(ids) -> next-token logits (B, T, V)."""
+    """Token (+ position) embeddings, `depth` causal pre-norm blocks, a final norm and a head
+    tied to the token embeddings (or its own, tie_head=False). forward(ids) -> next-token
+    logits (B, T, V)."""
 
     def __init__(self, config: GPTConfig | None = None, tokenizer=None):
         super().__init__()
         self.config = c = config or GPTConfig()
         self.text = TextTransformer(c.vocab_size, max_len=c.max_len, dim=c.dim, depth=c.depth, heads=c.heads,
-                                    mlp_ratio=c.mlp_ratio, causal=True, dropout=c.dropout, act=c.act, eps=c.eps)
+                                    mlp_ratio=c.mlp_ratio, causal=True, dropout=c.dropout, act=c.act, eps=c.eps,
+                                    norm=c.norm, positions=c.positions, rope_base=c.rope_base, mlp=c.mlp,
+                                    mlp_hidden=c.mlp_hidden, bias=c.bias, kv_heads=c.kv_heads)
+        self.head = None if c.tie_head else nn.Linear(c.dim, c.vocab_size, bias=False)
         self.tokenizer = tokenizer
         self.apply(self._init_weights)
         # GPT-2: each residual branch's last projection starts smaller, by 1/√(2·depth), so that
         # the residual stream's variance does not grow with depth at initialisation.
         for name, p in self.named_parameters():
-            if name.endswith(("attn.out_proj.weight", "mlp.fc2.weight")):
+            if name.endswith(("attn.out_proj.weight", "mlp.fc2.weight", "mlp.down_proj.weight")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * c.depth))
 
     @staticmethod
@@ -104,7 +151,7 @@ class GPT(nn.Module):
 
     @property
     def token_embedding(self) -> nn.Embedding:
-        """The (V, dim) embedding table; also the output head (tied)."""
+        """The (V, dim) embedding table; also the output head when tie_head=True."""
         return self.text.token_embedding
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -118,11 +165,16 @@ class GPT(nn.Module):
         return KVCache(self.config.depth)
 
     def forward(self, ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
-                inputs_embeds: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+                inputs_embeds: torch.Tensor | None = None, cache: KVCache | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """ids (B, T) or inputs_embeds (B, T, dim) -> logits (B, T, V): position t's logits score
         the token at t + 1. attention_mask (B, T): True on real tokens (right padding needs
-        none: a causal model never looks ahead). cache: continue the tokens it holds."""
-        h = self.text(ids, attention_mask, inputs_embeds=inputs_embeds, cache=cache)  # (B, T, D)
+        none: a causal model never looks ahead). cache: continue the tokens it holds.
+        position_ids (B, T): each token's position (None: len(cache) + 0..T-1); a left-padded
+        row should count from its first real token (`generate` does)."""
+        h = self.text(ids, attention_mask, inputs_embeds=inputs_embeds, cache=cache, position_ids=position_ids)
+        if self.head is not None:
+            return self.head(h)  # (B, T, V)
         return F.linear(h, self.text.token_embedding.weight)  # tied head: (B, T, V)
 
     # ------------------------------------------------------------------ decoding

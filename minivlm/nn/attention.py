@@ -10,10 +10,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import nn
 
 from minivlm.nn import masks
+from minivlm.nn.rope import apply_rotary
 from minivlm.utils import check_dtype, check_int, check_number, check_tensor
 
 
@@ -82,22 +83,35 @@ class KVCache:
 
 class MultiHeadAttention(nn.Module):
     """Multi-head attention. Self-attention when `context` is None, cross-attention otherwise
-    (queries from x, keys and values from context, which may have its own width)."""
+    (queries from x, keys and values from context, which may have its own width).
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0, bias: bool = True, context_dim: int | None = None):
+    kv_heads < heads: grouped-query attention (Ainslie et al. 2023; Llama 2-3, SmolLM; chapter
+    09): keys and values have only kv_heads heads, each shared by heads / kv_heads query heads.
+    Fewer key/value projections, and a KV cache kv_heads / heads the size."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, bias: bool = True, context_dim: int | None = None,
+                 kv_heads: int | None = None):
         super().__init__()
         check_int("dim", dim)
         check_int("heads", heads)
         if dim % heads != 0:
             raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
+        kv_heads = heads if kv_heads is None else kv_heads
+        check_int("kv_heads", kv_heads)
+        if heads % kv_heads:
+            raise ValueError(f"heads={heads} must be a multiple of kv_heads={kv_heads} (each key/value head serves "
+                             "a group of query heads)")
         check_number("dropout", dropout, 0, 1, hi_open=True)
         if context_dim is not None:
             check_int("context_dim", context_dim)
-        self.dim, self.heads, self.dropout = dim, heads, dropout
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be True or False, got {bias!r}")
+        self.dim, self.heads, self.kv_heads, self.dropout = dim, heads, kv_heads, dropout
         self.context_dim = dim if context_dim is None else context_dim
+        kv_dim = dim // heads * kv_heads
         self.q_proj = nn.Linear(dim, dim, bias=bias)
-        self.k_proj = nn.Linear(self.context_dim, dim, bias=bias)
-        self.v_proj = nn.Linear(self.context_dim, dim, bias=bias)
+        self.k_proj = nn.Linear(self.context_dim, kv_dim, bias=bias)
+        self.v_proj = nn.Linear(self.context_dim, kv_dim, bias=bias)
         self.out_proj = nn.Linear(dim, dim, bias=bias)
         self.last_weights: torch.Tensor | None = None  # (B, H, Tq, Tk), set when need_weights=True
 
@@ -108,19 +122,22 @@ class MultiHeadAttention(nn.Module):
         mask: torch.Tensor | None = None,
         need_weights: bool = False,
         cache: LayerCache | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """x: (B, Tq, dim); context: (B, Tk, context_dim) or None; mask: see `masks.expand`.
         Returns (B, Tq, dim). With need_weights=True the weights are kept in `last_weights`.
         cache (self-attention only): the keys and values of earlier tokens; x's are appended to
-        it, and x's queries attend to all of them (the mask is then (Tq, past + Tq))."""
+        it, and x's queries attend to all of them (the mask is then (Tq, past + Tq)).
+        rotary (self-attention only): (cos, sin), each (B, Tq, head_dim), from
+        `minivlm.nn.rope.RotaryEmbedding` at x's positions: queries and keys are rotated (RoPE)."""
         check_tensor("x", x, ndim=3, dtype="float")
         if x.shape[-1] != self.dim:
             raise ValueError(f"x must have last dim {self.dim}, got shape {tuple(x.shape)}")
         check_dtype("x", x, self.q_proj.weight.dtype)
         if context is None:
             context = x
-        elif cache is not None:
-            raise ValueError("a KV cache holds self-attention keys: pass context=None with cache")
+        elif cache is not None or rotary is not None:
+            raise ValueError("a KV cache and rotary positions are for self-attention: pass context=None with them")
         else:
             check_tensor("context", context, ndim=3, dtype="float")
             if context.shape[-1] != self.context_dim:
@@ -129,10 +146,16 @@ class MultiHeadAttention(nn.Module):
         if context.shape[0] != x.shape[0]:
             raise ValueError(f"batch sizes must match, got x={x.shape[0]}, context={context.shape[0]}")
         q = rearrange(self.q_proj(x), "b t (h d) -> b h t d", h=self.heads)
-        k = rearrange(self.k_proj(context), "b t (h d) -> b h t d", h=self.heads)
-        v = rearrange(self.v_proj(context), "b t (h d) -> b h t d", h=self.heads)
+        k = rearrange(self.k_proj(context), "b t (h d) -> b h t d", h=self.kv_heads)
+        v = rearrange(self.v_proj(context), "b t (h d) -> b h t d", h=self.kv_heads)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if cache is not None:
-            k, v = cache.append(k, v)  # (B, H, past + Tq, d)
+            # keys are cached rotated: a token's rotation depends on its own position only
+            k, v = cache.append(k, v)  # (B, kv_heads, past + Tq, d)
+        if self.kv_heads != self.heads:  # key/value head j serves query heads j·g .. j·g + g - 1
+            g = self.heads // self.kv_heads
+            k, v = (repeat(t, "b h t d -> b (h g) t d", g=g) for t in (k, v))
         b, tq, tk = x.shape[0], x.shape[1], k.shape[2]
         if mask is not None:
             mask = masks.expand(mask, b, tq, tk)
