@@ -178,7 +178,7 @@ class GPT(nn.Module):
         return F.linear(h, self.text.token_embedding.weight)  # tied head: (B, T, V)
 
     # ------------------------------------------------------------------ decoding
-    def next_logits_fn(self, use_cache: bool = True, embed=None):
+    def next_logits_fn(self, use_cache: bool = True, embed=None, attention_mask: torch.Tensor | None = None):
         """next_logits(ids, rows) -> (N, V) for `minivlm.generate`: the logits after each row of ids.
 
         Without a cache, every call runs the model on the whole prefix. With one, the function
@@ -188,11 +188,25 @@ class GPT(nn.Module):
 
         embed(ids, rows) -> (N, T, dim): the input embeddings of a whole prompt (chapter 10: the
         token embeddings with an image spliced in, row n showing example rows[n]'s image);
-        default `self.embed`. Tokens fed on top of a cache are plain token embeddings."""
+        default `self.embed`. Tokens fed on top of a cache are plain token embeddings.
+
+        attention_mask (B, T0): the prompts' mask, False on their left padding. Row n of ids is
+        example rows[n]'s prompt followed by generated tokens, so its mask is the prompt's row
+        then True, and its positions count from its first real token."""
+        def mask_and_positions(ids, rows):
+            if attention_mask is None:
+                return None, None
+            prompt = attention_mask[rows]  # (N, T0)
+            mask = torch.cat([prompt, prompt.new_ones(len(rows), ids.shape[1] - prompt.shape[1])], dim=1)  # (N, T)
+            # the padded prompt then reads exactly as the unpadded one: the same positions, pads unseen
+            return mask, (mask.long().cumsum(1) - 1).clamp(min=0)
+
         def run(ids, rows, cache=None):
+            mask, positions = mask_and_positions(ids, rows)
             if embed is None:
-                return self(ids, cache=cache)[:, -1]
-            return self(inputs_embeds=embed(ids, rows), cache=cache)[:, -1]
+                return self(ids, mask, cache=cache, position_ids=positions)[:, -1]
+            return self(inputs_embeds=embed(ids, rows), attention_mask=mask, cache=cache,
+                        position_ids=positions)[:, -1]
 
         if not use_cache:
             return run
@@ -219,7 +233,10 @@ class GPT(nn.Module):
                 cache = self.new_cache()
                 logits = run(ids, rows, cache)
             else:
-                logits = self(ids[:, seen.shape[1]:], cache=cache)[:, -1]  # (N, V): only the new tokens
+                past = seen.shape[1]
+                mask, positions = mask_and_positions(ids, rows)  # the mask covers cached and new tokens
+                logits = self(ids[:, past:], mask, cache=cache,
+                              position_ids=None if positions is None else positions[:, past:])[:, -1]  # (N, V)
             state.update(cache=cache, ids=ids, rows=rows)
             return logits
 
@@ -227,14 +244,29 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, use_cache: bool = True, embed=None,
-                 **decoding) -> torch.Tensor:
+                 attention_mask: torch.Tensor | None = None, **decoding) -> torch.Tensor:
         """Continue prompt ids (B, T) by at most max_new_tokens with `minivlm.generate` (greedy by
         default; decoding: num_beams, do_sample, temperature, top_k, top_p, generator, eos_id).
         The prompt and the new tokens must fit the context: T + max_new_tokens <= max_len.
-        embed(ids, rows) -> (N, T, dim): the prompt's input embeddings, see `next_logits_fn`."""
+        embed(ids, rows) -> (N, T, dim): the prompt's input embeddings, see `next_logits_fn`.
+
+        attention_mask (B, T): prompts of different lengths as one batch, left-padded (False on
+        the padding, then True): every row's new tokens are appended at the same column, each
+        row's positions count from its first real token and the padding is never attended, so
+        a row generates what it would alone."""
         c = self.config
         check_tensor("prompt", prompt, ndim=2, dtype="int")
         check_int("max_new_tokens", max_new_tokens, lo=0)
+        if attention_mask is not None:
+            check_tensor("attention_mask", attention_mask, ndim=2)
+            if attention_mask.shape != prompt.shape:
+                raise ValueError(f"attention_mask must have the prompt's shape {tuple(prompt.shape)}, got "
+                                 f"{tuple(attention_mask.shape)}")
+            real = attention_mask.to(prompt.device).bool()
+            if not bool(real[:, -1].all()) or bool((real[:, :-1] & ~real[:, 1:]).any()):
+                raise ValueError("attention_mask must be False only on left padding: each row False, then True, "
+                                 "and True on its last token")
+            attention_mask = None if bool(real.all()) else real  # no padding: the fast path
         if prompt.shape[1] + max_new_tokens > c.max_len:
             raise ValueError(f"the prompt has {prompt.shape[1]} tokens; with max_new_tokens={max_new_tokens} that is "
                              f"{prompt.shape[1] + max_new_tokens}, longer than the context max_len={c.max_len}")
@@ -245,8 +277,8 @@ class GPT(nn.Module):
         if eos_id >= c.vocab_size:
             raise ValueError(f"eos_id must be a token id in [0, {c.vocab_size - 1}], got {eos_id}")
         with eval_mode(self):
-            return generate(self.next_logits_fn(use_cache, embed), prompt, max_new_tokens, eos_id, pad_id=c.pad_id,
-                            **decoding)
+            return generate(self.next_logits_fn(use_cache, embed, attention_mask), prompt, max_new_tokens, eos_id,
+                            pad_id=c.pad_id, **decoding)
 
     def get_tokenizer(self):
         if self.tokenizer is None:
@@ -265,10 +297,11 @@ class GPT(nn.Module):
                  use_cache: bool = True, embed=None, **decoding) -> list[str]:
         """The text each prompt continues with, up to `stop` (a token, not included; None: up to
         <eos> or max_new_tokens). Each prompt is "<bos> prompt words"; an empty prompt generates
-        from <bos> alone, and unknown words become <unk>. Prompts of equal length are decoded as
-        one batch. tokenizer: anything with encode(text) -> ids and decode(ids) -> text (default:
-        the course tokenizer; GPT-2's own for a model from `from_hf`). embed(ids, index) ->
-        (N, T, dim): the input embeddings of prompts[index] (chapter 10 splices images in)."""
+        from <bos> alone, and unknown words become <unk>. All prompts are decoded as one batch,
+        left-padded with pad_id (see `generate`). tokenizer: anything with encode(text) -> ids
+        and decode(ids) -> text (default: the course tokenizer; the checkpoint's own for a model
+        from `from_hf`). embed(ids, index) -> (N, T, dim): the input embeddings of the padded
+        prompts[index] (chapter 10 splices images in)."""
         if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) \
                 or not all(isinstance(p, str) for p in prompts):
             raise TypeError(f"prompts must be a list of strings, got {type(prompts).__name__}"
@@ -282,16 +315,14 @@ class GPT(nn.Module):
         if stop and len(stop_ids) != 1:
             raise ValueError(f"stop must be one token, got {stop!r} = {len(stop_ids)} tokens")
         dev = next(self.parameters()).device
-        out: list[str] = [""] * len(prompts)
-        for length in sorted({len(e) for e in encoded}):
-            rows = [i for i, e in enumerate(encoded) if len(e) == length]
-            prompt = torch.tensor([encoded[i] for i in rows], dtype=torch.long, device=dev)
-            index = torch.tensor(rows, device=dev)
-            hook = None if embed is None else (lambda ids, r, index=index: embed(ids, index[r]))
-            ids = self.generate(prompt, max_new_tokens, use_cache=use_cache, embed=hook, **decoding)
-            for i, row in zip(rows, ids[:, length:].tolist()):
-                ends = [row.index(t) for t in [c.eos_id, *stop_ids] if t in row]
-                out[i] = tok.decode(row[:min(ends)] if ends else row).strip()
+        longest = max(len(e) for e in encoded)
+        prompt = torch.tensor([[c.pad_id] * (longest - len(e)) + e for e in encoded], device=dev)  # (B, T)
+        mask = torch.tensor([[False] * (longest - len(e)) + [True] * len(e) for e in encoded], device=dev)
+        ids = self.generate(prompt, max_new_tokens, use_cache=use_cache, embed=embed, attention_mask=mask, **decoding)
+        out = []
+        for row in ids[:, longest:].tolist():
+            ends = [row.index(t) for t in [c.eos_id, *stop_ids] if t in row]
+            out.append(tok.decode(row[:min(ends)] if ends else row).strip())
         return out
 
     # ------------------------------------------------------------------ scoring

@@ -167,20 +167,23 @@ def course_gpt():
     return tiny_gpt(7, vocab_size=None, max_len=32, dim=16, depth=2, scale=0.5)
 
 
-def test_complete_groups_prompts_by_length_and_equals_each_prompt_alone(course_gpt, monkeypatch):
+def test_complete_decodes_one_left_padded_batch_equal_to_each_prompt_alone(course_gpt, monkeypatch):
     prompts = ["a red", "the", "a blue", "", "what is", "two shapes: a", "grass"]
     calls = []
     generate = course_gpt.generate
 
     def recording(prompt, *args, **kwargs):
-        calls.append(prompt.tolist())
+        calls.append((prompt.tolist(), kwargs["attention_mask"].tolist()))
         return generate(prompt, *args, **kwargs)
 
     monkeypatch.setattr(course_gpt, "generate", recording)
     together = course_gpt.complete(prompts, max_new_tokens=6)
     lengths = [len(TOK.encode(p)) + 1 for p in prompts]
-    assert [len(c) for c in calls] == [lengths.count(n) for n in sorted(set(lengths))]  # one batch per length
-    assert all(row[0] == BOS for c in calls for row in c)
+    (ids, mask), = calls  # one batch, as long as the longest prompt, padded on the left
+    assert [sum(m) for m in mask] == lengths and all(len(row) == max(lengths) for row in ids)
+    for row, m, n in zip(ids, mask, lengths):
+        assert m == [False] * (max(lengths) - n) + [True] * n and row[-n] == BOS
+        assert row[:-n] == [course_gpt.config.pad_id] * (max(lengths) - n)
     alone = [course_gpt.complete([p], max_new_tokens=6)[0] for p in prompts]
     assert together == alone
     assert len(set(together)) > 2  # a random model says different things after different prompts
@@ -190,7 +193,7 @@ def scripted(words, vocab_size=len(TOK)):
     """A next_logits_fn factory whose model says `words` (tokens, "<eos>" allowed) after any prompt."""
     script = [TOK.id(w) for w in words]
 
-    def factory(use_cache=True, embed=None):
+    def factory(use_cache=True, embed=None, attention_mask=None):
         state = {}
 
         def next_logits(ids, rows):

@@ -1,6 +1,6 @@
 """The GPT of chapter 09 in the Llama layout (RMSNorm, RoPE, SwiGLU, no biases, grouped-query
 attention, an untied head), the GPT-2 layout kept as the default (the zoo's `llm` loads
-unchanged).
+unchanged), and left-padded batched generation equal to one prompt at a time.
 (`GPT.from_hf` for Llama is tested against transformers in tests/models/test_llama_hf.py.)"""
 import pytest
 import torch
@@ -37,6 +37,14 @@ def tiny_gpt(layout="llama", seed=0, scale=0.3, **kw):
 
 def random_ids(seed, shape, low=3, vocab_size=40):
     return torch.randint(low, vocab_size, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def left_pad(prompts, filler=PAD):
+    """One (B, T) batch of 1-D prompts, padded on the left with `filler`, and its mask."""
+    t = max(len(p) for p in prompts)
+    ids = torch.stack([torch.cat([torch.full((t - len(p),), filler), p]) for p in prompts])
+    mask = torch.stack([torch.arange(t) >= t - len(p) for p in prompts])
+    return ids, mask
 
 
 # ----------------------------------------------------------------------------- the layout
@@ -104,3 +112,80 @@ def test_cached_generation_equals_uncached(layout):
     assert torch.equal(cached, uncached) and cached.shape[1] == 20
     beams = [model.generate(prompt, 16, use_cache=c, num_beams=3) for c in (True, False)]
     assert torch.equal(*beams)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_left_padded_logits_equal_each_row_alone(layout):
+    model = tiny_gpt(layout, seed=4)
+    prompts = [random_ids(10 + i, (n,)) for i, n in enumerate((2, 11, 6))]
+    ids, mask = left_pad(prompts, filler=7)
+    positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        batched = model(ids, mask, position_ids=positions)
+        for row, p in enumerate(prompts):
+            alone = model(p[None])[0]
+            assert torch.allclose(batched[row, -len(p):], alone, atol=1e-10), row
+        if layout == "gpt2":  # learned positions: the padded columns' positions would be wrong
+            assert (model(ids, mask)[0, -2:] - model(prompts[0][None])[0]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_left_padded_generation_equals_one_prompt_at_a_time(layout, use_cache, num_beams):
+    """Prompts of 1 to 14 tokens as one left-padded batch give, row by row, the tokens each gives
+    alone, whatever fills the padding; rows stopping at eos early are padded while others go on."""
+    model = tiny_gpt(layout, seed=5)
+    prompts = [random_ids(20 + i, (n,)) for i, n in enumerate((1, 14, 5, 9))]
+
+    def one_at_a_time(eos_id):
+        return [model.generate(p[None], 8, use_cache=False, num_beams=num_beams, eos_id=eos_id)[0, len(p):]
+                for p in prompts]
+
+    # an eos no row emits (all 8 tokens compared), then one that some rows emit and others do not
+    # (the padding of finished rows is exercised while other rows go on)
+    never, alone = next((e, a) for e in range(3, 40) for a in [one_at_a_time(e)] if all(e not in r for r in a))
+    mid, alone_mid = next((e, a) for e in alone[0].tolist() if e != PAD for a in [one_at_a_time(e)]
+                          if 0 < sum(e in r for r in a) < len(a))
+    for filler in (PAD, 9):
+        ids, mask = left_pad(prompts, filler)
+        for eos_id, want in ((never, alone), (mid, alone_mid)):
+            got = model.generate(ids, 8, use_cache=use_cache, attention_mask=mask, num_beams=num_beams,
+                                 eos_id=eos_id)
+            assert torch.equal(got[:, :ids.shape[1]], ids)
+            for row, w in zip(got[:, ids.shape[1]:], want):
+                assert torch.equal(row[:len(w)], w) and (row[len(w):] == PAD).all(), (filler, eos_id)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_complete_with_an_embed_hook_decodes_prompts_of_any_length_together(layout):
+    """`complete` left-pads all prompts into one batch; an embed hook (chapter 10 splices images
+    in) gets the padded ids and rows that index the prompts, and each prompt gets what it gets
+    alone."""
+    model = tiny_gpt(layout, seed=6, vocab_size=None, pad_id=None, bos_id=None, eos_id=None, max_len=32, scale=0.5)
+    shift = 0.5 * torch.randn(4, 16, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    seen = []
+
+    def embed(ids, rows):  # a per-prompt vector on every position: a stand-in for an image
+        seen.append(rows.tolist())
+        return model.embed(ids) + shift[rows][:, None]
+
+    prompts = ["a red", "", "two shapes: a red circle and a blue", "grass is"]
+    together = model.complete(prompts, max_new_tokens=6, stop=None, embed=embed)
+    assert seen[0] == [0, 1, 2, 3]
+    alone = [model.complete([p], max_new_tokens=6, stop=None, embed=lambda ids, rows, i=i: embed(ids, rows + i))[0]
+             for i, p in enumerate(prompts)]
+    assert together == alone and len(set(together)) > 2
+    assert model.complete(prompts, max_new_tokens=6, stop=None) != together  # the hook is used
+
+
+def test_generate_rejects_a_bad_attention_mask():
+    model = tiny_gpt("llama")
+    ids = random_ids(0, (2, 4))
+    with pytest.raises(ValueError, match=r"attention_mask must have the prompt's shape \(2, 4\), got \(2, 3\)"):
+        model.generate(ids, 2, attention_mask=torch.ones(2, 3, dtype=torch.bool))
+    for bad in ([[1, 1, 1, 0], [1, 1, 1, 1]], [[0, 1, 0, 1], [1, 1, 1, 1]], [[0, 0, 0, 0], [1, 1, 1, 1]]):
+        with pytest.raises(ValueError, match="False only on left padding"):
+            model.generate(ids, 2, attention_mask=torch.tensor(bad))
+    all_real = model.generate(ids, 3, attention_mask=torch.ones(2, 4, dtype=torch.long))
+    assert torch.equal(all_real, model.generate(ids, 3))
