@@ -340,15 +340,19 @@ class GPT(nn.Module):
         scored = torch.ones_like(target, dtype=torch.bool) if attention_mask is None else attention_mask[:, 1:].bool()
         return logp.gather(-1, target[..., None]).squeeze(-1) * scored, scored
 
-    # ------------------------------------------------------------------ GPT-2's weights
+    # ------------------------------------------------------------------ GPT-2's and Llama's weights
     @classmethod
     def from_hf(cls, hf_model, tokenizer=None) -> "GPT":
-        """A GPT holding the weights of a `transformers` GPT2LMHeadModel (or GPT2Model): same
+        """A GPT holding the weights of a `transformers` GPT2LMHeadModel or GPT2Model (the GPT-2
+        layout) or LlamaForCausalLM or LlamaModel (the Llama layout, `_from_hf_llama`): same
         logits to float precision. GPT-2 stores its projections as Conv1D (in, out) matrices and
         q, k, v as one (dim, 3·dim) matrix: both are transposed and split here."""
         hf_config = hf_model.config
-        if getattr(hf_config, "model_type", None) != "gpt2":
-            raise TypeError(f"from_hf loads a GPT-2 model, got model_type={getattr(hf_config, 'model_type', None)!r}")
+        model_type = getattr(hf_config, "model_type", None)
+        if model_type == "llama":
+            return cls._from_hf_llama(hf_model, tokenizer)
+        if model_type != "gpt2":
+            raise TypeError(f"from_hf loads a Llama or GPT-2 model, got model_type={model_type!r}")
         acts = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
                 "quick_gelu": "quick_gelu"}
         if hf_config.activation_function not in acts:
@@ -362,11 +366,7 @@ class GPT(nn.Module):
         hidden = hf_config.n_inner or 4 * d
         if int(d * (hidden / d)) != hidden:
             raise ValueError(f"an MLP width of n_inner={hidden} with n_embd={d} cannot be written as a ratio here")
-        eos, bos = hf_config.eos_token_id, hf_config.bos_token_id
-        for name, value in (("eos_token_id", eos), ("bos_token_id", bos)):
-            if not isinstance(value, int) or not 0 <= value < hf_config.vocab_size:
-                raise ValueError(f"the GPT-2 config's {name} must be an id in [0, {hf_config.vocab_size - 1}], "
-                                 f"got {value!r}")
+        bos, eos = _hf_token_ids(hf_config, "GPT-2")
         config = GPTConfig(vocab_size=hf_config.vocab_size, max_len=hf_config.n_positions, dim=d,
                            depth=hf_config.n_layer, heads=hf_config.n_head,
                            mlp_ratio=hidden / d, act=acts[hf_config.activation_function],
@@ -390,6 +390,70 @@ class GPT(nn.Module):
             })
         model.load_state_dict({k: v.detach().clone().float() for k, v in state.items()})
         return model.eval()
+
+    @classmethod
+    def _from_hf_llama(cls, hf_model, tokenizer=None) -> "GPT":
+        """A LlamaForCausalLM (or LlamaModel: no head of its own, so ours is tied) in the Llama
+        layout. Its linears are nn.Linear (out, in) like ours, q, k and v separate: the weights
+        only change names. Its RoPE pairs channel j with j + d/2, as `minivlm.nn.rope` does, so
+        q and k need no permutation (checkpoints converted from Meta's interleaved layout had
+        their q and k rows permuted for that)."""
+        hc = hf_model.config
+        if hc.hidden_act != "silu":
+            raise ValueError(f"hidden_act must be 'silu' (Llama's SwiGLU), got {hc.hidden_act!r}")
+        # transformers 5 keeps RoPE's settings in rope_parameters, 4 in rope_theta and rope_scaling
+        rope = dict(getattr(hc, "rope_parameters", None) or getattr(hc, "rope_scaling", None) or {})
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            raise ValueError(f"only plain RoPE is supported (rope_type 'default'), got rope scaling {rope_type!r}: "
+                             f"{rope}")
+        heads = hc.num_attention_heads
+        head_dim = getattr(hc, "head_dim", None) or hc.hidden_size // heads
+        if head_dim * heads != hc.hidden_size:
+            raise ValueError(f"head_dim must be hidden_size / num_attention_heads = {hc.hidden_size} / {heads}, "
+                             f"got head_dim={head_dim}")
+        attention_bias, mlp_bias = bool(getattr(hc, "attention_bias", False)), bool(getattr(hc, "mlp_bias", False))
+        if attention_bias != mlp_bias:
+            raise ValueError(f"bias is one switch here, for attention and MLP alike: got attention_bias="
+                             f"{attention_bias}, mlp_bias={mlp_bias}")
+        bos, eos = _hf_token_ids(hc, "Llama")
+        pad = hc.pad_token_id if isinstance(hc.pad_token_id, int) and 0 <= hc.pad_token_id < hc.vocab_size else eos
+        head = getattr(hf_model, "lm_head", None)
+        config = GPTConfig.llama(
+            vocab_size=hc.vocab_size, max_len=hc.max_position_embeddings, dim=hc.hidden_size,
+            depth=hc.num_hidden_layers, heads=heads, kv_heads=hc.num_key_value_heads,
+            mlp_ratio=hc.intermediate_size / hc.hidden_size, mlp_hidden=hc.intermediate_size, eps=hc.rms_norm_eps,
+            rope_base=float(rope.get("rope_theta", getattr(hc, "rope_theta", 10000.0))), bias=attention_bias,
+            tie_head=head is None or bool(hc.tie_word_embeddings), pad_id=pad, bos_id=bos, eos_id=eos)
+        model = cls(config, tokenizer=tokenizer)
+        src = getattr(hf_model, "model", hf_model)  # LlamaForCausalLM.model is a LlamaModel
+        state = {"text.token_embedding.weight": src.embed_tokens.weight, "text.norm.weight": src.norm.weight}
+        if not config.tie_head:
+            state["head.weight"] = head.weight
+        names = {"norm1": "input_layernorm", "norm2": "post_attention_layernorm", "attn.q_proj": "self_attn.q_proj",
+                 "attn.k_proj": "self_attn.k_proj", "attn.v_proj": "self_attn.v_proj",
+                 "attn.out_proj": "self_attn.o_proj", "mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.up_proj",
+                 "mlp.down_proj": "mlp.down_proj"}
+        for i, layer in enumerate(src.layers):
+            theirs = dict(layer.named_parameters())
+            for ours, their in names.items():
+                for kind in ("weight", "bias"):
+                    if f"{their}.{kind}" in theirs:
+                        state[f"text.transformer.blocks.{i}.{ours}.{kind}"] = theirs[f"{their}.{kind}"]
+        model.load_state_dict({k: v.detach().clone().float() for k, v in state.items()})
+        return model.eval()
+
+
+def _hf_token_ids(hf_config, family: str) -> tuple[int, int]:
+    """(bos, eos) of a transformers config, each a single id in the vocabulary."""
+    ids = []
+    for name in ("bos_token_id", "eos_token_id"):
+        value = getattr(hf_config, name, None)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < hf_config.vocab_size:
+            raise ValueError(f"the {family} config's {name} must be one id in [0, {hf_config.vocab_size - 1}], "
+                             f"got {value!r}")
+        ids.append(value)
+    return ids[0], ids[1]
 
 
 # ----------------------------------------------------------------------------- training
