@@ -8,7 +8,8 @@ throttling, another process) affects both alike. transformers is a development d
 only, imported inside the function. `bench_vilt` does the same for a VQA step of our ViLT and
 of transformers' ViltForQuestionAnswering, `bench_blip` for a captioning (LM) step of our BLIP
 and of transformers' BlipForConditionalGeneration, `bench_gpt` for a language-modelling step and
-for greedy generation with the KV cache of our GPT and of transformers' GPT2LMHeadModel.
+for greedy generation with the KV cache of our GPT and of transformers' GPT2LMHeadModel, and
+`bench_llama` the same for our GPT in the Llama layout and transformers' LlamaForCausalLM.
 
     python -m minivlm.benchmarks                       # the chapter's default config
     python -m minivlm.benchmarks --dim 256 --depth 6 --image-size 64 --patch-size 8
@@ -28,16 +29,22 @@ from minivlm.losses import clip_loss
 from minivlm.utils import count_parameters
 
 # our activation names → transformers' ACT2FN names for the same function
-HF_ACT = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
+HF_ACT = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu", "silu": "silu"}
+
+
+def _transformers(bench: str):
+    """The transformers module, imported only when a benchmark runs (a development dependency)."""
+    try:
+        import transformers
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(f"{bench} compares against Hugging Face transformers: pip install transformers "
+                          "(a development dependency; the library itself never needs it)") from e
+    return transformers
 
 
 def hf_clip_like(config):
     """A randomly initialised transformers CLIPModel with the same architecture as our CLIP(config)."""
-    try:
-        import transformers
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("bench_clip compares against Hugging Face transformers: pip install transformers "
-                          "(a development dependency; the library itself never needs it)") from e
+    transformers = _transformers("bench_clip")
     common = dict(num_attention_heads=None, hidden_act=HF_ACT[config.act], layer_norm_eps=config.eps,
                   attention_dropout=config.dropout)
     text = dict(common, hidden_size=config.text_dim, intermediate_size=int(config.text_dim * config.mlp_ratio),
@@ -135,11 +142,7 @@ def bench_clip(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
 def hf_vilt_like(config):
     """A randomly initialised transformers ViltForQuestionAnswering with the same architecture as
     our ViLT(config) and its VQA head (patches mode only: transformers has no regions ViLT)."""
-    try:
-        import transformers
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("bench_vilt compares against Hugging Face transformers: pip install transformers "
-                          "(a development dependency; the library itself never needs it)") from e
+    transformers = _transformers("bench_vilt")
     if config.visual != "patches":
         raise ValueError(f"transformers' ViLT embeds patches only, got visual={config.visual!r}")
     hf_config = transformers.ViltConfig(
@@ -207,11 +210,7 @@ def hf_blip_like(config):
     """A randomly initialised transformers BlipForConditionalGeneration with the same architecture
     as the captioning path of our BLIP(config): its ViT (no pre-norm, a patch bias) and its
     post-LN decoder with cross-attention and the LM head tied to the word embeddings."""
-    try:
-        import transformers
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("bench_blip compares against Hugging Face transformers: pip install transformers "
-                          "(a development dependency; the library itself never needs it)") from e
+    transformers = _transformers("bench_blip")
     if config.text_norm_first or config.vision_pre_norm or not config.patch_bias:
         raise ValueError("transformers' BLIP is post-LN on the text side, has no LayerNorm before its ViT and a "
                          "patch bias: use text_norm_first=False, vision_pre_norm=False, patch_bias=True")
@@ -311,14 +310,12 @@ def bench_blip(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
 
 def hf_gpt2_like(config):
     """A randomly initialised transformers GPT2LMHeadModel with the same architecture as our
-    GPT(config) (chapter 09): context n_positions = max_len, n_inner = dim · mlp_ratio, no
+    GPT(config) (chapter 09): context n_positions = max_len, n_inner = our MLP width, no
     dropout, the LM head tied to the token embeddings, the fused attention (sdpa)."""
-    try:
-        import transformers
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("bench_gpt compares against Hugging Face transformers: pip install transformers "
-                          "(a development dependency; the library itself never needs it)") from e
-    n_inner = config.dim * config.mlp_ratio
+    transformers = _transformers("bench_gpt")
+    _check_layout(config, "GPT2LMHeadModel", dict(norm="layernorm", positions="learned", mlp="mlp", bias=True,
+                                                  kv_heads=None, tie_head=True))
+    n_inner = config.mlp_hidden or config.dim * config.mlp_ratio
     if n_inner != int(n_inner):
         raise ValueError(f"GPT-2's MLP width is an integer: dim * mlp_ratio = {n_inner}")
     if config.dropout:
@@ -333,14 +330,48 @@ def hf_gpt2_like(config):
     return transformers.GPT2LMHeadModel(hf_config), transformers.__version__
 
 
+def hf_llama_like(config):
+    """A randomly initialised transformers LlamaForCausalLM with the same architecture as our
+    GPT(config) in the Llama layout (chapter 09): intermediate_size = our MLP width, rope_theta
+    = rope_base, grouped-query attention with kv_heads, biases and head tying as ours, the fused
+    attention (sdpa)."""
+    from minivlm.nn.blocks import mlp_width
+
+    transformers = _transformers("bench_llama")
+    _check_layout(config, "LlamaForCausalLM", dict(norm="rmsnorm", positions="rope", mlp="glu", act="silu"))
+    if config.dropout:
+        raise ValueError(f"the benchmark times the same computation on both sides: use dropout=0, got {config.dropout}")
+    hf_config = transformers.LlamaConfig(
+        vocab_size=config.vocab_size, hidden_size=config.dim, num_hidden_layers=config.depth,
+        intermediate_size=mlp_width(config.dim, config.mlp_ratio, config.mlp, config.mlp_hidden),
+        num_attention_heads=config.heads, num_key_value_heads=config.kv_heads or config.heads,
+        max_position_embeddings=config.max_len, rms_norm_eps=config.eps, rope_theta=config.rope_base,
+        hidden_act="silu", attention_bias=config.bias, mlp_bias=config.bias, tie_word_embeddings=config.tie_head,
+        bos_token_id=config.bos_id, eos_token_id=config.eos_id, pad_token_id=config.pad_id,
+        attn_implementation="sdpa")
+    return transformers.LlamaForCausalLM(hf_config), transformers.__version__
+
+
+def _check_layout(config, reference: str, layout: dict) -> None:
+    wrong = {k: getattr(config, k) for k, v in layout.items() if getattr(config, k) != v}
+    if wrong:
+        raise ValueError(f"transformers' {reference} has the layout {layout}; this config has {wrong}")
+
+
+def hf_gpt_like(config):
+    """transformers' model of our GPT(config): LlamaForCausalLM for rotary positions (the Llama
+    layout), GPT2LMHeadModel for learned ones; each refuses what it cannot express."""
+    return (hf_llama_like if config.positions == "rope" else hf_gpt2_like)(config)
+
+
 def gpt_bench_models(config, seed: int = 0):
-    """(ours, theirs, transformers version): transformers' GPT-2 at our config, randomly
-    initialised, and our GPT(config) holding the same weights (copied with `GPT.from_hf`), so
-    that the two compute the same thing."""
+    """(ours, theirs, transformers version): transformers' GPT-2 or Llama at our config
+    (`hf_gpt_like`), randomly initialised, and our GPT(config) holding the same weights (copied
+    with `GPT.from_hf`), so that the two compute the same thing."""
     from minivlm.models.gpt import GPT
 
     torch.manual_seed(seed)
-    hf, hf_version = hf_gpt2_like(config)
+    hf, hf_version = hf_gpt_like(config)
     ours = GPT(config)  # our config (the course's pad id; from_hf's would be GPT-2's, pad = eos)
     ours.load_state_dict(GPT.from_hf(hf).state_dict())
     return ours, hf, hf_version
@@ -373,7 +404,8 @@ def bench_gpt(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device: 
               threads: int | None = None, new_tokens: int = 32, prompt_len: int = 8, seed: int = 0,
               **config) -> dict:
     """Our GPT against transformers' GPT2LMHeadModel at the zoo LLM's shape (chapter 09), with
-    the same weights.
+    the same weights (in the Llama layout, config `GPTConfig.llama`'s fields: against
+    LlamaForCausalLM, see `bench_llama`).
 
     Training: median milliseconds per step (forward on random ids of the full context, next-token
     loss, backward, AdamW step). Generation: greedy decoding with the KV cache of `new_tokens`
@@ -385,7 +417,8 @@ def bench_gpt(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device: 
     Returns a dict: train_ours_ms, train_theirs_ms, train_ratio (ours / theirs, < 1: ours is
     faster) and their CPU times; generate_ours_ms, generate_theirs_ms (one generate call),
     ours_tokens_per_s, theirs_tokens_per_s, generate_ratio (ours / theirs time per token) and
-    their CPU times; the config, parameter counts, versions, threads and device.
+    their CPU times; the config, the reference model's class, parameter counts, versions,
+    threads and device.
     """
     from minivlm.losses import lm_loss
     from minivlm.models.gpt import GPTConfig
@@ -439,8 +472,21 @@ def bench_gpt(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device: 
             "generate_ours_cpu_ms": gen["ours_cpu_ms"], "generate_theirs_cpu_ms": gen["theirs_cpu_ms"],
             "new_tokens_ours": generated["ours"], "new_tokens_theirs": generated["theirs"],
             "prompt_len": prompt_len, "batch_size": batch_size, "repeats": repeats, "warmup": warmup,
-            "config": asdict(cfg), "params_ours": count_parameters(ours), "params_theirs": count_parameters(hf),
-            **_versions(hf_version, dev)}
+            "config": asdict(cfg), "reference": type(hf).__name__, "params_ours": count_parameters(ours),
+            "params_theirs": count_parameters(hf), **_versions(hf_version, dev)}
+
+
+def bench_llama(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device: str | None = None,
+                threads: int | None = None, new_tokens: int = 32, prompt_len: int = 8, seed: int = 0,
+                **config) -> dict:
+    """`bench_gpt` in the Llama layout (chapter 09): our GPT with `GPTConfig.llama`'s fields
+    (RMSNorm, RoPE, SwiGLU, no biases) at the zoo LLM's shape against transformers'
+    LlamaForCausalLM with the same weights: one training step and greedy generation with the KV
+    cache. config: more GPTConfig fields (kv_heads, tie_head, ...). Returns bench_gpt's dict."""
+    from minivlm.models.gpt import LLAMA
+
+    return bench_gpt(batch_size, repeats, warmup, device, threads, new_tokens, prompt_len, seed,
+                     **{**LLAMA, **config})
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@
     minivlm check PATHS.ipynb [--json|--csv F]  grade hand-ins (their definitions only), report each task
     minivlm notebooks execute [PATHS...]       rebuild .ipynb from .py, execute, store outputs
     minivlm zoo build NAME|all, zoo list       the pretrained components later chapters load
-    minivlm bench render|clip|vilt|blip|gpt    timings as JSON
+    minivlm bench render|clip|vilt|blip|gpt|llama  timings as JSON
 """
 from __future__ import annotations
 
@@ -263,8 +263,8 @@ def _cmd_bench_render(args) -> int:
 
 
 def _cmd_bench_model(args) -> int:
-    """`minivlm bench clip|vilt|blip|gpt`: minivlm.benchmarks.bench_clip / bench_vilt / bench_blip /
-    bench_gpt (ours vs transformers)."""
+    """`minivlm bench clip|vilt|blip|gpt|llama`: minivlm.benchmarks.bench_clip / bench_vilt /
+    bench_blip / bench_gpt / bench_llama (ours vs transformers)."""
     name = f"bench_{args.action}"
     try:
         benchmarks = importlib.import_module("minivlm.benchmarks")
@@ -331,13 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
     br.set_defaults(func=_cmd_bench_render)
     for name, what, reference in (("clip", "CLIP", "CLIPModel"), ("vilt", "ViLT VQA", "ViltForQuestionAnswering"),
                                   ("blip", "BLIP captioning", "BlipForConditionalGeneration"),
-                                  ("gpt", "GPT", "GPT2LMHeadModel")):
-        extra = " and greedy-generation" if name == "gpt" else ""
+                                  ("gpt", "GPT", "GPT2LMHeadModel"),
+                                  ("llama", "Llama-layout GPT", "LlamaForCausalLM")):
+        text_only = name in ("gpt", "llama")
+        extra = " and greedy-generation" if text_only else ""
         bm = bp.add_parser(name, help=f"{what} training-step{extra} speed against transformers' {reference}")
         bm.add_argument("--repeats", type=int, help="timed steps per model (default 20)")
         bm.add_argument("--threads", type=int, help="torch threads (default: torch's)")
         bm.add_argument("--batch-size", type=int)
-        if name == "gpt":  # text only: no image size, a generation length instead
+        if text_only:  # no image size, a generation length instead
             bm.add_argument("--new-tokens", type=int, help="tokens each generation adds (default 32)")
         else:
             bm.add_argument("--image-size", type=int)
