@@ -17,9 +17,10 @@ a guess, and every later one can be read off the units before it. Three families
 
 Each unit's content comes right before its answer, as Flamingo puts each image right before
 its text. The *template* (cue words around the content and the answer, the separator after a
-unit) is drawn per episode from `TRAIN_TEMPLATES`; evaluation can use `HELDOUT_TEMPLATES`,
-whose cue words and separators never appear in that role in training: a model that learned
-"copy the attribute the demonstrations copy" passes, one that learned a cue string does not.
+unit) is drawn per episode (`random_template`, from about forty cue words); evaluation can use
+`HELDOUT_TEMPLATES`, whose cue words and separators never appear in a training template: a model
+that learned "copy the attribute the demonstrations copy" passes, one that learned a cue string
+does not.
 
 One rule family, **count** (the content lists 1-4 objects, the answer is how many), never
 appears in an episode during training: `kshot_items("count", ...)` asks whether a rule can be
@@ -28,7 +29,6 @@ picked up from demonstrations alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -65,26 +65,38 @@ class Template:
         return head if answer is None else f"{head} {answer}{self.sep}"
 
 
-def _templates(cues: Sequence[tuple[str, str]], seps: Sequence[str]) -> tuple[Template, ...]:
-    return tuple(Template(b, m, s) for b, m in cues for s in seps)
-
-
-# Cue pairs (before the content, between content and answer) and separators. Training and
-# held-out pools share no cue word in the same role and no separator.
-TRAIN_TEMPLATES: tuple[Template, ...] = _templates(
-    [("", ":"), ("", "answer :"), ("", "so"), ("", "is"), ("in :", "out :"), ("q :", "a :"), ("x :", "y :"),
-     ("", "then")],
-    [".", ";", "!"])
-HELDOUT_TEMPLATES: tuple[Template, ...] = _templates(
-    [("", "to"), ("from", "to"), ("b :", "c :"), ("see", "name :"), ("", "word :")],
-    [",", " ?"])
+# Cue words and separators. Training draws a template per episode from a large pool of cue
+# words, so that no single cue string can be what the model learns; the held-out templates use
+# cue words and separators that training never puts in a template at all.
+TRAIN_CUE_WORDS: tuple[str, ...] = (
+    "answer", "so", "is", "then", "in", "out", "q", "x", "y", "z", "d", "e", "f", "g", "h", "k", "m", "p", "r",
+    "s", "t", "u", "v", "w", "it", "here", "there", "this", "that", "look", "give", "tell", "show", "type", "kind",
+    "object", "example", "number", "ok")
+TRAIN_SEPS: tuple[str, ...] = (".", ";", "!")
+HELDOUT_TEMPLATES: tuple[Template, ...] = tuple(
+    Template(b, m, s) for b, m in [("", "to"), ("from", "to"), ("b :", "c :"), ("see", "name :"), ("", "word :")]
+    for s in (",", " ?"))
 TEMPLATE_SPLITS = ("train", "heldout")
 
 
-def templates(split: str) -> tuple[Template, ...]:
+def random_template(rng: np.random.Generator) -> Template:
+    """A training template: a cue before the content (none, "w" or "w :") and one between
+    content and answer (":", "w" or "w :"), each w a training cue word, and a separator."""
+    def word() -> str:
+        return TRAIN_CUE_WORDS[int(rng.integers(len(TRAIN_CUE_WORDS)))]
+
+    before = ("", word(), f"{word()} :")[int(rng.integers(3))]
+    between = (":", word(), f"{word()} :")[int(rng.integers(3))]
+    return Template(before, between, TRAIN_SEPS[int(rng.integers(len(TRAIN_SEPS)))])
+
+
+def draw_template(rng: np.random.Generator, split: str) -> Template:
+    """A template of `split`: a random training template, or one of the held-out ones."""
     if split not in TEMPLATE_SPLITS:
         raise ValueError(f"templates split must be one of {TEMPLATE_SPLITS}, got {split!r}")
-    return TRAIN_TEMPLATES if split == "train" else HELDOUT_TEMPLATES
+    if split == "train":
+        return random_template(rng)
+    return HELDOUT_TEMPLATES[int(rng.integers(len(HELDOUT_TEMPLATES)))]
 
 
 def _pairs(train_compositions: bool) -> list[tuple[str, str]]:
@@ -130,7 +142,7 @@ class Episodes:
     """Training episodes, generated. `document()` gives one: an attribute, keyvalue or binding
     episode (in proportion `weights`) of 1-`MAX_UNITS` units in a template drawn per episode.
 
-    split="train" draws templates from TRAIN_TEMPLATES and never names a held-out composition.
+    Templates are drawn by `random_template`; no episode names a held-out composition.
     """
 
     def __init__(self, seed: int = 0, weights: dict[str, float] | None = None, max_units: int = MAX_UNITS):
@@ -152,27 +164,27 @@ class Episodes:
         color, shape = self.pairs[int(self.rng.integers(len(self.pairs)))]
         return SIZES[int(self.rng.integers(len(SIZES)))], color, shape
 
-    def _template(self) -> Template:
-        return TRAIN_TEMPLATES[int(self.rng.integers(len(TRAIN_TEMPLATES)))]
+    def template(self) -> Template:
+        return random_template(self.rng)
 
     def document(self) -> str:
         family = self.families[int(self.rng.choice(len(self.families), p=self.p))]
         units = int(self.rng.integers(2, self.max_units + 1))
         return getattr(self, family)(units)
 
-    def attribute(self, units: int) -> str:
+    def attribute(self, units: int, t: Template | None = None) -> str:
         rule = ATTRIBUTE_RULES[int(self.rng.integers(len(ATTRIBUTE_RULES)))]
-        t, article = self._template(), ("a", "the")[int(self.rng.integers(2))]
+        t, article = t or self.template(), ("a", "the")[int(self.rng.integers(2))]
         out = []
         for _ in range(units):
             size, color, shape = self._object()
             out.append(t.unit(f"{article} {size} {color} {shape}", attribute_answer(rule, size, color, shape)))
         return " ".join(out)
 
-    def keyvalue(self, units: int) -> str:
+    def keyvalue(self, units: int, t: Template | None = None) -> str:
         """Units "key → value" with nonce keys; after the first, each unit repeats an earlier key
         (its value can be copied) or, half the time, brings a new one (it cannot)."""
-        t = self._template()
+        t = t or self.template()
         keys = [f"<extra_{i}>" for i in self.rng.permutation(NUM_EXTRA)]
         bound: dict[str, str] = {}
         out = []
@@ -232,7 +244,7 @@ def kshot_items(family: str, k: int, n: int, seed: int = 0, split: str = "heldou
         raise ValueError(f"a {family} question needs k >= 1 (the query asks about a demonstration), got k={k}")
     if k > NUM_EXTRA // 2:
         raise ValueError(f"k must be at most {NUM_EXTRA // 2}, got {k}")
-    pool = templates(split)
+    draw_template(np.random.default_rng(0), split)  # check the split
     rng = np.random.default_rng([seed, k, FAMILIES.index(family) if family in FAMILIES else 9])
     pairs = _pairs(train_compositions=False)
 
@@ -242,7 +254,7 @@ def kshot_items(family: str, k: int, n: int, seed: int = 0, split: str = "heldou
 
     items = []
     for i in range(n):
-        t = pool[int(rng.integers(len(pool)))]
+        t = draw_template(rng, split)
         if family == "attribute":
             rule = ATTRIBUTE_RULES[i % len(ATTRIBUTE_RULES)]
             shots = [obj() for _ in range(k + 1)]

@@ -2,18 +2,22 @@
 the held-out pool into training, and k-shot questions whose answers follow from their prompts."""
 import re
 
+import numpy as np
 import pytest
 
 from minivlm.data import Tokenizer
 from minivlm.data.incontext import (
     ATTRIBUTE_RULES,
     HELDOUT_TEMPLATES,
-    TRAIN_TEMPLATES,
+    TRAIN_CUE_WORDS,
+    TRAIN_SEPS,
     Episodes,
     Template,
     answer_type,
     attribute_answer,
+    draw_template,
     kshot_items,
+    random_template,
 )
 from minivlm.data.shapesworld import COLORS, HELDOUT_COMPOSITIONS, SHAPES, SIZES
 
@@ -43,23 +47,28 @@ def units(doc: str, t: Template) -> list[tuple[str, str]] | None:
     return out
 
 
-def parse(doc: str, pool) -> tuple[Template, list[tuple[str, str]]]:
-    # the most specific template first: "x answer : y." is also "x answer" ":" "y."
-    pool = sorted(pool, key=lambda t: -len(t.before + t.between))
-    found = [(t, u) for t in pool if (u := units(doc, t)) is not None]
-    assert found, f"no template of the pool writes {doc!r}"
-    return found[0]
+def parse(doc: str, t: Template) -> list[tuple[str, str]]:
+    us = units(doc, t)
+    assert us, f"template {t} does not write {doc!r}"
+    return us
 
 
-def test_template_pools_share_no_cue_and_no_separator():
-    for role in ("before", "between", "sep"):
-        train = {getattr(t, role) for t in TRAIN_TEMPLATES} - {""}
-        held = {getattr(t, role) for t in HELDOUT_TEMPLATES} - {""}
-        assert train and held and not train & held, role
-    # nor a cue word used in the other role (a held-out "between" that training uses as "before")
-    train_words = {w for t in TRAIN_TEMPLATES for w in (t.before + " " + t.between).split() if w != ":"}
-    held_words = {w for t in HELDOUT_TEMPLATES for w in (t.before + " " + t.between).split() if w != ":"}
-    assert not train_words & held_words
+def training_templates(n=2000, seed=0) -> list[Template]:
+    rng = np.random.default_rng(seed)
+    return [random_template(rng) for _ in range(n)]
+
+
+def test_training_templates_never_use_a_heldout_cue_or_separator():
+    drawn = training_templates()
+    words = {w for t in drawn for w in (t.before + " " + t.between).split()}
+    assert words - {":"} == set(TRAIN_CUE_WORDS)  # every cue word is used, nothing else
+    assert {t.sep for t in drawn} == set(TRAIN_SEPS)
+    assert len(set(drawn)) > 1000  # drawn per episode from a large space, not a short list
+    held_words = {w for t in HELDOUT_TEMPLATES for w in (t.before + " " + t.between).split()} - {":"}
+    assert held_words and not held_words & words
+    assert not {t.sep for t in HELDOUT_TEMPLATES} & set(TRAIN_SEPS)
+    rng = np.random.default_rng(1)
+    assert {draw_template(rng, "heldout") for _ in range(300)} == set(HELDOUT_TEMPLATES)
 
 
 def test_template_renders_units_and_queries():
@@ -82,10 +91,10 @@ def test_attribute_answers_by_hand():
 def test_attribute_episodes_follow_one_hidden_rule_in_a_training_template(tok):
     e = Episodes(seed=3, weights={"attribute": 1.0})
     rules_seen = set()
-    for _ in range(300):
-        doc = e.document()
+    for t in training_templates(300, seed=3):
+        doc = e.attribute(int(e.rng.integers(2, 7)), t)
         assert tok.unk_id not in tok.encode(doc)
-        t, us = parse(doc, TRAIN_TEMPLATES)
+        us = parse(doc, t)
         assert 2 <= len(us) <= 6
         objects = [OBJECT.fullmatch(c).groups() for c, _ in us]
         assert all((c, s) not in HELDOUT_COMPOSITIONS for _, c, s in objects)
@@ -99,10 +108,10 @@ def test_attribute_episodes_follow_one_hidden_rule_in_a_training_template(tok):
 def test_keyvalue_episodes_bind_each_key_to_one_value_and_repeat_keys(tok):
     e = Episodes(seed=4, weights={"keyvalue": 1.0})
     repeats = 0
-    for _ in range(300):
-        doc = e.document()
+    for t in training_templates(300, seed=4):
+        doc = e.keyvalue(int(e.rng.integers(2, 7)), t)
         assert tok.unk_id not in tok.encode(doc)
-        _, us = parse(doc, TRAIN_TEMPLATES)
+        us = parse(doc, t)
         bound = {}
         for key, value in us:
             assert re.fullmatch(r"<extra_\d+>", key)
@@ -130,9 +139,9 @@ def test_episodes_are_seeded():
     assert [a.document() for _ in range(20)] != [b.document() for _ in range(20)]
 
 
-@pytest.mark.parametrize("split,pool", [("train", TRAIN_TEMPLATES), ("heldout", HELDOUT_TEMPLATES)])
+@pytest.mark.parametrize("split", ["train", "heldout"])
 @pytest.mark.parametrize("k", [0, 1, 4])
-def test_attribute_kshot_items_answer_by_the_demonstrated_rule(tok, split, pool, k):
+def test_attribute_kshot_items_answer_by_the_demonstrated_rule(tok, split, k):
     items = kshot_items("attribute", k, 40, seed=2, split=split)
     assert len(items) == 40 and {it.rule for it in items} == set(ATTRIBUTE_RULES)
     for it in items:
@@ -142,7 +151,11 @@ def test_attribute_kshot_items_answer_by_the_demonstrated_rule(tok, split, pool,
         assert len(objects) == k + 1
         assert attribute_answer(it.rule, *objects[-1]) == it.answer
         assert it.answer in it.answer_type == answer_type("attribute", it.rule)
-        assert any(it.prompt.endswith(tp.unit(" ".join(("a",) + objects[-1]))) for tp in pool)
+        query = it.prompt[it.prompt.rindex("a " + " ".join(objects[-1])):]
+        if split == "heldout":
+            assert any(it.prompt.endswith(tp.unit(" ".join(("a",) + objects[-1]))) for tp in HELDOUT_TEMPLATES)
+        else:
+            assert not set(query.split()[4:]) - set(TRAIN_CUE_WORDS) - {":"}, query
         assert it.k == k and it.templates == split
 
 
