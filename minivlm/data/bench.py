@@ -17,6 +17,7 @@ from minivlm.data.shapesworld import (
     SIZE_RADII,
     SIZES,
     VQA_KINDS,
+    VQA_TEMPLATES,
     Obj,
     Scene,
     ShapesWorld,
@@ -25,6 +26,50 @@ from minivlm.data.shapesworld import (
 # Each task gets its own stream (seed + offset), so adding a task never changes another's data.
 _OFFSETS = {"classification": 0, "retrieval": 1, "swap": 2, "vqa": 3, "itm": 4, "hard_itm": 5, "captioning": 6,
             "knowledge": 7}
+
+
+# What names the object a knowledge question asks about: "the red object" (its colour) for
+# corners and sides, "the star" (its shape) for mix_parts.
+KNOWLEDGE_NAMED_BY = {"corners": "color", "sides": "color", "mix_parts": "shape"}
+
+
+def knowledge_perception(scenes, questions, kinds) -> dict:
+    """The visual question that each knowledge question rests on (chapter 10's "knowledge
+    conditioned on perception"), as ShapesWorld's VQA asks it: "how many corners does the red
+    object have?" needs "what shape is the red object?" (answer: that object's shape);
+    "what is mixed to make the colour of the star?" needs "what color is the star?".
+
+    The object is found in the scene, not parsed from an answer: the one object whose colour
+    (corners, sides) or shape (mix_parts) is a word of the question, and that colour or shape
+    must be unique in the scene (as `knowledge_questions` asks only about such objects).
+    Returns dict(questions, answers, kinds ("shape" or "color"))."""
+    from minivlm.data.tokenizer import split_words
+
+    if not len(scenes) == len(questions) == len(kinds):
+        raise ValueError(f"scenes, questions and kinds must have the same length, got {len(scenes)}, "
+                         f"{len(questions)} and {len(kinds)}")
+    out: dict[str, list[str]] = {"questions": [], "answers": [], "kinds": []}
+    for scene, question, kind in zip(scenes, questions, kinds):
+        if kind not in KNOWLEDGE_NAMED_BY:
+            raise ValueError(f"no visual question is known for knowledge kind {kind!r}; expected one of "
+                             f"{sorted(KNOWLEDGE_NAMED_BY)}")
+        attr = KNOWLEDGE_NAMED_BY[kind]
+        words = set(split_words(question))
+        named = [o for o in scene.objects if getattr(o, attr) in words]
+        values = [getattr(o, attr) for o in scene.objects]
+        if len(named) != 1 or values.count(getattr(named[0], attr)) != 1:
+            raise ValueError(f"{question!r} must name exactly one object of the scene by its {attr}, unique in the "
+                             f"scene; it names {len(named)} of {[o.name for o in scene.objects]}")
+        (o,) = named
+        if attr == "color":
+            out["questions"].append(VQA_TEMPLATES["shape"].format(color=o.color))
+            out["answers"].append(o.shape)
+            out["kinds"].append("shape")
+        else:
+            out["questions"].append(VQA_TEMPLATES["color"].format(shape=o.shape))
+            out["answers"].append(o.color)
+            out["kinds"].append("color")
+    return out
 
 
 def _check_count(name: str, n) -> int:

@@ -21,12 +21,26 @@ The three papers differ in what is trained:
 
 `splice` is the one place that puts image embeddings into a token sequence; chapters 14-18
 reuse it (nanoVLM's `_replace_img_tokens_with_embd` is the same pattern).
+
+Two things the papers do not do, for chapter 10's question "does the LLM's knowledge reach the
+image?":
+
+    a prefix distilled to act as the caption   `caption_distill_step`: on visible-answer VQA
+        only, the frozen LLM reading [prefix ; question ; answer] is pulled towards the same LLM
+        reading [true caption ; question ; answer], KL at every suffix position
+    a prefix at the word scale                 PrefixConfig(prefix_norm="word"): each prefix
+        vector rescaled to the mean norm of the LLM's token embeddings (`prefix_norms` prints both)
+
+and `knowledge_decomposition` / `perception_figures` take knowledge accuracy apart: the LLM
+alone, the true caption in text (the ceiling), the model's own caption in text, describe-then-
+answer, asked directly; and each again where the model sees the asked object right.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,6 +51,7 @@ from minivlm.train import freeze, unfreeze
 from minivlm.utils import check_int, check_range, check_shape, check_tensor, eval_mode
 
 VARIANTS = ("frozen", "clipcap", "mapl")
+PREFIX_NORMS = ("free", "word")
 
 
 # ----------------------------------------------------------------------------- the splice
@@ -94,17 +109,22 @@ def insert_image_tokens(ids: torch.Tensor, attention_mask: torch.Tensor, n_image
 @dataclass
 class PrefixConfig:
     """variant: "frozen", "clipcap" or "mapl"; n_prefix: K image embeddings; hidden: the width
-    of ClipCap's MLP; mapper_dim, mapper_heads: MAPL's mapper."""
+    of ClipCap's MLP; mapper_dim, mapper_heads: MAPL's mapper. prefix_norm: "free" (the papers':
+    whatever norm the mapper outputs) or "word" (each prefix vector rescaled to the mean norm of
+    the LLM's token embeddings, so the LLM reads vectors at the scale of the words it knows)."""
 
     variant: str = "clipcap"
     n_prefix: int = 8
     hidden: int = 128
     mapper_dim: int = 128
     mapper_heads: int = 4
+    prefix_norm: str = "free"  # the default keeps every zoo file trained before it loading unchanged
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {list(VARIANTS)}, got {self.variant!r}")
+        if self.prefix_norm not in PREFIX_NORMS:
+            raise ValueError(f"prefix_norm must be one of {list(PREFIX_NORMS)}, got {self.prefix_norm!r}")
         for name in ("n_prefix", "hidden", "mapper_dim", "mapper_heads"):
             check_int(name, getattr(self, name))
         if self.mapper_dim % self.mapper_heads:
@@ -211,8 +231,18 @@ class PrefixVLM(nn.Module):
             return F.normalize(self.image_projection(tokens[:, 0]), dim=-1)  # = CLIP.encode_image
 
     def image_prefix(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, H, W) in [0, 1] -> (B, K, D): the embeddings that take the <image> places."""
-        return self.mapper(self.image_features(images))
+        """images (B, 3, H, W) in [0, 1] -> (B, K, D): the embeddings that take the <image> places
+        (with prefix_norm="word", each of norm `word_scale()`)."""
+        prefix = self.mapper(self.image_features(images))  # (B, K, D)
+        if self.config.prefix_norm == "word":
+            prefix = F.normalize(prefix, dim=-1) * self.word_scale()
+        return prefix
+
+    def word_scale(self) -> torch.Tensor:
+        """The mean L2 norm of the frozen LLM's token embeddings (every row of its table), a
+        0-d tensor: the scale prefix_norm="word" keeps the prefix at."""
+        with torch.no_grad():
+            return self.llm.token_embedding.weight.norm(dim=-1).mean()
 
     def forward(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W); ids (B, T) holding K <image> tokens per row -> logits (B, T, V)."""
@@ -313,6 +343,162 @@ def prefix_batches(data: dict, n_prefix: int, batch_size: int = 32, seed: int = 
     return batch
 
 
+# ----------------------------------------------------------------------------- a prefix that acts as the caption
+def check_no_fact_text(texts: Sequence[str]) -> None:
+    """Raise ValueError if any text could state a world fact of chapter 09: a word of a fact
+    (`worldtext.fact_words()`: corners, wheel, mixed ...) or any word ShapesWorld's image-text
+    generators never emit (so that no fact can hide in words the check does not know). The
+    promise that tests/data/test_worldtext.py makes of every image-text generator, asserted on
+    the training text of a prefix that is then asked knowledge questions."""
+    from minivlm.data.shapesworld import ShapesWorld
+    from minivlm.data.tokenizer import split_words
+    from minivlm.data.worldtext import fact_words
+
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
+    forbidden, vocabulary = fact_words(), set(ShapesWorld.vocabulary())
+    for text in texts:
+        words = set(split_words(text))
+        if words & forbidden:
+            raise ValueError(f"a training text holds world-fact words {sorted(words & forbidden)}: {text!r}")
+        if not words <= vocabulary:
+            raise ValueError(f"a training text holds words no ShapesWorld generator emits "
+                             f"{sorted(words - vocabulary)} (a fact could hide in them): {text!r}")
+
+
+def caption_qa_set(data: dict, seed: int = 0, kinds: Sequence[str] | None = None) -> dict:
+    """Visible-answer VQA on a pair set (`blip.image_text_pairs`): for each true caption, one of
+    ShapesWorld's VQA questions about its image, whose answer the image shows (kinds cycled so
+    each has about the same share; a scene that cannot give the turn's kind gives the next).
+    Captions that are not true of their image (a noisy set's) are left out.
+    Returns dict(images, scenes, image_ids, captions, questions, answers, kinds); its text is
+    checked by `check_no_fact_text`."""
+    from minivlm.data.shapesworld import VQA_KINDS, ShapesWorld
+    from minivlm.models.blip import check_pair_set
+
+    check_pair_set(data)
+    kinds = tuple(VQA_KINDS if kinds is None else kinds)
+    if not kinds or any(k not in VQA_KINDS for k in kinds):
+        raise ValueError(f"kinds must be a non-empty subset of {list(VQA_KINDS)}, got {list(kinds)}")
+    world = ShapesWorld(seed=seed)  # its text generator draws the count / exists / relation questions
+    out: dict[str, list] = {"image_ids": [], "captions": [], "questions": [], "answers": [], "kinds": []}
+    for j, (i, caption) in enumerate(zip(torch.as_tensor(data["image_ids"]).tolist(), data["captions"])):
+        scene = data["scenes"][i]
+        if caption not in ShapesWorld.true_captions(scene):
+            continue
+        qa = world.vqa(scene)
+        for turn in range(len(kinds)):
+            options = [t for t in qa if t[2] == kinds[(j + turn) % len(kinds)]]
+            if options:
+                break
+        if not options:
+            continue
+        q, a, k = options[int(world.text_rng.integers(len(options)))]
+        for key, value in zip(("image_ids", "captions", "questions", "answers", "kinds"), (i, caption, q, a, k)):
+            out[key].append(value)
+    if not out["captions"]:
+        raise ValueError("no caption of the pair set is true of its image (or no question of the kinds fits)")
+    check_no_fact_text(out["captions"] + out["questions"] + out["answers"])
+    return {"images": data["images"], "scenes": data["scenes"], **out, "image_ids": torch.tensor(out["image_ids"])}
+
+
+def caption_distill_batches(data: dict, n_prefix: int, batch_size: int = 32, seed: int = 0, tokenizer=None):
+    """batches(step) -> the two readings of B visible-answer VQA items (`caption_qa_set`), drawn
+    at random (deterministic given seed and step):
+
+        prefix_ids   "<bos> <image>×K question: ... answer: red. <eos>"   what the student reads
+        caption_ids  "<bos> a red circle. question: ... answer: red. <eos>"   what the teacher reads
+
+    both right-padded; suffix = "question: ... answer: red. <eos>". prefix_at, caption_at (B, L):
+    the positions whose next-token distribution predicts suffix token 0..L-1 in each reading
+    (the last prefix or caption token, then every suffix token but the last); suffix_mask (B, L):
+    True where the row has that suffix token; answer_mask (B, L): those that predict the answer
+    (and its "." and <eos>). The data's text is checked by `check_no_fact_text` first."""
+    from minivlm.data.tokenizer import Tokenizer
+    from minivlm.data.worldtext import qa_prompt, qa_text
+
+    need = ("images", "image_ids", "captions", "questions", "answers")
+    if not isinstance(data, dict) or any(k not in data for k in need):
+        got = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"data must be a caption_qa_set dict with {list(need)}, got {got}")
+    n = len(data["captions"])
+    if n == 0 or not len(data["image_ids"]) == len(data["questions"]) == len(data["answers"]) == n:
+        raise ValueError(f"data needs one image id, question and answer per caption (and a caption), got "
+                         f"{len(data['image_ids'])}, {len(data['questions'])}, {len(data['answers'])} for {n}")
+    check_int("n_prefix", n_prefix)
+    check_int("batch_size", batch_size)
+    check_no_fact_text(list(data["captions"]) + list(data["questions"]) + list(data["answers"]))
+    tok = tokenizer or Tokenizer.from_world()
+    captions = [tok.encode(c) for c in data["captions"]]
+    suffixes = [tok.encode(qa_text(q, a)) + [tok.eos_id] for q, a in zip(data["questions"], data["answers"])]
+    asks = [len(tok.encode(qa_prompt(q))) for q in data["questions"]]  # suffix tokens before the answer
+    image_ids = torch.as_tensor(data["image_ids"])
+
+    def pad(rows: list[list[int]]) -> torch.Tensor:
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [tok.pad_id] * (width - len(r)) for r in rows])
+
+    def batch(step: int) -> dict:
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"step must be an int >= 0, got {step!r}")
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        pick = torch.randint(n, (batch_size,), generator=g).tolist()
+        suf = [suffixes[j] for j in pick]
+        length = max(len(x) for x in suf)
+        i = torch.arange(length)  # (L,)
+        cap_len = torch.tensor([len(captions[j]) for j in pick])  # (B,)
+        lens = torch.tensor([len(x) for x in suf])[:, None]
+        suffix_mask = i[None] < lens  # (B, L)
+        return {
+            "images": data["images"][image_ids[pick]],
+            "prefix_ids": pad([[tok.bos_id] + [tok.image_id] * n_prefix + x for x in suf]),
+            "caption_ids": pad([[tok.bos_id] + captions[j] + x for j, x in zip(pick, suf)]),
+            # suffix token i sits at 1 + K + i (1 + caption length + i); its predictor one earlier
+            "prefix_at": torch.where(suffix_mask, n_prefix + i[None], 0),
+            "caption_at": torch.where(suffix_mask, cap_len[:, None] + i[None], 0),
+            "suffix_mask": suffix_mask,
+            "answer_mask": suffix_mask & (i[None] >= torch.tensor([asks[j] for j in pick])[:, None]),
+        }
+
+    return batch
+
+
+def suffix_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, student_at: torch.Tensor,
+              teacher_at: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) per suffix position (B, L), 0 where mask is False: the teacher's
+    next-token distribution at teacher_at against the student's at student_at. logits (B, T, V)
+    and (B, T', V); *_at, mask (B, L)."""
+    check_tensor("student_logits", student_logits, ndim=3, dtype="float")
+    check_tensor("teacher_logits", teacher_logits, ndim=3, dtype="float")
+    if student_logits.shape[0] != teacher_logits.shape[0] or student_logits.shape[2] != teacher_logits.shape[2]:
+        raise ValueError(f"student and teacher logits must share B and V, got {tuple(student_logits.shape)} and "
+                         f"{tuple(teacher_logits.shape)}")
+    if not student_at.shape == teacher_at.shape == mask.shape == (student_logits.shape[0], mask.shape[1]):
+        raise ValueError(f"student_at, teacher_at and mask must all be (B={student_logits.shape[0]}, L), got "
+                         f"{tuple(student_at.shape)}, {tuple(teacher_at.shape)} and {tuple(mask.shape)}")
+    rows = torch.arange(len(mask), device=mask.device)[:, None]  # (B, 1)
+    log_s = F.log_softmax(student_logits[rows, student_at].float(), dim=-1)  # (B, L, V)
+    log_t = F.log_softmax(teacher_logits[rows, teacher_at].float(), dim=-1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(-1)  # (B, L)
+    return kl * mask
+
+
+def caption_distill_step(model: PrefixVLM, batch: dict) -> dict:
+    """Arm (6) of chapter 10, for `minivlm.train.fit`: the mean over every suffix position of
+    KL(frozen LLM reading [true caption ; suffix] || the same LLM reading [prefix ; suffix]),
+    suffix = [question ; answer] (`caption_distill_batches`). The LLM is the teacher and is not
+    trained; the gradient reaches only what the variant trains (the mapper, and Frozen's ViT).
+    The prefix learns to make the LLM read on as if it had read the caption, not to write one.
+    Logged: answer_kl (the positions that predict the answer)."""
+    student = model(batch["images"], batch["prefix_ids"])  # (B, Tp, V)
+    with torch.no_grad(), eval_mode(model.llm):
+        teacher = model.llm(batch["caption_ids"])  # (B, Tc, V)
+    kl = suffix_kl(student, teacher, batch["prefix_at"], batch["caption_at"], batch["suffix_mask"])  # (B, L)
+    loss = kl.sum() / batch["suffix_mask"].sum()
+    answer = batch["answer_mask"]
+    return {"loss": loss, "answer_kl": (kl.detach() * answer).sum() / answer.sum().clamp(min=1)}
+
+
 # ----------------------------------------------------------------------------- evaluation
 def answer_figures(predictions: list[str], answers: Sequence[str], kinds: Sequence[str]) -> dict:
     """Exact-answer accuracy of predictions: dict(predictions, hits, accuracy, per_kind), each
@@ -353,3 +539,106 @@ def knowledge_figures(model: PrefixVLM, data: dict) -> dict:
                                                    max_new_tokens=n), data["answers"], data["kinds"]),
         "llm_alone": llm_alone_figures(model, data, n),
     }
+
+
+def _check_knowledge_set(data) -> None:
+    need = ("images", "questions", "answers", "kinds", "scenes")
+    if not isinstance(data, dict) or any(k not in data for k in need):
+        got = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"data must be a ShapesBench knowledge set with {list(need)}, got {got}")
+    n = len(data["questions"])
+    if n == 0 or any(len(data[k]) != n for k in need):
+        raise ValueError(f"a knowledge set needs one image, answer, kind and scene per question (and a question), "
+                         f"got {[len(data[k]) for k in need]} for {list(need)}")
+
+
+def knowledge_decomposition(model: PrefixVLM, data: dict, max_new_tokens: int | None = None) -> dict:
+    """Knowledge questions (a ShapesBench `knowledge` set) five ways, each dict(predictions, hits,
+    accuracy, per_kind) with 95 % intervals:
+
+        llm_alone       the question to the frozen LLM, no image (the baseline)
+        true_caption    the scene's true caption, then the question, in text (the ceiling: what
+                        the LLM does with a perfect description); item i takes paraphrase i mod 6
+        own_caption     the model's own caption, then the question, in text (prefix dropped)
+        describe_first  the prefix, the model's own caption, then the question
+        direct          the prefix, then the question
+
+    own_caption and describe_first also carry "captions" (the model's, greedy). Which prefix
+    "direct" reads depends on the model passed: caption-trained, or distilled to act as the
+    caption (`caption_distill_step`)."""
+    from minivlm.data.shapesworld import CAPTION_TEMPLATES, ShapesWorld
+    from minivlm.data.worldtext import qa_prompt
+
+    _check_knowledge_set(data)
+    n = max_new_tokens if max_new_tokens is not None else max(len(a.split()) for a in data["answers"]) + 1
+    check_int("max_new_tokens", n)
+    answers, kinds = data["answers"], data["kinds"]
+    prompts = [qa_prompt(q) for q in data["questions"]]
+    true = [ShapesWorld.captions(s)[i % len(CAPTION_TEMPLATES)] for i, s in enumerate(data["scenes"])]
+    own = model.caption(data["images"])
+
+    def in_text(texts: list[str]) -> dict:
+        with eval_mode(model):
+            return answer_figures(model.llm.complete(texts, n, tokenizer=model.tokenizer), answers, kinds)
+
+    out = {
+        "llm_alone": in_text(prompts),
+        "true_caption": in_text([f"{c} {p}" for c, p in zip(true, prompts)]),
+        "own_caption": {**in_text([f"{c} {p}" for c, p in zip(own, prompts)]), "captions": own},
+        "describe_first": {**answer_figures(model.complete(data["images"], [f"{c} {p}" for c, p in zip(own, prompts)],
+                                                           n, stop="."), answers, kinds), "captions": own},
+        "direct": answer_figures(model.complete(data["images"], prompts, n, stop="."), answers, kinds),
+    }
+    return out
+
+
+def perception_figures(model: PrefixVLM, data: dict, decomposition: dict) -> dict:
+    """Knowledge accuracy where the model sees the asked object right. Each knowledge item's
+    matching visual question (`bench.knowledge_perception`: "what shape is the red object?" for
+    "how many corners does the red object have?") is asked of the same model, directly (prefix,
+    then the question). Returns dict(
+        perception       figures of those visual questions (+ "questions"),
+        n_right          how many the model answers right,
+        given_perception {way: accuracy on that subset, an Estimate} for every way of
+                         `decomposition` (None for each where the subset is empty),
+        direct_share_of_ceiling  direct / true_caption accuracy on that subset, with a bootstrap
+                         interval over the subset's items (None without both ways or subset))."""
+    from minivlm.data.bench import knowledge_perception
+    from minivlm.eval import bootstrap, interval
+
+    _check_knowledge_set(data)
+    if not isinstance(decomposition, dict) or not decomposition:
+        raise ValueError("decomposition must be the dict knowledge_decomposition returns")
+    n = len(data["questions"])
+    for way, figures in decomposition.items():
+        if len(figures.get("hits", ())) != n:
+            raise ValueError(f"decomposition[{way!r}] must have one hit per knowledge item ({n}), got "
+                             f"{len(figures.get('hits', ()))}")
+    visual = knowledge_perception(data["scenes"], data["questions"], data["kinds"])
+    perception = {**answer_figures(model.ask(data["images"], visual["questions"]), visual["answers"], visual["kinds"]),
+                  "questions": visual["questions"]}
+    right = np.array(perception["hits"], dtype=bool)
+    given = {way: interval(np.array(f["hits"], dtype=float)[right]) if right.any() else None
+             for way, f in decomposition.items()}
+    share = None
+    if right.any() and {"direct", "true_caption"} <= set(decomposition):
+        direct = np.array(decomposition["direct"]["hits"], dtype=float)[right]
+        ceiling = np.array(decomposition["true_caption"]["hits"], dtype=float)[right]
+        if ceiling.sum() > 0:  # resample items (their indices), keeping each item's two answers paired
+            share = bootstrap(np.arange(len(direct)), lambda i: direct[i.astype(int)].sum()
+                              / max(ceiling[i.astype(int)].sum(), 1.0))
+    return {"perception": perception, "n_right": int(right.sum()), "given_perception": given,
+            "direct_share_of_ceiling": share}
+
+
+def prefix_norms(model: PrefixVLM, images: torch.Tensor) -> dict:
+    """The L2 norms of the prefix vectors of `images` (every one of the B·K) next to those of the
+    frozen LLM's token embeddings (every row of its table): dict(prefix=..., words=...), each
+    dict(mean, min, max, n). A prefix far off the words' scale is read as no word the LLM knows."""
+    def summary(norms: torch.Tensor) -> dict:
+        return {"mean": float(norms.mean()), "min": float(norms.min()), "max": float(norms.max()),
+                "n": int(norms.numel())}
+
+    with torch.no_grad(), eval_mode(model):
+        prefix = model.image_prefix(images)  # (B, K, D)
+    return {"prefix": summary(prefix.norm(dim=-1)), "words": summary(model.llm.token_embedding.weight.norm(dim=-1))}
