@@ -48,3 +48,60 @@ def test_clipcap_refuses_a_rebuilt_llm(tmp_path):
     (tmp_path / "clipcap.json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match="trained on a zoo 'llm'|weights were trained and saved"):
         zoo.load("clipcap", weights_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- the recipe's arms (issue 23)
+def test_the_recipe_runs_every_arm_sweeps_frozens_lr_and_ships_one():
+    from minivlm.zoo.recipes.clipcap import ARM_SPECS, ClipCapRecipe, MaplRecipe
+
+    recipe = ClipCapRecipe()
+    jobs = recipe.jobs()
+    names = ["clipcap", "frozen_lr0.003", "frozen_lr0.001", "frozen_lr0.0003", "mapl", "clipcap_kl", "clipcap_word"]
+    assert [j["arm"] for j in jobs] == names * recipe.seeds and [j["seed"] for j in jobs] == [0] * 7 + [1] * 7
+    by_arm = {j["arm"]: j for j in jobs if j["seed"] == 0}
+    assert [by_arm[f"frozen_lr{lr:g}"]["lr"] for lr in (3e-3, 1e-3, 3e-4)] == [3e-3, 1e-3, 3e-4]
+    assert {ARM_SPECS[j["spec"]]["variant"] for j in jobs if j["arm"].startswith("frozen")} == {"frozen"}
+    assert ARM_SPECS[by_arm["clipcap_kl"]["spec"]] == dict(variant="clipcap", objective="caption_kl", prefix_norm="free")
+    assert ARM_SPECS[by_arm["clipcap_word"]["spec"]]["prefix_norm"] == "word"
+    assert all(j["lr"] == recipe.lr for j in jobs if not j["arm"].startswith("frozen"))
+    assert [(j["arm"], j["seed"]) for j in jobs if j["ship"]] == [("clipcap", 0)]
+    # every arm sees the same images, steps and batch size
+    assert len({(j["n_images"], j["world_seed"], j["steps"], j["batch_size"]) for j in jobs}) == 1
+    # the mapl entry trains exactly the clipcap build's MAPL seed 0 (same weights)
+    (mapl,) = MaplRecipe().jobs()
+    assert {k: v for k, v in mapl.items() if k != "ship"} == {k: v for k, v in by_arm["mapl"].items() if k != "ship"}
+    assert mapl["ship"]
+    with pytest.raises(ValueError, match=r"arms must be among .*got \['llava'\]"):
+        ClipCapRecipe(arms=("clipcap", "llava")).jobs()
+    with pytest.raises(ValueError, match="ship_arm must be one of the arms run"):
+        ClipCapRecipe(arms=("mapl",)).jobs()
+    with pytest.raises(ValueError, match="frozen_lrs must hold at least one"):
+        ClipCapRecipe(frozen_lrs=()).jobs()
+
+
+def test_the_shipped_config_names_the_arms_prefix_and_old_manifests_load_free():
+    from minivlm.zoo.recipes.clipcap import ClipCapRecipe
+
+    config = ClipCapRecipe().shipped_config()
+    assert config["variant"] == "clipcap" and config["prefix_norm"] == "free"
+    assert config["llm_sha256"] == zoo.manifest("llm")["sha256"]
+    word = ClipCapRecipe(ship_arm="clipcap_word").shipped_config()
+    assert word["variant"] == "clipcap" and word["prefix_norm"] == "word"
+    assert "prefix_norm" not in zoo.manifest("clipcap")["config"]  # trained before the option: loads as "free"
+    assert zoo.load("clipcap").config.prefix_norm == "free"
+
+
+def test_a_kl_arm_runs_end_to_end_and_reports_the_decomposition():
+    from minivlm.zoo.recipes.clipcap import ClipCapRecipe, _run_arm
+
+    recipe = ClipCapRecipe(steps=2, batch_size=4, n_images=16, seeds=1, arms=("clipcap_kl",), ship_arm="clipcap_kl",
+                           warmup=0)
+    (job,) = recipe.jobs()
+    out = _run_arm({**job, "metric_sizes": dict(caption_n=4, vqa_n=6, knowledge_n=6)})
+    m = out["metrics"]
+    for way in ("llm_alone", "true_caption", "own_caption", "describe_first", "direct"):
+        assert m[f"knowledge_{way}"]["n"] == 6
+        assert f"knowledge_{way}_given_perception" in m
+    assert m["perception"]["n"] == 6 and "knowledge_direct_share_of_ceiling_given_perception" in m
+    assert m["prefix_norm"]["n"] == 4 * 8 and m["word_norm"]["min"] <= m["word_norm"]["mean"] <= m["word_norm"]["max"]
+    assert out["final"]["loss"] >= 0 and set(out["state"]) == {k for k in out["state"] if k.startswith("mapper.")}

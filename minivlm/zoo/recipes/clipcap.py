@@ -9,10 +9,20 @@ is stored: the weights file holds the mapper, and loading joins it to the zoo's 
 (whose sha256 the manifest records, so a rebuilt CLIP or LLM makes the entry refuse to load
 instead of decoding noise).
 
+Two more arms, at the same steps, images and batch size: `clipcap_kl`, a ClipCap mapper trained
+to act as the caption (chapter 10's arm 6: on visible-answer VQA of the same images, whose text is
+asserted to hold no world-fact word, the frozen LLM reading [prefix ; question ; answer] is pulled
+towards it reading [true caption ; question ; answer], KL at every suffix position), and
+`clipcap_word`, ClipCap with its prefix kept at the word embeddings' scale. The Frozen arm runs
+once per learning rate in `frozen_lrs` (arms `frozen_lr0.003` ...): it fine-tunes CLIP's ViT,
+which CLIP itself was trained at 2e-3.
+
 Every arm is measured on the same ShapesBench sets: captions (CIDEr-D, BLEU-4, exactly true);
 VQA by prompting (never trained on questions) per kind; knowledge questions ("how many corners
-does the red object have?") asked directly, after the model's own caption, and to the LLM alone
-without the image (the baseline).
+does the red object have?") taken apart (`knowledge_decomposition`: the LLM alone, the true
+caption in text, the model's own caption in text, describe-then-answer, direct), each again on
+the items whose matching visual question the model answers right (`perception_figures`); and
+the prefix vectors' norms next to the word embeddings'.
 """
 from __future__ import annotations
 
@@ -23,7 +33,17 @@ import torch
 
 from minivlm.zoo.recipes import arm_table, estimate, run_jobs
 
-ARMS = ("clipcap", "frozen", "mapl")
+# What each arm varies: the variant (what is trained), the objective ("caption": `prefix_step` on
+# the captions; "caption_kl": `caption_distill_step` on visible-answer VQA of the same images) and
+# the prefix's norm. "frozen" runs once per learning rate of the recipe's `frozen_lrs`.
+ARM_SPECS = {
+    "clipcap": dict(variant="clipcap", objective="caption", prefix_norm="free"),
+    "frozen": dict(variant="frozen", objective="caption", prefix_norm="free"),
+    "mapl": dict(variant="mapl", objective="caption", prefix_norm="free"),
+    "clipcap_kl": dict(variant="clipcap", objective="caption_kl", prefix_norm="free"),
+    "clipcap_word": dict(variant="clipcap", objective="caption", prefix_norm="word"),
+}
+ARMS = tuple(ARM_SPECS)
 PREFIX_CONFIG = dict(n_prefix=8, hidden=128, mapper_dim=128, mapper_heads=4)
 FROZEN_PARTS = ("clip", "llm")
 
@@ -50,11 +70,14 @@ def _model(config: dict):
 def prefix_metrics(model, bench_seed: int = 1234, caption_n: int = 256, vqa_n: int = 600,
                    knowledge_n: int = 900) -> dict:
     """ShapesBench figures of a PrefixVLM with 95 % intervals: greedy captions; VQA by prompting,
-    all and per kind; knowledge questions asked directly, after the model's own caption, and to
-    the LLM alone (no image)."""
+    all and per kind; knowledge questions five ways (`knowledge_decomposition`), all and per
+    kind, and again where the model answers the matching visual question right
+    (`perception_figures`: knowledge_<way>_given_perception, and direct's share of the
+    true-caption ceiling there); the prefix vectors' norms (on the captioning images) and the
+    word embeddings'."""
     from minivlm.data import ShapesBench
     from minivlm.models.blip import evaluate_captions
-    from minivlm.models.frozen import knowledge_figures, vqa_figures
+    from minivlm.models.frozen import knowledge_decomposition, perception_figures, prefix_norms, vqa_figures
 
     bench = ShapesBench(image_size=model.image_size, seed=bench_seed)
     cap = bench.captioning(caption_n)
@@ -65,32 +88,60 @@ def prefix_metrics(model, bench_seed: int = 1234, caption_n: int = 256, vqa_n: i
     out["vqa"] = estimate(vqa["accuracy"])
     out.update({f"vqa_{kind}": estimate(e) for kind, e in vqa["per_kind"].items()})
     out["vqa_describe_first"] = estimate(vqa_figures(model, vqa_set, describe_first=True)["accuracy"])
-    know = knowledge_figures(model, bench.knowledge(knowledge_n))
+    know_set = bench.knowledge(knowledge_n)
+    know = knowledge_decomposition(model, know_set)
     for way, figures in know.items():
         out[f"knowledge_{way}"] = estimate(figures["accuracy"])
         out.update({f"knowledge_{way}_{kind}": estimate(e) for kind, e in figures["per_kind"].items()})
+    seen = perception_figures(model, know_set, know)
+    out["perception"] = estimate(seen["perception"]["accuracy"])
+    out.update({f"perception_{kind}": estimate(e) for kind, e in seen["perception"]["per_kind"].items()})
+    for way, e in seen["given_perception"].items():
+        out[f"knowledge_{way}_given_perception"] = None if e is None else estimate(e)
+    share = seen["direct_share_of_ceiling"]
+    out["knowledge_direct_share_of_ceiling_given_perception"] = None if share is None else estimate(share)
+    norms = prefix_norms(model, cap["images"])
+    out["prefix_norm"] = {k: round(v, 4) for k, v in norms["prefix"].items()}
+    out["word_norm"] = {k: round(v, 4) for k, v in norms["words"].items()}
     return out
 
 
 def _run_arm(job: dict) -> dict:
     from minivlm import zoo
     from minivlm.models.blip import image_text_pairs
-    from minivlm.models.frozen import PrefixConfig, PrefixVLM, prefix_batches, prefix_step
+    from minivlm.models.frozen import (
+        PrefixConfig,
+        PrefixVLM,
+        caption_distill_batches,
+        caption_distill_step,
+        caption_qa_set,
+        prefix_batches,
+        prefix_step,
+    )
     from minivlm.train import fit
     from minivlm.utils import count_parameters, seed_everything
 
     torch.set_num_threads(1)
     start = time.perf_counter()
     seed_everything(job["seed"])
-    model = PrefixVLM(zoo.load("clip"), zoo.load("llm"), PrefixConfig(job["arm"], **job["config"]))
+    spec = ARM_SPECS[job["spec"]]
+    model = PrefixVLM(zoo.load("clip"), zoo.load("llm"),
+                      PrefixConfig(spec["variant"], prefix_norm=spec["prefix_norm"], **job["config"]))
     data = image_text_pairs(job["n_images"], 0.0, seed=job["world_seed"])
-    batches = prefix_batches(data, model.config.n_prefix, batch_size=job["batch_size"], seed=job["seed"])
-    history = fit(model, prefix_step, batches, job["steps"], lr=job["lr"], weight_decay=job["weight_decay"],
+    if spec["objective"] == "caption":
+        step, batches = prefix_step, prefix_batches(data, model.config.n_prefix, batch_size=job["batch_size"],
+                                                    seed=job["seed"])
+    else:  # the same images, each caption with a visible-answer question (no fact word: asserted)
+        qa = caption_qa_set(data, seed=job["world_seed"])
+        step, batches = caption_distill_step, caption_distill_batches(qa, model.config.n_prefix,
+                                                                      batch_size=job["batch_size"], seed=job["seed"])
+    history = fit(model, step, batches, job["steps"], lr=job["lr"], weight_decay=job["weight_decay"],
                   warmup=job["warmup"], device="cpu", seed=job["seed"], progress=job["progress"],
                   desc=f"zoo: prefix {job['arm']} seed {job['seed']}")
     train_seconds = time.perf_counter() - start
     model.eval()
-    out = {"arm": job["arm"], "seed": job["seed"], "metrics": prefix_metrics(model, job["bench_seed"]),
+    metrics = prefix_metrics(model, job["bench_seed"], **job.get("metric_sizes", {}))
+    out = {"arm": job["arm"], "seed": job["seed"], "metrics": metrics, "lr": job["lr"],
            "final": {"loss": round(history.last("loss"), 4)}, "train_seconds": round(train_seconds, 1),
            "ms_per_step": round(1000 * train_seconds / job["steps"], 1),
            "trainable": count_parameters(model, trainable_only=True), "total": count_parameters(model)}
@@ -102,13 +153,15 @@ def _run_arm(job: dict) -> dict:
 
 @dataclass
 class ClipCapRecipe:
-    """The three prefix variants on clean ShapesWorld captions, at the zoo BLIP's steps and batch
-    size, `seeds` seeds each, on the CPU; ClipCap seed 0 is shipped. `workers` > 1 runs that many
-    arms at once (one thread each: the figures do not change)."""
+    """The prefix arms on clean ShapesWorld captions (`ARM_SPECS`; "frozen" once per lr of
+    `frozen_lrs`), at the zoo BLIP's steps and batch size, `seeds` seeds each, on the CPU;
+    ClipCap seed 0 is shipped. `workers` > 1 runs that many arms at once (one thread each: the
+    figures do not change)."""
 
     steps: int = 1500  # the zoo BLIP's
     batch_size: int = 32  # the zoo BLIP's
     lr: float = 3e-3
+    frozen_lrs: tuple = (3e-3, 1e-3, 3e-4)  # Frozen fine-tunes CLIP's ViT (pretrained at 2e-3): swept
     weight_decay: float = 0.01
     warmup: int = 50
     seeds: int = 2
@@ -123,19 +176,42 @@ class ClipCapRecipe:
     name = "clipcap"
     model = staticmethod(_model)
 
-    def train(self, weights_dir, progress: bool):
+    def jobs(self, progress: bool = False) -> list[dict]:
+        """One job per (seed, arm), "frozen" expanded to one arm per lr of `frozen_lrs`."""
+        bad = [a for a in self.arms if a not in ARM_SPECS]
+        if bad:
+            raise ValueError(f"arms must be among {list(ARM_SPECS)}, got {bad}")
+        if "frozen" in self.arms and not self.frozen_lrs:
+            raise ValueError("frozen_lrs must hold at least one learning rate when the arms include 'frozen'")
+        runs = []  # (arm name, spec, lr)
+        for arm in self.arms:
+            if arm == "frozen":
+                runs += [(f"frozen_lr{lr:g}", arm, lr) for lr in self.frozen_lrs]
+            else:
+                runs.append((arm, arm, self.lr))
+        names = [r[0] for r in runs]
+        if self.ship_arm not in names:
+            raise ValueError(f"ship_arm must be one of the arms run {names}, got {self.ship_arm!r}")
+        return [dict(arm=name, spec=spec, seed=seed, config=dict(self.config), steps=self.steps,
+                     batch_size=self.batch_size, lr=lr, weight_decay=self.weight_decay, warmup=self.warmup,
+                     n_images=self.n_images, world_seed=self.world_seed, bench_seed=self.bench_seed,
+                     ship=name == self.ship_arm and seed == 0, progress=progress and self.workers == 1)
+                for seed in range(self.seeds) for name, spec, lr in runs]
+
+    def shipped_config(self) -> dict:
+        """The manifest's config of the shipped arm: PrefixConfig's fields + the sha256 of the zoo
+        clip and llm it was trained on."""
         from minivlm import zoo
 
-        jobs = [dict(arm=arm, seed=seed, config=dict(self.config), steps=self.steps, batch_size=self.batch_size,
-                     lr=self.lr, weight_decay=self.weight_decay, warmup=self.warmup, n_images=self.n_images,
-                     world_seed=self.world_seed, bench_seed=self.bench_seed, ship=arm == self.ship_arm and seed == 0,
-                     progress=progress and self.workers == 1)
-                for seed in range(self.seeds) for arm in self.arms]
-        results = run_jobs(_run_arm, jobs, self.workers, progress, "clipcap")
-        arms = arm_table(results, ("ms_per_step", "trainable", "total"))
+        spec = ARM_SPECS[next(j["spec"] for j in self.jobs() if j["arm"] == self.ship_arm)]
+        return {"variant": spec["variant"], **self.config, "prefix_norm": spec["prefix_norm"],
+                **{f"{part}_sha256": zoo.manifest(part)["sha256"] for part in FROZEN_PARTS}}
+
+    def train(self, weights_dir, progress: bool):
+        results = run_jobs(_run_arm, self.jobs(progress), self.workers, progress, "clipcap")
+        arms = arm_table(results, ("lr", "ms_per_step", "trainable", "total"))
         shipped = next(r for r in results if "state" in r)
-        config = {"variant": self.ship_arm, **self.config,
-                  **{f"{part}_sha256": zoo.manifest(part)["sha256"] for part in FROZEN_PARTS}}
+        config = self.shipped_config()
         model = _model(config)
         model.load_state_dict(shipped["state"], strict=False)
         return model.eval(), {
