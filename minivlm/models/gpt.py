@@ -506,6 +506,27 @@ def fact_recall(model: GPT, items, use_cache: bool = True) -> dict:
     return {"predictions": predictions, "hits": hits, "accuracy": interval(hits), "per_family": per_family}
 
 
+def kshot_figures(model: GPT, items) -> dict:
+    """Ask each k-shot `ShotItem` (minivlm.data.incontext.kshot_items) greedily and read as many
+    words as its answer has. Exact: those words are the answer; type: they are an answer of the
+    right kind (a colour for a colour rule), which a model can get from the format alone.
+    Returns dict(predictions, exact, type (Estimates), per_rule {rule: exact Estimate})."""
+    from minivlm.eval import interval
+
+    items = list(items)
+    if not items:
+        raise ValueError("items must hold at least one ShotItem")
+    tok = model.get_tokenizer()
+    longest = max(len(tok.encode(it.answer)) for it in items)
+    raw = model.complete([it.prompt for it in items], max_new_tokens=longest, stop=None)
+    predictions = [" ".join(p.split()[:len(it.answer.split())]) for p, it in zip(raw, items)]
+    exact = [p == it.answer for p, it in zip(predictions, items)]
+    typed = [p in it.answer_type for p, it in zip(predictions, items)]
+    rules = sorted({it.rule for it in items})
+    per_rule = {r: interval([h for h, it in zip(exact, items) if it.rule == r]) for r in rules}
+    return {"predictions": predictions, "exact": interval(exact), "type": interval(typed), "per_rule": per_rule}
+
+
 def world_perplexity(model: GPT, documents: Sequence[str], batch_size: int = 128):
     """Perplexity of `model` on world-text documents ("<bos> ... <eos>"), with a bootstrap interval
     over documents (`minivlm.eval.perplexity`)."""
