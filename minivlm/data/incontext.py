@@ -182,18 +182,26 @@ class Episodes:
         return " ".join(out)
 
     def keyvalue(self, units: int, t: Template | None = None) -> str:
-        """Units "key → value" with nonce keys; after the first, each unit repeats an earlier key
-        (its value can be copied) or, half the time, brings a new one (it cannot)."""
+        """Units "key → value" with nonce keys: first some distinct keys are bound (at least one,
+        fewer than `units`), then each later unit asks one of them again (its value can only be
+        copied from the context) or, one time in four, binds a new key (it cannot)."""
+        if units < 2:
+            raise ValueError(f"a key-value episode needs units >= 2 (a binding and a query), got {units}")
         t = t or self.template()
         keys = [f"<extra_{i}>" for i in self.rng.permutation(NUM_EXTRA)]
         bound: dict[str, str] = {}
-        out = []
-        for u in range(units):
-            if bound and self.rng.uniform() < 0.5:
-                key = list(bound)[int(self.rng.integers(len(bound)))]
+
+        def bind() -> str:
+            key = keys[len(bound)]
+            bound[key] = KEYVALUE_VALUES[int(self.rng.integers(len(KEYVALUE_VALUES)))]
+            return key
+
+        out = [t.unit(key, bound[key]) for key in [bind() for _ in range(int(self.rng.integers(1, units)))]]
+        while len(out) < units:
+            if self.rng.uniform() < 0.25:
+                key = bind()
             else:
-                key = keys[len(bound)]
-                bound[key] = KEYVALUE_VALUES[int(self.rng.integers(len(KEYVALUE_VALUES)))]
+                key = list(bound)[int(self.rng.integers(len(bound)))]
             out.append(t.unit(key, bound[key]))
         return " ".join(out)
 
