@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from minivlm.data.shapesworld import COLORS, NUMBER_WORDS, PLURALS, SHAPES, Scene, ShapesWorld
+from minivlm.data.shapesworld import COLORS, NUMBER_WORDS, PLURALS, SHAPES, VQA_KINDS, Scene, ShapesWorld
 
 FAMILIES: tuple[str, ...] = ("shape", "thing_shape", "thing_color", "mixing")
 
@@ -358,19 +358,29 @@ def counterfactual_items(n: int, seed: int = 0, split: str = "heldout", distract
     return items
 
 
-def chat_items(n: int, seed: int = 0, split: str = "test", one_word: bool = True) -> list[RecallItem]:
+# the VQA kinds a caption answers: captions name each object's size, colour and shape, never where it is
+CAPTION_KINDS = ("color", "count", "exists", "shape")
+
+
+def chat_items(n: int, seed: int = 0, split: str = "test", one_word: bool = True,
+               kinds: Sequence[str] | None = CAPTION_KINDS) -> list[RecallItem]:
     """n questions about a scene asked in the chat template: the scene's caption and the question
     in the user's message (with a one-word instruction when one_word), the reply to complete.
-    Half VQA (family "vqa"), half knowledge (family "knowledge"), as `scene_items`."""
+    Half VQA (family "vqa"), half knowledge (family "knowledge"), as `scene_items`. kinds: the
+    VQA kinds asked (default: those the caption answers; None: every kind, position and relation
+    included, which the caption does not state)."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
+    if kinds is not None and (isinstance(kinds, str) or not set(kinds) <= set(VQA_KINDS)):
+        raise ValueError(f"kinds must be None or a list of VQA kinds from {VQA_KINDS}, got {kinds!r}")
     world = ShapesWorld(seed=seed, split=split)
     rng = np.random.default_rng(seed)
     items: list[RecallItem] = []
     while len(items) < n:
         scene = world.sample(1)[0]
         family = "vqa" if len(items) % 2 == 0 else "knowledge"
-        options = ([(q, a, k) for q, a, k in world.vqa(scene)] if family == "vqa" else knowledge_questions(scene))
+        options = ([(q, a, k) for q, a, k in world.vqa(scene) if kinds is None or k in kinds] if family == "vqa"
+                   else knowledge_questions(scene))
         if not options:
             continue
         q, a, kind = options[int(rng.integers(len(options)))]

@@ -450,3 +450,15 @@ def test_shapes_words_and_plurals_used_by_the_facts_are_the_worlds():
             assert fact.slots()["p"] == PLURALS[fact.subject]
         if fact.family == "thing_shape":
             assert fact.answer in SHAPES
+
+
+def test_chat_items_ask_only_what_the_caption_states_by_default():
+    from minivlm.data.worldtext import CAPTION_KINDS, chat_items
+
+    items = chat_items(80, seed=2)
+    vqa = [it for it in items if it.family == "vqa"]
+    assert vqa and {it.relation for it in vqa} <= set(CAPTION_KINDS)
+    every = chat_items(200, seed=2, kinds=None)
+    assert {"position", "relation"} & {it.relation for it in every}
+    with pytest.raises(ValueError, match="kinds"):
+        chat_items(4, kinds=("colour",))
