@@ -274,10 +274,171 @@ def test_greedy_with_cache_matches_the_library_generate():
     assert torch.equal(greedy_with_cache(model, prompt, 6), want)
 
 
+# ----------------------------------------------------------------------------- 09.rope
+
+
+def rope(x, positions, base=10000.0, pairing="half", theta="right", layout="cat", turn="right"):
+    """RoPE written out (pairs (j, j + d/2), θ_i = base^(-2i/d)), and the mistakes the options make."""
+    d, h = x.shape[-1], x.shape[-1] // 2
+    p = positions.double()[:, None]
+    i = torch.arange(h, dtype=torch.float64)
+    if theta == "per channel":
+        angles = p * base ** (-torch.arange(d, dtype=torch.float64) / d)
+    else:
+        freq = {"right": base ** (-2 * i / d), "no two": base ** (-i / d), "positive": base ** (2 * i / d)}[theta]
+        angles = torch.cat([p * freq, p * freq], -1) if layout == "cat" else (p * freq).repeat_interleave(2, -1)
+    cos, sin = angles.cos().float(), angles.sin().float()
+    if turn == "swapped":
+        cos, sin = sin, cos
+    if pairing == "interleaved":
+        a, b = x[..., 0::2], x[..., 1::2]
+        return torch.stack([a * cos[:, :h] - b * sin[:, :h], b * cos[:, :h] + a * sin[:, :h]], -1).flatten(-2)
+    a, b = x.chunk(2, -1)
+    partner = {"right": torch.cat([-b, a], -1), "swapped": torch.cat([-b, a], -1), "no sign": torch.cat([b, a], -1),
+               "back": torch.cat([b, -a], -1)}[turn]
+    return x * cos + partner * sin
+
+
+def _in_place(x, positions, base=10000.0):
+    out = rope(x, positions, base)
+    x.mul_(2)
+    return out
+
+
+def _only_4d(x, positions, base=10000.0):
+    b, h, t, d = x.shape  # fails on (T, d)
+    return rope(x, positions, base)
+
+
+def _wrong_on_2d(x, positions, base=10000.0):
+    return rope(x, positions, base) * (1.01 if x.ndim == 2 else 1.0)
+
+
+WRONG_ROPE = [
+    (lambda x, pos, base: rope(x, pos, base, pairing="interleaved"), "the interleaved pairing"),
+    (lambda x, pos, base: rope(x, pos, base, layout="interleaved"), "the angles are laid out interleaved"),
+    (lambda x, pos, base: rope(x, pos, base, turn="no sign"), "a sign is missing"),
+    (lambda x, pos, base: rope(x, pos, base, turn="back"), "turn the wrong way"),
+    (lambda x, pos, base: rope(x, pos, base, turn="swapped"), "cos and sin are swapped"),
+    (lambda x, pos, base: rope(x, pos, base, theta="no two"), "the frequencies are base^(-i/d)"),
+    (lambda x, pos, base: rope(x, pos, base, theta="positive"), "the frequencies grow with i"),
+    (lambda x, pos, base: rope(x, pos, base, theta="per channel"), "every channel got a frequency of its own"),
+    (lambda x, pos, base: rope(x, torch.arange(x.shape[-2]), base), "the positions argument was ignored"),
+    (lambda x, pos, base: rope(x, pos), "the base argument was ignored"),
+    (lambda x, pos, base: rope(x, pos, base) * 1.01, "differs from minivlm.nn.rope's"),
+    (lambda x, pos, base: rope(x, pos, base)[..., : x.shape[-1] // 2], "must return x's shape"),
+    (lambda x, pos, base: rope(x, pos, base).numpy(), "must be a torch.Tensor"),
+    (_in_place, "changed its input in place"),
+    (_only_4d, "(T, d)"),
+    (_wrong_on_2d, "(T, d)"),
+]
+
+
+def test_rope_reference_is_the_library_rotation_and_keeps_norms_and_offsets():
+    from minivlm.grading.ch09 import rope_reference
+
+    g = torch.Generator().manual_seed(0)
+    x, positions = torch.randn(2, 3, 5, 8, generator=g), torch.tensor([3, 4, 7, 8, 20])
+    assert torch.allclose(rope_reference(x, positions, 500.0), rope(x, positions, 500.0), atol=1e-5)
+    assert torch.allclose(rope_reference(x, positions).norm(dim=-1), x.norm(dim=-1), atol=1e-5)  # a rotation
+    assert torch.equal(rope_reference(x, torch.zeros(5, dtype=torch.long)), x)  # position 0 does not turn
+    q, k = torch.randn(8, generator=g), torch.randn(8, generator=g)
+    at = lambda v, p: rope_reference(v[None], torch.tensor([p]))[0]  # noqa: E731
+    assert torch.allclose(at(q, 9) @ at(k, 4), at(q, 15) @ at(k, 10), atol=1e-4)  # offset 5 both times
+
+
+# ----------------------------------------------------------------------------- 09.offset_spread
+
+
+def offset_spread(rotate, q, k, n, group=lambda p, s: p - s, spread="range", scale=1.0, key_at="s"):
+    """The experiment, and (options) the mistakes: another grouping, the std, a scaled score, the key at p."""
+    positions = torch.arange(n)
+    qs, ks = rotate(q.expand(n, -1), positions), rotate(k.expand(n, -1), positions)
+    scores = (qs @ ks.T if key_at == "s" else (qs * ks).sum(-1)[:, None].expand(n, n)) * scale
+    groups = group(positions[:, None], positions[None]).expand(n, n)
+    spreads = []
+    for o in groups.unique():
+        x = scores[groups == o]
+        spreads.append(float(x.max() - x.min()) if spread == "range" else float(x.std()) if len(x) > 1 else 0.0)
+    return scores, max(spreads), float(scores.max() - scores.min())
+
+
+def _same_as(value_of):
+    """offset_spread with same_offset replaced by value_of(scores)."""
+    def experiment(rotate, q, k, n):
+        scores, _, across = offset_spread(rotate, q, k, n)
+        return scores, value_of(scores), across
+    return experiment
+
+
+def _across_as(value_of):
+    def experiment(rotate, q, k, n):
+        scores, same, _ = offset_spread(rotate, q, k, n)
+        return scores, same, value_of(scores)
+    return experiment
+
+
+def _per_offset_means(scores):
+    n = len(scores)
+    offset = torch.arange(n)[:, None] - torch.arange(n)[None]
+    means = torch.stack([scores[offset == o].mean() for o in range(1 - n, n)])
+    return float(means.max() - means.min())
+
+
+def _mean_spread(scores):
+    n = len(scores)
+    offset = torch.arange(n)[:, None] - torch.arange(n)[None]
+    return sum(float(scores[offset == o].max() - scores[offset == o].min()) for o in range(1 - n, n)) / (2 * n - 1)
+
+
+def _key_unrotated(rotate, q, k, n):
+    qs = rotate(q.expand(n, -1), torch.arange(n))
+    scores = (qs @ k)[:, None].expand(n, n)
+    return scores, 0.0, float(scores.max() - scores.min())
+
+
+WRONG_SPREAD = [
+    (lambda r, q, k, n: (lambda s, a, b: (s.T, a, b))(*offset_spread(r, q, k, n)), "scores is transposed"),
+    (lambda r, q, k, n: offset_spread(r, q, k, n, key_at="p"), "rotated to the query's position p"),
+    (_key_unrotated, "the key was not rotated"),
+    (lambda r, q, k, n: offset_spread(r, q, k, n, scale=q.shape[0] ** -0.5), "divided by √d"),
+    (lambda r, q, k, n: offset_spread(r, q, k, n, group=lambda p, s: p + s), "grouped by p + s"),
+    (lambda r, q, k, n: offset_spread(r, q, k, n, group=lambda p, s: (p - s).abs()), "grouped by |p − s|"),
+    (lambda r, q, k, n: offset_spread(r, q, k, n, spread="std"), "the standard deviation was taken"),
+    (_same_as(_mean_spread), "the mean of the per-offset spreads"),
+    (_same_as(lambda s: float(s.diagonal().max() - s.diagonal().min())), "only offset 0"),
+    (_same_as(lambda s: 0.0), "do not assume it"),
+    (_across_as(lambda s: float(s.std())), "across: the standard deviation was taken"),
+    (_across_as(_per_offset_means), "the spread of the per-offset means"),
+    (_across_as(lambda s: float(s.abs().max())), "the largest |score|"),
+    (_same_as(lambda s: float(s.max() - s.min())), "same_offset = "),
+    (lambda r, q, k, n: offset_spread(r, q, k, n)[1:], "must return a tuple (scores, same_offset, across)"),
+    (lambda r, q, k, n: (offset_spread(r, q, k, n)[0].diagonal(),) + offset_spread(r, q, k, n)[1:],
+     "scores must be (n, n)"),
+    (lambda r, q, k, n: (lambda s, a, b: (s, torch.full((2,), a), b))(*offset_spread(r, q, k, n)), "one number"),
+    (lambda r, q, k, n: r(q, torch.tensor(0)), "rotate(x, positions) takes x"),  # one vector, one position
+    (lambda r, q, k, n: offset_spread(lambda x, p: r(x, p.float()), q, k, n), "positions (T,) integer"),
+]
+
+
+def test_offset_spread_is_zero_for_rope_and_not_for_added_positions():
+    from minivlm.grading.ch09 import absolute_positions, offset_spread_reference, rope_rotation
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(8, generator=g), torch.randn(8, generator=g)
+    scores, same, across = offset_spread_reference(rope_rotation(100.0, 12, 8), q, k, 12)
+    assert same < 1e-4 * across and across > 1
+    assert torch.allclose(scores[3:, 3:], scores[:-3, :-3], atol=1e-4)  # a shift along the diagonal changes nothing
+    _, same, across = offset_spread_reference(absolute_positions(torch.randn(12, 8, generator=g)), q, k, 12)
+    assert same > 0.1 * across
+
+
 GOOD = {"09.shifted_lm_loss": shifted_lm_loss_reference, "09.attend_with_cache": attend_with_cache_reference,
-        "09.perplexity_from_logprobs": perplexity_from_logprobs_reference, "09.greedy_with_cache": greedy_with_cache}
+        "09.perplexity_from_logprobs": perplexity_from_logprobs_reference, "09.greedy_with_cache": greedy_with_cache,
+        "09.rope": rope, "09.offset_spread": offset_spread}
 WRONG = {"09.shifted_lm_loss": WRONG_LOSS, "09.attend_with_cache": WRONG_ATTEND,
-         "09.perplexity_from_logprobs": WRONG_PERPLEXITY, "09.greedy_with_cache": WRONG_GREEDY}
+         "09.perplexity_from_logprobs": WRONG_PERPLEXITY, "09.greedy_with_cache": WRONG_GREEDY,
+         "09.rope": WRONG_ROPE, "09.offset_spread": WRONG_SPREAD}
 
 test_reference_passes, test_stub_says_not_implemented, test_wrong_version_fails_with_its_message = \
     grading_tests(GOOD, WRONG)
@@ -288,3 +449,24 @@ def test_feeding_the_prompt_one_token_at_a_time_passes():
 
     result = run("09.greedy_with_cache", _prompt_one_token_at_a_time)
     assert result.passed, result.message
+
+
+def test_rope_in_float64_and_offset_spread_with_loops_pass():
+    from minivlm.grading import run
+
+    def rope64(x, positions, base=10000.0):
+        return rope(x.double(), positions, base).double()
+
+    def by_pairs(rotate, q, k, n):  # one pair at a time, tensors for the spreads
+        at = lambda v, p: rotate(v[None], torch.tensor([p]))[0]  # noqa: E731
+        scores = torch.stack([torch.stack([at(q, p) @ at(k, s) for s in range(n)]) for p in range(n)])
+        by_offset: dict = {}
+        for p in range(n):
+            for s in range(n):
+                by_offset.setdefault(p - s, []).append(scores[p, s])
+        same = max(torch.stack(v).max() - torch.stack(v).min() for v in by_offset.values())
+        return scores, same, scores.max() - scores.min()
+
+    for task, fn in (("09.rope", rope64), ("09.offset_spread", by_pairs)):
+        result = run(task, fn)
+        assert result.passed, result.message

@@ -1,6 +1,8 @@
 """Checks for the chapter 09 exercises (exercises/09_llm): the shifted next-token loss that
 ignores padding, one attention step with a KV cache, perplexity from the log-probabilities of a
-batch of documents, and greedy decoding of a GPT that feeds one token at a time through its cache.
+batch of documents, greedy decoding of a GPT that feeds one token at a time through its cache,
+and an experiment: rotary position embeddings (RoPE) written out, and the measurement that the
+score of a rotated query and key depends only on their offset.
 
 The loss is compared with `minivlm.losses.lm_loss` and perplexity with `minivlm.eval.perplexity`
 on fresh random inputs whose rows have very different numbers of real tokens and whose padded
@@ -11,6 +13,13 @@ every step of a sequence decoded from an empty cache, the learner's returned cac
 batch, heads, time and head width all have distinct sizes. Greedy decoding runs on a small random
 `GPT` (its embeddings scaled up so that the top two logits are never near a tie) seen through a
 recorder of the calls the learner makes, and is compared with greedy decoding without a cache.
+RoPE is compared with the library's `RotaryEmbedding` and `apply_rotary` (minivlm/nn/rope.py) on
+a random (B, H, T, d) and a (T, d) tensor, at distinct positions that are not 0 … T − 1 and with
+a base that is not 10,000. The experiment `offset_spread(rotate, q, k, n)` is given two rotations
+and recomputed for each: RoPE, where the spread of the scores at one offset is 0 (to float
+rounding) while the scores across offsets differ, and a position vector added to q and k (GPT-2's
+way), where the score depends on both positions; the learner's score matrix and both spreads must
+be the recomputed ones. Inputs are redrawn until every plausible mistake gives another answer.
 
 When an answer is wrong the check tries to name the plausible mistake: no shift, the shift the
 wrong way, padding used as targets, padding counted in the mean, the mask not shifted with the
@@ -24,7 +33,15 @@ sign missing, padding included or counted, the mean of per-document perplexities
 per-document means, base 2 or 10 instead of e, the cross-entropy (or the mean log-probability)
 returned instead of its exp, the exp of the total; no cache, a fresh cache every step, the whole
 sequence fed again to a cache that holds it, the first position's logits, the prompt left out,
-the wrong number of new tokens, the library's decoder called instead of a loop.
+the wrong number of new tokens, the library's decoder called instead of a loop; the interleaved
+pairing (2i, 2i + 1), the angles laid out interleaved with the rotate-half pairing, a missing
+sign (not a rotation), the turn the wrong way, cos and sin swapped, the frequencies base^(-i/d),
+growing with i, or one per channel, the positions or the base argument ignored, the input changed
+in place, a rotation that works only on 4-D input; the score matrix transposed, the key rotated to
+the query's position, the key not rotated, the scores scaled by 1/√d, the pairs grouped by p + s
+or by |p − s|, the standard deviation for the spread, the mean spread instead of the largest, offset
+0 alone, a spread assumed to be 0, and for the spread across offsets the standard deviation, the
+spread of the per-offset means or the largest |score|.
 """
 from __future__ import annotations
 
@@ -53,6 +70,7 @@ from minivlm.grading import (
 )
 from minivlm.losses import lm_loss
 from minivlm.models.gpt import GPT, GPTConfig
+from minivlm.nn.rope import RotaryEmbedding, apply_rotary
 
 
 def _right_padded(g: torch.Generator, b: int, t: int, shortest: int) -> torch.Tensor:
@@ -500,3 +518,300 @@ def check_greedy_with_cache(fn) -> None:
         raise GradingFailure(f"the model ran on {fed} tokens in all; with the cache, a {t0}-token prompt and {new} new "
                              f"tokens need at most {t0 + new} (the prompt once, then one token per step): some call "
                              f"fed the whole sequence without the cache")
+
+
+# ----------------------------------------------------------------------------- 09.rope
+
+
+def rope_reference(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """x (…, T, d) rotated by RoPE at positions (T,): the library's `RotaryEmbedding` and
+    `apply_rotary` (channel j paired with j + d/2, pair i turned by p·base^(-2i/d))."""
+    cos, sin = RotaryEmbedding(x.shape[-1], base)(positions[None].long())  # (1, T, d) each
+    flat = x.reshape(1, -1, *x.shape[-2:])  # (1, N, T, d): every leading axis as heads
+    return apply_rotary(flat, cos, sin).reshape(x.shape)
+
+
+def _turn(x: torch.Tensor, positions: torch.Tensor, base: float, theta: str = "right", pairing: str = "half",
+          layout: str = "cat", turn: str = "right") -> torch.Tensor:
+    """RoPE and its plausible mistakes, in float64. theta: "right" base^(-2i/d), "no two" base^(-i/d),
+    "positive" base^(+2i/d), "per channel" base^(-j/d) for every channel j; pairing: "half" (j, j + d/2)
+    or "interleaved" (2i, 2i + 1); layout (with "half"): "cat" (angles [θ; θ]) or "interleaved"
+    ([θ0, θ0, θ1, θ1 …], the interleaved layout's angles with the rotate-half pairing); turn: "right"
+    (a, b) -> (a cos − b sin, b cos + a sin), "no sign" (a cos + b sin, b cos + a sin), "back" (the
+    angle −pθ), "swapped" (cos and sin exchanged)."""
+    x = x.double()
+    d, h = x.shape[-1], x.shape[-1] // 2
+    p = positions.double()[:, None]  # (T, 1)
+    i = torch.arange(h, dtype=torch.float64)
+    if theta == "per channel":
+        angles = p * base ** (-torch.arange(d, dtype=torch.float64) / d)  # (T, d)
+    else:
+        freq = {"right": base ** (-2 * i / d), "no two": base ** (-i / d), "positive": base ** (2 * i / d)}[theta]
+        half = p * freq  # (T, d/2)
+        angles = torch.cat([half, half], -1) if layout == "cat" else half.repeat_interleave(2, -1)
+    cos, sin = angles.cos(), angles.sin()
+    if turn == "swapped":
+        cos, sin = sin, cos
+    if pairing == "interleaved":
+        a, b = x[..., 0::2], x[..., 1::2]
+        c, s = cos[:, :h], sin[:, :h]
+        return torch.stack([a * c - b * s, b * c + a * s], -1).flatten(-2)
+    a, b = x[..., :h], x[..., h:]
+    partner = {"right": torch.cat([-b, a], -1), "swapped": torch.cat([-b, a], -1), "no sign": torch.cat([b, a], -1),
+               "back": torch.cat([b, -a], -1)}[turn]
+    return x * cos + partner * sin
+
+
+def _rope_mistakes(x, positions, base) -> list[tuple[torch.Tensor, str]]:
+    t = x.shape[-2]
+    return [
+        (_turn(x, positions, base, pairing="interleaved"),
+         "the interleaved pairing (channel 2i with 2i + 1, the RoFormer paper's layout): here channel j is paired "
+         "with channel j + d/2 (the 'rotate half' layout of Llama and of minivlm/nn/rope.py), so the two halves of "
+         "the last axis are the two coordinates of every pair"),
+        (_turn(x, positions, base, layout="interleaved"),
+         "the angles are laid out interleaved (θ0, θ0, θ1, θ1, …) while the channels are paired by halves: channel "
+         "j and channel j + d/2 form one pair and must turn by one angle, so the d/2 angles repeat as two halves, "
+         "(θ0 … θ_{d/2-1}, θ0 … θ_{d/2-1})"),
+        (_turn(x, positions, base, turn="no sign"),
+         "a sign is missing: (a, b) -> (a·cos + b·sin, b·cos + a·sin) is not a rotation (it does not keep the "
+         "length); a turn by the angle φ takes the pair (a, b) to (a·cos φ − b·sin φ, b·cos φ + a·sin φ)"),
+        (_turn(x, positions, base, turn="back"),
+         "the pairs turn the wrong way (by −p·θ): the partner of (a, b) is (−b, a), so that (a, b) -> "
+         "(a·cos φ − b·sin φ, b·cos φ + a·sin φ)"),
+        (_turn(x, positions, base, turn="swapped"),
+         "cos and sin are swapped: at position 0 nothing turns, x·cos(0) + partner·sin(0) = x"),
+        (_turn(x, positions, base, theta="no two"),
+         "the frequencies are base^(-i/d): pair i (i = 0 … d/2 − 1) turns by θ_i = base^(-2i/d), so the slowest pair "
+         "turns by about 1/base per position"),
+        (_turn(x, positions, base, theta="positive"),
+         "the frequencies grow with i (base^(+2i/d)): θ_i = base^(-2i/d), the first pair turns fastest (1 radian "
+         "per position) and the last ones slowest"),
+        (_turn(x, positions, base, theta="per channel"),
+         "every channel got a frequency of its own (base^(-j/d) for j = 0 … d − 1): a pair is two channels turning "
+         "TOGETHER, by one angle, θ_i = base^(-2i/d) for pair i = (i, i + d/2)"),
+        (_turn(x, torch.arange(t), base),
+         "the positions argument was ignored (0 … T − 1 used instead): token t turns by positions[t]·θ (a prompt "
+         "after a cache, or chapter 16's image tokens, start elsewhere than 0)"),
+        (_turn(x, positions, 10000.0),
+         "the base argument was ignored (10000 used): θ_i = base^(-2i/d) with the base given"),
+    ]
+
+
+def _rope_inputs(g: torch.Generator):
+    """x (B, H, T, d), distinct positions that are not 0 … T − 1, a base that is not 10000; redrawn
+    until every mistake gives other numbers than the right answer (and than every other mistake)."""
+    for _ in range(50):
+        b, h, t = randint(g, 2, 3), randint(g, 2, 4), randint(g, 4, 7)
+        d = 2 * randint(g, 3, 6)  # 6 … 12: the two pairings differ from d = 4 on
+        x = torch.randn(b, h, t, d, generator=g)
+        positions = torch.randperm(5 * t, generator=g)[:t].sort().values  # sorted, distinct, gaps between them
+        base = float(torch.empty(()).uniform_(50.0, 2000.0, generator=g))
+        values = [rope_reference(x, positions, base)] + [v for v, _ in _rope_mistakes(x, positions, base)]
+        if not torch.equal(positions, torch.arange(t)) and all(
+                not is_close(a, bb, atol=1e-3, rtol=1e-3) for j, a in enumerate(values) for bb in values[j + 1:]):
+            return x, positions, base
+    raise RuntimeError("could not draw inputs on which the mistakes differ")  # pragma: no cover
+
+
+def _check_rope_on(fn, x, positions, base, what: str) -> None:
+    x_in, positions_in = x.clone(), positions.clone()
+    try:
+        got = tensor_answer(f"rope's result ({what})", call(fn, x_in, positions_in, base))
+    except GradingFailure as exc:
+        raise GradingFailure(f"{exc} (on {what})") from None
+    if not (torch.equal(x_in, x) and torch.equal(positions_in, positions)):
+        raise GradingFailure(f"rope changed its input in place ({what}): return a new tensor and leave x as it was "
+                             f"(the caller may still need x unrotated)")
+    if tuple(got.shape) != tuple(x.shape):
+        raise GradingFailure(f"rope must return x's shape {tuple(x.shape)} ({what}), got {tuple(got.shape)}")
+    if not got.is_floating_point():
+        raise GradingFailure(f"rope must return a float tensor, got {got.dtype}")
+    got = got.detach().cpu()
+    want = rope_reference(x, positions, base)
+    if is_close(got, want):
+        return
+    for value, message in _rope_mistakes(x, positions, base):
+        if is_close(got, value):
+            raise GradingFailure(message)
+    d = x.shape[-1]
+    wrong = ((got.double() - want.double()).abs() > 1e-4).reshape(-1, *x.shape[-2:]).any(0)  # (T, d): any row
+    t_at, j_at = map(int, wrong.nonzero()[0])
+    raise GradingFailure(f"rope's result differs from minivlm.nn.rope's ({what}), first at position index {t_at} "
+                         f"(position {int(positions[t_at])}), channel {j_at} of d = {d}: max |diff| = "
+                         f"{float((got.double() - want.double()).abs().max()):.3g}")
+
+
+@register("09.rope", title="Rotary position embeddings: each channel pair (j, j + d/2) turned by p·θᵢ")
+def check_rope(fn) -> None:
+    g = fresh_generator()
+    x, positions, base = _rope_inputs(g)
+    _check_rope_on(fn, x, positions, base, f"x (B, H, T, d) = {tuple(x.shape)}")
+    _check_rope_on(fn, x[0, 0], positions, base, f"x (T, d) = {tuple(x[0, 0].shape)}: any leading axes")
+
+
+# ----------------------------------------------------------------------------- 09.offset_spread
+
+
+def _rotation(x, positions, n: int, d: int):
+    """Check the arguments a learner's experiment passes to the rotation the check gives it."""
+    if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[-1] != d or not x.is_floating_point():
+        raise ValueError(f"rotate(x, positions) takes x (…, T, d) float with d = {d} (a (T, d) stack of the "
+                         f"vector at T positions, e.g. q.expand(T, d)), got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if not isinstance(positions, torch.Tensor) or positions.ndim != 1 or positions.is_floating_point() \
+            or len(positions) != x.shape[-2]:
+        raise ValueError(f"rotate(x, positions) takes positions (T,) integer with T = x.shape[-2] = {x.shape[-2]}, got "
+                         f"{tuple(positions.shape) if isinstance(positions, torch.Tensor) else type(positions).__name__}")
+    if bool((positions < 0).any()) or bool((positions >= n).any()):
+        raise ValueError(f"positions must lie in 0 … n − 1 = {n - 1}, got {positions.tolist()}")
+
+
+def rope_rotation(base: float, n: int, d: int):
+    """rotate(x, positions) -> x rotated by RoPE: the library's (`rope_reference`)."""
+    def rotate(x, positions):
+        _rotation(x, positions, n, d)
+        return rope_reference(x, positions, base)
+    return rotate
+
+
+def absolute_positions(table: torch.Tensor):
+    """rotate(x, positions) -> x + table[positions]: GPT-2's way, a position vector added (table (n, d))."""
+    def rotate(x, positions):
+        _rotation(x, positions, *table.shape)
+        return x + table[positions]
+    return rotate
+
+
+def offset_spread_reference(rotate, q: torch.Tensor, k: torch.Tensor, n: int):
+    """scores (n, n): scores[p, s] = rotate(q at p) · rotate(k at s), over positions 0 … n − 1;
+    same_offset: the largest spread (max − min) of the scores of the pairs with one offset p − s;
+    across: the spread (max − min) of all n² scores. Returns (scores, same_offset, across)."""
+    positions = torch.arange(n)
+    qs = rotate(q.expand(n, -1), positions)  # (n, d): the query at every position
+    ks = rotate(k.expand(n, -1), positions)  # (n, d): the key at every position
+    scores = qs @ ks.T  # (n, n)
+    offset = positions[:, None] - positions[None]  # (n, n): p − s
+    same = max(float(scores[offset == o].max() - scores[offset == o].min()) for o in range(1 - n, n))
+    return scores, same, float(scores.max() - scores.min())
+
+
+def _spread_by(scores: torch.Tensor, groups: torch.Tensor, how: str = "range") -> list[float]:
+    out = []
+    for value in groups.unique():
+        s = scores[groups == value]
+        if how == "range":
+            out.append(float(s.max() - s.min()))
+        elif len(s) > 1:
+            out.append(float(s.std()))
+    return out
+
+
+def _offset_mistakes(scores: torch.Tensor) -> dict[str, list[tuple[float, str]]]:
+    n = len(scores)
+    p, s = torch.arange(n)[:, None], torch.arange(n)[None]
+    offset = (p - s).expand(n, n)
+    per_offset_means = torch.stack([scores[offset == o].mean() for o in range(1 - n, n)])
+    return {
+        "same": [
+            (max(_spread_by(scores, (p + s).expand(n, n))),
+             "the pairs were grouped by p + s: an offset is p − s (the query's position minus the key's)"),
+            (max(_spread_by(scores, offset.abs())),
+             "the pairs were grouped by |p − s|: offsets +o and −o are different offsets (the key o tokens "
+             "before the query, or o tokens after it), and their scores differ"),
+            (max(_spread_by(scores, offset, "std")),
+             "the standard deviation was taken: the spread is max − min of the scores with one offset"),
+            (sum(_spread_by(scores, offset)) / (2 * n - 1),
+             "the mean of the per-offset spreads: same_offset is the LARGEST spread among the offsets"),
+            (float(scores.diagonal().max() - scores.diagonal().min()),
+             "only offset 0 (p = s, the diagonal) was measured: same_offset is the largest spread over EVERY offset "
+             "p − s, from −(n − 1) to n − 1"),
+            (0.0, "same_offset is 0 where the scores at one offset differ: measure it from the scores, do not assume "
+                  "it (this rotation is GPT-2's added position vectors, not RoPE)"),
+        ],
+        "across": [
+            (float(scores.std()), "the standard deviation was taken: across is max − min of all n² scores"),
+            (float(per_offset_means.max() - per_offset_means.min()),
+             "the spread of the per-offset means: across is max − min of ALL n² scores"),
+            (float(scores.abs().max()), "the largest |score| was taken: across is max − min of all n² scores"),
+        ],
+    }
+
+
+def _spread_case(g: torch.Generator, kind: str):
+    """q, k (d,), n and the rotation of one case, redrawn until the mistakes give their own numbers."""
+    for _ in range(50):
+        n, d = randint(g, 8, 12), 2 * randint(g, 3, 6)
+        q, k = torch.randn(d, generator=g), torch.randn(d, generator=g)
+        if kind == "rope":
+            rotate = rope_rotation(float(torch.empty(()).uniform_(10.0, 1000.0, generator=g)), n, d)
+        else:
+            rotate = absolute_positions(torch.randn(n, d, generator=g))
+        scores, same, across = offset_spread_reference(rotate, q, k, n)
+        mistakes = _offset_mistakes(scores)
+        tol = 1e-4 * (1 + float(scores.abs().max()))
+        # each mistake that gives another number than the right one here gives its own (RoPE's same_offset
+        # is 0, and so are several mistakes of it, which the added positions tell apart)
+        same_values = [same] + [v for v, _ in mistakes["same"] if abs(v - same) > tol] + [across]
+        across_values = [across] + [v for v, _ in mistakes["across"] if abs(v - across) > tol]
+        if kind == "absolute":
+            same_values = [same] + [v for v, _ in mistakes["same"]] + [across]
+            across_values = [across] + [v for v, _ in mistakes["across"]]
+        if all_distinct(same_values) and all_distinct(across_values):
+            return rotate, q, k, n, (scores, same, across), mistakes
+    raise RuntimeError("could not draw inputs on which the mistakes differ")  # pragma: no cover
+
+
+def _score_mistakes(rotate, q, k, n) -> list[tuple[torch.Tensor, str]]:
+    positions = torch.arange(n)
+    qs, ks = rotate(q.expand(n, -1), positions), rotate(k.expand(n, -1), positions)
+    return [
+        ((qs @ ks.T).T, "scores is transposed: scores[p, s] is the query at position p with the key at position s"),
+        ((qs * ks).sum(-1)[:, None].expand(n, n),
+         "the key was rotated to the query's position p, not to its own position s: rotate each vector to its own "
+         "position, then take the dot product"),
+        ((qs @ k)[:, None].expand(n, n), "the key was not rotated: both the query and the key are rotated"),
+        ((q @ ks.T)[None].expand(n, n), "the query was not rotated: both the query and the key are rotated"),
+        (qs @ ks.T / math.sqrt(len(q)), "the scores were divided by √d: measure the raw dot product q · k"),
+    ]
+
+
+@register("09.offset_spread", title="The experiment: RoPE's q·k depends only on the offset p − s")
+def check_offset_spread(fn) -> None:
+    g = fresh_generator()
+    for kind, what in (("rope", "the rotation given is RoPE"),
+                       ("absolute", "the rotation given adds a position vector, as GPT-2's learned positions do")):
+        rotate, q, k, n, (want_scores, want_same, want_across), mistakes = _spread_case(g, kind)
+        q_in, k_in = q.clone(), k.clone()
+        got = call(fn, rotate, q_in, k_in, n)
+        if not (isinstance(got, (tuple, list)) and len(got) == 3):
+            extra = f" of length {len(got)}" if isinstance(got, (tuple, list)) else ""
+            raise GradingFailure(f"offset_spread must return a tuple (scores, same_offset, across), got "
+                                 f"{type(got).__name__}{extra}")
+        if not (torch.equal(q_in, q) and torch.equal(k_in, k)):
+            raise GradingFailure("offset_spread changed q or k in place: leave them as they were")
+        scores = tensor_answer("scores", got[0]).detach().cpu()
+        if tuple(scores.shape) != (n, n):
+            raise GradingFailure(f"scores must be (n, n) = {(n, n)}: scores[p, s] for every query position p and key "
+                                 f"position s, got {tuple(scores.shape)}")
+        tol = 1e-4 * (1 + float(want_scores.abs().max()))
+        if not is_close(scores, want_scores, atol=tol):
+            for value, message in _score_mistakes(rotate, q, k, n):
+                if is_close(scores, value, atol=tol):
+                    raise GradingFailure(f"{message} ({what})")
+            p, s = map(int, ((scores.double() - want_scores.double()).abs() > tol).nonzero()[0])
+            raise GradingFailure(f"scores[{p}, {s}] = {float(scores[p, s]):.5g}, expected {float(want_scores[p, s]):.5g}: "
+                                 f"the query rotated to position {p} · the key rotated to position {s} ({what})")
+        for index, name, want in ((1, "same", want_same), (2, "across", want_across)):
+            label = "same_offset" if name == "same" else "across"
+            if isinstance(got[index], torch.Tensor) and got[index].numel() != 1:
+                raise GradingFailure(f"{label} must be one number, got a tensor of shape {tuple(got[index].shape)}")
+            value = _number(got[index])
+            if abs(value - want) <= tol:
+                continue
+            for wrong, message in mistakes[name]:
+                if abs(value - wrong) <= tol:
+                    raise GradingFailure(f"{label}: {message} ({what})")
+            definition = ("the largest spread (max − min) of the scores of the pairs with one offset p − s" if name == "same"
+                          else "the spread (max − min) of all n² scores")
+            raise GradingFailure(f"{label} = {value:.5g}, expected {want:.5g}, {definition} ({what})")
