@@ -22,14 +22,17 @@
 # %% [markdown]
 # # 09 · A tiny LLM — exercises
 #
-# Four pieces of chapter 09 (`notebooks/09_llm.ipynb`) to write yourself: the next-token loss a
+# Five pieces of chapter 09 (`notebooks/09_llm.ipynb`) to write yourself: the next-token loss a
 # GPT trains on, one attention step with a KV cache, perplexity from the log-probabilities a
-# model gives a text, and greedy decoding that feeds the model one token at a time through its
-# cache. The cell after each task runs `check(...)` on fresh inputs and tells you what is wrong.
-# At the end your loss trains a small GPT, your perplexity measures it, and your decoder writes
-# with it, next to the library's `lm_loss`, `perplexity` and `generate` (`minivlm/losses.py`,
-# `minivlm/eval.py`, `minivlm/nn/attention.py`, `minivlm/models/gpt.py`). Grade the whole
-# notebook from a terminal with `minivlm check exercises/09_llm.ipynb`.
+# model gives a text, greedy decoding that feeds the model one token at a time through its
+# cache, and an experiment: rotary position embeddings (the Llama layout's positions), written
+# by you and measured to see only the distance between a query and a key. The cell after each
+# task runs `check(...)` on fresh inputs and tells you what is wrong. At the end your loss trains
+# a small GPT, your perplexity measures it, your decoder writes with it, and your rotation is
+# set beside its learned positions, next to the library's `lm_loss`, `perplexity`, `generate`
+# and `apply_rotary` (`minivlm/losses.py`, `minivlm/eval.py`, `minivlm/nn/attention.py`,
+# `minivlm/models/gpt.py`, `minivlm/nn/rope.py`). Grade the whole notebook from a terminal with
+# `minivlm check exercises/09_llm.ipynb`.
 
 # %%
 import math
@@ -160,11 +163,78 @@ def greedy_with_cache(model, prompt, max_new_tokens):
 check("09.greedy_with_cache", greedy_with_cache)
 
 # %% [markdown]
+# ## Task 5 — an experiment: rotary positions see only the offset
+#
+# The GPT of this notebook adds a learned vector to each token for its position, once, at the
+# input (GPT-2's way). The Llama layout (`GPTConfig.llama()`) has no position table. Inside every
+# attention layer it **rotates** each query and key by an angle that grows with the token's
+# position: RoPE (Su et al., *RoFormer*, 2021). A head's d channels form d/2 pairs, each pair a
+# point in a plane, and at position p pair i turns by the angle p·θᵢ, with
+#
+# $$\theta_i = \mathrm{base}^{-2i/d}, \qquad i = 0, \dots, d/2 - 1:$$
+#
+# the first pair turns by one radian per position, the last by about 1/base (base = 10,000 in
+# Llama), so some pairs tell near neighbours apart and others far ones. A turn by φ takes a pair
+# (a, b) to (a·cos φ − b·sin φ, b·cos φ + a·sin φ). Which channels form a pair is a convention:
+# here channel j is paired with channel **j + d/2** (the first half of the vector holds every
+# pair's a, the second half its b). That is how Llama's code, Hugging Face's and the library's
+# `minivlm/nn/rope.py` lay it out, so that Llama checkpoints load as they are. The RoFormer paper
+# pairs neighbours (2i, 2i + 1): the same rotations on another order of the channels, and not
+# interchangeable with this one.
+#
+# **(a)** Write `rope(x, positions, base)`: `x` `(…, T, d)` float with d even and any leading axes
+# (batch, heads), `positions` `(T,)` integers, the position of each of the T tokens (not always
+# 0 … T − 1: after a cache, or for chapter 16's image tokens, they start elsewhere). Return x
+# rotated, a new tensor of x's shape. The check compares it with `minivlm/nn/rope.py` on random
+# input, for a (B, H, T, d) and a (T, d) tensor.
+
+# %%
+def rope(x, positions, base=10000.0):
+    raise NotImplementedError(
+        "pair i is the channels (i, i + d/2) and turns by the angle position × θ_i, θ_i = base^(−2i/d); the "
+        "two channels of a pair share that angle, so the d/2 angles serve both halves of the last axis; a "
+        "turn by φ maps (a, b) to (a·cos φ − b·sin φ, b·cos φ + a·sin φ)")
+
+
+# %%
+check("09.rope", rope)
+
+# %% [markdown]
+# **(b) The experiment.** Why turn the vectors? A query at position p and a key at position s
+# score q·k. Turned by pθ and sθ, pair by pair, their dot product keeps only the difference of
+# the two angles: R(pθ)q · R(sθ)k = q · R((s − p)θ)k. So the score should depend on the
+# **offset** p − s alone, not on where the two tokens sit in the text: attention that sees
+# relative positions, with no position parameter at all. Measure it rather than take the
+# algebra's word for it.
+#
+# Write `offset_spread(rotate, q, k, n)`: `rotate(x, positions)` is a position encoding with the
+# same arguments as your `rope` (your `rope` with its base fixed, or another one); `q` and `k`
+# `(d,)` are one query and one key. For every query position p and key position s in 0 … n − 1,
+# `scores[p, s]` is the dot product of q encoded at position p with k encoded at position s (the
+# raw q·k, no 1/√d). Return `(scores, same_offset, across)`: `scores` `(n, n)`; `same_offset`
+# the largest spread (max − min) of the scores among the pairs that share one offset p − s (the
+# largest over the 2n − 1 offsets); `across` the spread (max − min) of all n² scores. If the
+# score depends only on the offset, `same_offset` is zero up to float rounding while `across`
+# is not. The check runs your function on RoPE and on an encoding that adds a vector to x for
+# its position (GPT-2's way), and recomputes every number.
+
+# %%
+def offset_spread(rotate, q, k, n):
+    raise NotImplementedError(
+        "encode the query at every position at once (a stack of n copies) and the key the same way; every "
+        "pair's score is then one product of the two stacks; the pairs of one offset are a diagonal of the "
+        "score matrix: the spread of each diagonal, and of the whole matrix")
+
+
+# %%
+check("09.offset_spread", offset_spread)
+
+# %% [markdown]
 # ## Put together: a small GPT trained with your loss, measured with your perplexity
 #
 # The next cells train a small GPT on ShapesWorld's world text with your loss, measure it with
-# your perplexity before and after, write with your decoder, and run your cached step inside the
-# library's attention module.
+# your perplexity before and after, write with your decoder, run your cached step inside the
+# library's attention module, and set your rotary positions beside the GPT's learned ones.
 
 # %%
 from minivlm import grading  # noqa: E402
@@ -176,10 +246,11 @@ from minivlm.nn.attention import LayerCache, MultiHeadAttention  # noqa: E402
 from minivlm.train import fit  # noqa: E402
 
 yours = {"09.shifted_lm_loss": shifted_lm_loss, "09.attend_with_cache": attend_with_cache,
-         "09.perplexity_from_logprobs": perplexity_from_logprobs, "09.greedy_with_cache": greedy_with_cache}
+         "09.perplexity_from_logprobs": perplexity_from_logprobs, "09.greedy_with_cache": greedy_with_cache,
+         "09.rope": rope, "09.offset_spread": offset_spread}
 ready = all(grading.run(task, fn).passed for task, fn in yours.items())
-print("all four tasks pass: your pieces next to the library's" if ready
-      else "finish the four tasks above first: the next cells use all of them")
+print("every task passes: your pieces next to the library's" if ready
+      else "finish the tasks above first: the next cells use all of them")
 
 # %% [markdown]
 # **Your perplexity, before training.** A GPT of 47 k parameters, freshly initialised, on 128
@@ -276,3 +347,39 @@ if ready:
     print(f"cache {tuple(layer.k.shape)} -> {tuple(k_all.shape)}; "
           f"|your step − the module's 6th row| = {(step - full[:, 5:]).abs().max():.1e}")
     assert torch.allclose(step, full[:, 5:], atol=1e-5)
+
+# %% [markdown]
+# **Your rotation sees only the offset; learned positions do not.** One random query and key of
+# the trained GPT's width, scored at 32 × 32 positions by your `offset_spread`: turned by your
+# `rope`, and with the GPT's own learned position vectors added to them (what its first layer
+# reads, before any projection). A matrix whose every diagonal holds one value is a function of
+# p − s alone. And your `rope` is the rotation the library applies inside attention.
+
+# %%
+import matplotlib.pyplot as plt  # noqa: E402
+
+from minivlm import viz  # noqa: E402
+from minivlm.nn.rope import RotaryEmbedding, apply_rotary  # noqa: E402
+
+if ready:
+    _ = torch.manual_seed(1)
+    n, d = 32, model.config.dim
+    q, k = torch.randn(2, d)
+    table = model.text.pos_embedding[0, :n].detach()  # (n, d): the trained GPT's position vectors
+    encodings = {"your RoPE (base 100)": lambda x, positions: rope(x, positions, base=100.0),
+                 "the GPT's learned positions, added": lambda x, positions: x + table[positions]}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    measured = {}
+    for ax, (name, encode) in zip(axes, encodings.items()):
+        scores, same, across = measured[name] = offset_spread(encode, q, k, n)
+        print(f"{name:36s} spread at one offset {same:.1e}, across all pairs {across:.2f}")
+        viz.plot_similarity(scores, title=name, ax=ax)
+        ax.set(xlabel="key position s", ylabel="query position p")
+        fig.axes[-1].set_ylabel("q · k")  # the colour bar just added
+    fig.tight_layout()
+    x, positions = torch.randn(2, 4, 10, 8), torch.arange(5, 15)  # (B, H, T, d), a text after 5 cached tokens
+    cos, sin = RotaryEmbedding(8, base=100.0)(positions.expand(2, 10))
+    print(f"|your rope − apply_rotary| = {(rope(x, positions, 100.0) - apply_rotary(x, cos, sin)).abs().max():.1e}")
+    rope_same, rope_across = measured["your RoPE (base 100)"][1:]
+    learned_same, learned_across = measured["the GPT's learned positions, added"][1:]
+    assert rope_same < 1e-4 * rope_across and learned_same > 0.05 * learned_across
