@@ -5,11 +5,14 @@ import torch.nn.functional as F
 from einops import rearrange
 from grading_suite import grading_tests
 
+from minivlm.data.worldtext import qa_prompt
+from minivlm.eval import interval, vqa_accuracy
 from minivlm.grading import run
 from minivlm.grading.ch10 import (
     TinyCaptioner,
     caption_loss_reference,
     count_trainable_reference,
+    prefix_gap_reference,
     splice_reference,
 )
 from minivlm.losses import lm_loss
@@ -320,17 +323,89 @@ def test_count_reference_is_count_parameters_and_the_tie_is_one_tensor():
     assert _numel(model.state_dict().values()) > total + 30 * 8  # the tied copy and the buffers
 
 
+# ----------------------------------------------------------------------------- 10.prefix_gap
+
+
+def _accuracy(model, data, prompts, prefix: bool, stop="."):
+    if prefix:
+        predictions = model.complete(data["images"], prompts, 4, stop=stop)
+    else:
+        predictions = model.llm.complete(prompts, 4, stop=stop, tokenizer=model.tokenizer)
+    return vqa_accuracy(predictions, data["answers"])
+
+
+def _prompts(data, captions, caption=True, frame=True):
+    return [(f"{c} " if caption else "") + (qa_prompt(q) if frame else q) for c, q in zip(captions, data["questions"])]
+
+
+def prefix_gap(model, data, captions, max_new_tokens=4, with_prefix=True, caption_with=True, caption_without=True,
+               stop_with=".", stop_without=".", frame=True, how="right"):
+    """The experiment, and (options) its mistakes."""
+    w = _accuracy(model, data, _prompts(data, captions, caption_with, frame), with_prefix, stop_with)
+    o = _accuracy(model, data, _prompts(data, captions, caption_without, frame), False, stop_without)
+    if how == "kept":
+        o = w
+    return {"right": (w, o, w - o), "reversed": (w, o, o - w), "swapped": (o, w, o - w),
+            "percent": (100 * w, 100 * o, 100 * (w - o)), "count": (96 * w, 96 * o, 96 * (w - o)),
+            "kept": (w, o, w - o), "pair": (w, o), "intervals": (interval([w]), interval([o]), w - o)}[how]
+
+
+def _by_asking(model, data, captions, max_new_tokens=4):
+    """Another right way: the library's ask(describe_first=True) captions the images itself (the same
+    greedy captions) for the arm with the prefix."""
+    w = vqa_accuracy(model.ask(data["images"], data["questions"], describe_first=True), data["answers"])
+    o = _accuracy(model, data, _prompts(data, captions), False)
+    return w, o, w - o
+
+
+WRONG_GAP = [
+    (lambda m, d, c: prefix_gap(m, d, c, how="kept"), "the prefix was kept in both arms"),
+    (lambda m, d, c: prefix_gap(m, d, c, with_prefix=False), "the prefix was dropped in both arms"),
+    (lambda m, d, c: prefix_gap(m, d, c, caption_without=False), "without_prefix dropped the caption too"),
+    (lambda m, d, c: prefix_gap(m, d, c, caption_with=False), "with_prefix dropped the caption"),
+    (lambda m, d, c: prefix_gap(m, d, c, how="reversed"), "the gap is without − with"),
+    (lambda m, d, c: prefix_gap(m, d, c, how="swapped"), "the two accuracies are swapped"),
+    (lambda m, d, c: prefix_gap(m, d, c, how="percent"), "percentages"),
+    (lambda m, d, c: prefix_gap(m, d, c, how="count"), "counts of right answers"),
+    (lambda m, d, c: prefix_gap(m, d, c, stop_without=None), "the language model's answers were not cut"),
+    (lambda m, d, c: prefix_gap(m, d, c, frame=False), "without its frame"),
+    (lambda m, d, c: prefix_gap(m, d, c, how="pair"), "must return a tuple (with_prefix, without_prefix, gap)"),
+    (lambda m, d, c: prefix_gap(m, d, c, how="intervals"), "a plain number"),
+    (lambda m, d, c: prefix_gap(m, d, c[::-1]), "expected"),  # the captions of other images
+]
+
+
+def test_the_prefix_gap_reference_is_the_library_decomposition():
+    from minivlm import zoo
+    from minivlm.data import ShapesBench
+    from minivlm.models.frozen import knowledge_decomposition
+
+    model = zoo.load("clipcap")
+    data = ShapesBench(image_size=model.image_size, seed=7).knowledge(48)
+    ways = knowledge_decomposition(model, data)
+    w, o, gap = prefix_gap_reference(model, data, ways["own_caption"]["captions"])
+    assert (w, o) == (ways["describe_first"]["accuracy"].value, ways["own_caption"]["accuracy"].value)
+    assert gap == w - o
+
+
+def test_asking_with_describe_first_passes():
+    result = run("10.prefix_gap", _by_asking)
+    assert result.passed, result.message
+
+
 GOOD = {
     "10.insert_image_tokens": insert_image_tokens,
     "10.splice": splice_reference,
     "10.caption_loss": caption_loss_reference,
     "10.count_trainable": count_trainable_reference,
+    "10.prefix_gap": prefix_gap,
 }
 WRONG = {
     "10.insert_image_tokens": WRONG_INSERT,
     "10.splice": WRONG_SPLICE,
     "10.caption_loss": WRONG_CAPTION,
     "10.count_trainable": WRONG_COUNT,
+    "10.prefix_gap": WRONG_GAP,
 }
 
 test_reference_passes, test_stub_says_not_implemented, test_wrong_version_fails_with_its_message = \

@@ -1,7 +1,9 @@
 """Checks for the chapter 10 exercises (exercises/10_frozen): the token layout of a prefix
 captioner ("<bos> <image>×K words <eos>" with its attention and loss masks), the splice that puts
 K image embeddings in the places of the K `<image>` tokens, the captioning loss that scores only
-the caption, and the count of the trainable parameters of a model whose language model is frozen.
+the caption, the count of the trainable parameters of a model whose language model is frozen, and
+an experiment: knowledge questions asked after the model's own caption with the image prefix kept
+and dropped, and the gap between the two accuracies.
 
 The layout and the splice are compared with `minivlm.models.frozen.insert_image_tokens` and
 `splice` on fresh random inputs: right-padded rows of different lengths, an `<image>` id drawn at
@@ -14,6 +16,11 @@ mistake). The counts are compared with `count_parameters` on two freshly built r
 (a vision encoder with batch norm, a mapper, a nanoGPT-style language model whose output head is
 tied to its token embedding and which keeps a causal-mask buffer), one with the vision encoder
 frozen and one with it trained, redrawn until every plausible mistake gives another number.
+The experiment runs on the zoo's `clipcap`, loaded fresh, with 96 knowledge questions of a
+ShapesBench drawn at a fresh seed and the model's own greedy captions; the check recomputes both
+accuracies and the gap (no figure of the zoo model is written here, so a rebuilt model is checked
+the same way), redrawing the questions until every mistake that changes an answer gives other
+numbers than the right ones.
 
 When an answer is wrong the check tries to name the plausible mistake: the <image> tokens put
 before <bos> or after the padding, written over the words instead of inserted, ids that are no
@@ -32,7 +39,10 @@ taken for log-probabilities, a loss without gradient; every parameter counted as
 frozen ones counted, only the mapper counted, a tied weight counted twice, the sum over
 state_dict() (tied copies and buffers, and no requires_grad), buffers counted, tensors counted
 instead of numbers, parameters counted once per enclosing module, the fraction inverted, the
-frozen fraction, a percentage, the ratio to the frozen parameters, integer division.
+frozen fraction, a percentage, the ratio to the frozen parameters, integer division; the prefix
+kept or dropped in both arms, the caption dropped from either arm, the gap reversed, the two
+accuracies swapped, percentages or counts, answers not cut at the first ".", the question asked
+without its "question: … answer:" frame, an interval returned instead of a number.
 """
 from __future__ import annotations
 
@@ -646,3 +656,154 @@ def check_count_trainable(fn) -> None:
         else:  # pragma: no cover
             raise RuntimeError("could not draw a model on which the mistakes differ")
         _check_counts(fn, model, what)
+
+
+# ----------------------------------------------------------------------------- 10.prefix_gap
+
+GAP_ITEMS = 96  # knowledge questions per check: about a second of the zoo model's decoding on one thread
+GAP_TOKENS = 4  # new tokens per answer: the longest answer ("red and yellow") and its "."
+
+
+def _zoo_prefix_model():
+    """The zoo's ClipCap, loaded fresh (a learner's code cannot leave a mark on the next check)."""
+    from minivlm import zoo
+
+    try:
+        return zoo.load("clipcap")
+    except Exception as exc:  # not the learner's doing: say what the check needs
+        raise GradingFailure(f"this check runs the zoo's clipcap, which did not load ({type(exc).__name__}: {exc}); "
+                             f"rebuild it with `minivlm zoo build clipcap`") from None
+
+
+def _gap_prompts(captions, questions) -> list[str]:
+    from minivlm.data.worldtext import qa_prompt
+
+    return [f"{c} {qa_prompt(q)}" for c, q in zip(captions, questions)]
+
+
+def prefix_gap_reference(model, data: dict, captions, max_new_tokens: int = GAP_TOKENS) -> tuple[float, float, float]:
+    """Knowledge questions asked after the given captions two ways, the same text in both: with the
+    image prefix ("<bos> <image>×K caption question: … answer:", the prefix model's completion) and
+    without it ("<bos> caption question: … answer:", the frozen LLM's), greedy, cut at ".".
+    Returns (with_prefix, without_prefix, gap = with_prefix − without_prefix), accuracies in [0, 1]."""
+    from minivlm.eval import vqa_accuracy
+
+    prompts = _gap_prompts(captions, data["questions"])
+    with_prefix = model.complete(data["images"], prompts, max_new_tokens, stop=".")
+    without = model.llm.complete(prompts, max_new_tokens, stop=".", tokenizer=model.tokenizer)
+    a, b = vqa_accuracy(with_prefix, list(data["answers"])), vqa_accuracy(without, list(data["answers"]))
+    return a, b, a - b
+
+
+def _gap_arms(model, data: dict, captions) -> dict[str, list[bool]]:
+    """Which questions each way of asking gets right, for every way a right or wrong answer is made of."""
+    from minivlm.data.worldtext import qa_prompt
+    from minivlm.eval import answer_hits
+
+    images, answers = data["images"], list(data["answers"])
+    asked = [qa_prompt(q) for q in data["questions"]]
+    after = _gap_prompts(captions, data["questions"])
+    bare = [f"{c} {q}" for c, q in zip(captions, data["questions"])]  # no "question: … answer:" frame
+
+    def prefixed(prompts, stop="."):
+        return answer_hits(model.complete(images, prompts, GAP_TOKENS, stop=stop), answers)
+
+    def text(prompts, stop="."):
+        return answer_hits(model.llm.complete(prompts, GAP_TOKENS, stop=stop, tokenizer=model.tokenizer), answers)
+
+    return {"with": prefixed(after), "without": text(after), "direct": prefixed(asked), "alone": text(asked),
+            "with_no_stop": prefixed(after, stop=None), "without_no_stop": text(after, stop=None),
+            "with_bare": prefixed(bare), "without_bare": text(bare)}
+
+
+_BOTH = "both arms read the same text, the caption then the question; only the prefix differs"
+_NO_STOP = "go on after the answer ('four. question …'): only what comes before the first '.' is the answer"
+# (the arm read as with_prefix, the arm read as without_prefix, how the three numbers are made, what is wrong)
+GAP_MISTAKES = [
+    ("with", "with", "right", "the prefix was kept in both arms: without_prefix is the frozen language model alone "
+                              "(model.llm) reading the same text, caption then question, with no image embeddings"),
+    ("without", "without", "right", "the prefix was dropped in both arms: with_prefix is the prefix model's answer, "
+                                    "the K image embeddings first, then the caption and the question"),
+    ("with", "alone", "right", f"without_prefix dropped the caption too (the question alone to the language model): "
+                               f"drop only the prefix; {_BOTH}"),
+    ("direct", "without", "right", f"with_prefix dropped the caption (the prefix, then the question): {_BOTH}"),
+    ("with", "without", "reversed", "the gap is without − with: it is with_prefix − without_prefix (negative where "
+                                    "the prefix hurts)"),
+    ("without", "with", "right", "the two accuracies are swapped: return (with_prefix, without_prefix, gap)"),
+    ("with", "without", "percent", "percentages: return the accuracies as fractions between 0 and 1"),
+    ("with", "without", "count", "counts of right answers: return the accuracies, right answers / questions"),
+    ("with_no_stop", "without", "right", f"the prefix model's answers were not cut at the first '.': they {_NO_STOP}"),
+    ("with", "without_no_stop", "right", f"the language model's answers were not cut at the first '.': they "
+                                         f"{_NO_STOP}"),
+    ("with_no_stop", "without_no_stop", "right", f"the answers were not cut at the first '.': they {_NO_STOP}"),
+    ("with_bare", "without_bare", "right", "the question was asked without its frame: the language model read "
+                                           "questions as 'question: … answer:' in chapter 09, and answers after "
+                                           "'answer:'"),
+]
+
+
+def _gap_numbers(hits: dict[str, list[bool]], with_arm: str, without_arm: str, how: str) -> tuple[float, float, float]:
+    n = len(hits["with"])
+    w, o = sum(hits[with_arm]) / n, sum(hits[without_arm]) / n
+    scale = {"percent": 100.0, "count": float(n)}.get(how, 1.0)
+    return scale * w, scale * o, scale * (o - w if how == "reversed" else w - o)
+
+
+def _gap_mistakes(hits: dict[str, list[bool]]) -> list[tuple[tuple[float, float, float], str]]:
+    """The numbers of each mistake that changes something on these questions (not cutting answers that
+    end by themselves, for one, changes nothing), with its message."""
+    return [(_gap_numbers(hits, a, b, how), message) for a, b, how, message in GAP_MISTAKES
+            if how != "right" or hits[a] != hits["with"] or hits[b] != hits["without"]]
+
+
+def _triple_close(a, b, tol: float = 1e-6) -> bool:
+    return all(abs(x - y) <= tol for x, y in zip(a, b))
+
+
+def _gap_number(name: str, got) -> float:
+    if hasattr(got, "value") and hasattr(got, "low"):
+        raise GradingFailure(f"{name}: return the accuracy as a plain number (an interval's .value), got "
+                             f"{type(got).__name__}")
+    return _real(name, got)
+
+
+@register("10.prefix_gap", title="The experiment: knowledge accuracy after the caption with the prefix kept and dropped")
+def check_prefix_gap(fn) -> None:
+    from minivlm.data import ShapesBench
+
+    g = fresh_generator()
+    model = _zoo_prefix_model()
+    for _ in range(4):  # fresh questions, redrawn until every mistake gives other numbers than the right answer
+        data = ShapesBench(image_size=model.image_size, seed=randint(g, 0, 10**6)).knowledge(GAP_ITEMS)
+        captions = model.caption(data["images"])  # the model's own, greedy
+        hits = _gap_arms(model, data, captions)
+        want = _gap_numbers(hits, "with", "without", "right")
+        mistakes = _gap_mistakes(hits)
+        if not any(_triple_close(want, value, 0.5 / GAP_ITEMS) for value, _ in mistakes):
+            break
+    given = {**data, "images": data["images"].clone(), "questions": list(data["questions"]),
+             "answers": list(data["answers"])}
+    got = call(fn, model, given, list(captions))
+    if not (isinstance(got, (tuple, list)) and len(got) == 3):
+        extra = f" of length {len(got)}" if isinstance(got, (tuple, list)) else ""
+        raise GradingFailure(f"prefix_gap must return a tuple (with_prefix, without_prefix, gap), got "
+                             f"{type(got).__name__}{extra}")
+    got = tuple(_gap_number(name, x) for name, x in zip(("with_prefix", "without_prefix", "gap"), got))
+    if _triple_close(got, want):
+        return
+    for value, message in mistakes:
+        if _triple_close(got, value):
+            raise GradingFailure(message)
+    n = GAP_ITEMS
+    if _triple_close(got[:2], want[:2]):
+        raise GradingFailure(f"gap = {got[2]:.4g}: it is with_prefix − without_prefix = {want[0]:.4g} − {want[1]:.4g} "
+                             f"= {want[2]:.4g}")
+    for name, g_, w_, how in (("with_prefix", got[0], want[0], "the prefix model, image embeddings then the caption "
+                               "and the question"),
+                              ("without_prefix", got[1], want[1], "the language model alone, the same caption and "
+                               "question")):
+        if abs(g_ - w_) > 1e-6:
+            raise GradingFailure(f"{name} = {g_:.4g}, expected {w_:.4g} ({round(w_ * n)} of {n} questions right: "
+                                 f"{how}, greedy, at most {GAP_TOKENS} new tokens, cut at the first '.', an answer "
+                                 f"right when it equals the true one after normalising, as vqa_accuracy decides)")
+    raise GradingFailure(f"prefix_gap returned {got}, expected {want}")  # pragma: no cover
