@@ -14,21 +14,25 @@
 # %% [markdown]
 # # 10 · Frozen PrefixLM — exercises
 #
-# Four pieces of chapter 10 (`notebooks/10_frozen.ipynb`) to write yourself. Frozen, ClipCap and
+# Five pieces of chapter 10 (`notebooks/10_frozen.ipynb`) to write yourself. Frozen, ClipCap and
 # MAPL keep a pretrained language model frozen and teach it to see by giving it a few vectors made
 # from the image, read as if they were the first words of the text. You write the token layout
 # that makes room for them, the splice that puts them in, the loss that trains only on the caption,
-# and the count of what is actually trained. The cell after each task runs `check(...)` on fresh
-# inputs and tells you what is wrong. At the end your pieces train the mapper of a small prefix
-# captioner next to the library's `insert_image_tokens`, `splice`, `prefix_step` and
-# `count_parameters` (`minivlm/models/frozen.py`, `minivlm/utils.py`). Grade the whole notebook
-# from a terminal with `minivlm check exercises/10_frozen.ipynb`.
+# the count of what is actually trained, and an experiment on the zoo's ClipCap: what the prefix
+# does to the language model's reading of the words after it. The cell after each task runs
+# `check(...)` on fresh inputs and tells you what is wrong. At the end your pieces train the mapper
+# of a small prefix captioner next to the library's `insert_image_tokens`, `splice`, `prefix_step`
+# and `count_parameters` (`minivlm/models/frozen.py`, `minivlm/utils.py`), and your experiment
+# runs beside the library's `knowledge_decomposition`. Grade the whole notebook from a terminal
+# with `minivlm check exercises/10_frozen.ipynb`.
 
 # %%
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from minivlm.data.worldtext import qa_prompt
+from minivlm.eval import vqa_accuracy
 from minivlm.grading import check
 
 _ = torch.manual_seed(0)
@@ -179,6 +183,51 @@ def count_trainable(model):
 check("10.count_trainable", count_trainable)
 
 # %% [markdown]
+# ## Task 5 — an experiment: drop the prefix, measure the gap
+#
+# Chapter 10 asks the trained models knowledge questions after their own caption: "how many
+# corners does the red object have?" The caption names the red object's shape; the frozen
+# language model knows the fact (chapter 09). The prompt is
+#
+#     <bos> <image>×K a red square. question: how many corners does the red object have? answer:
+#
+# and the language model reads the K image embeddings before the words. Does the prefix help it
+# read them, or get in the way? An experiment answers: ask the same questions after the same
+# captions twice, once **with** the prefix and once **without** it, the frozen language model
+# alone reading exactly the same text. The two arms differ in the prefix and in nothing else, so
+# the difference of their accuracies is what the prefix does to the reading.
+#
+# Write `prefix_gap(model, data, captions, max_new_tokens=4)`. `model` is a `PrefixVLM` (the
+# check gives you the zoo's ClipCap); `data` a knowledge set (`ShapesBench.knowledge`: `images`,
+# `questions`, `answers`, …); `captions` the model's own caption of each image, given, so that
+# both arms read the same words. Each prompt is the caption, a space, then the question framed as
+# chapter 09's corpus frames it, "question: … answer:" (`qa_prompt`, imported at the top). With
+# the prefix, the model completes the prompt after its image's K embeddings (`model.complete`);
+# without it, its frozen language model completes the same text (`model.llm.complete`). Both
+# decode greedily, at most `max_new_tokens` new tokens, and an answer ends at the first "."
+# (`stop="."`); it is right when it equals the true answer after normalising (`vqa_accuracy`
+# scores a list of answers). Return `(with_prefix, without_prefix, gap)`: the two accuracies,
+# fractions between 0 and 1, and gap = with_prefix − without_prefix (negative where the prefix
+# hurts). The check recomputes all three on 96 fresh questions.
+
+# %%
+def prefix_gap(model, data, captions, max_new_tokens=4):
+    ### BEGIN SOLUTION hint: one list of prompts for both arms, each caption followed by its question in the
+    ###     corpus's question-answer frame; one arm reads them after the image's embeddings, the other with no image
+    ###     at all; an arm's accuracy is the share of its answers equal to the truth after normalising; the gap is
+    ###     with minus without
+    prompts = [f"{c} {qa_prompt(q)}" for c, q in zip(captions, data["questions"])]  # the same text in both arms
+    with_prefix = model.complete(data["images"], prompts, max_new_tokens, stop=".")  # <image>×K, then the text
+    without = model.llm.complete(prompts, max_new_tokens, stop=".", tokenizer=model.tokenizer)  # the text alone
+    a, b = vqa_accuracy(with_prefix, data["answers"]), vqa_accuracy(without, data["answers"])
+    return a, b, a - b
+    ### END SOLUTION
+
+
+# %%
+check("10.prefix_gap", prefix_gap)
+
+# %% [markdown]
 # ## Put together: your pieces train a prefix captioner
 #
 # The next cells build a small `PrefixVLM` (ClipCap's variant: an MLP maps CLIP's image
@@ -201,10 +250,10 @@ from minivlm.train import fit  # noqa: E402
 from minivlm.utils import count_parameters  # noqa: E402
 
 yours = {"10.insert_image_tokens": insert_image_tokens, "10.splice": splice, "10.caption_loss": caption_loss,
-         "10.count_trainable": count_trainable}
+         "10.count_trainable": count_trainable, "10.prefix_gap": prefix_gap}
 ready = all(grading.run(task, fn).passed for task, fn in yours.items())
-print("all four tasks pass: your pieces next to the library's" if ready
-      else "finish the four tasks above first: the next cells use all of them")
+print("every task passes: your pieces next to the library's" if ready
+      else "finish the tasks above first: the next cells use all of them")
 
 # %% [markdown]
 # **Your layout and splice are the model's forward.** A batch of 16 ShapesWorld captions with
@@ -292,3 +341,29 @@ if ready:
         trainable, total, fraction = count_trainable(m)
         print(f"{variant:8s} {trainable:9,d} {total:7,d}  {fraction:6.1%}")
         assert (trainable, total) == (count_parameters(m, trainable_only=True), count_parameters(m))
+
+# %% [markdown]
+# **Your experiment on the zoo's ClipCap.** 300 knowledge questions of the chapter's bench,
+# asked after the model's own captions with the prefix kept and dropped. The library's
+# `knowledge_decomposition` asks them the same two ways ("describe_first" keeps the prefix,
+# "own_caption" drops it) among others, with 95 % intervals: your numbers are its numbers.
+
+# %%
+from minivlm import zoo  # noqa: E402
+from minivlm.data import ShapesBench  # noqa: E402
+from minivlm.models.frozen import knowledge_decomposition  # noqa: E402
+
+if ready:
+    clipcap = zoo.load("clipcap")
+    questions = ShapesBench(image_size=clipcap.image_size, seed=1234).knowledge(300)
+    t0 = time.perf_counter()
+    with_prefix, without_prefix, gap = prefix_gap(clipcap, questions, clipcap.caption(questions["images"]))
+    seconds = time.perf_counter() - t0
+    ways = knowledge_decomposition(clipcap, questions)
+    print(f"{seconds:.1f} s; {len(questions['questions'])} questions after the model's own caption:")
+    rows = (("with the prefix", with_prefix, "describe_first"), ("prefix dropped", without_prefix, "own_caption"))
+    for name, value, way in rows:
+        print(f"  {name:16s} {value:6.1%}  (the library's {way}: {ways[way]['accuracy']})")
+        assert abs(value - ways[way]["accuracy"].value) < 1e-9
+    print(f"  {'gap':16s} {100 * gap:+5.1f} points; the true caption instead, no prefix: "
+          f"{ways['true_caption']['accuracy']}")
