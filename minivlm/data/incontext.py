@@ -81,12 +81,15 @@ TEMPLATE_SPLITS = ("train", "heldout")
 
 def random_template(rng: np.random.Generator) -> Template:
     """A training template: a cue before the content (none, "w" or "w :") and one between
-    content and answer (":", "w" or "w :"), each w a training cue word, and a separator."""
+    content and answer (none, ":", "w" or "w :"), each w a training cue word, and a separator.
+    With no cue between, the answer follows its content directly: a key-value query then ends
+    on the key itself, the plain copy pattern (seen "A B" earlier, now at A: say B) that the
+    longer cues build on."""
     def word() -> str:
         return TRAIN_CUE_WORDS[int(rng.integers(len(TRAIN_CUE_WORDS)))]
 
     before = ("", word(), f"{word()} :")[int(rng.integers(3))]
-    between = (":", word(), f"{word()} :")[int(rng.integers(3))]
+    between = ("", ":", word(), f"{word()} :")[int(rng.integers(4))]
     return Template(before, between, TRAIN_SEPS[int(rng.integers(len(TRAIN_SEPS)))])
 
 

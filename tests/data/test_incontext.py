@@ -36,7 +36,8 @@ def units(doc: str, t: Template) -> list[tuple[str, str]] | None:
     """(content, answer) of each unit if `doc` is written entirely in template t, else None."""
     sep = re.escape(t.sep)
     before = re.escape(t.before) + " " if t.before else ""
-    unit = re.compile(f"{before}(.+?) {re.escape(t.between)} (\\S+?){sep}")
+    between = " " + re.escape(t.between) if t.between else ""  # no cue: the answer follows the content
+    unit = re.compile(f"{before}(.+?){between} (\\S+?){sep}")
     out, pos = [], 0
     while pos < len(doc):
         m = unit.match(doc, pos)
