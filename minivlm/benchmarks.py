@@ -412,7 +412,7 @@ def bench_gpt(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device: 
     tokens after prompts of `prompt_len` tokens, ours `GPT.generate(use_cache=True)`, theirs
     `generate(use_cache=True)`; transformers is held to exactly new_tokens (min_new_tokens), and
     tokens per second count the tokens each side actually generated (ours stops early only if
-    every row has emitted eos). config: GPTConfig fields over `minivlm.zoo.recipes.llm.LLM_CONFIG`.
+    every row has emitted eos). config: GPTConfig fields over `minivlm.zoo.recipes.llm.LLM_SHAPE` (GPT-2's layout).
 
     Returns a dict: train_ours_ms, train_theirs_ms, train_ratio (ours / theirs, < 1: ours is
     faster) and their CPU times; generate_ours_ms, generate_theirs_ms (one generate call),
@@ -423,12 +423,12 @@ def bench_gpt(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device: 
     from minivlm.losses import lm_loss
     from minivlm.models.gpt import GPTConfig
     from minivlm.utils import check_int
-    from minivlm.zoo.recipes.llm import LLM_CONFIG
+    from minivlm.zoo.recipes.llm import LLM_SHAPE
 
     check_int("new_tokens", new_tokens)
     check_int("prompt_len", prompt_len)
     with _bench_setup(batch_size, repeats, warmup, device, threads) as dev:
-        cfg = GPTConfig(**{**LLM_CONFIG, **config})
+        cfg = GPTConfig(**{**LLM_SHAPE, **config})
         if prompt_len + new_tokens > cfg.max_len:
             raise ValueError(f"prompt_len + new_tokens = {prompt_len + new_tokens} exceeds max_len={cfg.max_len}")
         ours, hf, hf_version = gpt_bench_models(cfg, seed)

@@ -18,7 +18,7 @@ from minivlm.benchmarks import (  # noqa: E402
 )
 from minivlm.losses import lm_loss  # noqa: E402
 from minivlm.models.gpt import GPTConfig  # noqa: E402
-from minivlm.zoo.recipes.llm import LLM_CONFIG  # noqa: E402
+from minivlm.zoo.recipes.llm import LLM_SHAPE  # noqa: E402
 
 TINY = dict(dim=32, depth=2, heads=2, max_len=24)
 
@@ -27,7 +27,7 @@ def test_benchmark_builds_the_same_model():
     """hf_gpt2_like has our configuration and gpt_bench_models gives both the same weights: the
     same loss and logits on the benchmark's batch and the same greedy tokens, so the benchmark
     compares like with like."""
-    cfg = GPTConfig(**{**LLM_CONFIG, **TINY})
+    cfg = GPTConfig(**{**LLM_SHAPE, **TINY})
     ours, hf, version = gpt_bench_models(cfg, seed=0)
     h = hf.config
     assert version and (h.vocab_size, h.n_positions, h.n_embd, h.n_layer, h.n_head, h.n_inner) == \

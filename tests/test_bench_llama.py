@@ -20,7 +20,7 @@ from minivlm.benchmarks import (  # noqa: E402
 )
 from minivlm.losses import lm_loss  # noqa: E402
 from minivlm.models.gpt import GPTConfig  # noqa: E402
-from minivlm.zoo.recipes.llm import LLM_CONFIG  # noqa: E402
+from minivlm.zoo.recipes.llm import LLM_SHAPE  # noqa: E402
 
 TINY = dict(dim=32, depth=2, heads=4, max_len=24)
 
@@ -29,7 +29,7 @@ TINY = dict(dim=32, depth=2, heads=4, max_len=24)
 def test_benchmark_builds_the_same_llama(extra):
     """hf_llama_like has our configuration and gpt_bench_models gives both the same weights: the
     same logits and loss on the benchmark's batch and the same greedy tokens."""
-    cfg = GPTConfig.llama(**{**LLM_CONFIG, **TINY, **extra})
+    cfg = GPTConfig.llama(**{**LLM_SHAPE, **TINY, **extra})
     ours, hf, version = gpt_bench_models(cfg, seed=0)
     h = hf.config
     assert version and type(hf).__name__ == "LlamaForCausalLM" and h._attn_implementation == "sdpa"

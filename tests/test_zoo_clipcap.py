@@ -39,6 +39,20 @@ def test_clipcap_reproduces_its_manifest():
         assert abs(know[way]["accuracy"].value - info["metrics"][f"knowledge_{way}"]["value"]) < 0.03
 
 
+def test_the_arm_trained_to_act_as_the_caption_reproduces_and_reads_knowledge_from_the_image():
+    """Chapter 10's arm 6 (issue 23): asked directly, knowledge 20 points above the LLM alone with the
+    intervals apart; where its perception is right, 80 % of the true caption's accuracy."""
+    info = zoo.manifest("clipcap_kl")
+    assert info["ship_arm"] == "clipcap_kl" and info["config"]["variant"] == "clipcap"
+    model = zoo.load("clipcap_kl")
+    bench = ShapesBench(image_size=model.image_size, seed=info["recipe"]["bench_seed"])
+    know = knowledge_figures(model, bench.knowledge(900))
+    direct, alone = know["direct"]["accuracy"], know["llm_alone"]["accuracy"]
+    assert abs(direct.value - info["metrics"]["knowledge_direct"]["value"]) < 0.03
+    assert direct.value >= alone.value + 0.20 and direct.low > alone.high
+    assert info["metrics"]["knowledge_direct_share_of_ceiling_given_perception"]["value"] >= 0.80
+
+
 def test_clipcap_refuses_a_rebuilt_llm(tmp_path):
     for f in ("clip", "llm", "clipcap"):
         for ext in ("json", "safetensors"):
@@ -52,7 +66,7 @@ def test_clipcap_refuses_a_rebuilt_llm(tmp_path):
 
 # ----------------------------------------------------------------------------- the recipe's arms (issue 23)
 def test_the_recipe_runs_every_arm_sweeps_frozens_lr_and_ships_one():
-    from minivlm.zoo.recipes.clipcap import ARM_SPECS, ClipCapRecipe, MaplRecipe
+    from minivlm.zoo.recipes.clipcap import ARM_SPECS, ClipCapKLRecipe, ClipCapRecipe, MaplRecipe
 
     recipe = ClipCapRecipe()
     jobs = recipe.jobs()
@@ -71,6 +85,9 @@ def test_the_recipe_runs_every_arm_sweeps_frozens_lr_and_ships_one():
     (mapl,) = MaplRecipe().jobs()
     assert {k: v for k, v in mapl.items() if k != "ship"} == {k: v for k, v in by_arm["mapl"].items() if k != "ship"}
     assert mapl["ship"]
+    (kl,) = ClipCapKLRecipe().jobs()  # and the clipcap_kl entry its arm 6, seed 0
+    assert {k: v for k, v in kl.items() if k != "ship"} == {k: v for k, v in by_arm["clipcap_kl"].items() if k != "ship"}
+    assert kl["ship"]
     with pytest.raises(ValueError, match=r"arms must be among .*got \['llava'\]"):
         ClipCapRecipe(arms=("clipcap", "llava")).jobs()
     with pytest.raises(ValueError, match="ship_arm must be one of the arms run"):
@@ -87,8 +104,10 @@ def test_the_shipped_config_names_the_arms_prefix_and_old_manifests_load_free():
     assert config["llm_sha256"] == zoo.manifest("llm")["sha256"]
     word = ClipCapRecipe(ship_arm="clipcap_word").shipped_config()
     assert word["variant"] == "clipcap" and word["prefix_norm"] == "word"
-    assert "prefix_norm" not in zoo.manifest("clipcap")["config"]  # trained before the option: loads as "free"
+    assert zoo.manifest("clipcap")["config"]["prefix_norm"] == "free"
     assert zoo.load("clipcap").config.prefix_norm == "free"
+    old = {k: v for k, v in zoo.manifest("clipcap")["config"].items() if k != "prefix_norm"}
+    assert zoo.RECIPES["clipcap"].model(old).config.prefix_norm == "free"  # manifests from before the option
 
 
 def test_a_kl_arm_runs_end_to_end_and_reports_the_decomposition():

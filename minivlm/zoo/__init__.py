@@ -1,6 +1,6 @@
 """The model zoo: pretrained components that later chapters start from (chapter 02 builds "clip",
 chapter 03 "vilt_pretrained" and "vilt", chapter 04 "albef", chapter 05 "vlmo", chapter 06 "blip", chapter 07 "coca",
-chapter 08 "beit3_tokenizer" and "beit3", chapter 09 "llm").
+chapter 08 "beit3_tokenizer" and "beit3", chapter 09 "llm", chapter 10 "clipcap", "mapl" and "clipcap_kl").
 
 Nothing is downloaded: the weights ship inside the package (`minivlm/zoo/weights/`, safetensors)
 next to a JSON manifest with their sha256, the config, the recipe and the metrics they reached on
@@ -38,7 +38,7 @@ from minivlm.zoo.recipes.albef import AlbefRecipe  # noqa: E402
 from minivlm.zoo.recipes.beit3 import Beit3Recipe, Beit3TokenizerRecipe  # noqa: E402
 from minivlm.zoo.recipes.blip import BlipRecipe  # noqa: E402
 from minivlm.zoo.recipes.clip import CLIP_TEMPLATES, ClipRecipe, class_prompts, evaluate_clip  # noqa: E402
-from minivlm.zoo.recipes.clipcap import ClipCapRecipe, MaplRecipe  # noqa: E402
+from minivlm.zoo.recipes.clipcap import ClipCapKLRecipe, ClipCapRecipe, MaplRecipe  # noqa: E402
 from minivlm.zoo.recipes.coca import CocaRecipe  # noqa: E402
 from minivlm.zoo.recipes.llm import LlmRecipe  # noqa: E402
 from minivlm.zoo.recipes.vilt import ViltPretrainedRecipe, ViltRecipe  # noqa: E402
@@ -47,7 +47,7 @@ from minivlm.zoo.recipes.vlmo import VlmoRecipe  # noqa: E402
 # The registry, in build order: an entry may load an earlier one ("vilt" fine-tunes "vilt_pretrained").
 RECIPES = {recipe.name: recipe for recipe in (ClipRecipe, ViltPretrainedRecipe, ViltRecipe, AlbefRecipe, VlmoRecipe,
                                              BlipRecipe, CocaRecipe, Beit3TokenizerRecipe, Beit3Recipe, LlmRecipe,
-                                             ClipCapRecipe, MaplRecipe)}
+                                             ClipCapRecipe, MaplRecipe, ClipCapKLRecipe)}
 
 
 def available() -> list[str]:

@@ -63,7 +63,8 @@ def _model(config: dict):
         trained_on, now = config.pop(key), zoo.manifest(part)["sha256"]
         if trained_on != now:
             raise ValueError(f"this prefix was trained on a zoo {part!r} with sha256 {trained_on[:12]}…, the zoo's "
-                             f"{part!r} is now {now[:12]}…: run `minivlm zoo build {config.get('variant')}`")
+                             f"{part!r} is now {now[:12]}…: rebuild the prefix entries trained on it "
+                             f"(`minivlm zoo build clipcap`, then `mapl` and `clipcap_kl`)")
     return PrefixVLM(zoo.load("clip"), zoo.load("llm"), PrefixConfig(**config))
 
 
@@ -238,3 +239,17 @@ class MaplRecipe(ClipCapRecipe):
     ship_arm: str = "mapl"
 
     name = "mapl"
+
+
+@dataclass
+class ClipCapKLRecipe(ClipCapRecipe):
+    """Chapter 10's arm 6 alone, shipped so that the chapter can re-measure it: a ClipCap mapper
+    trained to act as the caption (`caption_distill_step` on visible-answer VQA), the same job as
+    the clipcap build's `clipcap_kl` seed 0 (one thread, so the same weights)."""
+
+    seeds: int = 1
+    workers: int = 1
+    arms: tuple = ("clipcap_kl",)
+    ship_arm: str = "clipcap_kl"
+
+    name = "clipcap_kl"
