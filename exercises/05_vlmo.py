@@ -223,10 +223,11 @@ if ready:
 
 # %%
 if ready:
-    from minivlm.models.vlmo import dual_similarity, fusion_scores
+    from minivlm.eval import itc_similarity
+    from minivlm.models.vlmo import fusion_scores
 
     before = sum(tiny.passes.values())
-    dual = dual_similarity(tiny, images, captions)  # (8, 8), 8 + 8 passes
+    dual = itc_similarity(tiny, images, captions)  # (8, 8), 8 + 8 passes
     your_ranked = rerank(dual, lambda pairs: fusion_scores(tiny, images, captions, pairs), 3)
     counted = sum(tiny.passes.values()) - before
     library_ranked = retrieve(tiny, images, captions, mode="rerank", k=3)["scores"]

@@ -108,7 +108,8 @@ check("07.coca_loss", coca_loss)
 # library's `coca_step`: the losses agree step for step.
 
 # %%
-from minivlm.models.coca import CoCa, CoCaConfig, caption_batches, coca_step  # noqa: E402
+from minivlm.data.pairs import caption_batches  # noqa: E402
+from minivlm.models.coca import CoCa, CoCaConfig, coca_step  # noqa: E402
 
 config = CoCaConfig(image_size=16, patch_size=8, dim=32, vision_depth=1, unimodal_depth=1, multimodal_depth=1,
                     heads=2, embed_dim=16, caption_queries=4, max_text_len=24)

@@ -170,7 +170,8 @@ def bench_vilt(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
     """
     import torch.nn.functional as F
 
-    from minivlm.models.vilt import ViLT, ViLTConfig, vqa_batches
+    from minivlm.data.pairs import vqa_batches
+    from minivlm.models.vilt import ViLT, ViLTConfig
 
     with _bench_setup(batch_size, repeats, warmup, device, threads) as dev:
         cfg = ViLTConfig(**config)

@@ -257,3 +257,47 @@ def lm_loss(logits: torch.Tensor, ids: torch.Tensor, attention_mask: torch.Tenso
         targets = targets.masked_fill(~attention_mask[:, 1:].bool(), -100)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100,
                            label_smoothing=float(label_smoothing))
+
+
+def momentum_itc(trainer, image_feat: torch.Tensor, text_feat: torch.Tensor,
+                 image_feat_m: torch.Tensor, text_feat_m: torch.Tensor, positives: torch.Tensor, alpha: float
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ITC of B images and B texts against the batch and the trainer's queues of momentum
+    features (ALBEF's, chapter 04; BLIP reuses it: a trainer with `model`, `config.queue_size`,
+    `config.distill`, `image_queue`, `text_queue` and `training`), with targets mixed with the momentum model's similarities when distilling; the
+    momentum features then join the queues (in training). Features: (B, E) unit rows, `_m` from
+    the momentum model; positives (B, B): caption j is true of image i.
+    Returns (loss, image→text similarities (B, B), text→image (B, B)), both times 1/temperature,
+    for drawing ITM's hard negatives."""
+    m, c, b = trainer.model, trainer.config, image_feat.shape[0]
+    scale = m.scale()
+    with torch.no_grad():
+        image_all = torch.cat([image_feat_m, trainer.image_queue.features])  # (B + Q, E)
+        text_all = torch.cat([text_feat_m, trainer.text_queue.features])
+        # targets: every true caption of an image in the batch is a positive (normalised), the queue none
+        hard = torch.zeros(b, b + c.queue_size, device=image_feat.device)
+        hard_i2t, hard_t2i = hard.clone(), hard.clone()
+        hard_i2t[:, :b] = positives.float() / positives.float().sum(1, keepdim=True)
+        hard_t2i[:, :b] = positives.t().float() / positives.t().float().sum(1, keepdim=True)
+        if c.distill:
+            targets_i2t = mix_targets(hard_i2t, scale * image_feat_m @ text_all.t(), alpha)
+            targets_t2i = mix_targets(hard_t2i, scale * text_feat_m @ image_all.t(), alpha)
+        else:
+            targets_i2t, targets_t2i = hard_i2t, hard_t2i
+    sim_i2t = scale * image_feat @ text_all.t()  # (B, B + Q)
+    sim_t2i = scale * text_feat @ image_all.t()
+    itc = (soft_cross_entropy(sim_i2t, targets_i2t) + soft_cross_entropy(sim_t2i, targets_t2i)) / 2
+    if trainer.training:
+        trainer.image_queue.enqueue(image_feat_m)
+        trainer.text_queue.enqueue(text_feat_m)
+    return itc, sim_i2t[:, :b], sim_t2i[:, :b]
+
+
+def itm_negatives(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, positives: torch.Tensor, hard: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """ITM's negatives for a batch: (a wrong caption for each image (B,), a wrong image for each
+    caption (B,)), drawn in proportion to the softmax of the ITC similarities (B, B) (hard) or
+    uniformly, never a positive."""
+    if not hard:  # uniform over the allowed columns: softmax of a constant
+        sim_i2t = sim_t2i = torch.zeros_like(sim_i2t)
+    return sample_negatives(sim_i2t, positives), sample_negatives(sim_t2i, positives.t())

@@ -31,7 +31,7 @@
 # |---|---|
 # | the model: towers, projections, temperature, zero-shot helpers | `minivlm/models/clip.py` |
 # | the symmetric contrastive loss | `minivlm/losses.py` (`clip_loss`) |
-# | metrics: zero-shot accuracy, R@k, swap scores | `minivlm/eval.py` |
+# | metrics: zero-shot accuracy, R@k, swap scores | `minivlm/eval/retrieval.py` |
 # | the trained CLIP later chapters start from | `minivlm/zoo` (`zoo.load("clip")`) |
 
 # %%

@@ -36,7 +36,7 @@
 # | the model: embeddings, single-stream encoder, pooler, MLM / ITM / VQA heads | `minivlm/models/vilt.py` |
 # | MLM masking (15 %, 80/10/10) | `minivlm/data/masking.py` |
 # | MLM and ITM losses | `minivlm/losses.py` |
-# | VQA and ITM evaluation sets, intervals, the blind baseline | `minivlm/data/bench.py`, `minivlm/eval.py` |
+# | VQA and ITM evaluation sets, intervals, the blind baseline | `minivlm/data/bench.py`, `minivlm/eval/answers.py` |
 # | the pretrained and fine-tuned ViLTs | `minivlm/zoo` (`zoo.load("vilt_pretrained")`, `zoo.load("vilt")`) |
 
 # %%
@@ -49,9 +49,9 @@ import minivlm
 from minivlm import viz, zoo
 from minivlm.data import ShapesBench, ShapesWorld, Tokenizer
 from minivlm.data.masking import IGNORE_INDEX, mlm_mask
-from minivlm.eval import answer_hits, answer_prior, interval
-from minivlm.models.vilt import (ViLT, ViLTConfig, crop_regions, evaluate_itm, evaluate_vqa, oracle_regions,
-                                 pretrain_batches, pretrain_step, vqa_batches, vqa_step)
+from minivlm.data.pairs import oracle_regions, vqa_batches
+from minivlm.eval import answer_hits, answer_prior, evaluate_itm, evaluate_vqa, interval
+from minivlm.models.vilt import ViLT, ViLTConfig, crop_regions, pretrain_batches, pretrain_step, vqa_step
 from minivlm.nn import masks
 from minivlm.train import fit
 from minivlm.utils import count_parameters

@@ -52,11 +52,12 @@ import torch.nn.functional as F
 import minivlm
 from minivlm import viz, zoo
 from minivlm.data import ShapesBench, ShapesWorld, Tokenizer
+from minivlm.data.pairs import pretrain_batches
 from minivlm.data.shapesworld import COLORS, SHAPES
-from minivlm.eval import interval
+from minivlm.eval import evaluate_hard_itm, evaluate_retrieval, interval, itc_similarity, retrieve
 from minivlm.losses import mix_targets, sample_negatives, soft_cross_entropy
-from minivlm.models.albef import (ALBEF, ALBEFConfig, ALBEFPretrainer, evaluate_hard_itm, evaluate_retrieval,
-                                  init_vision_from_clip, itc_similarity, pretrain_batches, pretrain_step, retrieve)
+from minivlm.models.albef import ALBEF, ALBEFConfig, ALBEFPretrainer, pretrain_step
+from minivlm.models.clip import init_vision_from_clip
 from minivlm.models.clip import similarity as clip_similarity
 from minivlm.nn import masks
 from minivlm.nn.momentum import momentum_copy, momentum_update

@@ -47,7 +47,7 @@
 # | ITC with momentum and queues, ITM's hard negatives | `minivlm/models/albef.py` (chapter 04) |
 # | greedy, beam search, temperature / top-k / top-p sampling | `minivlm/generate.py` |
 # | the LM loss with label smoothing | `minivlm/losses.py` (`lm_loss`) |
-# | BLEU-4, CIDEr-D | `minivlm/eval.py` |
+# | BLEU-4, CIDEr-D | `minivlm/eval/captions.py` |
 # | the post-LN (BERT) block, to load Salesforce's BLIP | `minivlm/nn/blocks.py` (`norm_first=False`), `BLIP.from_hf` |
 # | the pretrained BLIP and its seed arms | `minivlm/zoo` (`zoo.load("blip")`, `zoo.manifest("blip")`) |
 
@@ -59,22 +59,11 @@ import torch
 import minivlm
 from minivlm import viz, zoo
 from minivlm.data import ShapesBench, ShapesWorld, Tokenizer
-from minivlm.eval import bleu, cider_d, interval
+from minivlm.data.pairs import image_text_pairs, pair_batches
+from minivlm.eval import bleu, cider_d, evaluate_captions, interval, true_caption_rate
 from minivlm.generate import generate, top_p_filter
-from minivlm.models.blip import (
-    BLIP,
-    BLIPConfig,
-    BLIPPretrainer,
-    capfilt,
-    evaluate_captions,
-    filter_scores,
-    image_text_pairs,
-    init_vision_from_clip,
-    med_masks,
-    pair_batches,
-    pretrain_step,
-    true_caption_rate,
-)
+from minivlm.models.blip import BLIP, BLIPConfig, BLIPPretrainer, capfilt, filter_scores, med_masks, pretrain_step
+from minivlm.models.clip import init_vision_from_clip
 from minivlm.models.clip import similarity as clip_similarity
 from minivlm.train import fit
 from minivlm.utils import count_parameters

@@ -57,10 +57,11 @@ import torch
 import minivlm
 from minivlm import viz, zoo
 from minivlm.data import ShapesBench
-from minivlm.eval import interval
-from minivlm.models.albef import ALBEF, ALBEFConfig, ALBEFPretrainer, itc_similarity, pretrain_batches
+from minivlm.data.pairs import image_text_pairs, pair_batches, pretrain_batches
+from minivlm.eval import interval, itc_similarity
+from minivlm.models.albef import ALBEF, ALBEFConfig, ALBEFPretrainer
 from minivlm.models.albef import pretrain_step as albef_step
-from minivlm.models.blip import BLIP, BLIPConfig, BLIPPretrainer, image_text_pairs, pair_batches
+from minivlm.models.blip import BLIP, BLIPConfig, BLIPPretrainer
 from minivlm.models.blip import pretrain_step as blip_step
 from minivlm.models.coca import CoCa, CoCaConfig, coca_step
 from minivlm.models.prefixlm import PrefixLM, PrefixLMConfig

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 import minivlm
 from minivlm import viz, zoo
 from minivlm.data import ShapesBench, Tokenizer
+from minivlm.data.pairs import vqa_batches
 from minivlm.eval import answer_hits, interval
 from minivlm.models.beit3 import (
     BEiT3,
@@ -68,7 +69,6 @@ from minivlm.models.beit3 import (
     teacher_features,
     vqa_step,
 )
-from minivlm.models.vilt import vqa_batches
 from minivlm.models.vlmo import LANGUAGE, VISION, VL, VLMo, VLMoConfig
 from minivlm.nn.quantize import VectorQuantizer, codebook_stats
 from minivlm.nn.vit import patchify

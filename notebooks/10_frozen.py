@@ -47,24 +47,23 @@
 # | knowledge taken apart, and given perception | `minivlm/models/frozen.py` (`knowledge_decomposition`, `perception_figures`) |
 # | the frozen parts | the zoo's `clip` (chapter 02) and `llm` (chapter 09) |
 # | decoding with the LLM's KV cache, the image spliced in once | `GPT.generate(..., embed=...)` (chapter 09) |
-# | CIDEr-D, intervals | `minivlm/eval.py` (chapter 06) |
+# | CIDEr-D, intervals | `minivlm/eval/` (chapters 00, 06) |
 # | the trained prefixes; every arm × 2 seeds in the manifest | `minivlm/zoo` (`"clipcap"`, `"mapl"`, `"clipcap_kl"`) |
 
 # %%
 import time
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-import matplotlib.pyplot as plt
-
 import minivlm
 from minivlm import viz, zoo
 from minivlm.data import ShapesBench, Tokenizer
-from minivlm.eval import Estimate, bootstrap, interval
+from minivlm.data.pairs import image_text_pairs
+from minivlm.eval import Estimate, bootstrap, evaluate_captions, interval
 from minivlm.losses import lm_loss
-from minivlm.models.blip import evaluate_captions, image_text_pairs
 from minivlm.models.frozen import (
     VARIANTS,
     PrefixConfig,

@@ -20,7 +20,7 @@
 # through when it writes synthetic captions for CapFilt, and the clipped n-gram precision at
 # the heart of BLEU. The cell after each task runs `check(...)` on fresh inputs and tells you what
 # is wrong. At the end your pieces caption images with the zoo's BLIP and score the captions,
-# next to the library's (`minivlm/models/blip.py`, `minivlm/generate.py`, `minivlm/eval.py`).
+# next to the library's (`minivlm/models/blip.py`, `minivlm/generate.py`, `minivlm/eval/captions.py`).
 # Grade the whole notebook from a terminal with `minivlm check exercises/06_blip.ipynb`.
 
 # %%

@@ -22,7 +22,7 @@
 # task runs `check(...)` on fresh inputs and tells you what is wrong. At the end your loss trains
 # a small GPT, your perplexity measures it, your decoder writes with it, and your rotation is
 # set beside its learned positions, next to the library's `lm_loss`, `perplexity`, `generate`
-# and `apply_rotary` (`minivlm/losses.py`, `minivlm/eval.py`, `minivlm/nn/attention.py`,
+# and `apply_rotary` (`minivlm/losses.py`, `minivlm/eval/stats.py`, `minivlm/nn/attention.py`,
 # `minivlm/models/gpt.py`, `minivlm/nn/rope.py`). Grade the whole notebook from a terminal with
 # `minivlm check exercises/09_llm.ipynb`.
 

@@ -242,9 +242,9 @@ import time  # noqa: E402
 
 from minivlm import grading  # noqa: E402
 from minivlm.data import Tokenizer  # noqa: E402
+from minivlm.data.pairs import caption_batches  # noqa: E402
 from minivlm.models import frozen as library  # noqa: E402
 from minivlm.models.clip import CLIP, CLIPConfig  # noqa: E402
-from minivlm.models.coca import caption_batches  # noqa: E402
 from minivlm.models.gpt import GPT, GPTConfig  # noqa: E402
 from minivlm.train import fit  # noqa: E402
 from minivlm.utils import count_parameters  # noqa: E402

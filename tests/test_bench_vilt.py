@@ -6,7 +6,8 @@ import torch.nn.functional as F
 pytest.importorskip("transformers")
 
 from minivlm.benchmarks import bench_vilt, hf_vilt_like  # noqa: E402
-from minivlm.models.vilt import ViLT, ViLTConfig, vqa_batches  # noqa: E402
+from minivlm.data.pairs import vqa_batches  # noqa: E402
+from minivlm.models.vilt import ViLT, ViLTConfig  # noqa: E402
 
 TINY = dict(dim=32, depth=1, heads=2, patch_size=8, max_text_len=24)
 

@@ -330,12 +330,13 @@ def test_correct_answers_written_another_way_pass():
 def test_rerank_agrees_with_the_library_on_a_tiny_vlmo():
     """The reference re-rank, fed VLMo's own dual and fusion scores, ranks as `retrieve(mode="rerank")` does."""
     from minivlm.data import ShapesBench
-    from minivlm.models.vlmo import VLMo, VLMoConfig, dual_similarity, fusion_scores, retrieve
+    from minivlm.eval import itc_similarity
+    from minivlm.models.vlmo import VLMo, VLMoConfig, fusion_scores, retrieve
 
     torch.manual_seed(0)
     model = VLMo(VLMoConfig(dim=32, depth=2, vl_depth=1, heads=2, embed_dim=32))
     data = ShapesBench(seed=5).retrieval(6)
     images, texts = data["images"], data["captions"]
     library = retrieve(model, images, texts, mode="rerank", k=3)["scores"]
-    ours = reference_rerank(dual_similarity(model, images, texts), lambda p: fusion_scores(model, images, texts, p), 3)
+    ours = reference_rerank(itc_similarity(model, images, texts), lambda p: fusion_scores(model, images, texts, p), 3)
     assert torch.equal(ours.argsort(1, descending=True), library.argsort(1, descending=True))

@@ -97,7 +97,7 @@ def test_vilt_entries_match_their_manifests_and_load(name):
 
 
 def test_vilt_pretrained_itm_on_a_fresh_bench_seed():
-    from minivlm.models.vilt import evaluate_itm
+    from minivlm.eval import evaluate_itm
 
     seed = 5000 + int(torch.randint(0, 10_000, (1,)))
     acc = evaluate_itm(zoo.load("vilt_pretrained"), ShapesBench(seed=seed).itm(400))["accuracy"]
@@ -106,8 +106,7 @@ def test_vilt_pretrained_itm_on_a_fresh_bench_seed():
 
 def test_vilt_vqa_on_a_fresh_bench_seed_beats_the_blind_baseline():
     from minivlm.data import ShapesWorld
-    from minivlm.eval import answer_hits, answer_prior, interval
-    from minivlm.models.vilt import evaluate_vqa
+    from minivlm.eval import answer_hits, answer_prior, evaluate_vqa, interval
 
     seed = 5000 + int(torch.randint(0, 10_000, (1,)))
     data = ShapesBench(seed=seed).vqa(600)

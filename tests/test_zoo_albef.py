@@ -6,7 +6,8 @@ import torch
 
 from minivlm import zoo
 from minivlm.data import ShapesBench
-from minivlm.models.albef import ALBEF, evaluate_retrieval
+from minivlm.eval import evaluate_retrieval
+from minivlm.models.albef import ALBEF
 
 ARMS = ("noise0_mod", "noise0_nomod", "noise40_mod", "noise40_nomod", "noise0_mod_random_neg")
 

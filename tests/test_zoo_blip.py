@@ -6,7 +6,8 @@ import torch
 
 from minivlm import zoo
 from minivlm.data import ShapesBench
-from minivlm.models.blip import BLIP, evaluate_captions
+from minivlm.eval import evaluate_captions
+from minivlm.models.blip import BLIP
 
 ARMS = ("noisy", "capfilt_nucleus", "capfilt_beam")
 FRACTIONS = ("caption_true", "i2t_r1_itc", "itm", "hard_itm", "hard_pairs")

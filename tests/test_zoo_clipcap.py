@@ -9,7 +9,7 @@ import torch
 
 from minivlm import zoo
 from minivlm.data import ShapesBench
-from minivlm.models.blip import evaluate_captions
+from minivlm.eval import evaluate_captions
 from minivlm.models.frozen import PrefixVLM, knowledge_figures
 
 

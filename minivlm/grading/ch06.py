@@ -20,8 +20,8 @@ from collections import Counter
 
 import torch
 
-from minivlm.eval import _ngrams as _all_ngrams
 from minivlm.eval import caption_tokens
+from minivlm.eval import ngram_counts as _all_ngrams
 from minivlm.generate import generate, top_p_filter
 from minivlm.grading import GradingFailure, call, fresh_generator, randint, register, tensor_answer
 from minivlm.models.blip import med_masks

@@ -22,7 +22,6 @@ distil: ITC and MLM targets mixed with the momentum model's own predictions (MoD
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -30,9 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minivlm.data.masking import IGNORE_INDEX, mlm_mask
-from minivlm.data.shapesworld import ShapesWorld
-from minivlm.losses import check_alpha, itm_loss, mix_targets, mlm_loss, sample_negatives, soft_cross_entropy
+from minivlm.data.masking import IGNORE_INDEX
+from minivlm.data.pairs import check_batch
+from minivlm.losses import (
+    check_alpha,
+    itm_loss,
+    itm_negatives,
+    mlm_loss,
+    momentum_itc,
+    soft_cross_entropy,
+)
 from minivlm.models.inputs import (
     TextInputs,
     check_encoder_config,
@@ -43,7 +49,6 @@ from minivlm.models.inputs import (
     fill_token_ids,
     register_image_stats,
 )
-from minivlm.models.vilt import evaluate_itm  # noqa: F401  (the same ITM protocol, re-exported for chapter 04)
 from minivlm.nn import TextTransformer, Transformer, ViT, masks
 from minivlm.nn.blocks import ACTIVATIONS
 from minivlm.nn.momentum import FeatureQueue, check_momentum, momentum_copy, momentum_update
@@ -202,27 +207,6 @@ class ALBEF(TextInputs, nn.Module):
         return torch.cat(out)
 
 
-def init_vision_from_clip(model: ALBEF, clip) -> ALBEF:
-    """Start ALBEF's image encoder from a trained CLIP's image tower (chapter 02's zoo CLIP), as
-    the paper starts from an ImageNet-trained ViT (DeiT) and a pretrained BERT. The ViTs must
-    have the same layout (image and patch size, width, depth, heads, pre-norm, patch bias).
-    Copies the weights in place and returns `model`."""
-    theirs = clip.visual.state_dict()
-    mine = model.visual.state_dict()
-    problems = [f"{k}: ours {tuple(v.shape)}, CLIP's {tuple(theirs[k].shape) if k in theirs else 'missing'}"
-                for k, v in mine.items() if k not in theirs or theirs[k].shape != v.shape]
-    problems += [f"{k}: only in CLIP's tower" for k in theirs if k not in mine]
-    if problems:
-        raise ValueError(f"this CLIP's image tower does not fit ALBEF's (config image_size, patch_size, dim, "
-                         f"vision_depth, heads, vision_pre_norm, patch_bias must match): {problems[:3]}")
-    if tuple(clip.config.image_mean) != model.config.image_mean or tuple(clip.config.image_std) != model.config.image_std:
-        raise ValueError(f"CLIP normalises images with mean {clip.config.image_mean}, std {clip.config.image_std}; "
-                         f"this ALBEF with {model.config.image_mean}, {model.config.image_std}")
-    model.visual.load_state_dict(theirs)
-    return model
-
-
-
 # ----------------------------------------------------------------------------- training
 
 
@@ -270,7 +254,7 @@ def _pretrain_losses(trainer: ALBEFPretrainer, batch: dict) -> dict:
     b = images.shape[0]
     if c.queue_size % b:
         raise ValueError(f"queue_size={c.queue_size} must be a multiple of the batch size, got a batch of {b}")
-    positives = _check_batch(batch, b)  # (B, B): caption j is true of image i
+    positives = check_batch(batch, b)  # (B, B): caption j is true of image i
     alpha = trainer.alpha()
     scale = m.scale()
 
@@ -311,73 +295,6 @@ def _pretrain_losses(trainer: ALBEFPretrainer, batch: dict) -> dict:
             "itm_acc": itm_acc, "alpha": alpha, "temp": 1.0 / scale.detach()}
 
 
-def momentum_itc(trainer: ALBEFPretrainer, image_feat: torch.Tensor, text_feat: torch.Tensor,
-                 image_feat_m: torch.Tensor, text_feat_m: torch.Tensor, positives: torch.Tensor, alpha: float
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ITC of B images and B texts against the batch and the trainer's queues of momentum
-    features, with targets mixed with the momentum model's similarities when distilling; the
-    momentum features then join the queues (in training). Features: (B, E) unit rows, `_m` from
-    the momentum model; positives (B, B): caption j is true of image i.
-    Returns (loss, image→text similarities (B, B), text→image (B, B)), both times 1/temperature,
-    for drawing ITM's hard negatives."""
-    m, c, b = trainer.model, trainer.config, image_feat.shape[0]
-    scale = m.scale()
-    with torch.no_grad():
-        image_all = torch.cat([image_feat_m, trainer.image_queue.features])  # (B + Q, E)
-        text_all = torch.cat([text_feat_m, trainer.text_queue.features])
-        # targets: every true caption of an image in the batch is a positive (normalised), the queue none
-        hard = torch.zeros(b, b + c.queue_size, device=image_feat.device)
-        hard_i2t, hard_t2i = hard.clone(), hard.clone()
-        hard_i2t[:, :b] = positives.float() / positives.float().sum(1, keepdim=True)
-        hard_t2i[:, :b] = positives.t().float() / positives.t().float().sum(1, keepdim=True)
-        if c.distill:
-            targets_i2t = mix_targets(hard_i2t, scale * image_feat_m @ text_all.t(), alpha)
-            targets_t2i = mix_targets(hard_t2i, scale * text_feat_m @ image_all.t(), alpha)
-        else:
-            targets_i2t, targets_t2i = hard_i2t, hard_t2i
-    sim_i2t = scale * image_feat @ text_all.t()  # (B, B + Q)
-    sim_t2i = scale * text_feat @ image_all.t()
-    itc = (soft_cross_entropy(sim_i2t, targets_i2t) + soft_cross_entropy(sim_t2i, targets_t2i)) / 2
-    if trainer.training:
-        trainer.image_queue.enqueue(image_feat_m)
-        trainer.text_queue.enqueue(text_feat_m)
-    return itc, sim_i2t[:, :b], sim_t2i[:, :b]
-
-
-def itm_negatives(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, positives: torch.Tensor, hard: bool = True
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """ITM's negatives for a batch: (a wrong caption for each image (B,), a wrong image for each
-    caption (B,)), drawn in proportion to the softmax of the ITC similarities (B, B) (hard) or
-    uniformly, never a positive."""
-    if not hard:  # uniform over the allowed columns: softmax of a constant
-        sim_i2t = sim_t2i = torch.zeros_like(sim_i2t)
-    return sample_negatives(sim_i2t, positives), sample_negatives(sim_t2i, positives.t())
-
-
-def _check_batch(batch: dict, b: int,
-                 keys: tuple[str, ...] = ("images", "ids", "attention_mask", "mlm_ids", "mlm_labels")) -> torch.Tensor:
-    """Every entry agrees on B (checked before any state changes); returns `positives` (B, B)."""
-    if not isinstance(batch, dict):
-        raise TypeError(f"batch must be a dict (see pretrain_batches), got {type(batch).__name__}")
-    missing = [k for k in keys if k not in batch]
-    if missing:
-        raise ValueError(f"batch is missing {missing}; pretrain_batches(...)(step) makes a complete one")
-    for key in keys[1:]:
-        x = batch[key]
-        check_tensor(f"batch['{key}']", x, ndim=2)
-        if x.shape != batch["ids"].shape or x.shape[0] != b:
-            raise ValueError(f"batch['{key}'] has shape {tuple(x.shape)}, but images has {b} rows and ids shape "
-                             f"{tuple(batch['ids'].shape)}: every entry of a batch must have the same batch size")
-    positives = batch.get("positives")
-    if positives is None:
-        return torch.eye(b, dtype=torch.bool, device=batch["images"].device)
-    check_tensor("batch['positives']", positives, ndim=2, dtype="bool")
-    if positives.shape != (b, b) or not bool(positives.diagonal().all()):
-        raise ValueError(f"batch['positives'] must be (B, B) = ({b}, {b}) bool with a true diagonal (a caption is "
-                         f"a positive of its own image), got shape {tuple(positives.shape)}")
-    return positives
-
-
 def pretrain_step(trainer: ALBEFPretrainer, batch: dict) -> dict:
     """ALBEF's loss for `minivlm.train.fit`: ITC + ITM + MLM, three passes, as the paper.
 
@@ -401,132 +318,5 @@ def pretrain_step(trainer: ALBEFPretrainer, batch: dict) -> dict:
 # ----------------------------------------------------------------------------- training data
 
 
-def _step_world(seed: int, step: int, image_size: int, noise: float) -> ShapesWorld:
-    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-        raise ValueError(f"step must be an int >= 0, got {step!r}")
-    return ShapesWorld(seed=seed * 1_000_003 + step, image_size=image_size, split="train", noise=noise)
-
-
-def pretrain_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, noise: float = 0.0,
-                     tokenizer=None, max_text_len: int = 32, relational_fraction: float = 0.3,
-                     mask_prob: float = 0.15):
-    """A function step -> batch of image-caption pairs on the train split, deterministic given `seed`.
-
-    noise: ShapesWorld's knob, the share of pairs whose caption describes another scene (web
-    noise). Clean captions are a paraphrase or, for 30 % of multi-object scenes, a true relation.
-    The batch: images, ids / attention_mask ("<bos> ... <eos>"), mlm_ids / mlm_labels (15 % of
-    words masked, 80/10/10), positives (B, B) bool: caption j is true of image i (always on the
-    diagonal: the data's own pairing, noisy or not), and clean (B,) bool: which captions are real.
-    """
-    from minivlm.data.tokenizer import Tokenizer
-
-    check_int("batch_size", batch_size, lo=2)
-    check_number("noise", noise, 0.0, 1.0)
-    tok = tokenizer or Tokenizer.from_world()
-
-    def batch(step: int) -> dict:
-        world = _step_world(seed, step, image_size, noise)
-        g = torch.Generator().manual_seed(world.seed)
-        scenes = world.sample(batch_size)
-        noisy, clean = world.noisy_captions(scenes, noise)
-        captions = [world.mixed_caption(s, relational_fraction) if ok else cap
-                    for s, cap, ok in zip(scenes, noisy, clean.tolist())]
-        ids, mask = tok(captions, max_text_len, add_bos=True, add_eos=True)
-        mlm_ids, mlm_labels = mlm_mask(ids, tok, prob=mask_prob, generator=g)
-        truths = [ShapesWorld.true_captions(s) for s in scenes]
-        positives = torch.tensor([[captions[j] in truths[i] for j in range(batch_size)] for i in range(batch_size)])
-        positives |= torch.eye(batch_size, dtype=torch.bool)
-        return {"images": world.render(scenes), "ids": ids, "attention_mask": mask, "mlm_ids": mlm_ids,
-                "mlm_labels": mlm_labels, "positives": positives, "clean": clean}
-
-    return batch
-
-
 # ----------------------------------------------------------------------------- evaluation
 
-
-@torch.no_grad()
-def itc_similarity(model: ALBEF, images: torch.Tensor, captions: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """(N_images, N_texts) cosine similarities of the ITC features: one pass per image and per text.
-    Any model whose encode_image / encode_text return the unit feature second serves (VLMo's dual
-    mode, chapter 05)."""
-    check_tensor("images", images, ndim=4, dtype="float")
-    if isinstance(captions, str) or not isinstance(captions, (list, tuple)) or not captions:
-        raise TypeError("captions must be a non-empty list of strings")
-    check_int("batch_size", batch_size)
-    with eval_mode(model):
-        img = torch.cat([model.encode_image(images[a:a + batch_size])[1] for a in range(0, len(images), batch_size)])
-        txt = torch.cat([model.encode_text(list(captions[a:a + batch_size]))[1]
-                         for a in range(0, len(captions), batch_size)])
-    return img @ txt.t()
-
-
-def retrieve(model: ALBEF, images: torch.Tensor, captions: Sequence[str], rerank_k: int = 16,
-             batch_size: int = 256) -> dict:
-    """Image → text retrieval as ALBEF does it: rank every caption by ITC similarity (one
-    encoder pass per image and per caption), then re-rank each image's top `rerank_k` by the
-    ITM head (k fusion passes per image). rerank_k=1 keeps the ITC ranking.
-
-    Returns dict(scores (N_images, N_texts): the final ranking scores (the ITM match logit
-    margin for the top k, placed above every other caption, whose ITC similarity follows),
-    itc (N_images, N_texts), itc_seconds, rerank_seconds, fusion_passes: N_images · k).
-    """
-    if not isinstance(rerank_k, int) or isinstance(rerank_k, bool) or rerank_k < 1:
-        raise ValueError(f"rerank_k must be an int >= 1 (1: ITC ranking alone), got {rerank_k!r}")
-    t0 = time.perf_counter()
-    sim = itc_similarity(model, images, captions, batch_size)  # (N, M)
-    itc_seconds = time.perf_counter() - t0
-    k = min(rerank_k, sim.shape[1])
-    scores = sim.clone()
-    t0 = time.perf_counter()
-    if k > 1:
-        top = sim.topk(k, dim=1).indices  # (N, k)
-        with eval_mode(model):
-            text_tokens, _, mask = model.encode_text(list(captions))  # (M, T, D): each caption once
-            image_tokens, _ = model.encode_image(images)  # (N, 1 + P, D)
-            rows = torch.arange(len(images)).repeat_interleave(k)
-            cols = top.flatten()
-            margins = []
-            for a in range(0, len(rows), batch_size):
-                r, cidx = rows[a:a + batch_size], cols[a:a + batch_size]
-                logits = model.itm_logits(model.fuse(text_tokens[cidx], mask[cidx], image_tokens[r]))
-                margins.append(logits[:, 1] - logits[:, 0])
-        margin = torch.cat(margins).view(len(images), k)
-        # the re-ranked k sit above every other caption (ITC similarities lie in [-1, 1])
-        scores.scatter_(1, top, margin - margin.min() + 3.0)
-    return {"scores": scores, "itc": sim, "itc_seconds": itc_seconds, "rerank_seconds": time.perf_counter() - t0,
-            "fusion_passes": len(images) * k if k > 1 else 0}
-
-
-def evaluate_retrieval(model: ALBEF, data: dict, rerank_k: int = 16) -> dict:
-    """Image → text R@1 (with a Wilson interval) on a ShapesBench `retrieval` set (caption i
-    belongs to image i, all captions distinct), ITC alone and after re-ranking the top k."""
-    from minivlm.eval import interval
-
-    out = retrieve(model, data["images"], data["captions"], rerank_k)
-    target = torch.arange(len(data["captions"]))
-    hits_itc = (out["itc"].argmax(1).cpu() == target).tolist()
-    hits = (out["scores"].argmax(1).cpu() == target).tolist()
-    return {"itc_r1": interval(hits_itc), "r1": interval(hits), **out}
-
-
-def evaluate_hard_itm(model: ALBEF, data: dict) -> dict:
-    """ITM on a ShapesBench `hard_itm` set: each image with its true caption and a caption one
-    fact away. accuracy: the head says "match" (P > 0.5) for the true caption and "no match"
-    for the negative, over 2N decisions; pair_accuracy: P(true) > P(negative), over N images
-    (the only one a dual encoder like CLIP can be given: compare similarities). Both with
-    intervals, overall and per kind (colour, shape, size, relation)."""
-    from minivlm.eval import interval
-
-    n = len(data["captions"])
-    images = data["images"]
-    p_true = model.match_probability(images, [c[0] for c in data["captions"]])
-    p_neg = model.match_probability(images, [c[1] for c in data["captions"]])
-    decisions = torch.cat([p_true > 0.5, p_neg <= 0.5]).tolist()
-    pairs = (p_true > p_neg).tolist()
-    per_kind = {}
-    for kind in dict.fromkeys(data["kinds"]):
-        idx = [i for i in range(n) if data["kinds"][i] == kind]
-        per_kind[kind] = interval([pairs[i] for i in idx])
-    return {"accuracy": interval(decisions), "pair_accuracy": interval(pairs), "per_kind": per_kind,
-            "p_true": p_true.cpu(), "p_negative": p_neg.cpu()}

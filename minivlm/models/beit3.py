@@ -177,7 +177,7 @@ def vqkd_step(model: VisualTokenizer, batch: dict) -> dict:
 def tokenizer_batches(teacher, batch_size: int = 64, seed: int = 0, image_size: int = 32, grid: int = 4):
     """step → dict(images, targets = the teacher's patch features on a grid × grid layout), on
     ShapesWorld's training scenes (chapter 04's stream; the captions are not used)."""
-    from minivlm.models.albef import pretrain_batches
+    from minivlm.data.pairs import pretrain_batches
 
     images = pretrain_batches(batch_size, seed=seed, image_size=image_size)
 
@@ -401,8 +401,8 @@ def mdm_batches(visual_tokenizer: VisualTokenizer, batch_size: int = 64, seed: i
     """step → a batch for `mdm_step`: three independent draws of ShapesWorld's training pairs
     (chapter 04's stream): the images of one (image-only), the captions of another (text-only)
     and a third as pairs. Visual tokens come from `visual_tokenizer` on the unmasked images."""
+    from minivlm.data.pairs import pretrain_batches
     from minivlm.data.tokenizer import Tokenizer
-    from minivlm.models.albef import pretrain_batches
 
     if not isinstance(visual_tokenizer, VisualTokenizer):
         raise TypeError(f"visual_tokenizer must be a VisualTokenizer, got {type(visual_tokenizer).__name__}")
@@ -453,11 +453,11 @@ def retrieval_step(model: BEiT3, batch: dict) -> dict:
     """Retrieval fine-tuning: image-only and text-only modes, the contrastive loss on the image
     CLS and the text's <bos> (every true caption in the batch a positive). batch: images, ids,
     attention_mask, positives (chapter 04's `pretrain_batches`)."""
-    from minivlm.models.albef import _check_batch
+    from minivlm.data.pairs import check_batch
 
     m = _beit3(model)
     _need(batch, ("images", "ids", "attention_mask"), "minivlm.models.albef.pretrain_batches")
-    positives = _check_batch(batch, batch["images"].shape[0], keys=("ids", "attention_mask"))
+    positives = check_batch(batch, batch["images"].shape[0], keys=("ids", "attention_mask"))
     _, image_feat = m.encode_image(batch["images"])
     _, text_feat, _ = m.encode_text(batch["ids"], batch["attention_mask"])
     scale = m.scale()
@@ -502,8 +502,8 @@ def caption_step(model: BEiT3, batch: dict) -> dict:
 def caption_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, max_text_len: int = 32,
                     ratio: float = 0.6):
     """step → a captioning batch (chapter 04's ShapesWorld pairs, `caption_inputs` applied)."""
+    from minivlm.data.pairs import pretrain_batches
     from minivlm.data.tokenizer import Tokenizer
-    from minivlm.models.albef import pretrain_batches
 
     mask_id = Tokenizer.from_world().mask_id
     pairs = pretrain_batches(batch_size, seed=seed, image_size=image_size, max_text_len=max_text_len)

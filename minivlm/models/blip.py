@@ -31,16 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minivlm.data.shapesworld import ShapesWorld
+from minivlm.data.pairs import check_batch, check_pair_set
 from minivlm.generate import caption_texts
-from minivlm.losses import check_alpha, itm_loss, lm_loss
-from minivlm.models.albef import (
-    ALBEFPretrainer,
-    _check_batch,
-    init_vision_from_clip,  # noqa: F401  (BLIP starts its ViT from chapter 02's CLIP, as ALBEF does)
-    itm_negatives,
-    momentum_itc,
-)
+from minivlm.losses import check_alpha, itm_loss, itm_negatives, lm_loss, momentum_itc
+from minivlm.models.albef import ALBEFPretrainer
 from minivlm.models.inputs import (
     TextInputs,
     check_encoder_config,
@@ -372,7 +366,7 @@ def _blip_losses(trainer: BLIPPretrainer, batch: dict) -> dict:
     m, mom, c = trainer.model, trainer.momentum, trainer.config
     images = batch.get("images") if isinstance(batch, dict) else None
     b = images.shape[0] if isinstance(images, torch.Tensor) and images.ndim == 4 else 0
-    positives = _check_batch(batch, b, keys=("images", "ids", "attention_mask"))
+    positives = check_batch(batch, b, keys=("images", "ids", "attention_mask"))
     ids, mask = batch["ids"], batch["attention_mask"].bool()
     logs, total = {}, 0.0
     image_tokens, image_feat = m.encode_image(images)  # (B, 1 + N, D_v), (B, E)
@@ -432,82 +426,6 @@ def pretrain_step(trainer: BLIPPretrainer, batch: dict) -> dict:
 # ----------------------------------------------------------------------------- data: a web set, a clean set
 
 
-def image_text_pairs(n: int, noise: float, seed: int, image_size: int = 32, split: str = "train") -> dict:
-    """A fixed set of n ShapesWorld images with one caption each, a share `noise` of them replaced
-    by another scene's caption (web-like noise; `clean` says which are real).
-    Returns dict(images (n, 3, H, W), scenes, captions (n,), image_ids (n,) long: caption j
-    describes images[image_ids[j]], clean (n,) bool)."""
-    check_int("n", n)
-    check_number("noise", noise, 0.0, 1.0)
-    world = ShapesWorld(seed=seed, image_size=image_size, split=split, noise=noise)
-    scenes = world.sample(n)
-    captions, clean = world.noisy_captions(scenes, noise)
-    return {"images": world.render(scenes), "scenes": scenes, "captions": captions,
-            "image_ids": torch.arange(n), "clean": clean}
-
-
-def check_pair_set(data, allow_empty: bool = False) -> None:
-    """A pair set: images (N, 3, H, W), scenes (N), captions (M) and image_ids (M) into images;
-    M >= 1 unless allow_empty (a filter may keep nothing of a set that is then merged)."""
-    if not isinstance(data, dict) or any(k not in data for k in ("images", "scenes", "captions", "image_ids")):
-        raise ValueError("a pair set is a dict with images, scenes, captions and image_ids "
-                         "(see image_text_pairs)")
-    n, m = len(data["images"]), len(data["captions"])
-    if len(data["scenes"]) != n or len(data["image_ids"]) != m or (m == 0 and not allow_empty):
-        raise ValueError(f"a pair set needs one scene per image and one image id per caption (and a caption), got "
-                         f"{n} images, {len(data['scenes'])} scenes, {m} captions, {len(data['image_ids'])} image ids")
-    ids = torch.as_tensor(data["image_ids"])
-    if m and (int(ids.min()) < 0 or int(ids.max()) >= n):
-        raise ValueError(f"image_ids must lie in [0, {n - 1}], got values in [{int(ids.min())}, {int(ids.max())}]")
-
-
-def pair_batches(data: dict, batch_size: int = 64, seed: int = 0, tokenizer=None, max_text_len: int = 32):
-    """A function step -> batch of `batch_size` pairs drawn at random (deterministic given seed
-    and step) from a pair set: images, ids / attention_mask ("<bos> ... <eos>"), positives (B, B):
-    caption j is true of image i (its own pair always counts, noisy or not)."""
-    from minivlm.data.tokenizer import Tokenizer
-
-    check_pair_set(data)
-    check_int("batch_size", batch_size, lo=2)
-    tok = tokenizer or Tokenizer.from_world()
-    image_ids = torch.as_tensor(data["image_ids"])
-    truths = {}
-
-    def batch(step: int) -> dict:
-        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-            raise ValueError(f"step must be an int >= 0, got {step!r}")
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        pick = torch.randint(len(image_ids), (batch_size,), generator=g)
-        rows = image_ids[pick]
-        captions = [data["captions"][j] for j in pick.tolist()]
-        for i in rows.tolist():
-            if i not in truths:
-                truths[i] = ShapesWorld.true_captions(data["scenes"][i])
-        ids, mask = tok(captions, max_text_len, add_bos=True, add_eos=True)
-        positives = torch.tensor([[captions[j] in truths[i] for j in range(batch_size)] for i in rows.tolist()])
-        positives |= torch.eye(batch_size, dtype=torch.bool) | (rows[:, None] == rows[None, :])
-        return {"images": data["images"][rows], "ids": ids, "attention_mask": mask, "positives": positives}
-
-    return batch
-
-
-def merge_pair_sets(*sets: dict) -> dict:
-    """One pair set holding the images and pairs of several (image ids shifted)."""
-    for s in sets:
-        check_pair_set(s, allow_empty=True)
-    images, scenes, captions, image_ids, offset = [], [], [], [], 0
-    for s in sets:
-        images.append(s["images"])
-        scenes += list(s["scenes"])
-        captions += list(s["captions"])
-        image_ids.append(torch.as_tensor(s["image_ids"]) + offset)
-        offset += len(s["images"])
-    out = {"images": torch.cat(images), "scenes": scenes, "captions": captions,
-           "image_ids": torch.cat(image_ids).long()}
-    check_pair_set(out)
-    return out
-
-
 # ----------------------------------------------------------------------------- CapFilt
 
 
@@ -559,32 +477,5 @@ def filter_scores(web_kept: torch.Tensor, clean: torch.Tensor) -> dict:
             "removed": int(removed.sum()), "noisy": int(noisy.sum())}
 
 
-def true_caption_rate(captions: Sequence[str], scenes: Sequence) -> list[bool]:
-    """Whether each caption is exactly one of its scene's true captions (a paraphrase or a true
-    relation): a strict measure of a captioner's correctness on ShapesWorld."""
-    if len(captions) != len(scenes):
-        raise ValueError(f"need one scene per caption, got {len(captions)} captions and {len(scenes)} scenes")
-    return [c in ShapesWorld.true_captions(s) for c, s in zip(captions, scenes)]
-
-
 # ----------------------------------------------------------------------------- evaluation
 
-
-def caption_references(scenes: Sequence) -> list[list[str]]:
-    """The references of a ShapesWorld image: every paraphrase of its caption (six)."""
-    return [ShapesWorld.captions(s) for s in scenes]
-
-
-def evaluate_captions(model: BLIP, images: torch.Tensor, scenes: Sequence, num_beams: int = 1,
-                      max_len: int | None = None) -> dict:
-    """Caption images (greedy, or beam search) and score them against every paraphrase of their
-    scene: CIDEr-D (with a bootstrap interval over images, and each image's score for paired
-    comparisons), BLEU-4 (corpus), and the share of captions exactly true of their scene (Wilson
-    interval)."""
-    from minivlm.eval import bleu, cider_d, interval
-
-    captions = model.caption(images, max_len=max_len, num_beams=num_beams)
-    refs = caption_references(scenes)
-    cider, per_image = cider_d(captions, refs)
-    return {"captions": captions, "cider": interval(per_image), "cider_per_image": per_image, "cider_corpus": cider,
-            "bleu4": bleu(captions, refs), "true": interval(true_caption_rate(captions, scenes))}

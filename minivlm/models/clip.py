@@ -466,3 +466,24 @@ def clip_step(model: nn.Module, batch: dict) -> dict:
     check_same_batch(images=images, ids=ids)
     image_features, text_features, scale = model(images, ids, mask)
     return {"loss": clip_loss(image_features, text_features, scale), "logit_scale": scale.detach()}
+
+
+def init_vision_from_clip(model: nn.Module, clip: CLIP) -> nn.Module:
+    """Start a model's image encoder (`model.visual`, a ViT) from a trained CLIP's image tower
+    (chapter 02's zoo CLIP), as ALBEF (chapter 04) starts from an ImageNet-trained ViT and BLIP
+    (chapter 06) from CLIP's. The ViTs must have the same layout (image and patch size, width,
+    depth, heads, pre-norm, patch bias) and the same image normalisation.
+    Copies the weights in place and returns `model`."""
+    theirs = clip.visual.state_dict()
+    mine = model.visual.state_dict()
+    problems = [f"{k}: ours {tuple(v.shape)}, CLIP's {tuple(theirs[k].shape) if k in theirs else 'missing'}"
+                for k, v in mine.items() if k not in theirs or theirs[k].shape != v.shape]
+    problems += [f"{k}: only in CLIP's tower" for k in theirs if k not in mine]
+    if problems:
+        raise ValueError(f"this CLIP's image tower does not fit the model's (config image_size, patch_size, dim, "
+                         f"vision_depth, heads, vision_pre_norm, patch_bias must match): {problems[:3]}")
+    if tuple(clip.config.image_mean) != model.config.image_mean or tuple(clip.config.image_std) != model.config.image_std:
+        raise ValueError(f"CLIP normalises images with mean {clip.config.image_mean}, std {clip.config.image_std}; "
+                         f"this {type(model).__name__} with {model.config.image_mean}, {model.config.image_std}")
+    model.visual.load_state_dict(theirs)
+    return model

@@ -227,21 +227,6 @@ def coca_step(model: CoCa, batch: dict) -> dict:
             "temp": 1.0 / core.scale().detach()}
 
 
-def caption_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, tokenizer=None,
-                    max_text_len: int = 32, relational_fraction: float = 0.3):
-    """step -> a batch of clean ShapesWorld pairs for coca_step (images, ids, attention_mask)."""
-    from minivlm.models.albef import pretrain_batches
-
-    inner = pretrain_batches(batch_size, seed=seed, image_size=image_size, tokenizer=tokenizer,
-                             max_text_len=max_text_len, relational_fraction=relational_fraction)
-
-    def batch(step: int) -> dict:
-        b = inner(step)
-        return {"images": b["images"], "ids": b["ids"], "attention_mask": b["attention_mask"]}
-
-    return batch
-
-
 def captions_of(model: CoCa, images: torch.Tensor, batch_size: int = 256, **kwargs) -> list[str]:
     """model.caption over images in batches."""
     out: list[str] = []
@@ -250,4 +235,4 @@ def captions_of(model: CoCa, images: torch.Tensor, batch_size: int = 256, **kwar
     return out
 
 
-__all__: Sequence[str] = ("CoCaConfig", "CoCa", "coca_step", "caption_batches", "captions_of")
+__all__: Sequence[str] = ("CoCaConfig", "CoCa", "coca_step", "captions_of")

@@ -329,8 +329,8 @@ def prefix_step(model: PrefixVLM, batch: dict) -> dict:
 def prefix_batches(data: dict, n_prefix: int, batch_size: int = 32, seed: int = 0, tokenizer=None):
     """batches(step) -> dict(images, ids, attention_mask, loss_mask): chapter 06's image-caption
     batches (`pair_batches`) with K <image> tokens after <bos>."""
+    from minivlm.data.pairs import pair_batches
     from minivlm.data.tokenizer import Tokenizer
-    from minivlm.models.blip import pair_batches
 
     tok = tokenizer or Tokenizer.from_world()
     pairs = pair_batches(data, batch_size=batch_size, seed=seed, tokenizer=tok)
@@ -373,8 +373,8 @@ def caption_qa_set(data: dict, seed: int = 0, kinds: Sequence[str] | None = None
     Captions that are not true of their image (a noisy set's) are left out.
     Returns dict(images, scenes, image_ids, captions, questions, answers, kinds); its text is
     checked by `check_no_fact_text`."""
+    from minivlm.data.pairs import check_pair_set
     from minivlm.data.shapesworld import VQA_KINDS, ShapesWorld
-    from minivlm.models.blip import check_pair_set
 
     check_pair_set(data)
     kinds = tuple(VQA_KINDS if kinds is None else kinds)

@@ -32,6 +32,7 @@ from einops import rearrange
 from torch import nn
 
 from minivlm.data.masking import mlm_mask
+from minivlm.data.pairs import oracle_regions, step_world
 from minivlm.data.shapesworld import VQA_ANSWER_VOCAB, ShapesWorld
 from minivlm.losses import itm_loss, mlm_loss
 from minivlm.models.inputs import (
@@ -406,24 +407,6 @@ def _sl(x, sl):
 # ----------------------------------------------------------------------------- regions (VisualBERT-style)
 
 
-def oracle_regions(scenes, max_regions: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 'detector' of the regions pipeline: ShapesWorld's exact boxes, for free.
-
-    Returns boxes (B, R, 4) as (x0, y0, x1, y1) fractions of the image and box_mask (B, R),
-    True on real boxes (padding slots hold a dummy full-image box that attention ignores).
-    """
-    b = len(scenes)
-    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(b, max_regions, 1)
-    mask = torch.zeros(b, max_regions, dtype=torch.bool)
-    for i, scene in enumerate(scenes):
-        if len(scene) > max_regions:
-            raise ValueError(f"scene {i} has {len(scene)} objects, more than max_regions={max_regions}")
-        for k, obj in enumerate(scene.objects):
-            boxes[i, k] = torch.tensor(obj.box)
-            mask[i, k] = True
-    return boxes, mask
-
-
 def box_features(boxes: torch.Tensor) -> torch.Tensor:
     """(B, R, 4) → (B, R, 5): the coordinates and the area, the location features of UNITER."""
     area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
@@ -467,14 +450,6 @@ def mismatched_partners(scenes, generator: torch.Generator, captions: Sequence[s
     return out
 
 
-def _step_world(seed: int, step: int, image_size: int) -> ShapesWorld:
-    """The train-split world of one step: batch i depends on (seed, i) alone, so a resumed run
-    (`fit(..., resume=True)`) sees exactly the batches the interrupted one would have."""
-    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-        raise ValueError(f"step must be an int >= 0, got {step!r}")
-    return ShapesWorld(seed=seed * 1_000_003 + step, image_size=image_size, split="train")
-
-
 def pretrain_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, tokenizer=None,
                      max_text_len: int = 32, relational_fraction: float = 0.3, mask_prob: float = 0.15,
                      max_regions: int = 4):
@@ -493,7 +468,7 @@ def pretrain_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, 
     tok = tokenizer or Tokenizer.from_world()
 
     def batch(step: int) -> dict:
-        world = _step_world(seed, step, image_size)
+        world = step_world(seed, step, image_size)
         g = torch.Generator().manual_seed(world.seed)
         scenes = world.sample(batch_size)
         captions = [world.mixed_caption(scene, relational_fraction) for scene in scenes]
@@ -507,29 +482,6 @@ def pretrain_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, 
         return {"images": world.render(scenes), "ids": ids, "attention_mask": mask, "mlm_ids": mlm_ids,
                 "mlm_labels": mlm_labels, "itm_ids": itm_ids, "itm_mask": itm_mask,
                 "itm_labels": (~negative).long(), "boxes": boxes, "box_mask": box_mask}
-
-    return batch
-
-
-def vqa_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, tokenizer=None, max_text_len: int = 32,
-                answers: Sequence[str] = VQA_ANSWER_VOCAB, max_regions: int = 4):
-    """A function step -> VQA batch on the train split: B questions, every kind in equal share.
-    Returns dict(images, ids, attention_mask, labels (B,) indices into `answers`, boxes, box_mask)."""
-    from minivlm.data.tokenizer import Tokenizer
-
-    tok = tokenizer or Tokenizer.from_world()
-    missing = [a for a in VQA_ANSWER_VOCAB if a not in answers]
-    if missing:
-        raise ValueError(f"answers must contain every answer ShapesWorld's VQA can give; missing {missing}")
-    index = {a: i for i, a in enumerate(answers)}
-
-    def batch(step: int) -> dict:
-        world = _step_world(seed, step, image_size)
-        data = world.vqa_sample(batch_size)
-        ids, mask = tok(data["questions"], max_text_len, add_bos=True, add_eos=True)
-        boxes, box_mask = oracle_regions(data["scenes"], max_regions)
-        return {"images": world.render(data["scenes"]), "ids": ids, "attention_mask": mask,
-                "labels": torch.tensor([index[a] for a in data["answers"]]), "boxes": boxes, "box_mask": box_mask}
 
     return batch
 
@@ -568,40 +520,6 @@ def vqa_step(model: ViLT, batch: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- evaluation
-
-
-def evaluate_vqa(model: ViLT, data: dict) -> dict:
-    """VQA accuracy on a ShapesBench `vqa` set, overall and per question kind, with intervals.
-    Returns dict(predictions, hits, overall: Estimate, per_kind: {kind: Estimate})."""
-    from minivlm.eval import answer_hits, interval
-
-    predictions = model.answer(*_eval_inputs(model, data, "questions"))
-    hits = answer_hits(predictions, data["answers"])
-    per_kind = {}
-    for kind in dict.fromkeys(data["kinds"]):
-        per_kind[kind] = interval([h for h, k in zip(hits, data["kinds"]) if k == kind])
-    return {"predictions": predictions, "hits": hits, "overall": interval(hits), "per_kind": per_kind}
-
-
-def evaluate_itm(model: ViLT, data: dict) -> dict:
-    """ITM accuracy on a ShapesBench `itm` set (a pair counts as "match" when P(match) > 0.5).
-    Works for any model with `match_probability(images, captions)` (ViLT, ALBEF)."""
-    from minivlm.eval import interval
-
-    prob = model.match_probability(*_eval_inputs(model, data, "captions"))
-    hits = ((prob > 0.5).long().cpu() == data["labels"]).tolist()
-    return {"probability": prob.cpu(), "hits": hits, "accuracy": interval(hits)}
-
-
-def _eval_inputs(model: ViLT, data: dict, texts: str) -> tuple:
-    """(images, texts) of a ShapesBench set on the model's device, plus (boxes, box_mask), the
-    oracle boxes, for a regions-mode ViLT. Any model with `match_probability(images, texts)`
-    (ALBEF, chapter 04) can be evaluated the same way."""
-    dev = next(model.parameters()).device
-    if getattr(model.config, "visual", "patches") != "regions":
-        return data["images"].to(dev), data[texts]
-    boxes, box_mask = oracle_regions(data["scenes"], model.config.max_regions)
-    return data["images"].to(dev), data[texts], boxes.to(dev), box_mask.to(dev)
 
 
 # ---- Hugging Face import

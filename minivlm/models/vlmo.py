@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minivlm.data.masking import block_mask
+from minivlm.eval import itc_similarity
 from minivlm.losses import itm_loss, mlm_loss, multi_positive_itc, sample_negatives
 from minivlm.models.inputs import (
     TextInputs,
@@ -369,13 +370,13 @@ def pair_step(model: VLMo, batch: dict) -> dict:
          `config.negatives` says; on <bos>;
     MLM: fusion mode on the masked captions.
     """
-    from minivlm.models.albef import _check_batch
+    from minivlm.data.pairs import check_batch
 
     m = _core(model)
     _need(batch, ("images", "ids", "attention_mask", "mlm_ids", "mlm_labels"), "stage_batches")
     images, ids, mask = batch["images"], batch["ids"], batch["attention_mask"].bool()
     b = images.shape[0]
-    positives = _check_batch(batch, b)
+    positives = check_batch(batch, b)
     scale = m.scale()
 
     # ---- ITC: the dual-encoder modes
@@ -417,7 +418,7 @@ def stage_batches(stage: str, batch_size: int = 64, seed: int = 0, image_size: i
     `pretrain_batches` (ShapesWorld train scenes, captions, 15 % MLM masking, positives), plus a
     block-wise patch mask for the image stage. A stage reads only its own keys: the image
     stage the images, the text stage the captions, the pairs stage both."""
-    from minivlm.models.albef import pretrain_batches
+    from minivlm.data.pairs import pretrain_batches
 
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -474,14 +475,6 @@ def pretrain(model: VLMo, schedule: Sequence[tuple[str, int, bool]], batch_size:
 
 
 # ----------------------------------------------------------------------------- retrieval, three ways
-
-
-def dual_similarity(model: VLMo, images: torch.Tensor, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """Dual-encoder mode: (N_images, N_texts) cosine similarities; N_images + N_texts passes.
-    The same computation as ALBEF's ITC (chapter 04): one image-mode and one text-mode pass each."""
-    from minivlm.models.albef import itc_similarity
-
-    return itc_similarity(model, images, texts, batch_size)
 
 
 def _check_texts(texts) -> None:
@@ -553,7 +546,7 @@ def retrieve(model: VLMo, images: torch.Tensor, texts: Sequence[str], mode: str 
     if mode == "fusion":
         scores = fusion_scores(model, images, texts, batch_size=batch_size)
     else:
-        scores = dual_similarity(model, images, texts)
+        scores = itc_similarity(model, images, texts)
         if mode == "rerank":
             k = min(k, m)
             top = scores.topk(k, dim=1).indices  # (N, k)

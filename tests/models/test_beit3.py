@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 import minivlm.models.beit3 as beit3
 from minivlm.data.masking import IGNORE_INDEX
+from minivlm.data.pairs import pretrain_batches, vqa_batches
 from minivlm.data.tokenizer import Tokenizer
 from minivlm.losses import mlm_loss, multi_positive_itc
-from minivlm.models.albef import pretrain_batches
 from minivlm.models.beit3 import (
     BEiT3,
     BEiT3Config,
@@ -33,7 +33,6 @@ from minivlm.models.beit3 import (
     vqkd_step,
 )
 from minivlm.models.clip import CLIP, CLIPConfig
-from minivlm.models.vilt import vqa_batches
 from minivlm.models.vlmo import VLMo, VLMoConfig
 from minivlm.train import History
 

@@ -3,22 +3,10 @@ import pytest
 import torch
 
 from minivlm.data import ShapesWorld
+from minivlm.data.pairs import check_pair_set, image_text_pairs, merge_pair_sets, pair_batches
+from minivlm.eval import caption_references, true_caption_rate
 from minivlm.losses import lm_loss
-from minivlm.models.blip import (
-    BLIP,
-    BLIPConfig,
-    BLIPPretrainer,
-    capfilt,
-    caption_references,
-    check_pair_set,
-    filter_scores,
-    image_text_pairs,
-    med_masks,
-    merge_pair_sets,
-    pair_batches,
-    pretrain_step,
-    true_caption_rate,
-)
+from minivlm.models.blip import BLIP, BLIPConfig, BLIPPretrainer, capfilt, filter_scores, med_masks, pretrain_step
 from minivlm.nn.blocks import Block
 from minivlm.train import fit
 

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from minivlm.models.coca import CoCa, CoCaConfig, caption_batches, coca_step
+from minivlm.data.pairs import caption_batches
+from minivlm.models.coca import CoCa, CoCaConfig, coca_step
 from minivlm.train import fit
 
 TINY = dict(image_size=16, patch_size=8, dim=32, vision_depth=1, unimodal_depth=1, multimodal_depth=1, heads=2,

@@ -316,7 +316,7 @@ def test_check_no_fact_text_passes_world_text_and_fires_on_every_fact_and_knowle
 
 
 def test_caption_qa_set_keeps_true_captions_and_asks_what_the_image_shows():
-    from minivlm.models.blip import image_text_pairs
+    from minivlm.data.pairs import image_text_pairs
 
     data = image_text_pairs(90, 0.4, seed=2, image_size=16)
     qa = caption_qa_set(data, seed=0)

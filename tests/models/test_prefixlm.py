@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from minivlm.models.coca import caption_batches
+from minivlm.data.pairs import caption_batches
 from minivlm.models.prefixlm import PrefixLM, PrefixLMConfig, prefixlm_step, random_prefix_lengths
 from minivlm.train import fit
 

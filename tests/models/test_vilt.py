@@ -7,21 +7,18 @@ from einops import rearrange
 
 from minivlm.data import ShapesBench, ShapesWorld
 from minivlm.data.masking import IGNORE_INDEX
+from minivlm.data.pairs import oracle_regions, vqa_batches
 from minivlm.data.shapesworld import VQA_ANSWER_VOCAB, VQA_KINDS
 from minivlm.data.tokenizer import Tokenizer
-from minivlm.eval import answer_hits, interval
+from minivlm.eval import answer_hits, evaluate_itm, evaluate_vqa, interval
 from minivlm.losses import itm_loss, mlm_loss
 from minivlm.models import ViLT, ViLTConfig
 from minivlm.models.vilt import (
     box_features,
     crop_regions,
-    evaluate_itm,
-    evaluate_vqa,
     mismatched_partners,
-    oracle_regions,
     pretrain_batches,
     pretrain_step,
-    vqa_batches,
     vqa_step,
 )
 

@@ -10,11 +10,11 @@ import minivlm.models.vlmo as vlmo_module
 import minivlm.train
 from minivlm.data.masking import IGNORE_INDEX, block_mask
 from minivlm.data.tokenizer import Tokenizer
+from minivlm.eval import itc_similarity
 from minivlm.losses import itm_loss, mlm_loss, soft_cross_entropy
 from minivlm.models.vlmo import (
     VLMo,
     VLMoConfig,
-    dual_similarity,
     fusion_scores,
     mim_step,
     pair_step,
@@ -569,7 +569,7 @@ def test_rerank_reorders_the_dual_top_k_by_fusion(gallery):
     imgs, texts = gallery
     m = tiny()
     m.train()
-    dual = dual_similarity(m, imgs, texts)
+    dual = itc_similarity(m, imgs, texts)
     fusion = fusion_scores(m, imgs, texts)
     assert m.training  # the scorers run in eval mode and restore the mode
     close(retrieve(m, imgs, texts, "dual")["scores"], dual)

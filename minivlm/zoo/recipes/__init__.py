@@ -64,7 +64,7 @@ def shipped_model(make: Callable[[dict], object], config: dict, results: list[di
 def itm_figures(model, bench, itm_n: int, hard_n: int) -> dict:
     """ITM accuracy of a model with `match_probability` (ALBEF, VLMo) on a ShapesBench's standard
     set and its hard set (one fact changed): accuracy, pair accuracy, pair accuracy per kind."""
-    from minivlm.models.albef import evaluate_hard_itm, evaluate_itm
+    from minivlm.eval import evaluate_hard_itm, evaluate_itm
 
     itm = evaluate_itm(model, bench.itm(itm_n))
     hard = evaluate_hard_itm(model, bench.hard_itm(hard_n))

@@ -35,7 +35,9 @@ def pretrain(config: dict, steps: int, seed: int, world_seed: int, noise: float,
     `vision_init`, a CLIP, when given) on captions with `noise`, on the CPU. Returns (model,
     history). The data depend on (world_seed, seed, noise) only, so two arms of one seed that
     differ in MoD or in the negatives see the very same batches."""
-    from minivlm.models.albef import ALBEFPretrainer, init_vision_from_clip, pretrain_batches, pretrain_step
+    from minivlm.data.pairs import pretrain_batches
+    from minivlm.models.albef import ALBEFPretrainer, pretrain_step
+    from minivlm.models.clip import init_vision_from_clip
     from minivlm.train import fit
     from minivlm.utils import seed_everything
 
@@ -77,7 +79,7 @@ def albef_metrics(model, bench_seed: int = 1234, retrieval_n: int = 256, itm_n: 
                   rerank_k: int = 16) -> dict:
     """The chapter's ShapesBench figures of an ALBEF, each with its 95 % interval."""
     from minivlm.data import ShapesBench
-    from minivlm.models.albef import evaluate_retrieval
+    from minivlm.eval import evaluate_retrieval
 
     bench = ShapesBench(image_size=model.config.image_size, seed=bench_seed)
     ret = evaluate_retrieval(model, bench.retrieval(retrieval_n), rerank_k=rerank_k)

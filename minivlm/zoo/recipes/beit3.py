@@ -126,8 +126,7 @@ def finetuned_metrics(model, task: str, bench_seed: int = 1234, vqa_n: int = 120
                       caption_n: int = 256) -> dict:
     """ShapesBench figures of a model fine-tuned for `task` ("vqa", "retrieval" or "caption")."""
     from minivlm.data import ShapesBench
-    from minivlm.eval import interval
-    from minivlm.models.vlmo import dual_similarity
+    from minivlm.eval import interval, itc_similarity
 
     bench = ShapesBench(image_size=model.config.image_size, seed=bench_seed)
     if task == "vqa":
@@ -141,10 +140,10 @@ def finetuned_metrics(model, task: str, bench_seed: int = 1234, vqa_n: int = 120
         return out
     if task == "retrieval":
         data = bench.retrieval(retrieval_n)
-        sim = dual_similarity(model, data["images"], data["captions"])
+        sim = itc_similarity(model, data["images"], data["captions"])
         return {"i2t_r1": estimate(interval((sim.argmax(1) == torch.arange(retrieval_n)).tolist()))}
     if task == "caption":
-        from minivlm.models.blip import evaluate_captions
+        from minivlm.eval import evaluate_captions
 
         data = bench.captioning(caption_n)
         ev = evaluate_captions(model, data["images"], data["scenes"])
@@ -153,9 +152,8 @@ def finetuned_metrics(model, task: str, bench_seed: int = 1234, vqa_n: int = 120
 
 
 def _finetune(model, task: str, job: dict, seed: int) -> dict:
-    from minivlm.models.albef import pretrain_batches
+    from minivlm.data.pairs import pretrain_batches, vqa_batches
     from minivlm.models.beit3 import caption_batches, caption_step, retrieval_step, vqa_step
-    from minivlm.models.vilt import vqa_batches
     from minivlm.train import fit
 
     b, world = job["batch_size"], job["world_seed"] * 100 + seed

@@ -36,7 +36,7 @@ def _model(config: dict):
 
 def pair_sets(job: dict) -> tuple[dict, dict]:
     """The web set (noisy) and the clean set of a seed: they depend on (world_seed, seed) only."""
-    from minivlm.models.blip import image_text_pairs
+    from minivlm.data.pairs import image_text_pairs
 
     base, size = job["world_seed"] + 1000 * job["seed"], job["config"].get("image_size", 32)
     return (image_text_pairs(job["n_web"], job["noise"], seed=base, image_size=size),
@@ -46,7 +46,8 @@ def pair_sets(job: dict) -> tuple[dict, dict]:
 def train_blip(model, data: dict, steps: int, job: dict, losses=("itc", "itm", "lm"), lr: float | None = None,
                desc: str | None = None):
     """Train `model` (in place) on a pair set for `steps` steps with the job's settings; returns the history."""
-    from minivlm.models.blip import BLIPPretrainer, pair_batches, pretrain_step
+    from minivlm.data.pairs import pair_batches
+    from minivlm.models.blip import BLIPPretrainer, pretrain_step
     from minivlm.train import fit
 
     trainer = BLIPPretrainer(model, queue_seed=job["seed"], losses=losses)
@@ -57,7 +58,7 @@ def train_blip(model, data: dict, steps: int, job: dict, losses=("itc", "itm", "
 
 def _fresh(job: dict):
     from minivlm import zoo
-    from minivlm.models.blip import init_vision_from_clip
+    from minivlm.models.clip import init_vision_from_clip
     from minivlm.utils import seed_everything
 
     seed_everything(job["seed"])
@@ -69,8 +70,9 @@ def _fresh(job: dict):
 
 def _bootstrap(job: dict) -> dict:
     """Steps 1-3 of a seed: the noisy arm, the captioner and filter, both bootstrapped sets."""
-    from minivlm.eval import interval
-    from minivlm.models.blip import capfilt, filter_scores, merge_pair_sets, true_caption_rate
+    from minivlm.data.pairs import merge_pair_sets
+    from minivlm.eval import interval, true_caption_rate
+    from minivlm.models.blip import capfilt, filter_scores
 
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -115,7 +117,7 @@ def _scores(s: dict) -> dict:
 
 def _pretrain_bootstrapped(job: dict) -> dict:
     """Step 4 of a seed: a fresh BLIP pretrained on a bootstrapped set + the clean set."""
-    from minivlm.models.blip import merge_pair_sets
+    from minivlm.data.pairs import merge_pair_sets
 
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -139,9 +141,7 @@ def blip_metrics(model, bench_seed: int = 1234, caption_n: int = 256, retrieval_
     """The chapter's ShapesBench figures of a BLIP, each with its 95 % interval: greedy captions'
     CIDEr-D, BLEU-4 and exact truth; image→text R@1 by ITC; ITM accuracies."""
     from minivlm.data import ShapesBench
-    from minivlm.eval import interval
-    from minivlm.models.albef import itc_similarity
-    from minivlm.models.blip import evaluate_captions
+    from minivlm.eval import evaluate_captions, interval, itc_similarity
 
     bench = ShapesBench(image_size=model.config.image_size, seed=bench_seed)
     cap = bench.captioning(caption_n)

@@ -77,7 +77,7 @@ def prefix_metrics(model, bench_seed: int = 1234, caption_n: int = 256, vqa_n: i
     true-caption ceiling there); the prefix vectors' norms (on the captioning images) and the
     word embeddings'."""
     from minivlm.data import ShapesBench
-    from minivlm.models.blip import evaluate_captions
+    from minivlm.eval import evaluate_captions
     from minivlm.models.frozen import knowledge_decomposition, perception_figures, prefix_norms, vqa_figures
 
     bench = ShapesBench(image_size=model.image_size, seed=bench_seed)
@@ -109,7 +109,7 @@ def prefix_metrics(model, bench_seed: int = 1234, caption_n: int = 256, vqa_n: i
 
 def _run_arm(job: dict) -> dict:
     from minivlm import zoo
-    from minivlm.models.blip import image_text_pairs
+    from minivlm.data.pairs import image_text_pairs
     from minivlm.models.frozen import (
         PrefixConfig,
         PrefixVLM,

@@ -112,9 +112,7 @@ def coca_metrics(model, bench_seed: int = 1234, caption_n: int = 256, retrieval_
     """ShapesBench figures with 95 % intervals: captions (both models); zero-shot and retrieval
     (CoCa, the model with a contrastive head)."""
     from minivlm.data import ShapesBench
-    from minivlm.eval import interval
-    from minivlm.models.albef import itc_similarity
-    from minivlm.models.blip import evaluate_captions
+    from minivlm.eval import evaluate_captions, interval, itc_similarity
     from minivlm.zoo.recipes.clip import CLIP_TEMPLATES
 
     bench = ShapesBench(image_size=model.config.image_size, seed=bench_seed)

@@ -48,7 +48,8 @@ def pretrain(config: dict, steps: int, seed: int, world_seed: int, batch_size: i
 def finetune_vqa(model, steps: int, seed: int, world_seed: int, batch_size: int, lr: float, warmup: int,
                  weight_decay: float, progress: bool = False, desc: str | None = None):
     """VQA fine-tuning of `model` (pretrained or fresh) on the train split. Returns the history."""
-    from minivlm.models.vilt import vqa_batches, vqa_step
+    from minivlm.data.pairs import vqa_batches
+    from minivlm.models.vilt import vqa_step
     from minivlm.train import fit
 
     batches = vqa_batches(batch_size, seed=world_seed + 1000 * seed, image_size=model.config.image_size,
@@ -60,7 +61,7 @@ def finetune_vqa(model, steps: int, seed: int, world_seed: int, batch_size: int,
 def vqa_metrics(model, bench_seed: int, n: int) -> dict:
     """VQA accuracy (overall and per kind, with 95 % intervals) on ShapesBench(bench_seed).vqa(n)."""
     from minivlm.data import ShapesBench
-    from minivlm.models.vilt import evaluate_vqa
+    from minivlm.eval import evaluate_vqa
 
     result = evaluate_vqa(model, ShapesBench(image_size=model.config.image_size, seed=bench_seed).vqa(n))
     out = {"vqa": estimate(result["overall"])}
@@ -89,7 +90,7 @@ class ViltPretrainedRecipe:
 
     def train(self, weights_dir, progress: bool):
         from minivlm.data import ShapesBench
-        from minivlm.models.vilt import evaluate_itm
+        from minivlm.eval import evaluate_itm
 
         start = time.perf_counter()
         model, history = pretrain(self.config, self.steps, self.seed, self.world_seed, self.batch_size, self.lr,
