@@ -79,30 +79,6 @@ class History:
 # ----------------------------------------------------------------------------- freezing
 
 
-def freeze(module: nn.Module) -> nn.Module:
-    """Stop training `module`: no gradients, and eval mode (no dropout), kept inside `fit`."""
-    for p in module.parameters():
-        p.requires_grad_(False)
-    module.eval()
-    # `fit` calls model.train(); this flag tells it to put frozen parts back in eval mode, so a
-    # frozen LLM inside a trainable model does not start applying dropout. Every submodule is
-    # flagged, so it also works when `module` is a container that is not itself part of the model.
-    for m in module.modules():
-        m._minivlm_frozen = True
-    return module
-
-
-def unfreeze(module: nn.Module) -> nn.Module:
-    """Train `module` again: gradients on, train mode."""
-    for p in module.parameters():
-        p.requires_grad_(True)
-    for m in module.modules():
-        if getattr(m, "_minivlm_frozen", False):
-            m._minivlm_frozen = False
-    module.train()
-    return module
-
-
 def _train_mode(model: nn.Module) -> None:
     model.train()
     for m in model.modules():

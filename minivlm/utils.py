@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 
 def device() -> torch.device:
@@ -174,3 +175,36 @@ class eval_mode:
     def __exit__(self, *exc):
         self.no_grad.__exit__(*exc)
         self.model.train(self.was_training)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Stop training `module`: no gradients, and eval mode (no dropout), kept inside `fit`."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    module.eval()
+    # `fit` calls model.train(); this flag tells it to put frozen parts back in eval mode, so a
+    # frozen LLM inside a trainable model does not start applying dropout. Every submodule is
+    # flagged, so it also works when `module` is a container that is not itself part of the model.
+    for m in module.modules():
+        m._minivlm_frozen = True
+    return module
+
+
+def unfreeze(module: nn.Module) -> nn.Module:
+    """Train `module` again: gradients on, train mode."""
+    for p in module.parameters():
+        p.requires_grad_(True)
+    for m in module.modules():
+        if getattr(m, "_minivlm_frozen", False):
+            m._minivlm_frozen = False
+    module.train()
+    return module
+
+
+def unwrap(model: nn.Module, expected: type) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (its `.module`), or `model` itself;
+    TypeError unless it is an instance of `expected`."""
+    core = getattr(model, "module", model)
+    if not isinstance(core, expected):
+        raise TypeError(f"expected a {expected.__name__}, got {type(core).__name__}")
+    return core

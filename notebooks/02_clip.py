@@ -49,7 +49,8 @@ from minivlm.losses import clip_loss
 from minivlm.models.clip import (CLIP, CLIPConfig, clip_step, similarity, swap_similarity, zero_shot_classifier,
                                  zero_shot_logits)
 from minivlm.nn import TextTransformer, ViT
-from minivlm.train import fit, freeze
+from minivlm.train import fit
+from minivlm.utils import freeze
 
 minivlm.seed_everything(0)
 device = minivlm.device()

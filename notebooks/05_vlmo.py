@@ -39,7 +39,7 @@
 # | piece | library |
 # |---|---|
 # | the Multiway layer (one expert per modality, routed by a per-token index) and the MoME block | `minivlm/nn/multiway.py` |
-# | the model, its three modes, the stage step functions, retrieval three ways | `minivlm/models/vlmo.py` |
+# | the model, its three modes, the stage step functions, retrieval three ways | `minivlm/models/vlmo.py`; the staged driver `staged_pretrain` in `minivlm/drivers.py` |
 # | block-wise masking for masked image modelling | `minivlm/data/masking.py` (`block_mask`) |
 # | ITM's hard negatives, the losses | `minivlm/losses.py` (chapter 04) |
 # | the pretrained VLMo and its seed arms | `minivlm/zoo` (`zoo.load("vlmo")`, `zoo.manifest("vlmo")`) |
@@ -55,8 +55,18 @@ from minivlm import viz, zoo
 from minivlm.data import ShapesBench, Tokenizer
 from minivlm.data.masking import block_mask
 from minivlm.eval import interval
-from minivlm.models.vlmo import (LANGUAGE, VISION, VL, VLMo, VLMoConfig, pretrain, retrieve, set_stage,
-                                 stage_batches, stage_parameters)
+from minivlm.models.vlmo import (
+    LANGUAGE,
+    VISION,
+    VL,
+    VLMo,
+    VLMoConfig,
+    retrieve,
+    set_stage,
+    stage_batches,
+    stage_parameters,
+)
+from minivlm.drivers import staged_pretrain
 from minivlm.nn.multiway import Multiway
 from minivlm.nn.vit import patchify
 from minivlm.utils import count_parameters
@@ -259,12 +269,12 @@ attention = {n: p.detach().clone() for n, p in live.named_parameters() if ".attn
 moved = {}
 
 
-def attention_moved(label, model):  # called by pretrain after each stage
+def attention_moved(label, model):  # called by staged_pretrain after each stage
     moved[label] = max((p - attention[n]).abs().max().item() for n, p in model.named_parameters() if n in attention)
     attention.update({n: p.detach().clone() for n, p in model.named_parameters() if n in attention})
 
 
-histories = pretrain(live, LIVE, batch_size=64, seed=0, lr=3e-3, warmup=20, on_stage_end=attention_moved)
+histories = staged_pretrain(live, LIVE, batch_size=64, seed=0, lr=3e-3, warmup=20, on_stage_end=attention_moved)
 for label, change in moved.items():
     print(f"stage {label:28}: the shared attention moved by {change:.2e}")
 frozen_change = moved["2: text (attention frozen)"]

@@ -76,7 +76,8 @@ from minivlm.models.gpt import GPT, GPTConfig, fact_recall, kshot_figures, lm_st
 from minivlm.nn.blocks import GatedMLP, RMSNorm
 from minivlm.nn.rope import RotaryEmbedding, apply_rotary
 from minivlm.nn.text import TextTransformer
-from minivlm.train import fit, freeze
+from minivlm.train import fit
+from minivlm.utils import freeze
 from minivlm.utils import count_parameters
 
 minivlm.seed_everything(0)

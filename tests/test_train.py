@@ -7,16 +7,8 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from minivlm.train import (
-    History,
-    fit,
-    freeze,
-    load_checkpoint,
-    lr_factor,
-    save_checkpoint,
-    to_device,
-    unfreeze,
-)
+from minivlm.train import History, fit, load_checkpoint, lr_factor, save_checkpoint, to_device
+from minivlm.utils import freeze, unfreeze
 
 W_TRUE = torch.tensor([[1.5], [-2.0], [0.5], [3.0]])
 

@@ -71,8 +71,7 @@ from minivlm.grading import (
 from minivlm.losses import lm_loss
 from minivlm.models.frozen import insert_image_tokens, splice
 from minivlm.nn.blocks import Block
-from minivlm.train import freeze
-from minivlm.utils import count_parameters
+from minivlm.utils import count_parameters, freeze
 
 PAD, BOS, EOS = 0, 1, 2  # the course tokenizer's ids; the <image> id is drawn at random
 

@@ -45,11 +45,12 @@ from minivlm.data.masking import IGNORE_INDEX, block_mask, mlm_mask
 from minivlm.generate import caption_texts
 from minivlm.losses import mlm_loss, multi_positive_itc
 from minivlm.models.inputs import check_image_stats, check_images, register_image_stats
-from minivlm.models.vlmo import VLMo, VLMoConfig, _core, _need
+from minivlm.models.vlmo import VLMo, VLMoConfig
 from minivlm.nn import Transformer, masks
 from minivlm.nn.quantize import Quantized, VectorQuantizer
 from minivlm.nn.vit import PatchEmbed
-from minivlm.utils import check_int, check_number, check_tensor, eval_mode
+from minivlm.data.pairs import check_batch_keys
+from minivlm.utils import check_int, check_number, check_tensor, eval_mode, unwrap
 
 # ----------------------------------------------------------------------------- the visual tokenizer
 
@@ -165,7 +166,7 @@ def vqkd_step(model: VisualTokenizer, batch: dict) -> dict:
     core = getattr(model, "module", model)
     if not isinstance(core, VisualTokenizer):
         raise TypeError(f"vqkd_step trains a VisualTokenizer, got {type(core).__name__}")
-    _need(batch, ("images", "targets"), "tokenizer_batches")
+    check_batch_keys(batch, ("images", "targets"), "tokenizer_batches")
     prediction, q = model(batch["images"])
     if prediction.shape != batch["targets"].shape:
         raise ValueError(f"batch['targets'] must be (B, N, teacher_dim) = {tuple(prediction.shape)}, "
@@ -186,41 +187,6 @@ def tokenizer_batches(teacher, batch_size: int = 64, seed: int = 0, image_size: 
         return {"images": x, "targets": teacher_features(teacher, x, grid)}
 
     return batch
-
-
-def train_tokenizer(model: VisualTokenizer, teacher, steps: int, batch_size: int = 64, seed: int = 0,
-                    lr: float = 2e-3, warmup: int = 20, weight_decay: float = 0.05, restart_every: int = 50,
-                    progress: bool = True, desc: str | None = None):
-    """VQ-KD training with `minivlm.train.fit`, plus two remedies for dead codes:
-      - the codes start on encoder outputs of a batch (BEiT-2 runs k-means on its first batch);
-      - every `restart_every` steps in the first 80 % of training, a code that no patch of a
-        fresh batch chose restarts on one of that batch's encoder outputs (0: never).
-    Returns (History, restarts: how many codes each restart moved)."""
-    from minivlm.train import fit
-
-    if not isinstance(model, VisualTokenizer):
-        raise TypeError(f"train_tokenizer trains a VisualTokenizer, got {type(model).__name__}")
-    check_int("restart_every", restart_every, lo=0)
-    c = model.config
-    batches = tokenizer_batches(teacher, batch_size, seed=seed, image_size=c.image_size, grid=c.grid)
-    probe = tokenizer_batches(teacher, batch_size, seed=seed + 1_000, image_size=c.image_size, grid=c.grid)
-    vq = model.quantizer
-    with torch.no_grad():  # on the unit sphere, where the search and the EMA updates put the codes
-        z = F.normalize(model.encode(probe(0)["images"]).reshape(-1, c.code_dim), dim=-1)
-        vq.restart_dead(z, torch.zeros(c.codebook_size), torch.Generator().manual_seed(seed))
-    restarts: list[int] = []
-
-    def restart(i: int, logs: dict) -> None:
-        if restart_every and (i + 1) % restart_every == 0 and i + 1 < 0.8 * steps:
-            images = probe(i + 1)["images"]
-            with torch.no_grad(), eval_mode(model):  # eval: looking must not move the EMA codes
-                z = F.normalize(model.encode(images).reshape(-1, c.code_dim), dim=-1)
-                counts = torch.bincount(vq(z).indices, minlength=c.codebook_size)
-            restarts.append(vq.restart_dead(z, counts, torch.Generator().manual_seed(seed + i)))
-
-    history = fit(model, vqkd_step, batches, steps, lr=lr, warmup=warmup, weight_decay=weight_decay, seed=seed,
-                  progress=progress, desc=desc or "VQ-KD tokenizer", callback=restart)
-    return history, restarts
 
 
 @torch.no_grad()
@@ -347,7 +313,7 @@ class BEiT3(VLMo):
 
 
 def _beit3(model) -> BEiT3:
-    core = _core(model)
+    core = unwrap(model, VLMo)
     if not isinstance(core, BEiT3):
         raise TypeError(f"expected a BEiT3, got {type(core).__name__}")
     return core
@@ -368,8 +334,6 @@ def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, chosen: torch
     return F.cross_entropy(logits[chosen], targets[chosen])
 
 
-
-
 def mdm_step(model: BEiT3, batch: dict) -> dict:
     """BEiT-3's pretraining step: masked data modelling on a batch of images, one of texts and
     one of image-text pairs (BEiT-3 draws its batches the same way), one cross-entropy each:
@@ -379,7 +343,7 @@ def mdm_step(model: BEiT3, batch: dict) -> dict:
         pair   fusion mode, masked patches → visual tokens and 50 % of the words masked → the words
     loss = image + text + pair (the pair's two terms averaged). batch from `mdm_batches`."""
     m = _beit3(model)
-    _need(batch, ("images", "patch_mask", "visual_tokens", "text_ids", "text_labels", "text_mask", "pair_images",
+    check_batch_keys(batch, ("images", "patch_mask", "visual_tokens", "text_ids", "text_labels", "text_mask", "pair_images",
                   "pair_patch_mask", "pair_visual_tokens", "pair_ids", "pair_labels", "pair_mask"), "mdm_batches")
     tokens, _ = m.encode_image(batch["images"], batch["patch_mask"])
     image = masked_token_loss(m.mim_logits(tokens), batch["visual_tokens"], batch["patch_mask"])
@@ -443,7 +407,7 @@ def vqa_step(model: BEiT3, batch: dict) -> dict:
     batch: images, ids, attention_mask, labels (B,) indices into config.answers (chapter 03's
     `vqa_batches`)."""
     m = _beit3(model)
-    _need(batch, ("images", "ids", "attention_mask", "labels"), "minivlm.models.vilt.vqa_batches")
+    check_batch_keys(batch, ("images", "ids", "attention_mask", "labels"), "minivlm.data.pairs.vqa_batches")
     logits = m.vqa_logits(m.fuse(batch["images"], batch["ids"], batch["attention_mask"]))
     loss = F.cross_entropy(logits, batch["labels"])
     return {"loss": loss, "acc": (logits.argmax(1) == batch["labels"]).float().mean()}
@@ -456,7 +420,7 @@ def retrieval_step(model: BEiT3, batch: dict) -> dict:
     from minivlm.data.pairs import check_batch
 
     m = _beit3(model)
-    _need(batch, ("images", "ids", "attention_mask"), "minivlm.models.albef.pretrain_batches")
+    check_batch_keys(batch, ("images", "ids", "attention_mask"), "minivlm.data.pairs.pretrain_batches")
     positives = check_batch(batch, batch["images"].shape[0], keys=("ids", "attention_mask"))
     _, image_feat = m.encode_image(batch["images"])
     _, text_feat, _ = m.encode_text(batch["ids"], batch["attention_mask"])
@@ -493,7 +457,7 @@ def caption_step(model: BEiT3, batch: dict) -> dict:
     causal), masked words are predicted from the image and the words before them. batch: images,
     ids ("<bos> ... <eos>"), attention_mask, caption_ids (masked), caption_labels (`caption_batches`)."""
     m = _beit3(model)
-    _need(batch, ("images", "caption_ids", "caption_labels", "attention_mask"), "caption_batches")
+    check_batch_keys(batch, ("images", "caption_ids", "caption_labels", "attention_mask"), "caption_batches")
     logits = m.caption_logits(m.embed_image(batch["images"]), batch["caption_ids"], batch["attention_mask"])
     loss = mlm_loss(logits, batch["caption_labels"])
     return {"loss": loss}
@@ -519,7 +483,7 @@ def caption_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, m
 
 
 __all__: Sequence[str] = (
-    "VisualTokenizerConfig", "VisualTokenizer", "teacher_features", "vqkd_step", "tokenizer_batches", "train_tokenizer",
+    "VisualTokenizerConfig", "VisualTokenizer", "teacher_features", "vqkd_step", "tokenizer_batches",
     "code_usage",
     "BEiT3Config", "BEiT3", "masked_token_loss", "mdm_step", "mdm_batches", "vqa_step",
     "retrieval_step", "caption_inputs", "caption_step", "caption_batches",

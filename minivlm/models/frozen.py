@@ -47,7 +47,7 @@ from torch import nn
 
 from minivlm.losses import lm_loss
 from minivlm.nn.pooling import AttentionalPooler
-from minivlm.train import freeze, unfreeze
+from minivlm.utils import freeze, unfreeze
 from minivlm.utils import check_int, check_range, check_shape, check_tensor, eval_mode
 
 VARIANTS = ("frozen", "clipcap", "mapl")
@@ -367,7 +367,7 @@ def check_no_fact_text(texts: Sequence[str]) -> None:
 
 
 def caption_qa_set(data: dict, seed: int = 0, kinds: Sequence[str] | None = None) -> dict:
-    """Visible-answer VQA on a pair set (`blip.image_text_pairs`): for each true caption, one of
+    """Visible-answer VQA on a pair set (`minivlm.data.pairs.image_text_pairs`): for each true caption, one of
     ShapesWorld's VQA questions about its image, whose answer the image shows (kinds cycled so
     each has about the same share; a scene that cannot give the turn's kind gives the next).
     Captions that are not true of their image (a noisy set's) are left out.

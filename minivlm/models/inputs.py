@@ -1,47 +1,88 @@
 """The input boundary the BERT-style models share (ViLT in chapter 03, ALBEF in chapter 04, ...):
-the course tokenizer's ids filled into a config, "<bos> words <eos>" batches from strings, and
-images in [0, 1] normalised by the config's mean and std."""
+the course tokenizer's ids filled into a config and the checks every config shares, "<bos> words
+<eos>" batches from strings, and images in [0, 1] normalised by the config's mean and std."""
 from __future__ import annotations
 
+import math
+from dataclasses import fields
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from minivlm.utils import check_int, check_range, check_shape, check_tensor
+from minivlm.utils import check_int, check_number, check_range, check_shape, check_tensor
 
 
-def fill_token_ids(config) -> None:
-    """Set config.vocab_size / pad_id / mask_id from the course tokenizer where they are None,
-    and check that pad_id and mask_id are ids of the vocabulary."""
-    if config.vocab_size is None or config.pad_id is None or config.mask_id is None:
-        from minivlm.data.tokenizer import Tokenizer
+# The special tokens a config may name, and where they come from in the course tokenizer. A model
+# with more (BLIP's [ENC] and [DEC]) names its own: fill_token_ids(config, enc_id="<extra_0>").
+SPECIAL_TOKENS = {"pad_id": "<pad>", "mask_id": "<mask>", "bos_id": "<bos>", "eos_id": "<eos>"}
 
-        tok = Tokenizer.from_world()
-        config.vocab_size = len(tok) if config.vocab_size is None else config.vocab_size
-        config.pad_id = tok.pad_id if config.pad_id is None else config.pad_id
-        config.mask_id = tok.mask_id if config.mask_id is None else config.mask_id
+# Fields most configs share, checked wherever a config has them: sizes (ints >= 1), and numbers
+# with their ranges (check_number's arguments).
+SHARED_INTS = ("image_size", "patch_size", "dim", "heads", "vocab_size", "max_text_len")
+SHARED_NUMBERS = {
+    "mlp_ratio": dict(lo=0, hi=math.inf, lo_open=True),
+    "eps": dict(lo=0, hi=1.0, lo_open=True),
+    "dropout": dict(lo=0, hi=1, hi_open=True),
+    "pos_init_std": dict(lo=0, hi=math.inf),
+    "temp": dict(lo=0.001, hi=1.0, lo_open=True),  # the initial ITC temperature
+    "max_scale": dict(lo=1.0, hi=1e4),  # 1 / temperature is clamped here
+    "label_smoothing": dict(lo=0.0, hi=1.0, hi_open=True),
+}
 
 
-def check_encoder_config(config, ints: tuple[str, ...]) -> None:
-    """What every BERT/ViT-style config must satisfy: the named fields ints >= 1, image_size
-    divisible by patch_size, dim by heads, room for "<bos> word <eos>", a known activation."""
+def token_id_fields(config) -> list[str]:
+    """The config's token-id fields (pad_id, mask_id, ...), in declaration order."""
+    return [f.name for f in fields(config) if f.name.endswith("_id")]
+
+
+def fill_token_ids(config, **tokens: str) -> None:
+    """Set config.vocab_size and every token id left as None from the course tokenizer: the
+    SPECIAL_TOKENS by their names there, any other id field by the token given in `tokens`."""
+    tokens = {**SPECIAL_TOKENS, **tokens}
+    names = token_id_fields(config)
+    if config.vocab_size is not None and all(getattr(config, name) is not None for name in names):
+        return
+    from minivlm.data.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_world()
+    if config.vocab_size is None:
+        config.vocab_size = len(tok)
+    for name in names:
+        if getattr(config, name) is None:
+            setattr(config, name, tok.id(tokens[name]))
+
+
+def check_encoder_config(config, ints: tuple[str, ...] = ()) -> None:
+    """What every BERT/ViT-style config must satisfy, for the fields it has: SHARED_INTS and the
+    named `ints` >= 1, image_size divisible by patch_size, dim by heads, room for "<bos> word
+    <eos>", a known activation, SHARED_NUMBERS in their ranges, every field declared `bool` True
+    or False, token ids in the vocabulary, and 3 image means and stds (stored as tuples)."""
     from minivlm.nn.blocks import ACTIVATIONS
 
-    for name in ints:
+    for name in [n for n in SHARED_INTS if hasattr(config, n)] + list(ints):
         check_int(name, getattr(config, name))
     if config.image_size % config.patch_size:
         raise ValueError(f"image_size={config.image_size} must be divisible by patch_size={config.patch_size}")
     if config.dim % config.heads:
         raise ValueError(f"dim={config.dim} must be divisible by heads={config.heads}")
-    if config.max_text_len < 3:
+    if hasattr(config, "max_text_len") and config.max_text_len < 3:
         raise ValueError(f"max_text_len must be >= 3 (<bos>, a word, <eos>), got {config.max_text_len}")
     if config.act not in ACTIVATIONS:
         raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {config.act!r}")
+    for name, bounds in SHARED_NUMBERS.items():
+        if hasattr(config, name):
+            check_number(name, getattr(config, name), **bounds)
+    for f in fields(config):
+        if f.type in (bool, "bool") and not isinstance(getattr(config, f.name), bool):
+            raise TypeError(f"{f.name} must be True or False, got {getattr(config, f.name)!r}")
+    check_ids_in_vocab(config)
+    check_image_stats(config)
 
 
 def check_ids_in_vocab(config) -> None:
-    for name in ("pad_id", "mask_id"):
+    """Every token-id field (pad_id, mask_id, ...) an int in [0, vocab_size)."""
+    for name in token_id_fields(config):
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < config.vocab_size:
             raise ValueError(f"{name} must lie in [0, {config.vocab_size - 1}], got {value!r}")
@@ -66,6 +107,20 @@ def check_images(images, image_size: int) -> None:
     check_tensor("images", images, ndim=4, dtype="float")
     check_shape("images", images, [None, 3, image_size, image_size])
     check_range("images", images, 0.0, 1.0)
+
+
+def check_text(ids: torch.Tensor, attention_mask: torch.Tensor | None, config) -> torch.Tensor:
+    """Token ids (B, T) of the config's vocabulary, T <= max_text_len, and their attention mask
+    (B, T). Returns the mask (None: every token real, all True)."""
+    from minivlm.nn.text import check_token_ids
+
+    check_token_ids(ids, config.vocab_size, config.max_text_len, "max_text_len")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(ids, dtype=torch.bool)
+    check_tensor("attention_mask", attention_mask, ndim=2)
+    if attention_mask.shape != ids.shape:
+        raise ValueError(f"attention_mask must have shape {tuple(ids.shape)}, got {tuple(attention_mask.shape)}")
+    return attention_mask
 
 
 class TextInputs:

@@ -57,7 +57,8 @@ from minivlm.nn.blocks import ACTIVATIONS
 from minivlm.nn.multiway import MoMEBlock
 from minivlm.nn.text import check_token_ids
 from minivlm.nn.vit import PatchEmbed, patchify
-from minivlm.utils import check_int, check_number, check_tensor, eval_mode
+from minivlm.data.pairs import check_batch_keys
+from minivlm.utils import check_int, check_number, check_tensor, eval_mode, unwrap
 
 VISION, LANGUAGE, VL = 0, 1, 2  # expert indices in every MoME block
 MODES = ("image", "text", "fusion")
@@ -319,27 +320,12 @@ def set_stage(model: VLMo, stage: str, shared: bool = True) -> list[str]:
     return sorted(names)
 
 
-def _core(model) -> VLMo:
-    core = getattr(model, "module", model)
-    if not isinstance(core, VLMo):
-        raise TypeError(f"expected a VLMo, got {type(core).__name__}")
-    return core
-
-
-def _need(batch, keys: tuple[str, ...], maker: str) -> None:
-    if not isinstance(batch, dict):
-        raise TypeError(f"batch must be a dict (see {maker}), got {type(batch).__name__}")
-    missing = [k for k in keys if k not in batch]
-    if missing:
-        raise ValueError(f"batch is missing {missing}; {maker}(...)(step) makes a complete one")
-
-
 def mim_step(model: VLMo, batch: dict) -> dict:
     """Stage 1, masked image modelling in image-only mode: block-masked patches (batch
     "patch_mask", True = masked) are replaced by the mask token; the MIM head predicts their
     normalised pixels; the loss is the mean squared error on the masked patches only."""
-    m = _core(model)
-    _need(batch, ("images", "patch_mask"), "stage_batches")
+    m = unwrap(model, VLMo)
+    check_batch_keys(batch, ("images", "patch_mask"), "stage_batches")
     images, patch_mask = batch["images"], batch["patch_mask"]
     tokens, _ = m.encode_image(images, patch_mask)
     target = patchify((images - m.image_mean) / m.image_std, m.config.patch_size)  # (B, N, P·P·3)
@@ -353,8 +339,8 @@ def mim_step(model: VLMo, batch: dict) -> dict:
 
 def text_mlm_step(model: VLMo, batch: dict) -> dict:
     """Stage 2, masked language modelling in text-only mode (15 % of words, 80/10/10)."""
-    m = _core(model)
-    _need(batch, ("mlm_ids", "mlm_labels", "attention_mask"), "stage_batches")
+    m = unwrap(model, VLMo)
+    check_batch_keys(batch, ("mlm_ids", "mlm_labels", "attention_mask"), "stage_batches")
     tokens, _, _ = m.encode_text(batch["mlm_ids"], batch["attention_mask"])
     loss = mlm_loss(m.mlm_logits(tokens), batch["mlm_labels"])
     return {"loss": loss, "mlm": loss.detach()}
@@ -372,8 +358,8 @@ def pair_step(model: VLMo, batch: dict) -> dict:
     """
     from minivlm.data.pairs import check_batch
 
-    m = _core(model)
-    _need(batch, ("images", "ids", "attention_mask", "mlm_ids", "mlm_labels"), "stage_batches")
+    m = unwrap(model, VLMo)
+    check_batch_keys(batch, ("images", "ids", "attention_mask", "mlm_ids", "mlm_labels"), "stage_batches")
     images, ids, mask = batch["images"], batch["ids"], batch["attention_mask"].bool()
     b = images.shape[0]
     positives = check_batch(batch, b)
@@ -436,42 +422,6 @@ def stage_batches(stage: str, batch_size: int = 64, seed: int = 0, image_size: i
         return out
 
     return batch
-
-
-def pretrain(model: VLMo, schedule: Sequence[tuple[str, int, bool]], batch_size: int = 64, seed: int = 0,
-             lr: float = 2e-3, warmup: int = 50, weight_decay: float = 0.01, noise: float = 0.0,
-             device=None, progress: bool = True, on_stage_end=None) -> dict:
-    """Train `model` through `schedule`: (stage, steps, shared) triples in order, e.g. VLMo's
-    [("image", 300, True), ("text", 300, False), ("pairs", 600, True)]. Each stage gets its own
-    cosine schedule and its own data stream (seeded by `seed` and the stage's place).
-    on_stage_end(label, model), if given, is called after each stage (to inspect the weights).
-    Returns {stage label: History}; the model ends with every parameter trainable, in eval mode."""
-    from minivlm.train import fit
-
-    _core(model)
-    if isinstance(schedule, (str, bytes)) or not schedule:
-        raise ValueError("schedule must be a non-empty list of (stage, steps, shared)")
-    for item in schedule:
-        if not (isinstance(item, (tuple, list)) and len(item) == 3):
-            raise ValueError(f"each schedule entry is (stage, steps, shared), got {item!r}")
-        stage, steps, shared = item
-        stage_parameters(model, stage, shared)  # checks stage and shared
-        check_int("steps", steps)
-    c = model.config
-    histories = {}
-    for k, (stage, steps, shared) in enumerate(schedule):
-        set_stage(model, stage, shared)
-        batches = stage_batches(stage, batch_size, seed=seed * 100 + k, image_size=c.image_size,
-                                patch_size=c.patch_size, mim_ratio=c.mim_ratio, noise=noise,
-                                max_text_len=c.max_text_len)
-        label = f"{k + 1}: {stage}" + ("" if shared or stage == "pairs" else " (attention frozen)")
-        histories[label] = fit(model, STEP_FUNCTIONS[stage], batches, steps, lr=lr, warmup=min(warmup, steps // 2),
-                               weight_decay=weight_decay, device=device, seed=seed + k, progress=progress,
-                               desc=f"stage {label}")
-        if on_stage_end is not None:
-            on_stage_end(label, model)
-    set_stage(model, "pairs")
-    return histories
 
 
 # ----------------------------------------------------------------------------- retrieval, three ways

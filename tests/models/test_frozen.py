@@ -142,7 +142,7 @@ def test_a_training_step_moves_only_the_trainable_parts(variant):
 
 
 def test_frozen_trains_its_vision_tower_even_from_a_frozen_clip():
-    from minivlm.train import freeze
+    from minivlm.utils import freeze
 
     again = PrefixVLM(freeze(tiny_clip()), GPT(GPTConfig(dim=32, depth=2, heads=2, max_len=40)),
                       PrefixConfig("frozen", n_prefix=3))

@@ -11,7 +11,8 @@ from minivlm.data import Tokenizer
 from minivlm.data.worldtext import RecallItem
 from minivlm.losses import lm_loss
 from minivlm.models.gpt import GPT, GPTConfig, fact_recall, lm_batches, lm_step
-from minivlm.train import fit, freeze
+from minivlm.train import fit
+from minivlm.utils import freeze
 
 PAD, BOS, EOS = 0, 1, 2
 TOK = Tokenizer.from_world()

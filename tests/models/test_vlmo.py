@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from negative_recorder import Recorder
 
+import minivlm.drivers
 import minivlm.models.vlmo as vlmo_module
 import minivlm.train
 from minivlm.data.masking import IGNORE_INDEX, block_mask
@@ -18,13 +19,13 @@ from minivlm.models.vlmo import (
     fusion_scores,
     mim_step,
     pair_step,
-    pretrain,
     retrieve,
     set_stage,
     stage_batches,
     stage_parameters,
     text_mlm_step,
 )
+from minivlm.drivers import staged_pretrain
 
 TOK = Tokenizer.from_world()
 TEXTS = ["a red circle.", "two shapes: a blue square and a green star.", "a small white cross above a cyan diamond"]
@@ -511,10 +512,9 @@ def test_pretrain_trains_each_stage_its_parameters(monkeypatch):
         changes.append({n for n, p in model.named_parameters() if not torch.equal(p, before[n])})
         return history
 
-    monkeypatch.setattr(minivlm.train, "fit", recording_fit)
-    monkeypatch.setattr(vlmo_module, "fit", recording_fit, raising=False)  # were it imported at the top
-    histories = pretrain(m, [("image", 2, True), ("text", 2, False), ("pairs", 2, True)], batch_size=4,
-                         progress=False)
+    monkeypatch.setattr(minivlm.drivers, "fit", recording_fit)  # the fit staged_pretrain calls
+    histories = staged_pretrain(m, [("image", 2, True), ("text", 2, False), ("pairs", 2, True)], batch_size=4,
+                                progress=False)
     assert list(histories) == ["1: image", "2: text (attention frozen)", "3: pairs"]
     assert all(len(h.steps) == 2 for h in histories.values())
     assert "mim" in histories["1: image"].losses and "itm" in histories["3: pairs"].losses
@@ -537,7 +537,7 @@ def test_pretrain_calls_on_stage_end_after_each_stage_with_that_stage_done():
         attention = [p for n, p in model.named_parameters() if ".attn." in n]
         seen.append((label, [p.detach().clone() for p in attention]))
 
-    pretrain(m, [("image", 1, True), ("text", 1, False), ("pairs", 1, True)], batch_size=4, progress=False,
+    staged_pretrain(m, [("image", 1, True), ("text", 1, False), ("pairs", 1, True)], batch_size=4, progress=False,
              on_stage_end=on_stage_end)
     assert [label for label, _ in seen] == ["1: image", "2: text (attention frozen)", "3: pairs"]
     after_image, after_text, after_pairs = (weights for _, weights in seen)
@@ -643,15 +643,15 @@ def test_bad_mode_stage_and_config():
     with pytest.raises(ValueError, match="text mode takes only text tokens"):
         m.routes("text", 1, 3)
     for call in (lambda: set_stage(m, "video"), lambda: stage_parameters(m, "video"),
-                 lambda: stage_batches("video"), lambda: pretrain(m, [("video", 1, True)], progress=False)):
+                 lambda: stage_batches("video"), lambda: staged_pretrain(m, [("video", 1, True)], progress=False)):
         with pytest.raises(ValueError, match=r"stage must be one of \('image', 'text', 'pairs'\), got 'video'"):
             call()
     with pytest.raises(TypeError, match="shared must be True or False, got 1"):
         set_stage(m, "image", shared=1)
     with pytest.raises(ValueError, match="schedule must be a non-empty list"):
-        pretrain(m, [], progress=False)
+        staged_pretrain(m, [], progress=False)
     with pytest.raises(ValueError, match="steps must be an int >= 1, got 0"):
-        pretrain(m, [("image", 0, True)], progress=False)
+        staged_pretrain(m, [("image", 0, True)], progress=False)
     with pytest.raises(ValueError, match="vl_depth=3 cannot exceed depth=2"):
         VLMoConfig(**{**TINY, "vl_depth": 3})
     with pytest.raises(ValueError, match="vl_depth must be an int >= 0, got -1"):

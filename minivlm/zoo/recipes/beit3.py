@@ -98,7 +98,7 @@ class Beit3TokenizerRecipe:
     model = staticmethod(_tokenizer_model)
 
     def train(self, weights_dir, progress: bool):
-        from minivlm.models.beit3 import train_tokenizer
+        from minivlm.drivers import train_tokenizer
         from minivlm.utils import seed_everything
 
         teacher = _load_clip(weights_dir)

@@ -63,14 +63,14 @@ def vlmo_metrics(model, bench_seed: int = 1234, retrieval_n: int = 256, itm_n: i
 
 def _run_arm(job: dict) -> dict:
     """One arm, start to figures, on one thread (a top-level function, for worker processes)."""
-    from minivlm.models.vlmo import pretrain
+    from minivlm.drivers import staged_pretrain
     from minivlm.utils import seed_everything
 
     torch.set_num_threads(1)
     seed_everything(job["seed"])
     model = _model(job["config"])
     start = time.perf_counter()
-    histories = pretrain(model, job["schedule"], batch_size=job["batch_size"], seed=job["world_seed"] + job["seed"],
+    histories = staged_pretrain(model, job["schedule"], batch_size=job["batch_size"], seed=job["world_seed"] + job["seed"],
                          lr=job["lr"], warmup=job["warmup"], weight_decay=job["weight_decay"], device="cpu",
                          progress=job["progress"])
     train_seconds = time.perf_counter() - start
