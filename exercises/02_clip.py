@@ -128,13 +128,15 @@ print("all four tasks pass: running your functions on the zoo CLIP" if ready
 
 # %%
 if ready:
+    from minivlm.eval import CLIP_TEMPLATES, class_prompts
+
     clip = zoo.load("clip")
     bench = ShapesBench(seed=1234)
     data = bench.classification("seen", n_per_class=4)
     with torch.no_grad():
         encode = lambda texts: clip.encode_text(list(texts))
-        prompts = zoo.class_prompts(data["class_names"])  # "an orange star": names as captions write them
-        prototypes = zero_shot_classifier(encode, prompts, list(zoo.CLIP_TEMPLATES))  # (48, E)
+        prompts = class_prompts(data["class_names"])  # "an orange star": names as captions write them
+        prototypes = zero_shot_classifier(encode, prompts, list(CLIP_TEMPLATES))  # (48, E)
         logits = scores(clip.encode_image(data["images"]), prototypes, clip.logit_scale)  # (N, 48)
     accuracy = (logits.argmax(1) == data["labels"]).float().mean().item()
     print(f"zero-shot accuracy with your classifier: {accuracy:.1%} on {len(data['labels'])} images, 48 classes")

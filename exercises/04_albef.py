@@ -157,8 +157,8 @@ check("04.sample_negatives", sample_negatives)
 # batch; `mix_targets` and `soft_cross_entropy` for ITC and MLM with distillation;
 # `sample_negatives` for ITM's hard negatives. Below, a tiny ALBEF is pretrained twice from the
 # same initial weights on the same batches: once with the library's pieces, once with yours
-# swapped in (`unittest.mock.patch` replaces the names that `minivlm.models.albef` looks up, only
-# inside the `with` block).
+# swapped in (`unittest.mock.patch` replaces the names that `minivlm.models.albef` and the ITC and
+# ITM losses it calls in `minivlm.losses` look up, only inside the `with` block).
 
 # %%
 from minivlm import grading  # noqa: E402
@@ -171,20 +171,29 @@ print("all four tasks pass: running your functions inside ALBEF's pretraining" i
 
 # %%
 if ready:
+    from contextlib import ExitStack
     from unittest import mock
 
+    from minivlm import losses
+    from minivlm.data.pairs import pretrain_batches
     from minivlm.models import albef
     from minivlm.train import fit
 
     def your_pieces():
-        """Inside this context, ALBEF's pretraining step calls your four functions."""
-        return mock.patch.multiple(albef, momentum_update=momentum_update, mix_targets=mix_targets,
-                                   soft_cross_entropy=soft_cross_entropy, sample_negatives=sample_negatives)
+        """Inside this context, ALBEF's pretraining step calls your four functions: its momentum
+        update and MLM distillation in minivlm.models.albef, its ITC (momentum_itc) and ITM
+        negatives (itm_negatives) in minivlm.losses."""
+        stack = ExitStack()
+        stack.enter_context(mock.patch.multiple(albef, momentum_update=momentum_update,
+                                                soft_cross_entropy=soft_cross_entropy))
+        stack.enter_context(mock.patch.multiple(losses, mix_targets=mix_targets, soft_cross_entropy=soft_cross_entropy,
+                                                sample_negatives=sample_negatives))
+        return stack
 
     STEPS = 60
     config = albef.ALBEFConfig(dim=32, vision_depth=1, text_depth=1, fusion_depth=1, heads=2, embed_dim=32,
                                queue_size=64, alpha_warmup=20)  # tiny: a few seconds on a CPU
-    batches = albef.pretrain_batches(batch_size=16, seed=0)
+    batches = pretrain_batches(batch_size=16, seed=0)
     torch.manual_seed(0)
     start = albef.ALBEFPretrainer(albef.ALBEF(config))
     library_run, your_run = copy.deepcopy(start), copy.deepcopy(start)
@@ -271,7 +280,7 @@ if ready:
     from minivlm import zoo
 
     clip = zoo.load("clip").eval()
-    batch = albef.pretrain_batches(batch_size=32, seed=1)(0)
+    batch = pretrain_batches(batch_size=32, seed=1)(0)
     tok = clip.get_tokenizer()
     texts = [tok.decode(ids[valid]) for ids, valid in zip(batch["ids"], batch["attention_mask"])]
     with torch.no_grad():

@@ -240,14 +240,15 @@ if ready:
 # its rankings mean nothing; the zoo's ALBEF (chapter 04, `zoo.load("albef")`) has both halves
 # trained: ITC, a dual encoder, and ITM on its fusion layers. Among 256 fresh ShapesBench scenes and
 # their 256 captions, each image's top 4 captions by ITC are re-ranked by ITM with your function,
-# and checked against the library's `albef.retrieve`.
+# and checked against the library's ITC-then-ITM `retrieve` (`minivlm/eval/retrieval.py`).
 
 # %%
 if ready:
     import time
 
     from minivlm import zoo
-    from minivlm.models import albef
+    from minivlm.eval import itc_similarity
+    from minivlm.eval import retrieve as itc_itm_retrieve
 
     model = zoo.load("albef").eval()
     data = bench.retrieval(256)
@@ -255,7 +256,7 @@ if ready:
     K, target = 4, torch.arange(256)
     t0 = time.perf_counter()
     with torch.no_grad():
-        itc = albef.itc_similarity(model, images_256, captions_256)  # (256, 256) cosine similarities
+        itc = itc_similarity(model, images_256, captions_256)  # (256, 256) cosine similarities
         text_tokens, _, text_mask = model.encode_text(captions_256)  # each caption encoded once
         image_tokens, _ = model.encode_image(images_256)
 
@@ -267,9 +268,9 @@ if ready:
 
         ranked = rerank(itc, albef_fusion, K)
     seconds = time.perf_counter() - t0
-    library = albef.retrieve(model, images_256, captions_256, rerank_k=K)["scores"]
+    library = itc_itm_retrieve(model, images_256, captions_256, rerank_k=K)["scores"]
     same = torch.equal(ranked.argsort(1, descending=True), library.argsort(1, descending=True))
-    print(f"same ranking as albef.retrieve: {same} ({seconds:.1f} s, {256 * K:,} fusion passes instead of "
+    print(f"same ranking as the library's retrieve: {same} ({seconds:.1f} s, {256 * K:,} fusion passes instead of "
           f"{256 * 256:,})")
     dual_hit, rerank_hit = itc.argmax(1) == target, ranked.argmax(1) == target
     print(f"R@1 by ITC alone {dual_hit.float().mean():.3f}, after re-ranking the top {K} by ITM "

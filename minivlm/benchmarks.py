@@ -274,7 +274,7 @@ def bench_blip(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
     projections, the ITM head or the temperature, which transformers' captioner lacks).
     """
     from minivlm.models.blip import BLIP, BLIPConfig
-    from minivlm.zoo.recipes.blip import BLIP_CONFIG
+    from minivlm.models.blip import BLIP_CONFIG
 
     with _bench_setup(batch_size, repeats, warmup, device, threads) as dev:
         cfg = BLIPConfig(**{**BLIP_CONFIG, **config, "text_norm_first": False, "vision_pre_norm": False,
@@ -424,7 +424,7 @@ def bench_gpt(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device: 
     from minivlm.losses import lm_loss
     from minivlm.models.gpt import GPTConfig
     from minivlm.utils import check_int
-    from minivlm.zoo.recipes.llm import LLM_SHAPE
+    from minivlm.models.gpt import LLM_SHAPE
 
     check_int("new_tokens", new_tokens)
     check_int("prompt_len", prompt_len)

@@ -44,10 +44,18 @@ import torch.nn.functional as F
 import minivlm
 from minivlm import viz, zoo
 from minivlm.data import ShapesBench, ShapesWorld, Tokenizer
-from minivlm.eval import recall_at_k, retrieval_metrics, swap_scores, wilson, zero_shot_accuracy
+from minivlm.eval import (
+    CLIP_TEMPLATES,
+    class_prompts,
+    retrieval_metrics,
+    swap_scores,
+    wilson,
+    zero_shot_accuracy,
+    zero_shot_classifier,
+    zero_shot_logits,
+)
 from minivlm.losses import clip_loss
-from minivlm.models.clip import (CLIP, CLIPConfig, clip_step, similarity, swap_similarity, zero_shot_classifier,
-                                 zero_shot_logits)
+from minivlm.models.clip import CLIP, CLIPConfig, clip_step, similarity, swap_similarity
 from minivlm.nn import TextTransformer, ViT
 from minivlm.train import fit
 from minivlm.utils import freeze
@@ -305,14 +313,14 @@ viz.plot_similarity(sim[:8, :8], row_labels=[f"image {i}" for i in range(8)], co
 # names get their article ("an orange star", not "a orange star"), as the captions write them.
 
 # %%
-templates = list(zoo.CLIP_TEMPLATES)
+templates = list(CLIP_TEMPLATES)
 print("templates:", templates)
 seen = bench.classification("seen")
 heldout = bench.classification("heldout", n_per_class=200)  # 1,000 images: an interval of about ±3 points
 
 
 def zero_shot(model, data, templates):
-    prompts = zoo.class_prompts(data["class_names"])  # "red circle" -> "a red circle", "an orange star"
+    prompts = class_prompts(data["class_names"])  # "red circle" -> "a red circle", "an orange star"
     classifier = zero_shot_classifier(model, prompts, templates)  # (48, E)
     logits = zero_shot_logits(model, data["images"], classifier)  # (N, 48)
     return zero_shot_accuracy(logits, data["labels"]), logits

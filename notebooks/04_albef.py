@@ -56,14 +56,13 @@ from minivlm.data.pairs import pretrain_batches
 from minivlm.data.shapesworld import COLORS, SHAPES
 from minivlm.eval import evaluate_hard_itm, evaluate_retrieval, interval, itc_similarity, retrieve
 from minivlm.losses import mix_targets, sample_negatives, soft_cross_entropy
-from minivlm.models.albef import ALBEF, ALBEFConfig, ALBEFPretrainer, pretrain_step
+from minivlm.models.albef import ALBEF, ALBEF_CONFIG, ALBEFConfig, ALBEFPretrainer, pretrain_step
 from minivlm.models.clip import init_vision_from_clip
 from minivlm.models.clip import similarity as clip_similarity
 from minivlm.nn import masks
 from minivlm.nn.momentum import momentum_copy, momentum_update
 from minivlm.train import fit
 from minivlm.utils import count_parameters
-from minivlm.zoo.recipes.albef import ALBEF_CONFIG
 
 minivlm.seed_everything(0)
 chapter_start = time.perf_counter()

@@ -45,7 +45,6 @@
 # | the pretrained VLMo and its seed arms | `minivlm/zoo` (`zoo.load("vlmo")`, `zoo.manifest("vlmo")`) |
 
 # %%
-import textwrap
 import time
 
 import torch
@@ -54,23 +53,22 @@ import minivlm
 from minivlm import viz, zoo
 from minivlm.data import ShapesBench, Tokenizer
 from minivlm.data.masking import block_mask
+from minivlm.drivers import staged_pretrain
 from minivlm.eval import interval
 from minivlm.models.vlmo import (
     LANGUAGE,
     VISION,
     VL,
+    VLMO_CONFIG,
     VLMo,
     VLMoConfig,
     retrieve,
     set_stage,
     stage_batches,
-    stage_parameters,
 )
-from minivlm.drivers import staged_pretrain
 from minivlm.nn.multiway import Multiway
 from minivlm.nn.vit import patchify
 from minivlm.utils import count_parameters
-from minivlm.zoo.recipes.vlmo import VLMO_CONFIG
 
 minivlm.seed_everything(0)
 chapter_start = time.perf_counter()

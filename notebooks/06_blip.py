@@ -62,12 +62,20 @@ from minivlm.data import ShapesBench, ShapesWorld, Tokenizer
 from minivlm.data.pairs import image_text_pairs, pair_batches
 from minivlm.eval import bleu, cider_d, evaluate_captions, interval, true_caption_rate
 from minivlm.generate import generate, top_p_filter
-from minivlm.models.blip import BLIP, BLIPConfig, BLIPPretrainer, capfilt, filter_scores, med_masks, pretrain_step
+from minivlm.models.blip import (
+    BLIP,
+    BLIP_CONFIG,
+    BLIPConfig,
+    BLIPPretrainer,
+    capfilt,
+    filter_scores,
+    med_masks,
+    pretrain_step,
+)
 from minivlm.models.clip import init_vision_from_clip
 from minivlm.models.clip import similarity as clip_similarity
 from minivlm.train import fit
 from minivlm.utils import count_parameters
-from minivlm.zoo.recipes.blip import BLIP_CONFIG
 
 minivlm.seed_everything(0)
 chapter_start = time.perf_counter()

@@ -58,19 +58,17 @@ import minivlm
 from minivlm import viz, zoo
 from minivlm.data import ShapesBench
 from minivlm.data.pairs import image_text_pairs, pair_batches, pretrain_batches
-from minivlm.eval import interval, itc_similarity
+from minivlm.eval import CLIP_TEMPLATES, classify_zero_shot, interval, itc_similarity
 from minivlm.models.albef import ALBEF, ALBEFConfig, ALBEFPretrainer
 from minivlm.models.albef import pretrain_step as albef_step
 from minivlm.models.blip import BLIP, BLIPConfig, BLIPPretrainer
 from minivlm.models.blip import pretrain_step as blip_step
-from minivlm.models.coca import CoCa, CoCaConfig, coca_step
-from minivlm.models.prefixlm import PrefixLM, PrefixLMConfig
+from minivlm.models.coca import COCA_CONFIG, CoCa, CoCaConfig, coca_metrics, coca_step
+from minivlm.models.prefixlm import PREFIXLM_CONFIG, PrefixLM, PrefixLMConfig
 from minivlm.nn import masks
 from minivlm.nn.pooling import AttentionalPooler
 from minivlm.train import fit
 from minivlm.utils import count_parameters
-from minivlm.zoo.recipes.clip import CLIP_TEMPLATES
-from minivlm.zoo.recipes.coca import COCA_CONFIG, PREFIXLM_CONFIG, coca_metrics, zero_shot
 
 minivlm.seed_everything(0)
 chapter_start = time.perf_counter()
@@ -235,10 +233,10 @@ for name, (trainable, step_fn, _, _) in models.items():
     fit(trainable, step_fn, stream[name], steps, lr=2e-3, warmup=10, device="cpu", progress=False)
     seconds = time.perf_counter() - start
     online = (trainable.model if hasattr(trainable, "model") else trainable).eval()
-    zs = interval((zero_shot(online, seen, CLIP_TEMPLATES).argmax(1) == seen["labels"]).tolist())
+    zs = interval((classify_zero_shot(online, seen, CLIP_TEMPLATES).argmax(1) == seen["labels"]).tolist())
     r1 = interval((itc_similarity(online, retrieval["images"], retrieval["captions"]).argmax(1)
                    == torch.arange(256)).tolist())
-    equal_time[name] = {"steps": steps, "seconds": seconds, "zero_shot": zs, "r1": r1}
+    equal_time[name] = {"steps": steps, "seconds": seconds, "classify_zero_shot": zs, "r1": r1}
     print(f"{name:6} {steps:4} steps in {seconds:4.1f} s: zero-shot {zs}, R@1 {r1}")
 
 # %% [markdown]
@@ -312,7 +310,7 @@ assert all(abs(g) <= 0.05 for g in gap), "CoCa's zero-shot came out more than 5 
 assert all(g > 0.3 for g in gap_pos1), "std-1 positions no longer hold CoCa back: update What we saw"
 assert all(c > p for c, p in zip(values("coca", "cider"), values("prefixlm", "cider"))), "CoCa's captions above PrefixLM's per seed"
 assert all(c > p for c, p in zip(values("coca", "cider"), values("coca_pos1", "cider")))
-assert equal_time["CoCa"]["zero_shot"].value > max(equal_time[m]["zero_shot"].value for m in ("BLIP", "ALBEF"))
+assert equal_time["CoCa"]["classify_zero_shot"].value > max(equal_time[m]["classify_zero_shot"].value for m in ("BLIP", "ALBEF"))
 
 # %% [markdown]
 # ## What we saw

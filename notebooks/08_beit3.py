@@ -59,6 +59,7 @@ from minivlm.data import ShapesBench, Tokenizer
 from minivlm.data.pairs import vqa_batches
 from minivlm.eval import answer_hits, interval
 from minivlm.models.beit3 import (
+    BEIT3_CONFIG,
     BEiT3,
     BEiT3Config,
     caption_batches,
@@ -73,7 +74,6 @@ from minivlm.models.vlmo import LANGUAGE, VISION, VL, VLMo, VLMoConfig
 from minivlm.nn.quantize import VectorQuantizer, codebook_stats
 from minivlm.nn.vit import patchify
 from minivlm.train import fit
-from minivlm.zoo.recipes.beit3 import BEIT3_CONFIG
 
 minivlm.seed_everything(0)
 chapter_start = time.perf_counter()

@@ -305,3 +305,69 @@ def test_an_edited_config_whose_shapes_no_longer_fit_names_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"clip.safetensors does not fit.*key 'image_projection.weight' has shape "
                                          r"\(64, 64\), the model expects \(32, 64\)"):
         zoo.load("clip", weights_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- the encoder configs' shared checks
+def _encoder_configs() -> dict:
+    from minivlm.models.albef import ALBEFConfig
+    from minivlm.models.beit3 import BEiT3Config, VisualTokenizerConfig
+    from minivlm.models.blip import BLIPConfig
+    from minivlm.models.coca import CoCaConfig
+    from minivlm.models.prefixlm import PrefixLMConfig
+    from minivlm.models.vilt import ViLTConfig
+    from minivlm.models.vlmo import VLMoConfig
+
+    return {c.__name__: c for c in (ALBEFConfig, BLIPConfig, VLMoConfig, BEiT3Config, CoCaConfig, ViLTConfig,
+                                    PrefixLMConfig, VisualTokenizerConfig)}
+
+
+ENCODER_CONFIGS = ["ALBEFConfig", "BLIPConfig", "VLMoConfig", "BEiT3Config", "CoCaConfig", "ViLTConfig",
+                   "PrefixLMConfig", "VisualTokenizerConfig"]
+
+
+@pytest.mark.parametrize("kind", ENCODER_CONFIGS)
+@pytest.mark.parametrize("kw, error, match", [
+    (dict(heads=0), ValueError, r"heads must be an int >= 1, got 0"),
+    (dict(patch_size=4.0), ValueError, r"patch_size must be an int >= 1, got 4\.0"),
+    (dict(image_size=30), ValueError, r"image_size=30 must be divisible by patch_size=\d+"),
+    (dict(dim=30, heads=4), ValueError, r"dim=30 must be divisible by heads=4"),
+    (dict(act="swish"), ValueError, r"act must be one of .*got 'swish'"),
+    (dict(mlp_ratio=0), ValueError, r"mlp_ratio must be a number in \(0, inf\], got 0"),
+    (dict(mlp_ratio=math.nan), ValueError, r"mlp_ratio must be a number in \(0, inf\], got nan"),
+    (dict(eps=0.0), ValueError, r"eps must be a number in \(0, 1\.0\], got 0\.0"),
+    (dict(image_std=(0.5, 0.0, 0.5)), ValueError, r"image_mean/image_std must be 3 values \(std > 0\)"),
+], ids=["heads", "patch_size", "image_size", "dim", "act", "mlp_ratio", "mlp_ratio-nan", "eps", "image_std"])
+def test_every_encoder_config_names_a_bad_shared_field(kind, kw, error, match):
+    with pytest.raises(error, match=match):
+        _encoder_configs()[kind](**kw)
+
+
+@pytest.mark.parametrize("kind, kw, error, match", [
+    ("ALBEFConfig", dict(distill=1), TypeError, r"distill must be True or False, got 1"),
+    ("BLIPConfig", dict(text_norm_first="yes"), TypeError, r"text_norm_first must be True or False, got 'yes'"),
+    ("CoCaConfig", dict(patch_bias=None), TypeError, r"patch_bias must be True or False, got None"),
+    ("BLIPConfig", dict(dec_id=603), ValueError, r"dec_id must lie in \[0, 602\], got 603"),
+    ("CoCaConfig", dict(bos_id=True), ValueError, r"bos_id must lie in \[0, 602\], got True"),
+    ("PrefixLMConfig", dict(eos_id=-1), ValueError, r"eos_id must lie in \[0, 602\], got -1"),
+    ("ViLTConfig", dict(dropout=1.0), ValueError, r"dropout must be a number in \[0, 1\), got 1\.0"),
+    ("VLMoConfig", dict(temp=0.0), ValueError, r"temp must be a number in \(0\.001, 1\.0\], got 0\.0"),
+    ("BEiT3Config", dict(answers=("yes", "yes")), ValueError, r"answers must be at least 2 distinct strings"),
+])
+def test_encoder_config_flags_ids_and_ranges_are_named(kind, kw, error, match):
+    with pytest.raises(error, match=match):
+        _encoder_configs()[kind](**kw)
+
+
+def test_encoder_configs_take_every_token_id_from_the_course_tokenizer():
+    from minivlm.data.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_world()
+    configs = _encoder_configs()
+    blip = configs["BLIPConfig"]()
+    assert (blip.vocab_size, blip.pad_id, blip.mask_id, blip.bos_id, blip.eos_id, blip.enc_id, blip.dec_id) == (
+        len(tok), tok.pad_id, tok.mask_id, tok.bos_id, tok.eos_id, tok.id("<extra_0>"), tok.id("<extra_1>"))
+    assert len({blip.pad_id, blip.mask_id, blip.bos_id, blip.eos_id, blip.enc_id, blip.dec_id}) == 6
+    coca = configs["CoCaConfig"](bos_id=7)  # a given id is kept, the others filled
+    assert (coca.bos_id, coca.eos_id, coca.pad_id) == (7, tok.eos_id, tok.pad_id)
+    vilt = configs["ViLTConfig"](vocab_size=50, pad_id=1, mask_id=2)  # nothing left to fill: no tokenizer needed
+    assert (vilt.vocab_size, vilt.pad_id, vilt.mask_id) == (50, 1, 2)

@@ -11,9 +11,11 @@ from minivlm.benchmarks import (  # noqa: E402
     blip_lm_loss_theirs,
     hf_blip_like,
 )
-from minivlm.models.blip import BLIPConfig  # noqa: E402
+from minivlm.models.blip import (
+    BLIP_CONFIG,  # noqa: E402
+    BLIPConfig,  # noqa: E402
+)
 from minivlm.models.blip_hf import blip_from_hf  # noqa: E402
-from minivlm.zoo.recipes.blip import BLIP_CONFIG  # noqa: E402
 
 TINY = dict(dim=32, vision_depth=1, text_depth=1, heads=2, embed_dim=16, patch_size=8, max_text_len=24)
 LAYOUT = dict(text_norm_first=False, vision_pre_norm=False, patch_bias=True)

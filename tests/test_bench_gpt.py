@@ -17,8 +17,10 @@ from minivlm.benchmarks import (  # noqa: E402
     hf_gpt2_like,
 )
 from minivlm.losses import lm_loss  # noqa: E402
-from minivlm.models.gpt import GPTConfig  # noqa: E402
-from minivlm.zoo.recipes.llm import LLM_SHAPE  # noqa: E402
+from minivlm.models.gpt import (
+    LLM_SHAPE,  # noqa: E402
+    GPTConfig,  # noqa: E402
+)
 
 TINY = dict(dim=32, depth=2, heads=2, max_len=24)
 

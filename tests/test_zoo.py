@@ -8,8 +8,8 @@ import torch
 
 from minivlm import zoo
 from minivlm.data import ShapesBench
-from minivlm.eval import zero_shot_accuracy
-from minivlm.models.clip import CLIP, zero_shot_classifier, zero_shot_logits
+from minivlm.eval import CLIP_TEMPLATES, class_prompts, zero_shot_accuracy, zero_shot_classifier, zero_shot_logits
+from minivlm.models.clip import CLIP
 
 
 def test_available_lists_clip():
@@ -40,7 +40,7 @@ def test_zero_shot_bar_on_a_fresh_bench_seed():
     model = zoo.load("clip")
     seed = 777 + int(torch.randint(0, 10_000, (1,)))  # never the manifest's seed (1234)
     data = ShapesBench(seed=seed).classification("seen", n_per_class=6)
-    classifier = zero_shot_classifier(model, zoo.class_prompts(data["class_names"]), list(zoo.CLIP_TEMPLATES))
+    classifier = zero_shot_classifier(model, class_prompts(data["class_names"]), list(CLIP_TEMPLATES))
     acc = zero_shot_accuracy(zero_shot_logits(model, data["images"], classifier), data["labels"])
     assert acc >= 0.90, f"zoo CLIP zero-shot accuracy on ShapesBench(seed={seed}) seen classes: {acc:.1%}"
 

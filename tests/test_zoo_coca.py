@@ -2,8 +2,7 @@
 every arm for every seed, the shipped metrics are CoCa seed 0's, and the loaded model reproduces
 its zero-shot accuracy."""
 from minivlm import zoo
-from minivlm.models.coca import CoCa
-from minivlm.zoo.recipes.coca import coca_metrics
+from minivlm.models.coca import CoCa, coca_metrics
 
 
 def test_manifest_holds_every_arm_for_every_seed():

@@ -29,18 +29,25 @@ from minivlm.eval.captions import (
     true_caption_rate,
 )
 from minivlm.eval.retrieval import (
+    CLIP_TEMPLATES,
     DualEncoder,
+    class_prompts,
+    classify_zero_shot,
     evaluate_retrieval,
     itc_similarity,
     recall_at_k,
     retrieval_metrics,
     retrieve,
     swap_scores,
+    unit_features,
     zero_shot_accuracy,
+    zero_shot_classifier,
+    zero_shot_logits,
 )
-from minivlm.eval.stats import Estimate, bootstrap, interval, perplexity, wilson
+from minivlm.eval.stats import Estimate, bootstrap, interval, perplexity, to_record, wilson
 
-__all__ = ["DualEncoder", "Estimate", "answer_hits", "answer_prior", "bleu", "bootstrap", "caption_references",
+__all__ = ["CLIP_TEMPLATES", "DualEncoder", "class_prompts", "classify_zero_shot", "to_record", "unit_features",
+           "zero_shot_classifier", "zero_shot_logits", "Estimate", "answer_hits", "answer_prior", "bleu", "bootstrap", "caption_references",
            "caption_tokens", "cider_d", "evaluate_captions", "evaluate_hard_itm", "evaluate_itm", "evaluate_retrieval",
            "evaluate_vqa", "interval", "itc_similarity", "ngram_counts", "normalize_answer", "perplexity",
            "recall_at_k", "retrieval_metrics", "retrieve", "swap_scores", "true_caption_rate", "vqa_accuracy",

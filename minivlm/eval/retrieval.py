@@ -10,7 +10,10 @@ import time
 from typing import Protocol, Sequence, runtime_checkable
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 
+from minivlm.data.shapesworld import with_article
 from minivlm.eval.stats import interval
 from minivlm.utils import check_int, check_shape, check_tensor, eval_mode
 
@@ -210,3 +213,68 @@ def evaluate_retrieval(model: DualEncoder, data: dict, rerank_k: int = 16) -> di
     hits_itc = (out["itc"].argmax(1).cpu() == target).tolist()
     hits = (out["scores"].argmax(1).cpu() == target).tolist()
     return {"itc_r1": interval(hits_itc), "r1": interval(hits), **out}
+
+
+# Prompt templates for zero-shot classification with the course's CLIP (prompt ensembling, CLIP
+# paper §3.1.4). They follow the caption styles the model was trained on; the class name brings its
+# own article ("an orange star"), see `class_prompts`.
+CLIP_TEMPLATES: tuple[str, ...] = (
+    "{}.",
+    "there is {}.",
+    "a picture of {}.",
+    "one shape: {}.",
+    "an image with {}.",
+)
+
+
+def class_prompts(class_names) -> list[str]:
+    """"orange star" -> "an orange star": the class names as a caption would write them."""
+    return [with_article(name) for name in class_names]
+
+
+def zero_shot_classifier(model: DualEncoder, class_names: Sequence[str], templates: Sequence[str] = ("{}",),
+                         batch_size: int = 256) -> torch.Tensor:
+    """Text prototypes for zero-shot classification: (C, E), one unit vector per class.
+
+    Each class name is written into every template ("a picture of a {}."), the K prompts are
+    embedded, their unit embeddings averaged and the mean renormalised: prompt ensembling
+    (CLIP paper §3.1.4, chapter 02), which averages away the wording and keeps the concept.
+    Any DualEncoder serves (CLIP; CoCa, ALBEF and BLIP in chapter 07).
+    """
+    if isinstance(class_names, str) or isinstance(templates, str):
+        raise TypeError("class_names and templates must be lists of strings")
+    if len(class_names) == 0 or len(templates) == 0:
+        raise ValueError(f"need at least one class and one template, got {len(class_names)} and {len(templates)}")
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise ValueError(f"every template needs a '{{}}' placeholder for the class name, got {bad}")
+    check_int("batch_size", batch_size)
+    prompts = [t.format(c) for c in class_names for t in templates]  # class-major: C blocks of K
+    with torch.no_grad(), eval_mode(model):
+        emb = torch.cat([unit_features(model.encode_text(prompts[a:a + batch_size]))
+                         for a in range(0, len(prompts), batch_size)])  # (C·K, E)
+    emb = rearrange(emb, "(c k) e -> c k e", c=len(class_names))
+    return F.normalize(emb.mean(dim=1), dim=-1)  # (C, E)
+
+
+def zero_shot_logits(model: DualEncoder, images: torch.Tensor, classifier: torch.Tensor,
+                     batch_size: int = 256) -> torch.Tensor:
+    """images (N, 3, H, W), classifier (C, E) from `zero_shot_classifier` → (N, C) logits
+    (scaled cosine similarities; softmax over C gives the class probabilities)."""
+    check_tensor("images", images, ndim=4, dtype="float")
+    check_tensor("classifier", classifier, ndim=2, dtype="float")
+    check_int("batch_size", batch_size)
+    if classifier.shape[1] != model.config.embed_dim:
+        raise ValueError(f"classifier must be (C, {model.config.embed_dim}), got {tuple(classifier.shape)}")
+    dev = next(model.parameters()).device
+    with torch.no_grad(), eval_mode(model):
+        image_emb = torch.cat([unit_features(model.encode_image(images[a:a + batch_size].to(dev)))
+                               for a in range(0, len(images), batch_size)])  # (N, E)
+        return model.scale() * image_emb @ classifier.to(dev).t()
+
+
+def classify_zero_shot(model: DualEncoder, data: dict, templates: Sequence[str] = CLIP_TEMPLATES) -> torch.Tensor:
+    """(N, C) zero-shot logits on a ShapesBench `classification` set: its class names written as
+    captions (`class_prompts`) into every template, then `zero_shot_logits`."""
+    classifier = zero_shot_classifier(model, class_prompts(data["class_names"]), templates)
+    return zero_shot_logits(model, data["images"], classifier)

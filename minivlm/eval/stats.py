@@ -107,3 +107,8 @@ def perplexity(token_logprobs, n_boot: int = 2000, seed: int = 0) -> Estimate:
         return float(np.exp(-sums[index].sum() / counts[index].sum()))
 
     return bootstrap(np.arange(len(docs), dtype=np.float64), ppl, n_boot=n_boot, seed=seed)
+
+
+def to_record(e: Estimate) -> dict:
+    """An Estimate as a zoo manifest stores it: value, interval and sample size, rounded."""
+    return {"value": round(e.value, 4), "low": round(e.low, 4), "high": round(e.high, 4), "n": e.n}

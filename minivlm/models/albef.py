@@ -21,7 +21,6 @@ distil: ITC and MLM targets mixed with the momentum model's own predictions (MoD
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -42,17 +41,15 @@ from minivlm.losses import (
 from minivlm.models.inputs import (
     TextInputs,
     check_encoder_config,
-    check_ids_in_vocab,
-    check_image_stats,
     check_images,
     check_pairs,
     fill_token_ids,
     register_image_stats,
 )
 from minivlm.nn import TextTransformer, Transformer, ViT, masks
-from minivlm.nn.blocks import ACTIVATIONS
+from minivlm.nn.heads import ContrastiveHead, MLMHead
 from minivlm.nn.momentum import FeatureQueue, check_momentum, momentum_copy, momentum_update
-from minivlm.utils import check_int, check_number, check_tensor, eval_mode
+from minivlm.utils import check_int, check_same_batch, check_tensor, eval_mode
 
 
 @dataclass
@@ -92,27 +89,18 @@ class ALBEFConfig:
 
     def __post_init__(self):
         fill_token_ids(self)
-        check_encoder_config(self, ("image_size", "patch_size", "dim", "vision_depth", "text_depth", "fusion_depth",
-                                    "heads", "embed_dim", "vocab_size", "max_text_len", "queue_size"))
+        check_encoder_config(self, ints=("vision_depth", "text_depth", "fusion_depth", "embed_dim", "queue_size"))
         check_int("alpha_warmup", self.alpha_warmup, lo=0)
-        check_number("mlp_ratio", self.mlp_ratio, 0, float("inf"), lo_open=True)
-        check_number("pos_init_std", self.pos_init_std, 0, float("inf"))
-        check_number("eps", self.eps, 0, 1.0, lo_open=True)
-        check_number("temp", self.temp, 0.001, 1.0, lo_open=True)
-        check_number("max_scale", self.max_scale, 1.0, 1e4)
         check_momentum(self.momentum)
         check_alpha(self.alpha)
-        for name in ("distill", "hard_negatives", "vision_pre_norm", "patch_bias"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        check_ids_in_vocab(self)
-        check_image_stats(self)
 
 
-class ALBEF(TextInputs, nn.Module):
+class ALBEF(TextInputs, ContrastiveHead, MLMHead, nn.Module):
     """Image encoder (ViT), text encoder, fusion encoder (cross-attention), ITC projections and
     temperature, ITM and MLM heads. The momentum copy and the queues live in `ALBEFPretrainer`,
     so a saved ALBEF holds only what inference needs."""
+
+    tied_embedding = "text.token_embedding"  # the MLM head's output layer (MLMHead)
 
     def __init__(self, config: ALBEFConfig | None = None, tokenizer=None):
         super().__init__()
@@ -129,15 +117,12 @@ class ALBEF(TextInputs, nn.Module):
         self.fusion = Transformer(c.dim, c.fusion_depth, c.heads, mlp_ratio=c.mlp_ratio, act=c.act, eps=c.eps,
                                   cross_attention=True)
         self.fusion_norm = nn.LayerNorm(c.dim, eps=c.eps)
-        self.image_projection = nn.Linear(c.dim, c.embed_dim)
-        self.text_projection = nn.Linear(c.dim, c.embed_dim)
-        # learned as log(1 / temperature), as CLIP does: ALBEF's code learns the temperature itself
-        # with lr 1e-4; at our lr 2e-3 that collapsed it from 0.07 to 0.01 within 400 steps
-        self.log_scale = nn.Parameter(torch.tensor(-math.log(c.temp)))
+        # ITC: image_projection, text_projection, log_scale. The temperature is learned as
+        # log(1 / temperature), as CLIP does: ALBEF's code learns the temperature itself with lr
+        # 1e-4; at our lr 2e-3 that collapsed it from 0.07 to 0.01 within 400 steps
+        self.init_contrastive_head(c.dim, c.dim, c.embed_dim, c.temp)
         self.itm_head = nn.Linear(c.dim, 2)
-        self.mlm_transform = nn.Linear(c.dim, c.dim)
-        self.mlm_norm = nn.LayerNorm(c.dim, eps=c.eps)
-        self.mlm_bias = nn.Parameter(torch.zeros(c.vocab_size))  # the decoder's weight is the word embeddings'
+        self.init_word_head(c.dim, c.vocab_size, c.eps)  # mlm_transform, mlm_norm, mlm_bias: BERT's tied MLM head
         register_image_stats(self, c)
         self.tokenizer = tokenizer
 
@@ -161,9 +146,7 @@ class ALBEF(TextInputs, nn.Module):
         in every layer, to all image tokens (B, 1 + N, D). Returns fused text tokens (B, T, D)."""
         check_tensor("text_tokens", text_tokens, ndim=3, dtype="float")
         check_tensor("image_tokens", image_tokens, ndim=3, dtype="float")
-        if text_tokens.shape[0] != image_tokens.shape[0]:
-            raise ValueError(f"batch sizes must match, got text_tokens={text_tokens.shape[0]}, "
-                             f"image_tokens={image_tokens.shape[0]}")
+        check_same_batch(text_tokens=text_tokens, image_tokens=image_tokens)
         x = self.fusion(text_tokens, mask=masks.padding(attention_mask.bool()), context=image_tokens,
                         need_weights=need_weights)
         return self.fusion_norm(x)
@@ -179,18 +162,11 @@ class ALBEF(TextInputs, nn.Module):
         return self.fuse(text_tokens, attention_mask, image_tokens, need_weights)
 
     # ------------------------------------------------------------------------------ heads
-    def scale(self) -> torch.Tensor:
-        """1 / temperature, the factor on ITC's cosine similarities: exp(log_scale), clamped at max_scale."""
-        return self.log_scale.exp().clamp(max=self.config.max_scale)
+    # scale() (1 / temperature) and mlm_logits(fused) are ContrastiveHead's and MLMHead's (nn/heads.py)
 
     def itm_logits(self, fused: torch.Tensor) -> torch.Tensor:
         """(B, T, D) fused tokens → (B, 2) on the first token; column 1 scores "match"."""
         return self.itm_head(fused[:, 0])
-
-    def mlm_logits(self, fused: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) → (B, T, V) word logits; the output layer is the word embedding matrix (tied)."""
-        x = self.mlm_norm(ACTIVATIONS[self.config.act](self.mlm_transform(fused)))
-        return F.linear(x, self.text.token_embedding.weight, self.mlm_bias)
 
     def cross_attention_maps(self) -> list[torch.Tensor]:
         """Each fusion layer's cross-attention weights (B, H, T, 1 + N) from the last call with need_weights=True."""
@@ -320,3 +296,7 @@ def pretrain_step(trainer: ALBEFPretrainer, batch: dict) -> dict:
 
 # ----------------------------------------------------------------------------- evaluation
 
+
+
+ALBEF_CONFIG = dict(image_size=32, patch_size=4, dim=64, vision_depth=3, text_depth=2, fusion_depth=2, heads=4,
+                    embed_dim=64, max_text_len=32)

@@ -44,7 +44,7 @@ from torch import nn
 from minivlm.data.masking import IGNORE_INDEX, block_mask, mlm_mask
 from minivlm.generate import caption_texts
 from minivlm.losses import mlm_loss, multi_positive_itc
-from minivlm.models.inputs import check_image_stats, check_images, register_image_stats
+from minivlm.models.inputs import check_encoder_config, check_images, register_image_stats
 from minivlm.models.vlmo import VLMo, VLMoConfig
 from minivlm.nn import Transformer, masks
 from minivlm.nn.quantize import Quantized, VectorQuantizer
@@ -78,19 +78,11 @@ class VisualTokenizerConfig:
     image_std: tuple[float, float, float] = field(default=(0.5, 0.5, 0.5))
 
     def __post_init__(self):
-        for name in ("image_size", "patch_size", "dim", "depth", "decoder_depth", "heads", "code_dim",
-                     "teacher_dim"):
-            check_int(name, getattr(self, name))
+        check_encoder_config(self, ints=("depth", "decoder_depth", "code_dim", "teacher_dim"))
         check_int("codebook_size", self.codebook_size, lo=2)
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size={self.image_size} must be divisible by patch_size={self.patch_size}")
-        if self.dim % self.heads:
-            raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
-        check_number("mlp_ratio", self.mlp_ratio, 0, float("inf"), lo_open=True)
         check_number("beta", self.beta, 0.0, float("inf"))
         if self.ema is not None:
             check_number("ema", self.ema, 0.0, 1.0, lo_open=True, hi_open=True)
-        check_image_stats(self)
 
     @property
     def grid(self) -> int:
@@ -212,19 +204,16 @@ class BEiT3Config(VLMoConfig):
     answers: tuple[str, ...] | None = None  # the VQA classifier's answers (None: ShapesWorld's)
 
     def __post_init__(self):
-        super().__post_init__()
+        if self.answers is None:
+            from minivlm.data.shapesworld import VQA_ANSWER_VOCAB
+
+            self.answers = VQA_ANSWER_VOCAB
+        super().__post_init__()  # VLMo's checks, and the answers'
         check_int("codebook_size", self.codebook_size, lo=2)
         for name in ("text_mask_ratio", "pair_mask_ratio", "caption_mask_ratio"):
             check_number(name, getattr(self, name), 0.0, 1.0, hi_open=True)
         if self.mim_ratio >= 1.0:
             raise ValueError(f"mim_ratio must lie in (0, 1), got {self.mim_ratio}")
-        if self.answers is None:
-            from minivlm.data.shapesworld import VQA_ANSWER_VOCAB
-
-            self.answers = tuple(VQA_ANSWER_VOCAB)
-        self.answers = tuple(self.answers)
-        if len(self.answers) < 2 or len(set(self.answers)) != len(self.answers):
-            raise ValueError(f"answers must be at least 2 distinct strings, got {self.answers!r}")
 
 
 class BEiT3(VLMo):
@@ -488,3 +477,11 @@ __all__: Sequence[str] = (
     "BEiT3Config", "BEiT3", "masked_token_loss", "mdm_step", "mdm_batches", "vqa_step",
     "retrieval_step", "caption_inputs", "caption_step", "caption_batches",
 )
+
+
+TOKENIZER_CONFIG = dict(image_size=32, patch_size=8, dim=64, depth=2, decoder_depth=1, heads=4, code_dim=32,
+                        codebook_size=64, teacher_dim=64)
+
+
+BEIT3_CONFIG = dict(image_size=32, patch_size=8, dim=64, depth=4, vl_depth=2, heads=4, embed_dim=64, max_text_len=32,
+                    codebook_size=64)

@@ -23,7 +23,6 @@ pretrained on what is left (`capfilt`).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -38,19 +37,18 @@ from minivlm.models.albef import ALBEFPretrainer
 from minivlm.models.inputs import (
     TextInputs,
     check_encoder_config,
-    check_ids_in_vocab,
-    check_image_stats,
     check_images,
     check_pairs,
+    check_text,
     fill_token_ids,
     register_image_stats,
 )
 from minivlm.nn import ViT, masks
 from minivlm.nn.attention import MultiHeadAttention
-from minivlm.nn.blocks import ACTIVATIONS, Block
+from minivlm.nn.blocks import Block
+from minivlm.nn.heads import ContrastiveHead, LMHead
 from minivlm.nn.momentum import check_momentum, momentum_update
-from minivlm.nn.text import check_token_ids
-from minivlm.utils import check_int, check_number, check_tensor, eval_mode
+from minivlm.utils import check_int, check_number, check_same_batch, check_tensor, eval_mode
 
 MODES = ("text", "encoder", "decoder")
 LOSSES = ("itc", "itm", "lm")
@@ -101,40 +99,17 @@ class BLIPConfig:
     image_std: tuple[float, float, float] = field(default=(0.5, 0.5, 0.5))
 
     def __post_init__(self):
-        fill_token_ids(self)
-        if None in (self.bos_id, self.eos_id, self.enc_id, self.dec_id):
-            from minivlm.data.tokenizer import Tokenizer
-
-            tok = Tokenizer.from_world()
-            self.bos_id = tok.bos_id if self.bos_id is None else self.bos_id
-            self.eos_id = tok.eos_id if self.eos_id is None else self.eos_id
-            self.enc_id = tok.id("<extra_0>") if self.enc_id is None else self.enc_id
-            self.dec_id = tok.id("<extra_1>") if self.dec_id is None else self.dec_id
+        fill_token_ids(self, enc_id="<extra_0>", dec_id="<extra_1>")
         self.vision_dim = self.dim if self.vision_dim is None else self.vision_dim
         self.vision_heads = self.heads if self.vision_heads is None else self.vision_heads
-        check_encoder_config(self, ("image_size", "patch_size", "dim", "vision_dim", "vision_depth", "text_depth",
-                                    "heads", "vision_heads", "embed_dim", "vocab_size", "max_text_len", "queue_size"))
+        check_encoder_config(self, ints=("vision_dim", "vision_heads", "vision_depth", "text_depth", "embed_dim",
+                                         "queue_size"))
         if self.vision_dim % self.vision_heads:
             raise ValueError(f"vision_dim={self.vision_dim} must be divisible by vision_heads={self.vision_heads}")
-        check_int("alpha_warmup", self.alpha_warmup, lo=0)
-        check_number("mlp_ratio", self.mlp_ratio, 0, float("inf"), lo_open=True)
-        check_number("pos_init_std", self.pos_init_std, 0, float("inf"))
-        check_number("eps", self.eps, 0, 1.0, lo_open=True)
         check_number("text_eps", self.text_eps, 0, 1.0, lo_open=True)
-        check_number("temp", self.temp, 0.001, 1.0, lo_open=True)
-        check_number("max_scale", self.max_scale, 1.0, 1e4)
-        check_number("label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
+        check_int("alpha_warmup", self.alpha_warmup, lo=0)
         check_momentum(self.momentum)
         check_alpha(self.alpha)
-        for name in ("distill", "hard_negatives", "vision_pre_norm", "patch_bias", "text_norm_first"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        check_ids_in_vocab(self)
-        for name in ("bos_id", "eos_id", "enc_id", "dec_id"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.vocab_size:
-                raise ValueError(f"{name} must lie in [0, {self.vocab_size - 1}], got {value!r}")
-        check_image_stats(self)
 
 
 def check_mode(mode) -> str:
@@ -184,7 +159,7 @@ class MEDBlock(Block):
         return self.sublayer(x, self.norm2, self.mlp)
 
 
-class BLIP(TextInputs, nn.Module):
+class BLIP(TextInputs, ContrastiveHead, LMHead, nn.Module):
     """Image encoder (ViT) + MED text Transformer (three modes) + ITC projections and
     temperature, ITM head, LM head (tied to the word embeddings)."""
 
@@ -204,13 +179,9 @@ class BLIP(TextInputs, nn.Module):
                                              c.text_norm_first) for _ in range(c.text_depth))
         # pre-LN needs a final norm; post-LN blocks end normalised already
         self.text_norm = nn.LayerNorm(c.dim, eps=c.text_eps) if c.text_norm_first else nn.Identity()
-        self.image_projection = nn.Linear(c.vision_dim, c.embed_dim)
-        self.text_projection = nn.Linear(c.dim, c.embed_dim)
-        self.log_scale = nn.Parameter(torch.tensor(-math.log(c.temp)))
+        self.init_contrastive_head(c.vision_dim, c.dim, c.embed_dim, c.temp)  # image/text_projection, log_scale
         self.itm_head = nn.Linear(c.dim, 2)
-        self.lm_transform = nn.Linear(c.dim, c.dim)
-        self.lm_norm = nn.LayerNorm(c.dim, eps=c.text_eps)
-        self.lm_bias = nn.Parameter(torch.zeros(c.vocab_size))  # the decoder's weight is the word embeddings'
+        self.init_word_head(c.dim, c.vocab_size, c.text_eps)  # lm_transform, lm_norm, lm_bias (tied to token_embedding)
         register_image_stats(self, c)
         self.tokenizer = tokenizer
 
@@ -235,33 +206,51 @@ class BLIP(TextInputs, nn.Module):
         return tokens, F.normalize(self.image_projection(tokens[:, 0]), dim=-1)
 
     # ------------------------------------------------------------------------------ the text, three modes
-    def text_forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: str,
-                     image_tokens: torch.Tensor | None = None, need_weights: bool = False) -> torch.Tensor:
-        """The MED text Transformer in `mode` over ids (B, T) as given (the caller chooses the first
-        token); image_tokens (B, 1 + N, D_v) for "encoder" and "decoder". Returns (B, T, D)."""
+    def check_inputs(self, ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: str,
+                     image_tokens: torch.Tensor | None) -> torch.Tensor:
+        """text_forward's inputs: a known mode, ids (B, T) with their attention mask (B, T) (None:
+        every token real), and image_tokens (B, 1 + N, D_v) in the modes that cross-attend ("text"
+        ignores them). Returns the attention mask."""
         c = self.config
         check_mode(mode)
-        check_token_ids(ids, c.vocab_size, c.max_text_len, "max_text_len")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(ids, dtype=torch.bool)
-        check_tensor("attention_mask", attention_mask, ndim=2)
-        if attention_mask.shape != ids.shape:
-            raise ValueError(f"attention_mask must have shape {tuple(ids.shape)}, got {tuple(attention_mask.shape)}")
-        if mode == "text":
-            image_tokens, n_image = None, 0
-        else:
+        attention_mask = check_text(ids, attention_mask, c)
+        if mode != "text":
             if image_tokens is None:
                 raise ValueError(f"mode {mode!r} cross-attends to the image: pass image_tokens (B, 1 + N, {c.vision_dim})")
             check_tensor("image_tokens", image_tokens, ndim=3, dtype="float")
             if image_tokens.shape[0] != ids.shape[0] or image_tokens.shape[2] != c.vision_dim:
                 raise ValueError(f"image_tokens must be ({ids.shape[0]}, 1 + N, {c.vision_dim}) for ids of shape "
                                  f"{tuple(ids.shape)}, got {tuple(image_tokens.shape)}")
-            n_image = image_tokens.shape[1]
+        return attention_mask
+
+    def text_forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: str,
+                     image_tokens: torch.Tensor | None = None, need_weights: bool = False) -> torch.Tensor:
+        """The MED text Transformer in `mode` over ids (B, T) as given (the caller chooses the first
+        token); image_tokens (B, 1 + N, D_v) for "encoder" and "decoder". Returns (B, T, D)."""
+        attention_mask = self.check_inputs(ids, attention_mask, mode, image_tokens)
+        n_image = 0 if mode == "text" else image_tokens.shape[1]
         self_mask, cross_mask = med_masks(attention_mask.bool(), mode, n_image)
         x = self.embed_norm(self.token_embedding(ids) + self.pos_embedding[:, :ids.shape[1]])  # (B, T, D)
-        for block in self.blocks:
+        for block in self.blocks:  # "text" blocks skip their cross-attention: image_tokens go unread
             x = block(x, mode, self_mask, image_tokens, cross_mask, need_weights)
         return self.text_norm(x)
+
+    def forward(self, images: torch.Tensor | None, texts, mode: str, attention_mask: torch.Tensor | None = None,
+                need_weights: bool = False) -> torch.Tensor:
+        """BLIP in the mode the caller names: texts (B strings, or ids (B, T) "<bos> ... <eos>" with
+        their attention_mask) get the mode's first token ([CLS], [ENC] or [DEC]) and run through the
+        MED text Transformer, cross-attending to images (B, 3, H, W) in "encoder" and "decoder"
+        ("text" ignores them: pass None). Returns the text tokens (B, T, D), for
+        text_projection ("text"), itm_logits ("encoder") or lm_logits ("decoder")."""
+        check_mode(mode)
+        ids, attention_mask = self.ids_and_mask(texts, attention_mask)
+        image_tokens = None
+        if mode != "text":
+            if images is None:
+                raise ValueError(f"mode {mode!r} cross-attends to the image: pass images (B, 3, H, W)")
+            image_tokens, _ = self.encode_image(images)  # (B, 1 + N, D_v)
+            check_same_batch(images=images, texts=ids)
+        return self.text_forward(self.with_first_token(ids, mode), attention_mask, mode, image_tokens, need_weights)
 
     def encode_text(self, texts, attention_mask: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -280,19 +269,12 @@ class BLIP(TextInputs, nn.Module):
         return out
 
     # ------------------------------------------------------------------------------ heads
-    def scale(self) -> torch.Tensor:
-        """1 / temperature for ITC: exp(log_scale), clamped at max_scale."""
-        return self.log_scale.exp().clamp(max=self.config.max_scale)
+    # scale() (1 / temperature for ITC) and lm_logits(decoded) ("decoder" mode → next-word logits)
+    # are ContrastiveHead's and LMHead's (nn/heads.py)
 
     def itm_logits(self, encoded: torch.Tensor) -> torch.Tensor:
         """(B, T, D) from the "encoder" mode → (B, 2) on the [ENC] token; column 1 scores "match"."""
         return self.itm_head(encoded[:, 0])
-
-    def lm_logits(self, decoded: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) from the "decoder" mode → (B, T, V) next-word logits (output layer tied to the
-        word embeddings)."""
-        x = self.lm_norm(ACTIVATIONS[self.config.act](self.lm_transform(decoded)))
-        return F.linear(x, self.token_embedding.weight, self.lm_bias)
 
     def cross_attention_maps(self) -> list[torch.Tensor]:
         """Each block's cross-attention weights (B, H, T, 1 + N) from the last call with need_weights=True."""
@@ -311,8 +293,6 @@ class BLIP(TextInputs, nn.Module):
                 encoded = self.text_forward(self.with_first_token(ids, "encoder"), mask, "encoder", image_tokens)
                 out.append(self.itm_logits(encoded).softmax(1)[:, 1])
         return torch.cat(out)
-
-    match = match_probability
 
     @torch.no_grad()
     def caption(self, images: torch.Tensor, max_len: int | None = None, num_beams: int = 1, do_sample: bool = False,
@@ -479,3 +459,7 @@ def filter_scores(web_kept: torch.Tensor, clean: torch.Tensor) -> dict:
 
 # ----------------------------------------------------------------------------- evaluation
 
+
+
+BLIP_CONFIG = dict(image_size=32, patch_size=4, dim=64, vision_depth=3, text_depth=2, heads=4, embed_dim=64,
+                   max_text_len=32)

@@ -26,6 +26,7 @@ from torch import nn
 from minivlm.losses import clip_loss
 from minivlm.nn import TextTransformer, ViT
 from minivlm.nn.blocks import ACTIVATIONS
+from minivlm.nn.heads import ContrastiveHead, check_temperature
 from minivlm.utils import check_int, check_number, check_range, check_same_batch, check_shape, check_tensor, eval_mode
 
 
@@ -86,8 +87,7 @@ class CLIPConfig:
         check_number("mlp_ratio", self.mlp_ratio, 0, math.inf, lo_open=True, hi_open=True)
         check_number("eps", self.eps, 0, math.inf, lo_open=True, hi_open=True)
         check_number("dropout", self.dropout, 0, 1, hi_open=True)
-        check_number("init_temperature", self.init_temperature, 0, math.inf, lo_open=True, hi_open=True)
-        check_number("max_logit_scale", self.max_logit_scale, 0, math.inf, lo_open=True, hi_open=True)
+        check_temperature("init_temperature", self.init_temperature, "max_logit_scale", self.max_logit_scale)
         if not isinstance(self.pre_norm, bool):
             raise TypeError(f"pre_norm must be True or False, got {self.pre_norm!r}")
         if self.image_size % self.patch_size:
@@ -109,8 +109,10 @@ class CLIPConfig:
         self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
 
 
-class CLIP(nn.Module):
+class CLIP(ContrastiveHead, nn.Module):
     """Image tower + text tower + two projections + a learned temperature."""
+
+    scale_name, max_scale_field = "logit_scale", "max_logit_scale"  # the paper's names (ContrastiveHead)
 
     def __init__(self, config: CLIPConfig | None = None, tokenizer=None):
         super().__init__()
@@ -141,14 +143,13 @@ class CLIP(nn.Module):
             act=config.act,
             eps=config.eps,
         )
-        self.image_projection = nn.Linear(config.vision_dim, config.embed_dim, bias=False)
-        self.text_projection = nn.Linear(config.text_dim, config.embed_dim, bias=False)
+        # image_projection, text_projection (no bias) and logit_scale = log(1 / init_temperature),
+        # learned in log space: exp keeps it positive, and a multiplicative quantity gets additive steps
+        self.init_contrastive_head(config.vision_dim, config.text_dim, config.embed_dim, config.init_temperature,
+                                   bias=False)
         # Projections start with unit-variance outputs (std = width^-1/2), as in OpenAI's code.
         nn.init.normal_(self.image_projection.weight, std=config.vision_dim**-0.5)
         nn.init.normal_(self.text_projection.weight, std=config.text_dim**-0.5)
-        # The temperature is learned in log space: exp keeps it positive, and a multiplicative
-        # quantity gets additive gradient steps.
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
         mean = torch.tensor(config.image_mean).view(1, 3, 1, 1)
         std = torch.tensor(config.image_std).view(1, 3, 1, 1)
         # Not saved with the weights: they are part of the config.
@@ -157,9 +158,8 @@ class CLIP(nn.Module):
         self.tokenizer = tokenizer  # for encode_text(list[str]); the course tokenizer when None
 
     # ------------------------------------------------------------------------------ towers
-    def scale(self) -> torch.Tensor:
-        """exp(logit_scale) clamped at max_logit_scale: the factor on cosine similarities."""
-        return self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
+    # scale(), the factor on cosine similarities (exp(logit_scale) clamped at max_logit_scale), is
+    # ContrastiveHead's (minivlm/nn/heads.py)
 
     def check_images(self, images: torch.Tensor) -> None:
         s = self.config.image_size
@@ -389,39 +389,6 @@ def encode_texts(model: CLIP, texts, batch_size: int = 256) -> torch.Tensor:
     """list[str], ids (N, T) or (ids, attention_mask) → (N, E) unit-norm text embeddings."""
     with eval_mode(model):
         return _encode_texts(model, texts, batch_size)
-
-
-def zero_shot_classifier(
-    model: CLIP, class_names: Sequence[str], templates: Sequence[str] = ("{}",), batch_size: int = 256
-) -> torch.Tensor:
-    """Text prototypes for zero-shot classification: (C, E), one unit vector per class.
-
-    Each class name is written into every template ("a picture of a {}."), the K prompts are
-    embedded, their unit embeddings averaged and the mean renormalised: prompt ensembling
-    (paper §3.1.4), which averages away the wording and keeps the concept.
-    """
-    if isinstance(class_names, str) or isinstance(templates, str):
-        raise TypeError("class_names and templates must be lists of strings")
-    if len(class_names) == 0 or len(templates) == 0:
-        raise ValueError(f"need at least one class and one template, got {len(class_names)} and {len(templates)}")
-    bad = [t for t in templates if "{}" not in t]
-    if bad:
-        raise ValueError(f"every template needs a '{{}}' placeholder for the class name, got {bad}")
-    prompts = [t.format(c) for c in class_names for t in templates]  # class-major: C blocks of K
-    emb = encode_texts(model, prompts, batch_size)  # (C·K, E)
-    emb = rearrange(emb, "(c k) e -> c k e", c=len(class_names))
-    return F.normalize(emb.mean(dim=1), dim=-1)  # (C, E)
-
-
-def zero_shot_logits(model: CLIP, images: torch.Tensor, classifier: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """images (N, 3, H, W), classifier (C, E) from `zero_shot_classifier` → (N, C) logits
-    (scaled cosine similarities; softmax over C gives the class probabilities)."""
-    check_tensor("classifier", classifier, ndim=2, dtype="float")
-    if classifier.shape[1] != model.config.embed_dim:
-        raise ValueError(f"classifier must be (C, {model.config.embed_dim}), got {tuple(classifier.shape)}")
-    image_emb = encode_images(model, images, batch_size)  # (N, E)
-    with torch.no_grad():
-        return model.scale() * image_emb @ classifier.to(image_emb.device).t()
 
 
 def similarity(model: CLIP, images: torch.Tensor, texts, batch_size: int = 256) -> torch.Tensor:

@@ -17,7 +17,6 @@ times per step, once per loss. CoCa cuts its text decoder in half and runs it on
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -25,20 +24,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minivlm.data.bench import ShapesBench
+from minivlm.eval import classify_zero_shot, evaluate_captions, interval, itc_similarity, to_record
 from minivlm.generate import caption_texts
 from minivlm.losses import clip_loss, lm_loss
 from minivlm.models.inputs import (
     TextInputs,
     check_encoder_config,
-    check_ids_in_vocab,
-    check_image_stats,
     check_images,
+    check_text,
     fill_token_ids,
     register_image_stats,
 )
 from minivlm.nn import Transformer, ViT, masks
+from minivlm.nn.heads import ContrastiveHead
 from minivlm.nn.pooling import AttentionalPooler
-from minivlm.nn.text import check_token_ids
 from minivlm.utils import check_number, check_tensor, eval_mode
 
 
@@ -80,37 +80,15 @@ class CoCaConfig:
 
     def __post_init__(self):
         fill_token_ids(self)
-        if self.bos_id is None or self.eos_id is None:
-            from minivlm.data.tokenizer import Tokenizer
-
-            tok = Tokenizer.from_world()
-            self.bos_id = tok.bos_id if self.bos_id is None else self.bos_id
-            self.eos_id = tok.eos_id if self.eos_id is None else self.eos_id
-        check_encoder_config(self, ("image_size", "patch_size", "dim", "vision_depth", "unimodal_depth",
-                                    "multimodal_depth", "heads", "embed_dim", "caption_queries", "vocab_size",
-                                    "max_text_len"))
-        check_number("mlp_ratio", self.mlp_ratio, 0, float("inf"), lo_open=True)
-        check_number("eps", self.eps, 0, 1.0, lo_open=True)
-        check_number("temp", self.temp, 0.001, 1.0, lo_open=True)
-        check_number("max_scale", self.max_scale, 1.0, 1e4)
-        check_number("pos_init_std", self.pos_init_std, 0, float("inf"))
-        check_number("label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
+        check_encoder_config(self, ints=("vision_depth", "unimodal_depth", "multimodal_depth", "embed_dim",
+                                         "caption_queries"))
         for name in ("contrastive_weight", "caption_weight"):
             check_number(name, getattr(self, name), 0.0, float("inf"), hi_open=True)
         if self.contrastive_weight == 0 and self.caption_weight == 0:
             raise ValueError("contrastive_weight and caption_weight are both 0: nothing would be trained")
-        for name in ("vision_pre_norm", "patch_bias"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        check_ids_in_vocab(self)
-        for name in ("bos_id", "eos_id"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.vocab_size:
-                raise ValueError(f"{name} must lie in [0, {self.vocab_size - 1}], got {value!r}")
-        check_image_stats(self)
 
 
-class CoCa(TextInputs, nn.Module):
+class CoCa(TextInputs, ContrastiveHead, nn.Module):
     """ViT + two attentional poolers + a text decoder split into unimodal and multimodal halves."""
 
     def __init__(self, config: CoCaConfig | None = None, tokenizer=None):
@@ -131,9 +109,8 @@ class CoCa(TextInputs, nn.Module):
         self.multimodal = Transformer(c.dim, c.multimodal_depth, c.heads, mlp_ratio=c.mlp_ratio, act=c.act,
                                       eps=c.eps, cross_attention=True)
         self.text_norm = nn.LayerNorm(c.dim, eps=c.eps)
-        self.image_projection = nn.Linear(c.dim, c.embed_dim, bias=False)
-        self.text_projection = nn.Linear(c.dim, c.embed_dim, bias=False)
-        self.log_scale = nn.Parameter(torch.tensor(-math.log(c.temp)))
+        # image_projection, text_projection (no bias, as CLIP's) and log_scale = log(1 / temp)
+        self.init_contrastive_head(c.dim, c.dim, c.embed_dim, c.temp, bias=False)
         register_image_stats(self, c)
         self.tokenizer = tokenizer
 
@@ -153,18 +130,24 @@ class CoCa(TextInputs, nn.Module):
         return queries, feature
 
     # ------------------------------------------------------------------------------ the text: one pass
+    def check_inputs(self, ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                     image_queries: torch.Tensor | None) -> torch.Tensor:
+        """decode's inputs: ids (B, T) with their attention mask (None: every token real) and, if
+        given, image_queries (B, n, D). Returns the attention mask."""
+        c = self.config
+        attention_mask = check_text(ids, attention_mask, c)
+        if image_queries is not None:
+            check_tensor("image_queries", image_queries, ndim=3, dtype="float")
+            if image_queries.shape[0] != ids.shape[0] or image_queries.shape[2] != c.dim:
+                raise ValueError(f"image_queries must be ({ids.shape[0]}, n, {c.dim}), got {tuple(image_queries.shape)}")
+        return attention_mask
+
     def decode(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                image_queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One pass of the decoder over ids (B, T): returns (text embedding (B, E) of unit norm from
         the appended CLS, next-word logits (B, T, V) from the multimodal half, or None when
         image_queries is None: the unimodal half alone, for retrieval)."""
-        c = self.config
-        check_token_ids(ids, c.vocab_size, c.max_text_len, "max_text_len")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(ids, dtype=torch.bool)
-        check_tensor("attention_mask", attention_mask, ndim=2)
-        if attention_mask.shape != ids.shape:
-            raise ValueError(f"attention_mask must have shape {tuple(ids.shape)}, got {tuple(attention_mask.shape)}")
+        attention_mask = self.check_inputs(ids, attention_mask, image_queries)
         b, t = ids.shape
         words = self.token_embedding(ids)  # (B, T, D)
         x = torch.cat([words, self.cls_embedding.expand(b, 1, -1)], dim=1) + self.pos_embedding[:, :t + 1]
@@ -174,9 +157,6 @@ class CoCa(TextInputs, nn.Module):
         text_feature = F.normalize(self.text_projection(self.cls_norm(x[:, -1])), dim=-1)
         if image_queries is None:
             return text_feature, None
-        check_tensor("image_queries", image_queries, ndim=3, dtype="float")
-        if image_queries.shape[0] != b or image_queries.shape[2] != c.dim:
-            raise ValueError(f"image_queries must be ({b}, n, {c.dim}), got {tuple(image_queries.shape)}")
         y = self.multimodal(x[:, :t], mask=mask[..., :t, :t], context=image_queries)  # the words only
         logits = F.linear(self.text_norm(y), self.token_embedding.weight)  # (B, T, V), tied
         return text_feature, logits
@@ -186,9 +166,6 @@ class CoCa(TextInputs, nn.Module):
         """B strings or ids (B, T) → (None, ITC feature (B, E), attention_mask): the unimodal half only."""
         ids, attention_mask = self.ids_and_mask(texts, attention_mask)
         return None, self.decode(ids, attention_mask)[0], attention_mask
-
-    def scale(self) -> torch.Tensor:
-        return self.log_scale.exp().clamp(max=self.config.max_scale)
 
     @torch.no_grad()
     def caption(self, images: torch.Tensor, max_len: int | None = None, num_beams: int = 1,
@@ -236,3 +213,26 @@ def captions_of(model: CoCa, images: torch.Tensor, batch_size: int = 256, **kwar
 
 
 __all__: Sequence[str] = ("CoCaConfig", "CoCa", "coca_step", "captions_of")
+
+
+COCA_CONFIG = dict(image_size=32, patch_size=4, dim=64, vision_depth=3, unimodal_depth=2, multimodal_depth=2,
+                   heads=4, embed_dim=64, caption_queries=16, max_text_len=32)
+
+
+def coca_metrics(model, bench_seed: int = 1234, caption_n: int = 256, retrieval_n: int = 256) -> dict:
+    """Chapter 07's ShapesBench figures of a CoCa or a PrefixLM, as its zoo manifest stores them
+    (value, 95 % interval, n): captions (both models); zero-shot and retrieval (CoCa, the model
+    with a contrastive head)."""
+    bench = ShapesBench(image_size=model.config.image_size, seed=bench_seed)
+    cap = bench.captioning(caption_n)
+    ev = evaluate_captions(model, cap["images"], cap["scenes"])
+    out = {"cider": to_record(ev["cider"]), "bleu4": round(ev["bleu4"], 4), "caption_true": to_record(ev["true"])}
+    if hasattr(model, "encode_text"):
+        for split in ("seen", "heldout"):
+            data = bench.classification(split)
+            hits = (classify_zero_shot(model, data).argmax(1) == data["labels"]).tolist()
+            out[f"zero_shot_{split}"] = to_record(interval(hits))
+        ret = bench.retrieval(retrieval_n)
+        hits = (itc_similarity(model, ret["images"], ret["captions"]).argmax(1) == torch.arange(retrieval_n)).tolist()
+        out["i2t_r1"] = to_record(interval(hits))
+    return out

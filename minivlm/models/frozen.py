@@ -43,6 +43,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from minivlm.losses import lm_loss
@@ -59,6 +60,15 @@ def splice(embeds: torch.Tensor, ids: torch.Tensor, image_embeds: torch.Tensor, 
     """The input embeddings with row b's K image embeddings, in order, at row b's K `<image>`
     positions; every other position unchanged. embeds (B, T, D): the token embeddings of ids
     (B, T); image_embeds (B, K, D). Returns a new (B, T, D) tensor (gradients reach both)."""
+    check_splice(embeds, ids, image_embeds, image_id)
+    out = embeds.clone()
+    out[ids == image_id] = rearrange(image_embeds, "b k d -> (b k) d").to(embeds.dtype)  # row b's K slots, in order
+    return out
+
+
+def check_splice(embeds: torch.Tensor, ids: torch.Tensor, image_embeds: torch.Tensor, image_id: int) -> None:
+    """splice's inputs: float embeds (B, T, D) of int ids (B, T), float image_embeds (B, K, D), and
+    exactly K `<image>` ids in every row."""
     check_tensor("embeds", embeds, ndim=3, dtype="float")
     check_tensor("ids", ids, ndim=2, dtype="int")
     check_tensor("image_embeds", image_embeds, ndim=3, dtype="float")
@@ -69,15 +79,11 @@ def splice(embeds: torch.Tensor, ids: torch.Tensor, image_embeds: torch.Tensor, 
     if b != ids.shape[0] or d != embeds.shape[2]:
         raise ValueError(f"image_embeds must be ({ids.shape[0]}, K, {embeds.shape[2]}) for embeds "
                          f"{tuple(embeds.shape)}, got {tuple(image_embeds.shape)}")
-    at = ids == image_id  # (B, T): where the image goes
-    counts = at.sum(1)
+    counts = (ids == image_id).sum(1)  # (B,): <image> tokens per row
     if bool((counts != k).any()):
         row = int((counts != k).nonzero()[0])
         raise ValueError(f"every row needs exactly K={k} <image> tokens (one per image embedding), row {row} has "
                          f"{int(counts[row])}")
-    out = embeds.clone()
-    out[at] = image_embeds.reshape(b * k, d).to(embeds.dtype)  # row-major: row b's K slots, in order
-    return out
 
 
 def insert_image_tokens(ids: torch.Tensor, attention_mask: torch.Tensor, n_image: int, image_id: int
@@ -140,7 +146,7 @@ class ClipCapMapper(nn.Module):
         self.net = nn.Sequential(nn.Linear(embed_dim, hidden), nn.Tanh(), nn.Linear(hidden, n_prefix * dim))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features).view(len(features), self.n_prefix, self.dim)
+        return rearrange(self.net(features), "b (k d) -> b k d", k=self.n_prefix, d=self.dim)
 
 
 class LinearMapper(nn.Module):
@@ -152,7 +158,7 @@ class LinearMapper(nn.Module):
         self.proj = nn.Linear(embed_dim, n_prefix * dim)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.proj(features).view(len(features), self.n_prefix, self.dim)
+        return rearrange(self.proj(features), "b (k d) -> b k d", k=self.n_prefix, d=self.dim)
 
 
 class MaplMapper(nn.Module):
@@ -244,14 +250,19 @@ class PrefixVLM(nn.Module):
         with torch.no_grad():
             return self.llm.token_embedding.weight.norm(dim=-1).mean()
 
-    def forward(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, H, W); ids (B, T) holding K <image> tokens per row -> logits (B, T, V)."""
+    def check_inputs(self, images: torch.Tensor, ids: torch.Tensor) -> None:
+        """forward's inputs: an image per row of ids (B, T), T within the language model's context
+        (the images themselves are checked by image_features, the <image> tokens by splice)."""
         check_tensor("ids", ids, ndim=2, dtype="int")
         if len(images) != len(ids):
             raise ValueError(f"one image per row of ids: got {len(images)} images and {len(ids)} rows")
         if ids.shape[1] > self.llm.config.max_len:
             raise ValueError(f"ids have {ids.shape[1]} tokens, longer than the language model's context "
                              f"max_len={self.llm.config.max_len}")
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W); ids (B, T) holding K <image> tokens per row -> logits (B, T, V)."""
+        self.check_inputs(images, ids)
         embeds = splice(self.llm.embed(ids), ids, self.image_prefix(images), self.image_id)
         return self.llm(inputs_embeds=embeds)
 
@@ -642,3 +653,6 @@ def prefix_norms(model: PrefixVLM, images: torch.Tensor) -> dict:
     with torch.no_grad(), eval_mode(model):
         prefix = model.image_prefix(images)  # (B, K, D)
     return {"prefix": summary(prefix.norm(dim=-1)), "words": summary(model.llm.token_embedding.weight.norm(dim=-1))}
+
+
+PREFIX_CONFIG = dict(n_prefix=8, hidden=128, mapper_dim=128, mapper_heads=4)

@@ -540,3 +540,9 @@ def world_perplexity(model: GPT, documents: Sequence[str], batch_size: int = 128
         logp, scored = model.token_logprobs(ids.to(next(model.parameters()).device), mask)
         per_doc += [lp[m].cpu() for lp, m in zip(logp, scored.cpu())]
     return perplexity(per_doc)
+
+
+LLM_SHAPE = dict(max_len=256, dim=192, depth=4, heads=6)  # the size, in either layout (`minivlm bench gpt`)
+
+
+LLM_CONFIG = dict(LLM_SHAPE, norm="rmsnorm", positions="rope", mlp="glu", act="silu", bias=False)  # GPTConfig.llama's

@@ -10,8 +10,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from minivlm.nn.blocks import ACTIVATIONS
+from minivlm.nn.text import check_token_ids
 from minivlm.utils import check_int, check_number, check_range, check_shape, check_tensor
-
 
 # The special tokens a config may name, and where they come from in the course tokenizer. A model
 # with more (BLIP's [ENC] and [DEC]) names its own: fill_token_ids(config, enc_id="<extra_0>").
@@ -57,9 +58,8 @@ def check_encoder_config(config, ints: tuple[str, ...] = ()) -> None:
     """What every BERT/ViT-style config must satisfy, for the fields it has: SHARED_INTS and the
     named `ints` >= 1, image_size divisible by patch_size, dim by heads, room for "<bos> word
     <eos>", a known activation, SHARED_NUMBERS in their ranges, every field declared `bool` True
-    or False, token ids in the vocabulary, and 3 image means and stds (stored as tuples)."""
-    from minivlm.nn.blocks import ACTIVATIONS
-
+    or False, at least 2 distinct answers, token ids in the vocabulary, and 3 image means and stds
+    (answers and image statistics are stored as tuples)."""
     for name in [n for n in SHARED_INTS if hasattr(config, n)] + list(ints):
         check_int(name, getattr(config, name))
     if config.image_size % config.patch_size:
@@ -76,6 +76,10 @@ def check_encoder_config(config, ints: tuple[str, ...] = ()) -> None:
     for f in fields(config):
         if f.type in (bool, "bool") and not isinstance(getattr(config, f.name), bool):
             raise TypeError(f"{f.name} must be True or False, got {getattr(config, f.name)!r}")
+    if hasattr(config, "answers"):  # a VQA classifier's classes
+        config.answers = tuple(config.answers)
+        if len(config.answers) < 2 or len(set(config.answers)) != len(config.answers):
+            raise ValueError(f"answers must be at least 2 distinct strings, got {config.answers!r}")
     check_ids_in_vocab(config)
     check_image_stats(config)
 
@@ -112,8 +116,6 @@ def check_images(images, image_size: int) -> None:
 def check_text(ids: torch.Tensor, attention_mask: torch.Tensor | None, config) -> torch.Tensor:
     """Token ids (B, T) of the config's vocabulary, T <= max_text_len, and their attention mask
     (B, T). Returns the mask (None: every token real, all True)."""
-    from minivlm.nn.text import check_token_ids
-
     check_token_ids(ids, config.vocab_size, config.max_text_len, "max_text_len")
     if attention_mask is None:
         attention_mask = torch.ones_like(ids, dtype=torch.bool)

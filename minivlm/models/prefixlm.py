@@ -28,16 +28,14 @@ from minivlm.losses import lm_loss
 from minivlm.models.inputs import (
     TextInputs,
     check_encoder_config,
-    check_ids_in_vocab,
-    check_image_stats,
     check_images,
+    check_text,
     fill_token_ids,
     register_image_stats,
 )
 from minivlm.nn import Transformer, masks
-from minivlm.nn.text import check_token_ids
 from minivlm.nn.vit import PatchEmbed
-from minivlm.utils import check_number, check_tensor, eval_mode
+from minivlm.utils import check_same_batch, check_tensor, eval_mode
 
 
 @dataclass
@@ -62,18 +60,7 @@ class PrefixLMConfig:
 
     def __post_init__(self):
         fill_token_ids(self)
-        if self.bos_id is None or self.eos_id is None:
-            from minivlm.data.tokenizer import Tokenizer
-
-            tok = Tokenizer.from_world()
-            self.bos_id = tok.bos_id if self.bos_id is None else self.bos_id
-            self.eos_id = tok.eos_id if self.eos_id is None else self.eos_id
-        check_encoder_config(self, ("image_size", "patch_size", "dim", "depth", "heads", "vocab_size", "max_text_len"))
-        check_number("mlp_ratio", self.mlp_ratio, 0, float("inf"), lo_open=True)
-        check_number("eps", self.eps, 0, 1.0, lo_open=True)
-        check_number("pos_init_std", self.pos_init_std, 0, float("inf"))
-        check_ids_in_vocab(self)
-        check_image_stats(self)
+        check_encoder_config(self, ints=("depth",))
 
 
 class PrefixLM(TextInputs, nn.Module):
@@ -102,29 +89,30 @@ class PrefixLM(TextInputs, nn.Module):
         valid = torch.cat([torch.ones(b, n, dtype=torch.bool, device=text_mask.device), text_mask.bool()], dim=1)
         return masks.prefix(n + t, n + prefix_len) & masks.padding(valid)
 
-    def forward(self, images: torch.Tensor, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                prefix_len: torch.Tensor | int = 1) -> torch.Tensor:
-        """images (B, 3, H, W), ids (B, T) "<bos> ...", prefix_len: words in the prefix (<bos>
-        included), an int or (B,). Returns next-word logits (B, T, V) at the text positions."""
+    def check_inputs(self, images: torch.Tensor, ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                     prefix_len: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward's inputs: images (B, 3, H, W) in [0, 1], ids (B, T) with their attention mask
+        (None: every token real), prefix_len an int or (B,) in [1, T]. Returns (attention_mask,
+        prefix_len (B,))."""
         c = self.config
         check_images(images, c.image_size)
-        check_token_ids(ids, c.vocab_size, c.max_text_len, "max_text_len")
-        b, t = ids.shape
-        if images.shape[0] != b:
-            raise ValueError(f"batch sizes must match, got images={images.shape[0]}, ids={b}")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(ids, dtype=torch.bool)
-        check_tensor("attention_mask", attention_mask, ndim=2)
-        if attention_mask.shape != ids.shape:
-            raise ValueError(f"attention_mask must have shape {tuple(ids.shape)}, got {tuple(attention_mask.shape)}")
+        attention_mask = check_text(ids, attention_mask, c)
+        b, t = check_same_batch(images=images, ids=ids), ids.shape[1]
         if isinstance(prefix_len, int) and not isinstance(prefix_len, bool):
             prefix_len = torch.full((b,), prefix_len, dtype=torch.long, device=ids.device)
         check_tensor("prefix_len", prefix_len, ndim=1, dtype="int")
         if prefix_len.shape[0] != b or bool((prefix_len < 1).any()) or bool((prefix_len > t).any()):
             raise ValueError(f"prefix_len must hold {b} values in [1, {t}] (<bos> is always in the prefix, and the "
                              f"prefix cannot be longer than the text), got {prefix_len.tolist()}")
+        return attention_mask, prefix_len
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                prefix_len: torch.Tensor | int = 1) -> torch.Tensor:
+        """images (B, 3, H, W), ids (B, T) "<bos> ...", prefix_len: words in the prefix (<bos>
+        included), an int or (B,). Returns next-word logits (B, T, V) at the text positions."""
+        attention_mask, prefix_len = self.check_inputs(images, ids, attention_mask, prefix_len)
         image = self.patch_embed((images - self.image_mean) / self.image_std) + self.image_pos  # (B, N, D)
-        words = self.token_embedding(ids) + self.text_pos[:, :t]  # (B, T, D)
+        words = self.token_embedding(ids) + self.text_pos[:, :ids.shape[1]]  # (B, T, D)
         x = self.transformer(torch.cat([image, words], dim=1), mask=self.attention_mask(attention_mask, prefix_len))
         return F.linear(self.norm(x[:, self.num_patches:]), self.token_embedding.weight)  # (B, T, V)
 
@@ -172,3 +160,6 @@ def prefixlm_step(model: PrefixLM, batch: dict) -> dict:
     in_suffix = torch.arange(ids.shape[1], device=ids.device)[None, :] >= prefix_len[:, None]  # (B, T)
     loss = lm_loss(logits, ids, mask & in_suffix)  # targets: the real suffix tokens only
     return {"loss": loss, "prefix_len": prefix_len.float().mean().detach()}
+
+
+PREFIXLM_CONFIG = dict(image_size=32, patch_size=4, dim=64, depth=5, heads=4, max_text_len=32)

@@ -38,15 +38,14 @@ from minivlm.losses import itm_loss, mlm_loss
 from minivlm.models.inputs import (
     TextInputs,
     check_encoder_config,
-    check_ids_in_vocab,
-    check_image_stats,
     check_images,
+    check_text,
     fill_token_ids,
     register_image_stats,
 )
 from minivlm.nn import PatchEmbed, Transformer, masks
-from minivlm.nn.blocks import ACTIVATIONS
-from minivlm.utils import check_range, check_shape, check_tensor
+from minivlm.nn.heads import MLMHead
+from minivlm.utils import check_range, check_same_batch, check_shape, check_tensor
 
 VISUALS = ("patches", "regions")
 
@@ -81,22 +80,9 @@ class ViLTConfig:
 
     def __post_init__(self):
         fill_token_ids(self)
-        check_encoder_config(self, ("image_size", "patch_size", "dim", "depth", "heads", "vocab_size", "max_text_len",
-                                    "max_regions", "region_size"))
+        check_encoder_config(self, ints=("depth", "max_regions", "region_size"))
         if self.visual not in VISUALS:
             raise ValueError(f"visual must be one of {list(VISUALS)}, got {self.visual!r}")
-        if not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool) or self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
-        if not isinstance(self.pos_init_std, (int, float)) or isinstance(self.pos_init_std, bool) \
-                or not self.pos_init_std >= 0:
-            raise ValueError(f"pos_init_std must be a number >= 0, got {self.pos_init_std!r}")
-        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
-        self.answers = tuple(self.answers)
-        if len(self.answers) < 2 or len(set(self.answers)) != len(self.answers):
-            raise ValueError(f"answers must be at least 2 distinct strings, got {self.answers!r}")
-        check_ids_in_vocab(self)
-        check_image_stats(self)
 
     @property
     def num_patches(self) -> int:
@@ -108,8 +94,10 @@ class ViLTConfig:
         return 1 + (self.num_patches if self.visual == "patches" else self.max_regions)
 
 
-class ViLT(TextInputs, nn.Module):
+class ViLT(TextInputs, MLMHead, nn.Module):
     """The single-stream encoder with its MLM, ITM and VQA heads."""
+
+    tied_embedding = "word_embeddings"  # the MLM head's output layer (MLMHead)
 
     def __init__(self, config: ViLTConfig | None = None, tokenizer=None):
         super().__init__()
@@ -139,9 +127,7 @@ class ViLT(TextInputs, nn.Module):
         self.norm = nn.LayerNorm(c.dim, eps=c.eps)
         self.pooler = nn.Linear(c.dim, c.dim)
         # ---- heads
-        self.mlm_transform = nn.Linear(c.dim, c.dim)
-        self.mlm_norm = nn.LayerNorm(c.dim, eps=c.eps)
-        self.mlm_bias = nn.Parameter(torch.zeros(c.vocab_size))  # the decoder's weight is word_embeddings'
+        self.init_word_head(c.dim, c.vocab_size, c.eps)  # mlm_transform, mlm_norm, mlm_bias; decoder: word_embeddings
         self.itm_head = nn.Linear(c.dim, 2)
         self.vqa_head = nn.Sequential(nn.Linear(c.dim, 2 * c.dim), nn.LayerNorm(2 * c.dim), nn.GELU(),
                                       nn.Linear(2 * c.dim, len(c.answers)))
@@ -154,19 +140,20 @@ class ViLT(TextInputs, nn.Module):
     def check_images(self, images: torch.Tensor) -> None:
         check_images(images, self.config.image_size)
 
-    def check_ids(self, ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
-        c = self.config
-        check_tensor("ids", ids, ndim=2, dtype="int")
-        if ids.shape[1] > c.max_text_len:
-            raise ValueError(f"text has {ids.shape[1]} tokens, longer than the context max_text_len={c.max_text_len}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= c.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {c.vocab_size - 1}], got values in "
-                             f"[{int(ids.min())}, {int(ids.max())}]")
-        if attention_mask is not None:
-            check_tensor("attention_mask", attention_mask, ndim=2)
-            if attention_mask.shape != ids.shape:
-                raise ValueError(f"attention_mask must have the shape of ids {tuple(ids.shape)}, "
-                                 f"got {tuple(attention_mask.shape)}")
+    def check_inputs(self, images: torch.Tensor, texts, attention_mask: torch.Tensor | None,
+                     boxes: torch.Tensor | None, box_mask: torch.Tensor | None):
+        """forward's inputs: images (B, 3, H, W) in [0, 1]; texts, B strings or ids (B, T) with their
+        attention mask (None: every token real); boxes (B, R, 4) and box_mask (B, R) in regions mode
+        only (None: every box real). Returns (ids, attention_mask, boxes, box_mask)."""
+        ids, attention_mask = self.ids_and_mask(texts, attention_mask)
+        self.check_images(images)
+        check_text(ids, attention_mask, self.config)
+        b = check_same_batch(images=images, texts=ids)
+        if self.config.visual == "regions":
+            boxes, box_mask = self._check_boxes(boxes, box_mask, b)
+        elif boxes is not None or box_mask is not None:
+            raise ValueError("boxes are for a regions-mode ViLT (visual='regions'); this model uses patches")
+        return ids, attention_mask, boxes, box_mask
 
     # ------------------------------------------------------------------------------ embeddings
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
@@ -201,26 +188,12 @@ class ViLT(TextInputs, nn.Module):
         Returns the final hidden states (B, T + 1 + N, D): text first, then the image tokens.
         need_weights=True keeps every block's attention weights (`attention_maps`).
         """
-        if isinstance(texts, torch.Tensor):
-            ids = texts
-        else:
-            if attention_mask is not None:
-                raise ValueError("attention_mask is only for token ids; strings are tokenised with their own mask")
-            ids, attention_mask = self.tokenize(texts)
-        self.check_images(images)
-        self.check_ids(ids, attention_mask)
-        if images.shape[0] != ids.shape[0]:
-            raise ValueError(f"batch sizes must match, got images={images.shape[0]}, texts={ids.shape[0]}")
-        b, t = ids.shape
-        if attention_mask is None:
-            attention_mask = torch.ones_like(ids, dtype=torch.bool)
+        ids, attention_mask, boxes, box_mask = self.check_inputs(images, texts, attention_mask, boxes, box_mask)
+        b = ids.shape[0]
         image_valid = torch.ones(b, 1, dtype=torch.bool, device=ids.device)  # the image CLS
         if self.config.visual == "regions":
-            boxes, box_mask = self._check_boxes(boxes, box_mask, b)
             image_valid = torch.cat([image_valid, box_mask], dim=1)  # (B, 1 + R)
         else:
-            if boxes is not None or box_mask is not None:
-                raise ValueError("boxes are for a regions-mode ViLT (visual='regions'); this model uses patches")
             image_valid = image_valid.expand(b, 1 + self.config.num_patches)
         x = torch.cat([self.embed_text(ids), self.embed_image(images, boxes)], dim=1)  # (B, T + 1 + N, D)
         valid = torch.cat([attention_mask.bool(), image_valid], dim=1)  # (B, T + 1 + N) the joint padding mask
@@ -347,11 +320,8 @@ class ViLT(TextInputs, nn.Module):
         """(B, L, D) → (B, D): tanh(W · the first token), BERT's pooler (the <bos> token here)."""
         return torch.tanh(self.pooler(hidden[:, 0]))
 
-    def mlm_logits(self, text_hidden: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) text hidden states → (B, T, V) word logits. The output layer is the word
-        embedding matrix itself (weight tying): a word's input and output vectors are one."""
-        x = self.mlm_norm(ACTIVATIONS[self.config.act](self.mlm_transform(text_hidden)))
-        return F.linear(x, self.word_embeddings.weight, self.mlm_bias)
+    # mlm_logits(text_hidden): (B, T, D) → (B, T, V) word logits, BERT's head with the word
+    # embedding matrix as its output layer (weight tying): MLMHead's (nn/heads.py)
 
     def itm_logits(self, pooled: torch.Tensor) -> torch.Tensor:
         """(B, D) → (B, 2): column 1 scores "the text describes the image"."""
@@ -577,3 +547,6 @@ def hf_state_dict_to_ours(sd: dict, depth: int) -> dict:
         # the output bias: the decoder's in recent transformers, a separate `mlm_score.bias` in older ones
         out["mlm_bias"] = sd["mlm_score.decoder.bias"] if "mlm_score.decoder.bias" in sd else sd["mlm_score.bias"]
     return {k: v.detach().clone() for k, v in out.items()}
+
+
+VILT_CONFIG = dict(image_size=32, patch_size=8, dim=64, depth=4, heads=4, max_text_len=32, pos_init_std=1.0)

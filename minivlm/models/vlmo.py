@@ -30,13 +30,13 @@ and pool the text's first token wherever it stands.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from minivlm.data.masking import block_mask
@@ -45,15 +45,13 @@ from minivlm.losses import itm_loss, mlm_loss, multi_positive_itc, sample_negati
 from minivlm.models.inputs import (
     TextInputs,
     check_encoder_config,
-    check_ids_in_vocab,
-    check_image_stats,
     check_images,
     check_pairs,
     fill_token_ids,
     register_image_stats,
 )
 from minivlm.nn import masks
-from minivlm.nn.blocks import ACTIVATIONS
+from minivlm.nn.heads import ContrastiveHead, MLMHead
 from minivlm.nn.multiway import MoMEBlock
 from minivlm.nn.text import check_token_ids
 from minivlm.nn.vit import PatchEmbed, patchify
@@ -98,28 +96,20 @@ class VLMoConfig:
 
     def __post_init__(self):
         fill_token_ids(self)
-        check_encoder_config(self, ("image_size", "patch_size", "dim", "depth", "heads", "embed_dim", "vocab_size",
-                                    "max_text_len"))
+        check_encoder_config(self, ints=("depth", "embed_dim"))
         check_int("vl_depth", self.vl_depth, lo=0)
         if self.vl_depth > self.depth:
             raise ValueError(f"vl_depth={self.vl_depth} cannot exceed depth={self.depth}")
-        check_number("mlp_ratio", self.mlp_ratio, 0, float("inf"), lo_open=True)
-        check_number("pos_init_std", self.pos_init_std, 0, float("inf"))
-        check_number("eps", self.eps, 0, 1.0, lo_open=True)
-        check_number("temp", self.temp, 0.001, 1.0, lo_open=True)
-        check_number("max_scale", self.max_scale, 1.0, 1e4)
         check_number("mim_ratio", self.mim_ratio, 0.0, 1.0, lo_open=True)
         if self.negatives not in NEGATIVES:
             raise ValueError(f"negatives must be one of {NEGATIVES}, got {self.negatives!r}")
-        check_ids_in_vocab(self)
-        check_image_stats(self)
 
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
 
-class VLMo(TextInputs, nn.Module):
+class VLMo(TextInputs, ContrastiveHead, MLMHead, nn.Module):
     """Image and word embeddings, a stack of MoME blocks, one final norm, and the heads: ITC
     projections + temperature, ITM, MLM (tied to the word embeddings), MIM (patch pixels)."""
 
@@ -144,13 +134,9 @@ class VLMo(TextInputs, nn.Module):
             MoMEBlock(c.dim, c.heads, top if i >= c.depth - c.vl_depth else bottom, c.mlp_ratio, act=c.act, eps=c.eps)
             for i in range(c.depth))
         self.norm = nn.LayerNorm(c.dim, eps=c.eps)
-        self.image_projection = nn.Linear(c.dim, c.embed_dim)
-        self.text_projection = nn.Linear(c.dim, c.embed_dim)
-        self.log_scale = nn.Parameter(torch.tensor(-math.log(c.temp)))
+        self.init_contrastive_head(c.dim, c.dim, c.embed_dim, c.temp)  # image/text_projection, log_scale
         self.itm_head = nn.Linear(c.dim, 2)
-        self.mlm_transform = nn.Linear(c.dim, c.dim)
-        self.mlm_norm = nn.LayerNorm(c.dim, eps=c.eps)
-        self.mlm_bias = nn.Parameter(torch.zeros(c.vocab_size))
+        self.init_word_head(c.dim, c.vocab_size, c.eps)  # mlm_transform, mlm_norm, mlm_bias (tied to token_embedding)
         self.mim_head = nn.Linear(c.dim, c.patch_size * c.patch_size * 3)
         register_image_stats(self, c)
         self.tokenizer = tokenizer
@@ -227,17 +213,21 @@ class VLMo(TextInputs, nn.Module):
             raise ValueError(f"batch sizes must match, got images={images.shape[0]}, texts={ids.shape[0]}")
         return self.fuse_embedded(self.embed_image(images), self.embed_text(ids), attention_mask, need_weights)
 
-    def fuse_embedded(self, image_x: torch.Tensor, text_x: torch.Tensor, attention_mask: torch.Tensor,
-                      need_weights: bool = False) -> torch.Tensor:
-        """Fusion mode on embedded tokens: image_x (B, 1 + N, D), text_x (B, T, D), attention_mask (B, T)."""
+    def check_fusion_inputs(self, image_x: torch.Tensor, text_x: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """fuse_embedded's inputs: float image_x (B, 1 + N, D) and text_x (B, T, D), attention_mask (B, T)."""
         check_tensor("image_x", image_x, ndim=3, dtype="float")
         check_tensor("text_x", text_x, ndim=3, dtype="float")
         check_tensor("attention_mask", attention_mask, ndim=2)
-        b, n_image = image_x.shape[0], image_x.shape[1]
-        if text_x.shape[0] != b or tuple(attention_mask.shape) != tuple(text_x.shape[:2]):
+        if text_x.shape[0] != image_x.shape[0] or tuple(attention_mask.shape) != tuple(text_x.shape[:2]):
             raise ValueError(f"batch sizes must match and attention_mask must be (B, T) of text_x: got image_x "
                              f"{tuple(image_x.shape)}, text_x {tuple(text_x.shape)}, attention_mask "
                              f"{tuple(attention_mask.shape)}")
+
+    def fuse_embedded(self, image_x: torch.Tensor, text_x: torch.Tensor, attention_mask: torch.Tensor,
+                      need_weights: bool = False) -> torch.Tensor:
+        """Fusion mode on embedded tokens: image_x (B, 1 + N, D), text_x (B, T, D), attention_mask (B, T)."""
+        self.check_fusion_inputs(image_x, text_x, attention_mask)
+        b, n_image = image_x.shape[0], image_x.shape[1]
         valid = torch.cat([torch.ones(b, n_image, dtype=torch.bool, device=image_x.device),
                            attention_mask.bool().to(image_x.device)], dim=1)  # (B, 1 + N + T)
         return self.run(torch.cat([image_x, text_x], dim=1), "fusion", n_image, masks.padding(valid), need_weights)
@@ -251,18 +241,12 @@ class VLMo(TextInputs, nn.Module):
     def n_image_tokens(self) -> int:
         return 1 + self.config.num_patches
 
-    def scale(self) -> torch.Tensor:
-        """1 / temperature: exp(log_scale), clamped at max_scale."""
-        return self.log_scale.exp().clamp(max=self.config.max_scale)
+    # scale() (1 / temperature) and mlm_logits(text_tokens) are ContrastiveHead's and MLMHead's
+    # (nn/heads.py); mlm_logits takes text tokens of text mode, or the text part of fusion mode
 
     def itm_logits(self, fused: torch.Tensor) -> torch.Tensor:
         """(B, 1 + N + T, D) fused tokens → (B, 2) on the text's first token; column 1 scores "match"."""
         return self.itm_head(fused[:, self.n_image_tokens])
-
-    def mlm_logits(self, text_tokens: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) text tokens (text mode, or the text part of fusion mode) → (B, T, V), tied decoder."""
-        x = self.mlm_norm(ACTIVATIONS[self.config.act](self.mlm_transform(text_tokens)))
-        return F.linear(x, self.token_embedding.weight, self.mlm_bias)
 
     def mim_pixels(self, image_tokens: torch.Tensor) -> torch.Tensor:
         """(B, 1 + N, D) image tokens → (B, N, P·P·3): each patch's normalised pixels, as `patchify`."""
@@ -270,15 +254,13 @@ class VLMo(TextInputs, nn.Module):
 
     # ------------------------------------------------------------------------------ inference
     @torch.no_grad()
-    def match(self, images: torch.Tensor, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    def match_probability(self, images: torch.Tensor, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """P(match) from the ITM head in fusion mode, for each (image, text) pair: (B,)."""
         check_pairs(images, texts, batch_size)
         with eval_mode(self):
             out = [self.itm_logits(self.fuse(images[a:a + batch_size], list(texts[a:a + batch_size]))).softmax(1)[:, 1]
                    for a in range(0, len(texts), batch_size)]
         return torch.cat(out)
-
-    match_probability = match  # the name chapter 03's and 04's evaluations call
 
 
 # ----------------------------------------------------------------------------- staged pretraining
@@ -463,7 +445,7 @@ def fusion_scores(model: VLMo, images: torch.Tensor, texts: Sequence[str], pairs
             logits = model.itm_logits(model.fuse_embedded(image_x[i], text_x[j], mask[j]))
             out.append(logits[:, 1] - logits[:, 0])
     scores = torch.cat(out)
-    return scores.view(len(images), len(texts)) if full else scores
+    return rearrange(scores, "(i t) -> i t", i=len(images), t=len(texts)) if full else scores
 
 
 def retrieval_passes(n_images: int, n_texts: int, mode: str, k: int = 16) -> int:
@@ -501,7 +483,7 @@ def retrieve(model: VLMo, images: torch.Tensor, texts: Sequence[str], mode: str 
             k = min(k, m)
             top = scores.topk(k, dim=1).indices  # (N, k)
             pairs = torch.stack([torch.arange(n).repeat_interleave(k), top.flatten()], dim=1)
-            fused = fusion_scores(model, images, texts, pairs, batch_size).view(n, k)
+            fused = rearrange(fusion_scores(model, images, texts, pairs, batch_size), "(n k) -> n k", n=n, k=k)
             # the re-ranked k sit above every other text (cosine similarities lie in [-1, 1])
             scores = scores.scatter(1, top, fused - fused.min() + 3.0)
     return {"scores": scores, "seconds": time.perf_counter() - t0,
@@ -521,3 +503,6 @@ def evaluate_retrieval(model: VLMo, data: dict, modes: Sequence[str] = ("dual", 
         hits = (r["scores"].argmax(1).cpu() == target).tolist()
         out[mode] = {"r1": interval(hits), "seconds": r["seconds"], "passes": r["passes"], "formula": r["formula"]}
     return out
+
+
+VLMO_CONFIG = dict(image_size=32, patch_size=8, dim=64, depth=4, vl_depth=2, heads=4, embed_dim=64, max_text_len=32)

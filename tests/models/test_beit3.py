@@ -14,6 +14,7 @@ import minivlm.models.beit3 as beit3
 from minivlm.data.masking import IGNORE_INDEX
 from minivlm.data.pairs import pretrain_batches, vqa_batches
 from minivlm.data.tokenizer import Tokenizer
+from minivlm.drivers import train_tokenizer
 from minivlm.losses import mlm_loss, multi_positive_itc
 from minivlm.models.beit3 import (
     BEiT3,
@@ -32,7 +33,6 @@ from minivlm.models.beit3 import (
     vqa_step,
     vqkd_step,
 )
-from minivlm.drivers import train_tokenizer
 from minivlm.models.clip import CLIP, CLIPConfig
 from minivlm.models.vlmo import VLMo, VLMoConfig
 from minivlm.train import History

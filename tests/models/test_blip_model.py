@@ -82,6 +82,28 @@ def test_padding_never_changes_real_positions():
         assert torch.allclose(a[0, :4], b[0, :4], atol=1e-6), mode
 
 
+def test_forward_runs_the_named_mode_from_its_own_first_token():
+    model = tiny()
+    ids, images, image_tokens = inputs(model, t=6)
+    mask = torch.tensor([[True] * 4 + [False] * 2, [True] * 6])
+    with torch.no_grad():
+        for mode in ("text", "encoder", "decoder"):
+            want = model.text_forward(model.with_first_token(ids, mode), mask, mode, image_tokens)
+            assert torch.equal(model(images, ids, mode, mask), want), mode
+            assert not torch.allclose(model(images, ids, mode, mask), model.text_forward(ids, mask, mode, image_tokens))
+        assert torch.equal(model(None, ids, "text", mask), model(images, ids, "text", mask))  # text ignores images
+        captions = ["a red circle .", "a blue square and a green star ."]
+        caption_ids, caption_mask = model.tokenize(captions)
+        want = model.text_forward(model.with_first_token(caption_ids, "decoder"), caption_mask, "decoder", image_tokens)
+        assert torch.equal(model(images, captions, "decoder"), want)
+    with pytest.raises(ValueError, match="mode 'encoder' cross-attends to the image: pass images"):
+        model(None, ids, "encoder")
+    with pytest.raises(ValueError, match="batch sizes must match, got images=1, texts=2"):
+        model(images[:1], ids, "decoder")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        model(images, ids, "fusion")
+
+
 def test_med_masks_values():
     valid = torch.tensor([[True, True, True, False]])
     s_text, c_text = med_masks(valid, "text", 5)

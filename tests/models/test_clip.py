@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from minivlm.data.tokenizer import Tokenizer
+from minivlm.eval import zero_shot_classifier, zero_shot_logits
 from minivlm.losses import clip_loss
 from minivlm.models import CLIP, CLIPConfig
-from minivlm.models.clip import clip_step, similarity, swap_similarity, zero_shot_classifier, zero_shot_logits
+from minivlm.models.clip import clip_step, similarity, swap_similarity
 
 TOK = Tokenizer.from_world()
 

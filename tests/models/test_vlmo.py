@@ -11,6 +11,7 @@ import minivlm.models.vlmo as vlmo_module
 import minivlm.train
 from minivlm.data.masking import IGNORE_INDEX, block_mask
 from minivlm.data.tokenizer import Tokenizer
+from minivlm.drivers import staged_pretrain
 from minivlm.eval import itc_similarity
 from minivlm.losses import itm_loss, mlm_loss, soft_cross_entropy
 from minivlm.models.vlmo import (
@@ -25,7 +26,6 @@ from minivlm.models.vlmo import (
     stage_parameters,
     text_mlm_step,
 )
-from minivlm.drivers import staged_pretrain
 
 TOK = Tokenizer.from_world()
 TEXTS = ["a red circle.", "two shapes: a blue square and a green star.", "a small white cross above a cyan diamond"]
@@ -297,17 +297,17 @@ def test_passes_are_counted_per_sequence_and_mode():
     assert m.passes == {"image": 3, "text": 2, "fusion": 2}
 
 
-def test_match_is_the_itm_softmax_in_any_batch_size():
+def test_match_probability_is_the_itm_softmax_in_any_batch_size():
     m = tiny()
     imgs = images(3)
     m.eval()
     want = m.itm_logits(m.fuse(imgs, TEXTS)).softmax(1)[:, 1]
     m.train()
-    got = m.match(imgs, TEXTS)
+    got = m.match_probability(imgs, TEXTS)
     close(got, want)
     assert ((got >= 0) & (got <= 1)).all()
-    close(m.match(imgs, TEXTS, batch_size=2), want)
-    close(m.match_probability(imgs, TEXTS), want)
+    close(m.match_probability(imgs, TEXTS, batch_size=2), want)
+    assert not hasattr(m, "match")  # one name per operation: match_probability, as ALBEF's and BLIP's
     assert m.training and torch.is_grad_enabled()  # mode and grad mode restored
 
 
@@ -687,7 +687,7 @@ def test_mismatched_batch_sizes():
     with pytest.raises(ValueError, match="batch sizes must match, got images=3, texts=2"):
         m.fuse(images(3), ids, mask)
     with pytest.raises(ValueError, match=r"need as many texts as images .*images=3, texts=2"):
-        m.match(images(3), TEXTS[:2])
+        m.match_probability(images(3), TEXTS[:2])
     batch = stage_batches("pairs", batch_size=4, seed=0)(0)
     batch["mlm_labels"] = batch["mlm_labels"][:3]
     with pytest.raises(ValueError, match="same batch size"):

@@ -8,18 +8,16 @@ earlier one: "vilt" fine-tunes "vilt_pretrained").
 """
 from __future__ import annotations
 
+import multiprocessing
 from dataclasses import asdict
 from typing import Callable
+
+from minivlm.eval import evaluate_hard_itm, evaluate_itm, to_record
 
 
 def config_dict(model) -> dict:
     """A model's config dataclass as JSON-ready values (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(model.config).items()}
-
-
-def estimate(e) -> dict:
-    """A `minivlm.eval.Estimate` for a manifest: value, interval and sample size."""
-    return {"value": round(e.value, 4), "low": round(e.low, 4), "high": round(e.high, 4), "n": e.n}
 
 
 def run_jobs(fn: Callable[[dict], dict], jobs: list[dict], workers: int, progress: bool, label: str) -> list[dict]:
@@ -30,7 +28,6 @@ def run_jobs(fn: Callable[[dict], dict], jobs: list[dict], workers: int, progres
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     if workers == 1:
         return [fn(job) for job in jobs]
-    import multiprocessing
 
     results = []
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
@@ -64,11 +61,10 @@ def shipped_model(make: Callable[[dict], object], config: dict, results: list[di
 def itm_figures(model, bench, itm_n: int, hard_n: int) -> dict:
     """ITM accuracy of a model with `match_probability` (ALBEF, VLMo) on a ShapesBench's standard
     set and its hard set (one fact changed): accuracy, pair accuracy, pair accuracy per kind."""
-    from minivlm.eval import evaluate_hard_itm, evaluate_itm
 
     itm = evaluate_itm(model, bench.itm(itm_n))
     hard = evaluate_hard_itm(model, bench.hard_itm(hard_n))
-    out = {"itm": estimate(itm["accuracy"]), "hard_itm": estimate(hard["accuracy"]),
-           "hard_pairs": estimate(hard["pair_accuracy"])}
-    out.update({f"hard_pairs_{kind}": estimate(v) for kind, v in hard["per_kind"].items()})
+    out = {"itm": to_record(itm["accuracy"]), "hard_itm": to_record(hard["accuracy"]),
+           "hard_pairs": to_record(hard["pair_accuracy"])}
+    out.update({f"hard_pairs_{kind}": to_record(v) for kind, v in hard["per_kind"].items()})
     return out

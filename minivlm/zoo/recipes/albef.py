@@ -17,14 +17,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from minivlm.zoo.recipes import arm_table, config_dict, estimate, itm_figures, run_jobs, shipped_model
-
-ALBEF_CONFIG = dict(image_size=32, patch_size=4, dim=64, vision_depth=3, text_depth=2, fusion_depth=2, heads=4,
-                    embed_dim=64, max_text_len=32)
+from minivlm.data import ShapesBench
+from minivlm.data.pairs import pretrain_batches
+from minivlm.eval import evaluate_retrieval, to_record
+from minivlm.models.albef import ALBEF, ALBEF_CONFIG, ALBEFConfig, ALBEFPretrainer, pretrain_step
+from minivlm.models.clip import init_vision_from_clip
+from minivlm.train import fit
+from minivlm.utils import seed_everything
+from minivlm.zoo import store
+from minivlm.zoo.recipes import arm_table, config_dict, itm_figures, run_jobs, shipped_model
 
 
 def _model(config: dict):
-    from minivlm.models.albef import ALBEF, ALBEFConfig
 
     return ALBEF(ALBEFConfig(**config))
 
@@ -35,11 +39,6 @@ def pretrain(config: dict, steps: int, seed: int, world_seed: int, noise: float,
     `vision_init`, a CLIP, when given) on captions with `noise`, on the CPU. Returns (model,
     history). The data depend on (world_seed, seed, noise) only, so two arms of one seed that
     differ in MoD or in the negatives see the very same batches."""
-    from minivlm.data.pairs import pretrain_batches
-    from minivlm.models.albef import ALBEFPretrainer, pretrain_step
-    from minivlm.models.clip import init_vision_from_clip
-    from minivlm.train import fit
-    from minivlm.utils import seed_everything
 
     seed_everything(seed)
     model = _model(config)
@@ -56,10 +55,9 @@ def pretrain(config: dict, steps: int, seed: int, world_seed: int, noise: float,
 def _run_arm(job: dict) -> dict:
     """One arm, start to figures; a top-level function so that worker processes can run it.
     On one thread, as every zoo build, so the result does not depend on which process ran it."""
-    from minivlm import zoo
 
     torch.set_num_threads(1)
-    clip = zoo.load("clip", job["weights_dir"]) if job["vision_init"] == "clip" else None
+    clip = store.load("clip", job["weights_dir"]) if job["vision_init"] == "clip" else None
     start = time.perf_counter()
     model, history = pretrain(job["config"], job["steps"], job["seed"], job["world_seed"], job["noise"],
                               job["batch_size"], job["lr"], job["warmup"], job["weight_decay"], clip,
@@ -78,12 +76,10 @@ def _run_arm(job: dict) -> dict:
 def albef_metrics(model, bench_seed: int = 1234, retrieval_n: int = 256, itm_n: int = 1000, hard_n: int = 1000,
                   rerank_k: int = 16) -> dict:
     """The chapter's ShapesBench figures of an ALBEF, each with its 95 % interval."""
-    from minivlm.data import ShapesBench
-    from minivlm.eval import evaluate_retrieval
 
     bench = ShapesBench(image_size=model.config.image_size, seed=bench_seed)
     ret = evaluate_retrieval(model, bench.retrieval(retrieval_n), rerank_k=rerank_k)
-    out = {"i2t_r1_itc": estimate(ret["itc_r1"]), f"i2t_r1_rerank{rerank_k}": estimate(ret["r1"])}
+    out = {"i2t_r1_itc": to_record(ret["itc_r1"]), f"i2t_r1_rerank{rerank_k}": to_record(ret["r1"])}
     return out | itm_figures(model, bench, itm_n, hard_n)
 
 

@@ -23,47 +23,59 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from minivlm.zoo.recipes import config_dict, estimate, run_jobs
-
-TOKENIZER_CONFIG = dict(image_size=32, patch_size=8, dim=64, depth=2, decoder_depth=1, heads=4, code_dim=32,
-                        codebook_size=64, teacher_dim=64)
-BEIT3_CONFIG = dict(image_size=32, patch_size=8, dim=64, depth=4, vl_depth=2, heads=4, embed_dim=64, max_text_len=32,
-                    codebook_size=64)
+from minivlm.data import ShapesBench
+from minivlm.data.pairs import pretrain_batches, vqa_batches
+from minivlm.drivers import train_tokenizer
+from minivlm.eval import answer_hits, evaluate_captions, interval, itc_similarity, to_record
+from minivlm.models.beit3 import (
+    BEIT3_CONFIG,
+    TOKENIZER_CONFIG,
+    BEiT3,
+    BEiT3Config,
+    VisualTokenizer,
+    VisualTokenizerConfig,
+    caption_batches,
+    caption_step,
+    code_usage,
+    mdm_batches,
+    mdm_step,
+    retrieval_step,
+    teacher_features,
+    tokenizer_batches,
+    vqa_step,
+)
+from minivlm.nn.quantize import codebook_stats
+from minivlm.train import fit
+from minivlm.utils import eval_mode, seed_everything
+from minivlm.zoo import store
+from minivlm.zoo.recipes import config_dict, run_jobs
 
 
 def _tokenizer_model(config: dict):
-    from minivlm.models.beit3 import VisualTokenizer, VisualTokenizerConfig
 
     return VisualTokenizer(VisualTokenizerConfig(**config))
 
 
 def _model(config: dict):
-    from minivlm.models.beit3 import BEiT3, BEiT3Config
 
     return BEiT3(BEiT3Config(**config))
 
 
 def _load_clip(weights_dir) -> torch.nn.Module:
-    from minivlm import zoo
 
     if not (Path(weights_dir) / "clip.safetensors").is_file():
         raise FileNotFoundError(f"the visual tokenizer is taught by the zoo CLIP, which is not in {weights_dir}: "
                                 f"build it first (`minivlm zoo build clip`)")
-    return zoo.load("clip", weights_dir)
+    return store.load("clip", weights_dir)
 
 
 def tokenizer_metrics(tokenizer, teacher, bench_seed: int = 1234, n: int = 256, train_seed: int = 0) -> dict:
     """The tokenizer on n fresh ShapesBench images: the cosine of its decoded features with the
     teacher's, the cosine of the mean training feature (a tokenizer that knows nothing), and the
     codebook usage."""
-    import torch.nn.functional as F
 
-    from minivlm.data import ShapesBench
-    from minivlm.eval import interval
-    from minivlm.models.beit3 import code_usage, teacher_features, tokenizer_batches
-    from minivlm.nn.quantize import codebook_stats
-    from minivlm.utils import eval_mode
 
     c = tokenizer.config
     images = ShapesBench(image_size=c.image_size, seed=bench_seed).captioning(n)["images"]
@@ -75,7 +87,7 @@ def tokenizer_metrics(tokenizer, teacher, bench_seed: int = 1234, n: int = 256, 
     cos = F.cosine_similarity(decoded, target, dim=-1).mean(1)  # (n,) per image
     base = F.cosine_similarity(mean.expand_as(target), target, dim=-1).mean(1)
     stats = codebook_stats(code_usage(tokenizer, images))
-    return {"cosine": estimate(interval(cos.tolist())), "mean_feature_cosine": estimate(interval(base.tolist())),
+    return {"cosine": to_record(interval(cos.tolist())), "mean_feature_cosine": to_record(interval(base.tolist())),
             "perplexity": round(stats["perplexity"], 2), "dead_codes": stats["dead"],
             "used_fraction": round(stats["used_fraction"], 4), "codebook_size": c.codebook_size}
 
@@ -98,8 +110,6 @@ class Beit3TokenizerRecipe:
     model = staticmethod(_tokenizer_model)
 
     def train(self, weights_dir, progress: bool):
-        from minivlm.drivers import train_tokenizer
-        from minivlm.utils import seed_everything
 
         teacher = _load_clip(weights_dir)
         seed_everything(self.seed)
@@ -125,36 +135,29 @@ class Beit3TokenizerRecipe:
 def finetuned_metrics(model, task: str, bench_seed: int = 1234, vqa_n: int = 1200, retrieval_n: int = 256,
                       caption_n: int = 256) -> dict:
     """ShapesBench figures of a model fine-tuned for `task` ("vqa", "retrieval" or "caption")."""
-    from minivlm.data import ShapesBench
-    from minivlm.eval import interval, itc_similarity
 
     bench = ShapesBench(image_size=model.config.image_size, seed=bench_seed)
     if task == "vqa":
-        from minivlm.eval import answer_hits
 
         data = bench.vqa(vqa_n)
         hits = answer_hits(model.answer(data["images"], data["questions"]), data["answers"])
-        out = {"vqa": estimate(interval(hits))}
+        out = {"vqa": to_record(interval(hits))}
         for kind in dict.fromkeys(data["kinds"]):
-            out[f"vqa_{kind}"] = estimate(interval([h for h, k in zip(hits, data["kinds"]) if k == kind]))
+            out[f"vqa_{kind}"] = to_record(interval([h for h, k in zip(hits, data["kinds"]) if k == kind]))
         return out
     if task == "retrieval":
         data = bench.retrieval(retrieval_n)
         sim = itc_similarity(model, data["images"], data["captions"])
-        return {"i2t_r1": estimate(interval((sim.argmax(1) == torch.arange(retrieval_n)).tolist()))}
+        return {"i2t_r1": to_record(interval((sim.argmax(1) == torch.arange(retrieval_n)).tolist()))}
     if task == "caption":
-        from minivlm.eval import evaluate_captions
 
         data = bench.captioning(caption_n)
         ev = evaluate_captions(model, data["images"], data["scenes"])
-        return {"cider": estimate(ev["cider"]), "bleu4": round(ev["bleu4"], 4), "caption_true": estimate(ev["true"])}
+        return {"cider": to_record(ev["cider"]), "bleu4": round(ev["bleu4"], 4), "caption_true": to_record(ev["true"])}
     raise ValueError(f"task must be 'vqa', 'retrieval' or 'caption', got {task!r}")
 
 
 def _finetune(model, task: str, job: dict, seed: int) -> dict:
-    from minivlm.data.pairs import pretrain_batches, vqa_batches
-    from minivlm.models.beit3 import caption_batches, caption_step, retrieval_step, vqa_step
-    from minivlm.train import fit
 
     b, world = job["batch_size"], job["world_seed"] * 100 + seed
     step, batches = {
@@ -171,9 +174,6 @@ def _finetune(model, task: str, job: dict, seed: int) -> dict:
 
 
 def _run_arm(job: dict) -> dict:
-    from minivlm.models.beit3 import VisualTokenizer, VisualTokenizerConfig, mdm_batches, mdm_step
-    from minivlm.train import fit
-    from minivlm.utils import seed_everything
 
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -225,12 +225,11 @@ class Beit3Recipe:
     model = staticmethod(_model)
 
     def train(self, weights_dir, progress: bool):
-        from minivlm import zoo
 
         if not (Path(weights_dir) / "beit3_tokenizer.safetensors").is_file():
             raise FileNotFoundError(f"'beit3' predicts the visual tokens of 'beit3_tokenizer', which is not in "
                                     f"{weights_dir}: build it first (`minivlm zoo build beit3_tokenizer`)")
-        tokenizer = zoo.load("beit3_tokenizer", weights_dir)
+        tokenizer = store.load("beit3_tokenizer", weights_dir)
         if tokenizer.config.codebook_size != self.config["codebook_size"]:
             raise ValueError(f"the tokenizer has {tokenizer.config.codebook_size} codes, the model's config "
                              f"{self.config['codebook_size']}")

@@ -21,22 +21,26 @@ from dataclasses import dataclass, field
 
 import torch
 
-from minivlm.zoo.recipes import arm_table, config_dict, estimate, itm_figures, run_jobs, shipped_model
+from minivlm.data import ShapesBench
+from minivlm.data.pairs import image_text_pairs, merge_pair_sets, pair_batches
+from minivlm.eval import evaluate_captions, interval, itc_similarity, to_record, true_caption_rate
+from minivlm.models.blip import BLIP, BLIP_CONFIG, BLIPConfig, BLIPPretrainer, capfilt, filter_scores, pretrain_step
+from minivlm.models.clip import init_vision_from_clip
+from minivlm.train import fit
+from minivlm.utils import seed_everything
+from minivlm.zoo import store
+from minivlm.zoo.recipes import arm_table, config_dict, itm_figures, run_jobs, shipped_model
 
-BLIP_CONFIG = dict(image_size=32, patch_size=4, dim=64, vision_depth=3, text_depth=2, heads=4, embed_dim=64,
-                   max_text_len=32)
 BOOTSTRAPS = ("nucleus", "beam")
 
 
 def _model(config: dict):
-    from minivlm.models.blip import BLIP, BLIPConfig
 
     return BLIP(BLIPConfig(**config))
 
 
 def pair_sets(job: dict) -> tuple[dict, dict]:
     """The web set (noisy) and the clean set of a seed: they depend on (world_seed, seed) only."""
-    from minivlm.data.pairs import image_text_pairs
 
     base, size = job["world_seed"] + 1000 * job["seed"], job["config"].get("image_size", 32)
     return (image_text_pairs(job["n_web"], job["noise"], seed=base, image_size=size),
@@ -46,9 +50,6 @@ def pair_sets(job: dict) -> tuple[dict, dict]:
 def train_blip(model, data: dict, steps: int, job: dict, losses=("itc", "itm", "lm"), lr: float | None = None,
                desc: str | None = None):
     """Train `model` (in place) on a pair set for `steps` steps with the job's settings; returns the history."""
-    from minivlm.data.pairs import pair_batches
-    from minivlm.models.blip import BLIPPretrainer, pretrain_step
-    from minivlm.train import fit
 
     trainer = BLIPPretrainer(model, queue_seed=job["seed"], losses=losses)
     batches = pair_batches(data, job["batch_size"], seed=job["seed"], max_text_len=model.config.max_text_len)
@@ -57,22 +58,16 @@ def train_blip(model, data: dict, steps: int, job: dict, losses=("itc", "itm", "
 
 
 def _fresh(job: dict):
-    from minivlm import zoo
-    from minivlm.models.clip import init_vision_from_clip
-    from minivlm.utils import seed_everything
 
     seed_everything(job["seed"])
     model = _model(job["config"])
     if job["vision_init"] == "clip":
-        init_vision_from_clip(model, zoo.load("clip", job["weights_dir"]))
+        init_vision_from_clip(model, store.load("clip", job["weights_dir"]))
     return model
 
 
 def _bootstrap(job: dict) -> dict:
     """Steps 1-3 of a seed: the noisy arm, the captioner and filter, both bootstrapped sets."""
-    from minivlm.data.pairs import merge_pair_sets
-    from minivlm.eval import interval, true_caption_rate
-    from minivlm.models.blip import capfilt, filter_scores
 
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -100,8 +95,8 @@ def _bootstrap(job: dict) -> dict:
         out[f"capfilt_{how}"] = {
             "filter": _scores(filter_scores(r["web_kept"], web["clean"])),
             "web_kept": int(r["web_kept"].sum()), "synthetic_kept": int(r["synthetic_kept"].sum()),
-            "synthetic_true": estimate(interval(true_syn)),
-            "kept_synthetic_true": estimate(interval([t for t, k in zip(true_syn, r["synthetic_kept"].tolist()) if k]))
+            "synthetic_true": to_record(interval(true_syn)),
+            "kept_synthetic_true": to_record(interval([t for t, k in zip(true_syn, r["synthetic_kept"].tolist()) if k]))
             if bool(r["synthetic_kept"].any()) else None,
             "distinct_synthetic": len(set(r["synthetic"])),
             "examples": r["synthetic"][:6], "seconds": round(time.perf_counter() - t0, 1)}
@@ -112,12 +107,11 @@ def _bootstrap(job: dict) -> dict:
 
 
 def _scores(s: dict) -> dict:
-    return {k: (estimate(v) if hasattr(v, "low") else v) for k, v in s.items()}
+    return {k: (to_record(v) if hasattr(v, "low") else v) for k, v in s.items()}
 
 
 def _pretrain_bootstrapped(job: dict) -> dict:
     """Step 4 of a seed: a fresh BLIP pretrained on a bootstrapped set + the clean set."""
-    from minivlm.data.pairs import merge_pair_sets
 
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -140,16 +134,14 @@ def blip_metrics(model, bench_seed: int = 1234, caption_n: int = 256, retrieval_
                  hard_n: int = 1000) -> dict:
     """The chapter's ShapesBench figures of a BLIP, each with its 95 % interval: greedy captions'
     CIDEr-D, BLEU-4 and exact truth; image→text R@1 by ITC; ITM accuracies."""
-    from minivlm.data import ShapesBench
-    from minivlm.eval import evaluate_captions, interval, itc_similarity
 
     bench = ShapesBench(image_size=model.config.image_size, seed=bench_seed)
     cap = bench.captioning(caption_n)
     ev = evaluate_captions(model, cap["images"], cap["scenes"])
     ret = bench.retrieval(retrieval_n)
     hits = (itc_similarity(model, ret["images"], ret["captions"]).argmax(1) == torch.arange(retrieval_n)).tolist()
-    out = {"cider": estimate(ev["cider"]), "bleu4": round(ev["bleu4"], 4), "caption_true": estimate(ev["true"]),
-           "i2t_r1_itc": estimate(interval(hits))}
+    out = {"cider": to_record(ev["cider"]), "bleu4": round(ev["bleu4"], 4), "caption_true": to_record(ev["true"]),
+           "i2t_r1_itc": to_record(interval(hits))}
     return out | itm_figures(model, bench, itm_n, hard_n)
 
 

@@ -6,23 +6,24 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from minivlm.data import ShapesBench, ShapesWorld, Tokenizer
+from minivlm.data.shapesworld import SEEN_COMPOSITIONS
+from minivlm.eval import (
+    CLIP_TEMPLATES,
+    class_prompts,
+    retrieval_metrics,
+    swap_scores,
+    zero_shot_accuracy,
+    zero_shot_classifier,
+    zero_shot_logits,
+)
+from minivlm.models.clip import CLIP, CLIPConfig, clip_step, similarity, swap_similarity
+from minivlm.train import fit
+from minivlm.utils import seed_everything
+
 # Prompt templates for zero-shot classification with the course's CLIP (prompt ensembling,
 # CLIP paper §3.1.4). They follow the caption styles the model was trained on; the class name
 # brings its own article ("an orange star"), see `class_prompts`.
-CLIP_TEMPLATES: tuple[str, ...] = (
-    "{}.",
-    "there is {}.",
-    "a picture of {}.",
-    "one shape: {}.",
-    "an image with {}.",
-)
-
-
-def class_prompts(class_names) -> list[str]:
-    """"orange star" -> "an orange star": the class names as a caption would write them."""
-    from minivlm.data.shapesworld import with_article
-
-    return [with_article(name) for name in class_names]
 
 
 @dataclass
@@ -53,21 +54,15 @@ class ClipRecipe:
 
     @property
     def batch_size(self) -> int:
-        from minivlm.data.shapesworld import SEEN_COMPOSITIONS
 
         return len(SEEN_COMPOSITIONS) + self.pairs
 
     @staticmethod
     def model(config: dict):
-        from minivlm.models.clip import CLIP, CLIPConfig
 
         return CLIP(CLIPConfig(**config))
 
     def train(self, weights_dir, progress: bool):
-        from minivlm.data import Tokenizer
-        from minivlm.models.clip import CLIP, CLIPConfig, clip_step
-        from minivlm.train import fit
-        from minivlm.utils import seed_everything
 
         seed_everything(self.seed)
         tok = Tokenizer.from_world()
@@ -97,8 +92,6 @@ def clip_batches(recipe: ClipRecipe, tokenizer, context_length: int = 32):
     two-object scenes, each with a random caption paraphrase or, for a share of the two-object
     scenes, one of its spatial relations. Scenes come from the train split, so the held-out
     compositions never appear."""
-    from minivlm.data import ShapesWorld
-    from minivlm.data.shapesworld import SEEN_COMPOSITIONS
 
     world = ShapesWorld(seed=recipe.world_seed, image_size=recipe.config.get("image_size", 32), split="train")
 
@@ -117,9 +110,6 @@ def clip_batches(recipe: ClipRecipe, tokenizer, context_length: int = 32):
 def evaluate_clip(model, bench_seed: int = 1234, templates=CLIP_TEMPLATES) -> dict:
     """ShapesBench metrics of a CLIP: zero-shot accuracy (seen / held-out compositions, with the
     template ensemble), image->text and text->image R@1 and R@5, and the relation-swap scores."""
-    from minivlm.data import ShapesBench
-    from minivlm.eval import retrieval_metrics, swap_scores, zero_shot_accuracy
-    from minivlm.models.clip import similarity, swap_similarity, zero_shot_classifier, zero_shot_logits
 
     bench = ShapesBench(image_size=model.config.image_size, seed=bench_seed)
     out = {}

@@ -31,7 +31,27 @@ from dataclasses import dataclass, field
 
 import torch
 
-from minivlm.zoo.recipes import arm_table, estimate, run_jobs
+from minivlm.data import ShapesBench
+from minivlm.data.pairs import image_text_pairs
+from minivlm.eval import evaluate_captions, to_record
+from minivlm.models.frozen import (
+    PREFIX_CONFIG,
+    PrefixConfig,
+    PrefixVLM,
+    caption_distill_batches,
+    caption_distill_step,
+    caption_qa_set,
+    knowledge_decomposition,
+    perception_figures,
+    prefix_batches,
+    prefix_norms,
+    prefix_step,
+    vqa_figures,
+)
+from minivlm.train import fit
+from minivlm.utils import count_parameters, seed_everything
+from minivlm.zoo import store
+from minivlm.zoo.recipes import arm_table, run_jobs
 
 # What each arm varies: the variant (what is trained), the objective ("caption": `prefix_step` on
 # the captions; "caption_kl": `caption_distill_step` on visible-answer VQA of the same images) and
@@ -44,7 +64,6 @@ ARM_SPECS = {
     "clipcap_word": dict(variant="clipcap", objective="caption", prefix_norm="word"),
 }
 ARMS = tuple(ARM_SPECS)
-PREFIX_CONFIG = dict(n_prefix=8, hidden=128, mapper_dim=128, mapper_heads=4)
 FROZEN_PARTS = ("clip", "llm")
 
 
@@ -52,20 +71,18 @@ def _model(config: dict):
     """A PrefixVLM on the zoo's clip and llm; config: PrefixConfig's fields + the sha256 of the
     clip and llm weights it was trained on (`clip_sha256`, `llm_sha256`). The entry's name is its
     variant ("clipcap", "mapl")."""
-    from minivlm import zoo
-    from minivlm.models.frozen import PrefixConfig, PrefixVLM
 
     config = dict(config)
     for part in FROZEN_PARTS:
         key = f"{part}_sha256"
         if key not in config:
             raise ValueError(f"config has no {key!r}: the {part!r} weights this prefix was trained on")
-        trained_on, now = config.pop(key), zoo.manifest(part)["sha256"]
+        trained_on, now = config.pop(key), store.manifest(part)["sha256"]
         if trained_on != now:
             raise ValueError(f"this prefix was trained on a zoo {part!r} with sha256 {trained_on[:12]}…, the zoo's "
                              f"{part!r} is now {now[:12]}…: rebuild the prefix entries trained on it "
                              f"(`minivlm zoo build clipcap`, then `mapl` and `clipcap_kl`)")
-    return PrefixVLM(zoo.load("clip"), zoo.load("llm"), PrefixConfig(**config))
+    return PrefixVLM(store.load("clip"), store.load("llm"), PrefixConfig(**config))
 
 
 def prefix_metrics(model, bench_seed: int = 1234, caption_n: int = 256, vqa_n: int = 600,
@@ -76,31 +93,28 @@ def prefix_metrics(model, bench_seed: int = 1234, caption_n: int = 256, vqa_n: i
     (`perception_figures`: knowledge_<way>_given_perception, and direct's share of the
     true-caption ceiling there); the prefix vectors' norms (on the captioning images) and the
     word embeddings'."""
-    from minivlm.data import ShapesBench
-    from minivlm.eval import evaluate_captions
-    from minivlm.models.frozen import knowledge_decomposition, perception_figures, prefix_norms, vqa_figures
 
     bench = ShapesBench(image_size=model.image_size, seed=bench_seed)
     cap = bench.captioning(caption_n)
     ev = evaluate_captions(model, cap["images"], cap["scenes"])
-    out = {"cider": estimate(ev["cider"]), "bleu4": round(ev["bleu4"], 4), "caption_true": estimate(ev["true"])}
+    out = {"cider": to_record(ev["cider"]), "bleu4": round(ev["bleu4"], 4), "caption_true": to_record(ev["true"])}
     vqa_set = bench.vqa(vqa_n)
     vqa = vqa_figures(model, vqa_set)
-    out["vqa"] = estimate(vqa["accuracy"])
-    out.update({f"vqa_{kind}": estimate(e) for kind, e in vqa["per_kind"].items()})
-    out["vqa_describe_first"] = estimate(vqa_figures(model, vqa_set, describe_first=True)["accuracy"])
+    out["vqa"] = to_record(vqa["accuracy"])
+    out.update({f"vqa_{kind}": to_record(e) for kind, e in vqa["per_kind"].items()})
+    out["vqa_describe_first"] = to_record(vqa_figures(model, vqa_set, describe_first=True)["accuracy"])
     know_set = bench.knowledge(knowledge_n)
     know = knowledge_decomposition(model, know_set)
     for way, figures in know.items():
-        out[f"knowledge_{way}"] = estimate(figures["accuracy"])
-        out.update({f"knowledge_{way}_{kind}": estimate(e) for kind, e in figures["per_kind"].items()})
+        out[f"knowledge_{way}"] = to_record(figures["accuracy"])
+        out.update({f"knowledge_{way}_{kind}": to_record(e) for kind, e in figures["per_kind"].items()})
     seen = perception_figures(model, know_set, know)
-    out["perception"] = estimate(seen["perception"]["accuracy"])
-    out.update({f"perception_{kind}": estimate(e) for kind, e in seen["perception"]["per_kind"].items()})
+    out["perception"] = to_record(seen["perception"]["accuracy"])
+    out.update({f"perception_{kind}": to_record(e) for kind, e in seen["perception"]["per_kind"].items()})
     for way, e in seen["given_perception"].items():
-        out[f"knowledge_{way}_given_perception"] = None if e is None else estimate(e)
+        out[f"knowledge_{way}_given_perception"] = None if e is None else to_record(e)
     share = seen["direct_share_of_ceiling"]
-    out["knowledge_direct_share_of_ceiling_given_perception"] = None if share is None else estimate(share)
+    out["knowledge_direct_share_of_ceiling_given_perception"] = None if share is None else to_record(share)
     norms = prefix_norms(model, cap["images"])
     out["prefix_norm"] = {k: round(v, 4) for k, v in norms["prefix"].items()}
     out["word_norm"] = {k: round(v, 4) for k, v in norms["words"].items()}
@@ -108,25 +122,12 @@ def prefix_metrics(model, bench_seed: int = 1234, caption_n: int = 256, vqa_n: i
 
 
 def _run_arm(job: dict) -> dict:
-    from minivlm import zoo
-    from minivlm.data.pairs import image_text_pairs
-    from minivlm.models.frozen import (
-        PrefixConfig,
-        PrefixVLM,
-        caption_distill_batches,
-        caption_distill_step,
-        caption_qa_set,
-        prefix_batches,
-        prefix_step,
-    )
-    from minivlm.train import fit
-    from minivlm.utils import count_parameters, seed_everything
 
     torch.set_num_threads(1)
     start = time.perf_counter()
     seed_everything(job["seed"])
     spec = ARM_SPECS[job["spec"]]
-    model = PrefixVLM(zoo.load("clip"), zoo.load("llm"),
+    model = PrefixVLM(store.load("clip"), store.load("llm"),
                       PrefixConfig(spec["variant"], prefix_norm=spec["prefix_norm"], **job["config"]))
     data = image_text_pairs(job["n_images"], 0.0, seed=job["world_seed"])
     if spec["objective"] == "caption":
@@ -202,11 +203,10 @@ class ClipCapRecipe:
     def shipped_config(self) -> dict:
         """The manifest's config of the shipped arm: PrefixConfig's fields + the sha256 of the zoo
         clip and llm it was trained on."""
-        from minivlm import zoo
 
         spec = ARM_SPECS[next(j["spec"] for j in self.jobs() if j["arm"] == self.ship_arm)]
         return {"variant": spec["variant"], **self.config, "prefix_norm": spec["prefix_norm"],
-                **{f"{part}_sha256": zoo.manifest(part)["sha256"] for part in FROZEN_PARTS}}
+                **{f"{part}_sha256": store.manifest(part)["sha256"] for part in FROZEN_PARTS}}
 
     def train(self, weights_dir, progress: bool):
         results = run_jobs(_run_arm, self.jobs(progress), self.workers, progress, "clipcap")

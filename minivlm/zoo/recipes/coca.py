@@ -18,11 +18,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from minivlm.zoo.recipes import arm_table, config_dict, estimate, run_jobs, shipped_model
+from minivlm.data import Tokenizer
+from minivlm.models.coca import COCA_CONFIG, CoCa, CoCaConfig, coca_metrics, coca_step
+from minivlm.models.prefixlm import PREFIXLM_CONFIG, PrefixLM, PrefixLMConfig, prefixlm_step
+from minivlm.train import fit
+from minivlm.utils import seed_everything
+from minivlm.zoo.recipes import arm_table, config_dict, run_jobs, shipped_model
+from minivlm.zoo.recipes.clip import ClipRecipe, clip_batches
 
-COCA_CONFIG = dict(image_size=32, patch_size=4, dim=64, vision_depth=3, unimodal_depth=2, multimodal_depth=2,
-                   heads=4, embed_dim=64, caption_queries=16, max_text_len=32)
-PREFIXLM_CONFIG = dict(image_size=32, patch_size=4, dim=64, depth=5, heads=4, max_text_len=32)
 ARMS = ("coca", "coca_pos1", "prefixlm")
 # "coca_pos1": the same CoCa with its ViT's position embeddings started at std 1 (ALBEF's and
 # BLIP's setting, chapter 03's lesson for fusion encoders) instead of CLIP's 0.02: the zoo's first
@@ -31,13 +34,11 @@ ARM_CONFIG = {"coca_pos1": {"pos_init_std": 1.0}}
 
 
 def _model(config: dict):
-    from minivlm.models.coca import CoCa, CoCaConfig
 
     return CoCa(CoCaConfig(**config))
 
 
 def _prefixlm(config: dict):
-    from minivlm.models.prefixlm import PrefixLM, PrefixLMConfig
 
     return PrefixLM(PrefixLMConfig(**config))
 
@@ -53,8 +54,6 @@ class DataSpec:
 
 def training_batches(spec: DataSpec, image_size: int = 32, max_text_len: int = 32):
     """The zoo CLIP's batches (chapter 02), tokenised "<bos> ... <eos>" for a decoder."""
-    from minivlm.data import Tokenizer
-    from minivlm.zoo.recipes.clip import ClipRecipe, clip_batches
 
     tok = Tokenizer.from_world()
     recipe = ClipRecipe(world_seed=spec.world_seed, pairs=spec.pairs, relational_fraction=spec.relational_fraction,
@@ -64,10 +63,6 @@ def training_batches(spec: DataSpec, image_size: int = 32, max_text_len: int = 3
 
 
 def _run_arm(job: dict) -> dict:
-    from minivlm.models.coca import coca_step
-    from minivlm.models.prefixlm import prefixlm_step
-    from minivlm.train import fit
-    from minivlm.utils import seed_everything
 
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -86,47 +81,6 @@ def _run_arm(job: dict) -> dict:
     if job["ship"]:
         out["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
     out["seconds"] = round(time.perf_counter() - start, 1)
-    return out
-
-
-@torch.no_grad()
-def zero_shot(model, data: dict, templates) -> torch.Tensor:
-    """Zero-shot logits (N, classes) of any model whose encode_image / encode_text return the unit
-    feature second (CoCa, ALBEF, BLIP): chapter 02's protocol, one averaged text feature per class
-    over the prompt templates."""
-    import torch.nn.functional as F
-
-    from minivlm.utils import eval_mode
-    from minivlm.zoo.recipes.clip import class_prompts
-
-    prompts = class_prompts(data["class_names"])
-    with eval_mode(model):
-        per_template = torch.stack([model.encode_text([t.format(p) for p in prompts])[1] for t in templates])
-        classes = F.normalize(per_template.mean(0), dim=-1)  # (C, E): the templates' mean, renormalised
-        images = torch.cat([model.encode_image(data["images"][a:a + 256])[1]
-                            for a in range(0, len(data["images"]), 256)])  # (N, E)
-    return images @ classes.t()
-
-
-def coca_metrics(model, bench_seed: int = 1234, caption_n: int = 256, retrieval_n: int = 256) -> dict:
-    """ShapesBench figures with 95 % intervals: captions (both models); zero-shot and retrieval
-    (CoCa, the model with a contrastive head)."""
-    from minivlm.data import ShapesBench
-    from minivlm.eval import evaluate_captions, interval, itc_similarity
-    from minivlm.zoo.recipes.clip import CLIP_TEMPLATES
-
-    bench = ShapesBench(image_size=model.config.image_size, seed=bench_seed)
-    cap = bench.captioning(caption_n)
-    ev = evaluate_captions(model, cap["images"], cap["scenes"])
-    out = {"cider": estimate(ev["cider"]), "bleu4": round(ev["bleu4"], 4), "caption_true": estimate(ev["true"])}
-    if hasattr(model, "encode_text"):
-        for split in ("seen", "heldout"):
-            data = bench.classification(split)
-            hits = (zero_shot(model, data, CLIP_TEMPLATES).argmax(1) == data["labels"]).tolist()
-            out[f"zero_shot_{split}"] = estimate(interval(hits))
-        ret = bench.retrieval(retrieval_n)
-        hits = (itc_similarity(model, ret["images"], ret["captions"]).argmax(1) == torch.arange(retrieval_n)).tolist()
-        out["i2t_r1"] = estimate(interval(hits))
     return out
 
 

@@ -19,10 +19,23 @@ from dataclasses import dataclass, field
 
 import torch
 
-from minivlm.zoo.recipes import arm_table, config_dict, estimate, run_jobs
+from minivlm.data.corpus import packed_batches
+from minivlm.data.incontext import kshot_items
+from minivlm.data.worldtext import WorldText, chat_items, counterfactual_items, recall_items, scene_items
+from minivlm.eval import interval, to_record
+from minivlm.models.gpt import (
+    GPT,
+    LLM_CONFIG,
+    GPTConfig,
+    fact_recall,
+    kshot_figures,
+    lm_step,
+    world_perplexity,
+)
+from minivlm.train import fit
+from minivlm.utils import count_parameters, seed_everything
+from minivlm.zoo.recipes import arm_table, config_dict, run_jobs
 
-LLM_SHAPE = dict(max_len=256, dim=192, depth=4, heads=6)  # the size, in either layout (`minivlm bench gpt`)
-LLM_CONFIG = dict(LLM_SHAPE, norm="rmsnorm", positions="rope", mlp="glu", act="silu", bias=False)  # GPTConfig.llama's
 # the first steps' mixture: retrieval-heavy (nonce key-value and binding), so that reading a value
 # from the context forms before the rest of the corpus is learned
 RETRIEVAL_MIXTURE = dict(facts=0.15, scene=0.05, chat=0.1, counterfactual=0.05, attribute=0.1, keyvalue=0.35,
@@ -52,7 +65,6 @@ def arm_configs() -> dict[str, dict]:
 
 
 def _model(config: dict):
-    from minivlm.models.gpt import GPT, GPTConfig
 
     return GPT(GPTConfig(**config))
 
@@ -60,19 +72,17 @@ def _model(config: dict):
 def kshot_metrics(model, seed: int, n: int) -> dict:
     """Exact and answer-type accuracy of every KSHOT curve on held-out templates, and at k = 4 on
     training templates with fresh nonce words and objects ("held-in")."""
-    from minivlm.data.incontext import kshot_items
-    from minivlm.models.gpt import kshot_figures
 
     out = {}
     for family, ks in KSHOT.items():
         for k in ks:
             f = kshot_figures(model, kshot_items(family, k, n, seed, "heldout"))
-            out[f"{family}_k{k}"] = estimate(f["exact"])
-            out[f"{family}_k{k}_type"] = estimate(f["type"])
+            out[f"{family}_k{k}"] = to_record(f["exact"])
+            out[f"{family}_k{k}_type"] = to_record(f["type"])
     for family in ("attribute", "keyvalue"):
         f = kshot_figures(model, kshot_items(family, 4, n, seed, "train"))
-        out[f"{family}_k4_heldin"] = estimate(f["exact"])
-        out[f"{family}_k4_heldin_type"] = estimate(f["type"])
+        out[f"{family}_k4_heldin"] = to_record(f["exact"])
+        out[f"{family}_k4_heldin_type"] = to_record(f["type"])
     return out
 
 
@@ -81,24 +91,21 @@ def llm_metrics(model, eval_seed: int = 1234, documents: int = 500, scene_questi
     """Held-out fact recall (all, per family, per form), recall in the training forms, perplexity
     on held-out and on fresh training-split world text, scene questions asked in text, the k-shot
     curves (`kshot_metrics`), counterfactual statements in context and chat questions."""
-    from minivlm.data.worldtext import WorldText, chat_items, counterfactual_items, recall_items, scene_items
-    from minivlm.eval import interval
-    from minivlm.models.gpt import fact_recall, world_perplexity
 
     out = {}
     held = recall_items("heldout")
     r = fact_recall(model, held)
-    out["recall_heldout"] = estimate(r["accuracy"])
-    out.update({f"recall_{family}": estimate(e) for family, e in r["per_family"].items()})
+    out["recall_heldout"] = to_record(r["accuracy"])
+    out.update({f"recall_{family}": to_record(e) for family, e in r["per_family"].items()})
     for form in ("question", "cloze"):
-        out[f"recall_{form}"] = estimate(interval([h for h, it in zip(r["hits"], held) if it.form == form]))
-    out["recall_train_forms"] = estimate(fact_recall(model, recall_items("train"))["accuracy"])
-    out["perplexity_heldout"] = estimate(world_perplexity(model, WorldText(eval_seed, "heldout").documents(documents)))
-    out["perplexity_train_split"] = estimate(world_perplexity(model, WorldText(eval_seed, "train").documents(documents)))
+        out[f"recall_{form}"] = to_record(interval([h for h, it in zip(r["hits"], held) if it.form == form]))
+    out["recall_train_forms"] = to_record(fact_recall(model, recall_items("train"))["accuracy"])
+    out["perplexity_heldout"] = to_record(world_perplexity(model, WorldText(eval_seed, "heldout").documents(documents)))
+    out["perplexity_train_split"] = to_record(world_perplexity(model, WorldText(eval_seed, "train").documents(documents)))
     s = fact_recall(model, scene_items(scene_questions, eval_seed))
-    out.update({f"scene_{family}": estimate(e) for family, e in s["per_family"].items()})
-    out["counterfactual"] = estimate(fact_recall(model, counterfactual_items(context_n, eval_seed))["accuracy"])
-    out["chat"] = estimate(fact_recall(model, chat_items(context_n, eval_seed))["accuracy"])
+    out.update({f"scene_{family}": to_record(e) for family, e in s["per_family"].items()})
+    out["counterfactual"] = to_record(fact_recall(model, counterfactual_items(context_n, eval_seed))["accuracy"])
+    out["chat"] = to_record(fact_recall(model, chat_items(context_n, eval_seed))["accuracy"])
     out.update({f"kshot_{key}": value for key, value in kshot_metrics(model, eval_seed, kshot_n).items()})
     return out
 
@@ -106,9 +113,6 @@ def llm_metrics(model, eval_seed: int = 1234, documents: int = 500, scene_questi
 def formation_probe(model, seed: int, n: int = 100) -> dict:
     """The few figures logged during training (retrieval forming before anything else is read):
     held-in key-value retrieval at k = 4, held-out attribute rules at k = 0 and 4, fact recall."""
-    from minivlm.data.incontext import kshot_items
-    from minivlm.data.worldtext import recall_items
-    from minivlm.models.gpt import fact_recall, kshot_figures
 
     out = {"keyvalue_k4_heldin": kshot_figures(model, kshot_items("keyvalue", 4, n, seed, "train"))["exact"].value}
     for k in (0, 4):
@@ -137,11 +141,6 @@ class _Counted:
 
 def _run(job: dict) -> dict:
     """One training run: the shipped model (job["ship"]) or a GPT-2-to-Llama arm."""
-    from minivlm.data.corpus import packed_batches
-    from minivlm.data.worldtext import WorldText
-    from minivlm.models.gpt import lm_step, world_perplexity
-    from minivlm.train import fit
-    from minivlm.utils import count_parameters, seed_everything
 
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -169,7 +168,7 @@ def _run(job: dict) -> dict:
             metrics = llm_metrics(model, job["eval_seed"])
         else:
             docs = WorldText(job["eval_seed"], "heldout").documents(job["arm_documents"])
-            metrics = {"perplexity_heldout": estimate(world_perplexity(model, docs))}
+            metrics = {"perplexity_heldout": to_record(world_perplexity(model, docs))}
     out = {"arm": job["arm"], "seed": job["seed"], "metrics": metrics, "final": {"loss": round(history.last("loss"), 4)},
            "train_seconds": round(train_seconds, 1), "ms_per_step": round(1000 * train_seconds / job["steps"], 1),
            "parameters": count_parameters(model), "tokens_trained": batches.tokens,

@@ -13,14 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
-from minivlm.zoo.recipes import config_dict, estimate
-
-VILT_CONFIG = dict(image_size=32, patch_size=8, dim=64, depth=4, heads=4, max_text_len=32, pos_init_std=1.0)
+from minivlm.data import ShapesBench
+from minivlm.data.pairs import vqa_batches
+from minivlm.eval import evaluate_itm, evaluate_vqa, to_record
+from minivlm.models.vilt import VILT_CONFIG, ViLT, ViLTConfig, pretrain_batches, pretrain_step, vqa_step
+from minivlm.train import fit
+from minivlm.utils import seed_everything
+from minivlm.zoo import store
+from minivlm.zoo.recipes import config_dict
 
 
 def _model(config: dict):
-    from minivlm.models.vilt import ViLT, ViLTConfig
 
     config = dict(config)
     if "answers" in config:
@@ -31,9 +36,6 @@ def _model(config: dict):
 def pretrain(config: dict, steps: int, seed: int, world_seed: int, batch_size: int, lr: float, warmup: int,
              weight_decay: float, progress: bool = False, desc: str | None = None):
     """MLM + ITM pretraining of a fresh ViLT (seeded init), on the CPU. Returns (model, history)."""
-    from minivlm.models.vilt import pretrain_batches, pretrain_step
-    from minivlm.train import fit
-    from minivlm.utils import seed_everything
 
     seed_everything(seed)
     model = _model(config)
@@ -48,9 +50,6 @@ def pretrain(config: dict, steps: int, seed: int, world_seed: int, batch_size: i
 def finetune_vqa(model, steps: int, seed: int, world_seed: int, batch_size: int, lr: float, warmup: int,
                  weight_decay: float, progress: bool = False, desc: str | None = None):
     """VQA fine-tuning of `model` (pretrained or fresh) on the train split. Returns the history."""
-    from minivlm.data.pairs import vqa_batches
-    from minivlm.models.vilt import vqa_step
-    from minivlm.train import fit
 
     batches = vqa_batches(batch_size, seed=world_seed + 1000 * seed, image_size=model.config.image_size,
                           max_text_len=model.config.max_text_len, answers=model.config.answers)
@@ -60,12 +59,10 @@ def finetune_vqa(model, steps: int, seed: int, world_seed: int, batch_size: int,
 
 def vqa_metrics(model, bench_seed: int, n: int) -> dict:
     """VQA accuracy (overall and per kind, with 95 % intervals) on ShapesBench(bench_seed).vqa(n)."""
-    from minivlm.data import ShapesBench
-    from minivlm.eval import evaluate_vqa
 
     result = evaluate_vqa(model, ShapesBench(image_size=model.config.image_size, seed=bench_seed).vqa(n))
-    out = {"vqa": estimate(result["overall"])}
-    out.update({f"vqa_{k}": estimate(v) for k, v in result["per_kind"].items()})
+    out = {"vqa": to_record(result["overall"])}
+    out.update({f"vqa_{k}": to_record(v) for k, v in result["per_kind"].items()})
     return out
 
 
@@ -89,8 +86,6 @@ class ViltPretrainedRecipe:
     model = staticmethod(_model)
 
     def train(self, weights_dir, progress: bool):
-        from minivlm.data import ShapesBench
-        from minivlm.eval import evaluate_itm
 
         start = time.perf_counter()
         model, history = pretrain(self.config, self.steps, self.seed, self.world_seed, self.batch_size, self.lr,
@@ -100,7 +95,7 @@ class ViltPretrainedRecipe:
         return model, {
             "config": config_dict(model),
             "tokenizer_vocab_size": model.config.vocab_size,
-            "metrics": {"itm": estimate(itm["accuracy"])},
+            "metrics": {"itm": to_record(itm["accuracy"])},
             "final_loss": round(history.last("loss"), 4),
             "final_mlm": round(history.last("mlm"), 4),
             "final_itm": round(history.last("itm"), 4),
@@ -128,15 +123,13 @@ class ViltRecipe:
     model = staticmethod(_model)
 
     def train(self, weights_dir, progress: bool):
-        from safetensors.torch import load_file
 
-        from minivlm import zoo
 
         path = Path(weights_dir) / "vilt_pretrained.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"'vilt' fine-tunes 'vilt_pretrained', which is not in {weights_dir}: "
                                     f"build it first (`minivlm zoo build vilt_pretrained`)")
-        info = zoo.manifest("vilt_pretrained", weights_dir)
+        info = store.manifest("vilt_pretrained", weights_dir)
         # the other seeds' pretrained arms repeat the shipped model's own recipe, with their seed
         pre_recipe = ViltPretrainedRecipe(**info["recipe"])
         arms: dict[str, list] = {"pretrained": [], "scratch": []}

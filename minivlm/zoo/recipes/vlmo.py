@@ -22,13 +22,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from minivlm.zoo.recipes import arm_table, config_dict, estimate, itm_figures, run_jobs, shipped_model
-
-VLMO_CONFIG = dict(image_size=32, patch_size=8, dim=64, depth=4, vl_depth=2, heads=4, embed_dim=64, max_text_len=32)
+from minivlm.data import ShapesBench
+from minivlm.drivers import staged_pretrain
+from minivlm.eval import to_record
+from minivlm.models.vlmo import VLMO_CONFIG, VLMo, VLMoConfig, evaluate_retrieval
+from minivlm.utils import seed_everything
+from minivlm.zoo.recipes import arm_table, config_dict, itm_figures, run_jobs, shipped_model
 
 
 def _model(config: dict):
-    from minivlm.models.vlmo import VLMo, VLMoConfig
 
     return VLMo(VLMoConfig(**config))
 
@@ -51,20 +53,16 @@ def arm_schedule(arm: str, unimodal_steps: int, pair_steps: int) -> list[tuple[s
 def vlmo_metrics(model, bench_seed: int = 1234, retrieval_n: int = 256, itm_n: int = 1000, hard_n: int = 1000,
                  k: int = 16) -> dict:
     """The chapter's ShapesBench figures of a VLMo, each with its 95 % interval."""
-    from minivlm.data import ShapesBench
-    from minivlm.models.vlmo import evaluate_retrieval
 
     bench = ShapesBench(image_size=model.config.image_size, seed=bench_seed)
     ret = evaluate_retrieval(model, bench.retrieval(retrieval_n), k=k)
-    out = {"i2t_r1_dual": estimate(ret["dual"]["r1"]), f"i2t_r1_rerank{k}": estimate(ret["rerank"]["r1"]),
-           "i2t_r1_fusion": estimate(ret["fusion"]["r1"])}
+    out = {"i2t_r1_dual": to_record(ret["dual"]["r1"]), f"i2t_r1_rerank{k}": to_record(ret["rerank"]["r1"]),
+           "i2t_r1_fusion": to_record(ret["fusion"]["r1"])}
     return out | itm_figures(model, bench, itm_n, hard_n)
 
 
 def _run_arm(job: dict) -> dict:
     """One arm, start to figures, on one thread (a top-level function, for worker processes)."""
-    from minivlm.drivers import staged_pretrain
-    from minivlm.utils import seed_everything
 
     torch.set_num_threads(1)
     seed_everything(job["seed"])
