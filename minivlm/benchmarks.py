@@ -24,9 +24,17 @@ import time
 from dataclasses import asdict
 
 import torch
+import torch.nn.functional as F
 
-from minivlm.losses import clip_loss
-from minivlm.utils import count_parameters
+from minivlm.data import ShapesWorld, Tokenizer
+from minivlm.data.pairs import vqa_batches
+from minivlm.losses import clip_loss, lm_loss
+from minivlm.models.blip import BLIP, BLIP_CONFIG, BLIPConfig
+from minivlm.models.clip import CLIP, CLIPConfig
+from minivlm.models.gpt import GPT, LLAMA, LLM_SHAPE, GPTConfig
+from minivlm.models.vilt import ViLT, ViLTConfig
+from minivlm.nn.blocks import mlp_width
+from minivlm.utils import check_int, count_parameters
 
 # our activation names → transformers' ACT2FN names for the same function
 HF_ACT = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu", "silu": "silu"}
@@ -102,8 +110,6 @@ def bench_clip(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
     Returns a dict: ours_ms, theirs_ms (wall), ratio (ours / theirs, < 1 means ours is faster),
     ours_cpu_ms, theirs_cpu_ms (process CPU time), the config, parameter counts, torch / transformers versions, threads and device.
     """
-    from minivlm.data import ShapesWorld, Tokenizer
-    from minivlm.models.clip import CLIP, CLIPConfig
 
     with _bench_setup(batch_size, repeats, warmup, device, threads) as dev:
         cfg = CLIPConfig(**config)
@@ -168,10 +174,7 @@ def bench_vilt(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
     logits, backward, AdamW step. config: ViLTConfig fields (dim, depth, image_size, ...);
     both models get them. device, threads and the returned dict as in `bench_clip`.
     """
-    import torch.nn.functional as F
 
-    from minivlm.data.pairs import vqa_batches
-    from minivlm.models.vilt import ViLT, ViLTConfig
 
     with _bench_setup(batch_size, repeats, warmup, device, threads) as dev:
         cfg = ViLTConfig(**config)
@@ -234,7 +237,6 @@ def hf_blip_like(config):
 def blip_caption_batch(config, batch_size: int, seed: int = 0) -> dict:
     """A ShapesWorld captioning batch for `bench_blip`: images, ids "[DEC] words <eos>" (the
     decoder's input and targets) and their attention mask."""
-    from minivlm.data import ShapesWorld, Tokenizer
 
     data = ShapesWorld(seed=seed, image_size=config.image_size).batch(batch_size)
     ids, mask = Tokenizer.from_world()(data["captions"], config.max_text_len, add_bos=True, add_eos=True)
@@ -245,7 +247,6 @@ def blip_caption_batch(config, batch_size: int, seed: int = 0) -> dict:
 
 def blip_lm_loss_ours(model, images, ids, mask) -> torch.Tensor:
     """Our BLIP's captioning loss: encode_image, the MED decoder mode, lm_logits, lm_loss."""
-    from minivlm.losses import lm_loss
 
     image_tokens, _ = model.encode_image(images)
     logits = model.lm_logits(model.text_forward(ids, mask, "decoder", image_tokens))
@@ -273,8 +274,6 @@ def bench_blip(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
     params_ours counts only what the step uses (not the encoder's self-attention, the ITC
     projections, the ITM head or the temperature, which transformers' captioner lacks).
     """
-    from minivlm.models.blip import BLIP, BLIPConfig
-    from minivlm.models.blip import BLIP_CONFIG
 
     with _bench_setup(batch_size, repeats, warmup, device, threads) as dev:
         cfg = BLIPConfig(**{**BLIP_CONFIG, **config, "text_norm_first": False, "vision_pre_norm": False,
@@ -336,7 +335,6 @@ def hf_llama_like(config):
     GPT(config) in the Llama layout (chapter 09): intermediate_size = our MLP width, rope_theta
     = rope_base, grouped-query attention with kv_heads, biases and head tying as ours, the fused
     attention (sdpa)."""
-    from minivlm.nn.blocks import mlp_width
 
     transformers = _transformers("bench_llama")
     _check_layout(config, "LlamaForCausalLM", dict(norm="rmsnorm", positions="rope", mlp="glu", act="silu"))
@@ -369,7 +367,6 @@ def gpt_bench_models(config, seed: int = 0):
     """(ours, theirs, transformers version): transformers' GPT-2 or Llama at our config
     (`hf_gpt_like`), randomly initialised, and our GPT(config) holding the same weights (copied
     with `GPT.from_hf`), so that the two compute the same thing."""
-    from minivlm.models.gpt import GPT
 
     torch.manual_seed(seed)
     hf, hf_version = hf_gpt_like(config)
@@ -421,10 +418,6 @@ def bench_gpt(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device: 
     their CPU times; the config, the reference model's class, parameter counts, versions,
     threads and device.
     """
-    from minivlm.losses import lm_loss
-    from minivlm.models.gpt import GPTConfig
-    from minivlm.utils import check_int
-    from minivlm.models.gpt import LLM_SHAPE
 
     check_int("new_tokens", new_tokens)
     check_int("prompt_len", prompt_len)
@@ -484,7 +477,6 @@ def bench_llama(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device
     (RMSNorm, RoPE, SwiGLU, no biases) at the zoo LLM's shape against transformers'
     LlamaForCausalLM with the same weights: one training step and greedy generation with the KV
     cache. config: more GPTConfig fields (kv_heads, tie_head, ...). Returns bench_gpt's dict."""
-    from minivlm.models.gpt import LLAMA
 
     return bench_gpt(batch_size, repeats, warmup, device, threads, new_tokens, prompt_len, seed,
                      **{**LLAMA, **config})

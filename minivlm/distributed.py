@@ -35,8 +35,12 @@ import time
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
+from minivlm.data import ShapesWorld, Tokenizer
 from minivlm.losses import check_feature_pair, clip_loss
+from minivlm.models.clip import CLIP, CLIPConfig, similarity
+from minivlm.train import lr_factor
 
 
 def is_distributed() -> bool:
@@ -98,11 +102,7 @@ def train(steps: int = 200, batch_size: int = 64, lr: float = 1e-3, seed: int = 
     Returns (on every rank) a dict with the final loss and rank 0's in-batch retrieval R@1 on a
     fresh held-out batch of 256 scenes.
     """
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from minivlm.data import ShapesWorld, Tokenizer
-    from minivlm.models.clip import CLIP, CLIPConfig, similarity
-    from minivlm.train import lr_factor
 
     rank, world, dev = _setup()
     torch.manual_seed(seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)

@@ -34,6 +34,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 
+from minivlm.grading import CHECKS, IMPORT_ERRORS
 from minivlm.notebooks import notebook_cells, py_to_notebook, write_notebook
 
 __all__ = [
@@ -194,7 +195,6 @@ def _add_nbgrader_metadata(nb: nbformat.NotebookNode, solution_text: str, name: 
     unregistered task, a task checked by two cells, two checks in one cell, or a check inside a
     solution cell: nbgrader could not grade those as `minivlm check` does.
     """
-    from minivlm.grading import CHECKS, IMPORT_ERRORS  # imports torch: only when a notebook is built
 
     chapter = name[:2]
     solution_cells = jupytext.reads(solution_text, fmt="py:percent").cells

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from minivlm import utils
+from minivlm.viz import plot_losses
 
 # ----------------------------------------------------------------------------- history
 
@@ -61,7 +62,6 @@ class History:
 
     def plot(self, ax=None, smooth: float = 0.9, logy: bool = False):
         """Loss curves (raw and smoothed); returns the matplotlib Figure."""
-        from minivlm.viz import plot_losses  # imported here: plotting is optional for training
 
         return plot_losses(self, smooth=smooth, ax=ax, logy=logy)
 

@@ -48,7 +48,7 @@
 # | greedy, beam search, temperature / top-k / top-p sampling | `minivlm/generate.py` |
 # | the LM loss with label smoothing | `minivlm/losses.py` (`lm_loss`) |
 # | BLEU-4, CIDEr-D | `minivlm/eval/captions.py` |
-# | the post-LN (BERT) block, to load Salesforce's BLIP | `minivlm/nn/blocks.py` (`norm_first=False`), `BLIP.from_hf` |
+# | the post-LN (BERT) block, to load Salesforce's BLIP | `minivlm/nn/blocks.py` (`norm_first=False`), `minivlm/models/blip_hf.py` (`blip_from_hf`) |
 # | the pretrained BLIP and its seed arms | `minivlm/zoo` (`zoo.load("blip")`, `zoo.manifest("blip")`) |
 
 # %%
@@ -127,7 +127,7 @@ assert not decoder_self[1, 2] and decoder_self[2, 1], "the decoder must see the 
 # %% [markdown]
 # A MED block is chapter 01's block with cross-attention, plus a second self-attention for the
 # decoder. Written out, pre-LN (our default; BERT's post-LN is the `norm_first=False` option of
-# the library's block, which `BLIP.from_hf` uses), and checked against the library's block:
+# the library's block, which `blip_from_hf` uses), and checked against the library's block:
 
 # %%
 config = BLIPConfig(**BLIP_CONFIG)
@@ -503,7 +503,7 @@ assert parts["decoder's own self-attn"] / total < 0.1
 # end-of-text, nucleus filtering, and BLEU's clipped n-gram precision; `minivlm check
 # exercises/06_blip.ipynb` tells you what is wrong.
 #
-# **With internet:** `BLIP.from_hf(BlipForConditionalGeneration.from_pretrained(
+# **With internet:** `blip_from_hf(BlipForConditionalGeneration.from_pretrained(
 # "Salesforce/blip-image-captioning-base"))` loads Salesforce's weights into this from-scratch
 # model (the post-LN option of the block exists for it); the tests check it against transformers
 # on tiny random configs, offline.

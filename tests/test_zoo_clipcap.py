@@ -34,9 +34,16 @@ def test_clipcap_reproduces_its_manifest():
     cap = bench.captioning(256)
     cider = evaluate_captions(model, cap["images"], cap["scenes"])["cider"]
     assert abs(cider.value - info["metrics"]["cider"]["value"]) < 0.1  # other CPUs may flip a few tokens
-    know = knowledge_figures(model, bench.knowledge(900))
+    # Knowledge on one kind's 300 questions of the manifest's 900, against the manifest's per-kind
+    # figures: the same reproduction at a third of the decoding (issue 24). Chapter 10's notebook
+    # re-measures all 900 questions five ways against the manifest under nbval.
+    data = bench.knowledge(900)
+    keep = [i for i, kind in enumerate(data["kinds"]) if kind == "corners"]
+    data = {k: v[keep] if torch.is_tensor(v) else [v[i] for i in keep] for k, v in data.items()}
+    assert len(data["questions"]) == info["metrics"]["knowledge_direct_corners"]["n"] == 300
+    know = knowledge_figures(model, data)
     for way in ("direct", "describe_first", "llm_alone"):
-        assert abs(know[way]["accuracy"].value - info["metrics"][f"knowledge_{way}"]["value"]) < 0.03
+        assert abs(know[way]["accuracy"].value - info["metrics"][f"knowledge_{way}_corners"]["value"]) < 0.03
 
 
 def test_the_arm_trained_to_act_as_the_caption_reproduces_and_reads_knowledge_from_the_image():
@@ -46,7 +53,15 @@ def test_the_arm_trained_to_act_as_the_caption_reproduces_and_reads_knowledge_fr
     assert info["ship_arm"] == "clipcap_kl" and info["config"]["variant"] == "clipcap"
     model = zoo.load("clipcap_kl")
     bench = ShapesBench(image_size=model.image_size, seed=info["recipe"]["bench_seed"])
-    know = knowledge_figures(model, bench.knowledge(900))
+    data = bench.knowledge(900)
+    # only the two ways asserted on, as knowledge_figures asks them (its describe_first, unused here,
+    # is two thirds of its decoding: issue 24)
+    from minivlm.models.frozen import answer_figures, llm_alone_figures
+
+    n = max(len(a.split()) for a in data["answers"]) + 1
+    know = {"direct": answer_figures(model.ask(data["images"], data["questions"], max_new_tokens=n),
+                                     data["answers"], data["kinds"]),
+            "llm_alone": llm_alone_figures(model, data, n)}
     direct, alone = know["direct"]["accuracy"], know["llm_alone"]["accuracy"]
     assert abs(direct.value - info["metrics"]["knowledge_direct"]["value"]) < 0.03
     assert direct.value >= alone.value + 0.20 and direct.low > alone.high

@@ -22,6 +22,8 @@ from minivlm.data.shapesworld import (
     Scene,
     ShapesWorld,
 )
+from minivlm.data.tokenizer import split_words
+from minivlm.data.worldtext import knowledge_sample
 
 # Each task gets its own stream (seed + offset), so adding a task never changes another's data.
 _OFFSETS = {"classification": 0, "retrieval": 1, "swap": 2, "vqa": 3, "itm": 4, "hard_itm": 5, "captioning": 6,
@@ -43,7 +45,6 @@ def knowledge_perception(scenes, questions, kinds) -> dict:
     (corners, sides) or shape (mix_parts) is a word of the question, and that colour or shape
     must be unique in the scene (as `knowledge_questions` asks only about such objects).
     Returns dict(questions, answers, kinds ("shape" or "color"))."""
-    from minivlm.data.tokenizer import split_words
 
     if not len(scenes) == len(questions) == len(kinds):
         raise ValueError(f"scenes, questions and kinds must have the same length, got {len(scenes)}, "
@@ -187,7 +188,6 @@ class ShapesBench:
         corners does the red object have?": the image says which shape is red, the facts say how
         many corners it has), cycling through the kinds corners, sides and mix_parts; one scene
         per question. Returns dict(images (N, 3, H, W), questions, answers, kinds, scenes)."""
-        from minivlm.data.worldtext import knowledge_sample
 
         n = _check_count("n", n)
         world = self._world("knowledge")

@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from minivlm.data.shapesworld import COLORS, NUMBER_WORDS, PLURALS, SHAPES, VQA_KINDS, Scene, ShapesWorld
+from minivlm.data.tokenizer import split_words
 
 FAMILIES: tuple[str, ...] = ("shape", "thing_shape", "thing_color", "mixing")
 
@@ -482,7 +483,6 @@ class WorldText:
 def fact_words() -> set[str]:
     """Words the facts use that ShapesWorld's image-text generators never emit (corners, wheel,
     mixed ...): the mark of a fact sentence."""
-    from minivlm.data.tokenizer import split_words
 
     words: set[str] = set()
     for fact in FACTS:

@@ -13,6 +13,7 @@ import torch
 
 from minivlm.data.shapesworld import ShapesWorld
 from minivlm.eval.stats import interval
+from minivlm.utils import check_int, check_number
 
 
 def caption_tokens(text: str) -> list[str]:
@@ -51,7 +52,6 @@ def bleu(candidates: Sequence[str], references: Sequence[Sequence[str]], n: int 
     is below r, the sum over candidates of the reference length closest to each (ties: the
     shorter). The tiny constants are the COCO evaluation's, so that a zero count gives a tiny
     score, not a crash."""
-    from minivlm.utils import check_int
 
     check_int("n", n)
     cands, refs = _check_captions(candidates, references)
@@ -83,7 +83,6 @@ def cider_d(candidates: Sequence[str], references: Sequence[Sequence[str]], n: i
     similarity, times a Gaussian penalty on the length difference (sigma 6), averaged over n and
     over the references, times 10. Returns (the corpus mean, the score of each candidate), the
     latter for `interval`. As the COCO evaluation, the length compared is the number of bigrams."""
-    from minivlm.utils import check_int, check_number
 
     check_int("n", n)
     check_number("sigma", sigma, 0, math.inf, lo_open=True)

@@ -53,6 +53,9 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from minivlm.data import ShapesBench
+from minivlm.data.worldtext import qa_prompt
+from minivlm.eval import answer_hits, vqa_accuracy
 from minivlm.grading import (
     NO_SHIFT,
     WRONG_WAY,
@@ -72,10 +75,9 @@ from minivlm.losses import lm_loss
 from minivlm.models.frozen import insert_image_tokens, splice
 from minivlm.nn.blocks import Block
 from minivlm.utils import count_parameters, freeze
+from minivlm.zoo import store
 
 PAD, BOS, EOS = 0, 1, 2  # the course tokenizer's ids; the <image> id is drawn at random
-
-
 
 
 def _captions(g: torch.Generator, b: int, n_words: int, vocab: int, image_id: int):
@@ -376,8 +378,6 @@ def caption_loss_reference(logits: torch.Tensor, ids: torch.Tensor, attention_ma
     return lm_loss(logits, ids, targets)
 
 
-
-
 def _caption_mistakes(logits, ids, mask, image_id, k: int) -> list[tuple[torch.Tensor, str]]:
     """The plausible wrong losses; k: the number of <image> tokens (every row has K, right after <bos>)."""
     m = mask.bool()
@@ -665,17 +665,15 @@ GAP_TOKENS = 4  # new tokens per answer: the longest answer ("red and yellow") a
 
 def _zoo_prefix_model():
     """The zoo's ClipCap, loaded fresh (a learner's code cannot leave a mark on the next check)."""
-    from minivlm import zoo
 
     try:
-        return zoo.load("clipcap")
+        return store.load("clipcap")
     except Exception as exc:  # not the learner's doing: say what the check needs
         raise GradingFailure(f"this check runs the zoo's clipcap, which did not load ({type(exc).__name__}: {exc}); "
                              f"rebuild it with `minivlm zoo build clipcap`") from None
 
 
 def _gap_prompts(captions, questions) -> list[str]:
-    from minivlm.data.worldtext import qa_prompt
 
     return [f"{c} {qa_prompt(q)}" for c, q in zip(captions, questions)]
 
@@ -685,7 +683,6 @@ def prefix_gap_reference(model, data: dict, captions, max_new_tokens: int = GAP_
     image prefix ("<bos> <image>×K caption question: … answer:", the prefix model's completion) and
     without it ("<bos> caption question: … answer:", the frozen LLM's), greedy, cut at ".".
     Returns (with_prefix, without_prefix, gap = with_prefix − without_prefix), accuracies in [0, 1]."""
-    from minivlm.eval import vqa_accuracy
 
     prompts = _gap_prompts(captions, data["questions"])
     with_prefix = model.complete(data["images"], prompts, max_new_tokens, stop=".")
@@ -696,8 +693,6 @@ def prefix_gap_reference(model, data: dict, captions, max_new_tokens: int = GAP_
 
 def _gap_arms(model, data: dict, captions) -> dict[str, list[bool]]:
     """Which questions each way of asking gets right, for every way a right or wrong answer is made of."""
-    from minivlm.data.worldtext import qa_prompt
-    from minivlm.eval import answer_hits
 
     images, answers = data["images"], list(data["answers"])
     asked = [qa_prompt(q) for q in data["questions"]]
@@ -768,7 +763,6 @@ def _gap_number(name: str, got) -> float:
 
 @register("10.prefix_gap", title="The experiment: knowledge accuracy after the caption with the prefix kept and dropped")
 def check_prefix_gap(fn) -> None:
-    from minivlm.data import ShapesBench
 
     g = fresh_generator()
     model = _zoo_prefix_model()

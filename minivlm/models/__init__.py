@@ -1,3 +1,16 @@
-"""The course's models, one file per paper (chapter 02 onwards)."""
+"""The course's models, one file per paper (chapter 02 onwards).
+
+A model file holds its model and the paper's own losses and step functions. Data pipelines live
+in `minivlm/data/`, evaluation in `minivlm/eval/`, losses another chapter reuses in
+`minivlm/losses.py`, shared layers and heads in `minivlm/nn/`, training drivers in
+`minivlm/drivers.py`. A model file imports another model file only when its model is built from
+that one. These are all such imports (tests/test_layout.py checks the list against the code):
+
+    blip -> albef       BLIP's pretrainer extends ALBEF's (momentum model, queues)
+    blip_hf -> blip     transformers' BLIP loaded into ours
+    beit3 -> vlmo       BEiT-3 is VLMo's Multiway Transformer with masked data modelling
+    frozen -> clip      the prefix model composes the zoo CLIP ...
+    frozen -> gpt       ... and the frozen language model
+"""
 from minivlm.models.clip import CLIP, CLIPConfig  # noqa: F401
 from minivlm.models.vilt import ViLT, ViLTConfig  # noqa: F401

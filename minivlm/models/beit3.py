@@ -42,6 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from minivlm.data.masking import IGNORE_INDEX, block_mask, mlm_mask
+from minivlm.data.pairs import check_batch, check_batch_keys, pretrain_batches
+from minivlm.data.shapesworld import VQA_ANSWER_VOCAB
+from minivlm.data.tokenizer import Tokenizer
 from minivlm.generate import caption_texts
 from minivlm.losses import mlm_loss, multi_positive_itc
 from minivlm.models.inputs import check_encoder_config, check_images, register_image_stats
@@ -49,7 +52,6 @@ from minivlm.models.vlmo import VLMo, VLMoConfig
 from minivlm.nn import Transformer, masks
 from minivlm.nn.quantize import Quantized, VectorQuantizer
 from minivlm.nn.vit import PatchEmbed
-from minivlm.data.pairs import check_batch_keys
 from minivlm.utils import check_int, check_number, check_tensor, eval_mode, unwrap
 
 # ----------------------------------------------------------------------------- the visual tokenizer
@@ -170,7 +172,6 @@ def vqkd_step(model: VisualTokenizer, batch: dict) -> dict:
 def tokenizer_batches(teacher, batch_size: int = 64, seed: int = 0, image_size: int = 32, grid: int = 4):
     """step → dict(images, targets = the teacher's patch features on a grid × grid layout), on
     ShapesWorld's training scenes (chapter 04's stream; the captions are not used)."""
-    from minivlm.data.pairs import pretrain_batches
 
     images = pretrain_batches(batch_size, seed=seed, image_size=image_size)
 
@@ -205,7 +206,6 @@ class BEiT3Config(VLMoConfig):
 
     def __post_init__(self):
         if self.answers is None:
-            from minivlm.data.shapesworld import VQA_ANSWER_VOCAB
 
             self.answers = VQA_ANSWER_VOCAB
         super().__post_init__()  # VLMo's checks, and the answers'
@@ -354,8 +354,6 @@ def mdm_batches(visual_tokenizer: VisualTokenizer, batch_size: int = 64, seed: i
     """step → a batch for `mdm_step`: three independent draws of ShapesWorld's training pairs
     (chapter 04's stream): the images of one (image-only), the captions of another (text-only)
     and a third as pairs. Visual tokens come from `visual_tokenizer` on the unmasked images."""
-    from minivlm.data.pairs import pretrain_batches
-    from minivlm.data.tokenizer import Tokenizer
 
     if not isinstance(visual_tokenizer, VisualTokenizer):
         raise TypeError(f"visual_tokenizer must be a VisualTokenizer, got {type(visual_tokenizer).__name__}")
@@ -406,7 +404,6 @@ def retrieval_step(model: BEiT3, batch: dict) -> dict:
     """Retrieval fine-tuning: image-only and text-only modes, the contrastive loss on the image
     CLS and the text's <bos> (every true caption in the batch a positive). batch: images, ids,
     attention_mask, positives (chapter 04's `pretrain_batches`)."""
-    from minivlm.data.pairs import check_batch
 
     m = _beit3(model)
     check_batch_keys(batch, ("images", "ids", "attention_mask"), "minivlm.data.pairs.pretrain_batches")
@@ -455,8 +452,6 @@ def caption_step(model: BEiT3, batch: dict) -> dict:
 def caption_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, max_text_len: int = 32,
                     ratio: float = 0.6):
     """step → a captioning batch (chapter 04's ShapesWorld pairs, `caption_inputs` applied)."""
-    from minivlm.data.pairs import pretrain_batches
-    from minivlm.data.tokenizer import Tokenizer
 
     mask_id = Tokenizer.from_world().mask_id
     pairs = pretrain_batches(batch_size, seed=seed, image_size=image_size, max_text_len=max_text_len)

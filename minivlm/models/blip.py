@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minivlm.data.pairs import check_batch, check_pair_set
+from minivlm.eval import interval
 from minivlm.generate import caption_texts
 from minivlm.losses import check_alpha, itm_loss, itm_negatives, lm_loss, momentum_itc
 from minivlm.models.albef import ALBEFPretrainer
@@ -184,19 +185,6 @@ class BLIP(TextInputs, ContrastiveHead, LMHead, nn.Module):
         self.init_word_head(c.dim, c.vocab_size, c.text_eps)  # lm_transform, lm_norm, lm_bias (tied to token_embedding)
         register_image_stats(self, c)
         self.tokenizer = tokenizer
-
-    @classmethod
-    def from_hf(cls, model, **kwargs) -> "BLIP":
-        """A BLIP holding the weights of a Hugging Face `transformers` BLIP: a
-        `BlipForConditionalGeneration` (image encoder + decoder: captions) or a
-        `BlipForImageTextRetrieval` (image encoder + text encoder, ITC and ITM). transformers
-        keeps BLIP's decoder and encoder as two models, so the part the given one lacks stays at
-        its initialisation. kwargs (tokenizer, image statistics, special ids): see
-        `minivlm.models.blip_hf.blip_from_hf`. With Salesforce's weights (max_text_len 512) pass
-        `caption(..., max_len=20)`: decoding recomputes the whole prefix at every step."""
-        from minivlm.models.blip_hf import blip_from_hf
-
-        return blip_from_hf(model, **kwargs)
 
     # ------------------------------------------------------------------------------ the image
     def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -445,7 +433,6 @@ def filter_scores(web_kept: torch.Tensor, clean: torch.Tensor) -> dict:
     """How well the filter caught the noisy web captions: precision (of the captions it
     removed, the share that were noisy) and recall (of the noisy captions, the share it
     removed), each with a Wilson interval; plus the count removed and the count noisy."""
-    from minivlm.eval import interval
 
     check_tensor("web_kept", web_kept, ndim=1, dtype="bool")
     check_tensor("clean", clean, ndim=1, dtype="bool")
@@ -458,7 +445,6 @@ def filter_scores(web_kept: torch.Tensor, clean: torch.Tensor) -> dict:
 
 
 # ----------------------------------------------------------------------------- evaluation
-
 
 
 BLIP_CONFIG = dict(image_size=32, patch_size=4, dim=64, vision_depth=3, text_depth=2, heads=4, embed_dim=64,

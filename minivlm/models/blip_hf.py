@@ -19,12 +19,12 @@ With internet access a learner can caption real photos through the from-scratch 
     from PIL import Image
     from torchvision.transforms.functional import pil_to_tensor
     from transformers import BlipForConditionalGeneration, BlipProcessor
-    from minivlm.models.blip import BLIP
+    from minivlm.models.blip_hf import blip_from_hf
 
     name = "Salesforce/blip-image-captioning-base"
     hf = BlipForConditionalGeneration.from_pretrained(name)
     tokenizer = BlipProcessor.from_pretrained(name).tokenizer      # BERT's WordPiece + [DEC]
-    model = blip_from_hf(hf, tokenizer=tokenizer).eval()           # or BLIP.from_hf(hf)
+    model = blip_from_hf(hf, tokenizer=tokenizer).eval()
     size = model.config.image_size                                 # 384
     photo = Image.open("photo.jpg").convert("RGB").resize((size, size), Image.BICUBIC)
     images = pil_to_tensor(photo)[None].float() / 255              # (1, 3, 384, 384) in [0, 1]

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from minivlm.data.tokenizer import Tokenizer
 from minivlm.losses import clip_loss
 from minivlm.nn import TextTransformer, ViT
 from minivlm.nn.blocks import ACTIVATIONS
@@ -74,7 +75,6 @@ class CLIPConfig:
 
     def __post_init__(self):
         if self.vocab_size is None or self.eos_id is None:
-            from minivlm.data.tokenizer import Tokenizer  # the course's word tokenizer
 
             tok = Tokenizer.from_world()
             self.vocab_size = len(tok) if self.vocab_size is None else self.vocab_size
@@ -179,7 +179,6 @@ class CLIP(ContrastiveHead, nn.Module):
 
     def get_tokenizer(self):
         if self.tokenizer is None:
-            from minivlm.data.tokenizer import Tokenizer
 
             tok = Tokenizer.from_world()
             if len(tok) != self.config.vocab_size or tok.eos_id != self.config.eos_id:

@@ -46,10 +46,17 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from minivlm.data.bench import knowledge_perception
+from minivlm.data.pairs import check_pair_set, pair_batches
+from minivlm.data.shapesworld import CAPTION_TEMPLATES, VQA_KINDS, ShapesWorld
+from minivlm.data.tokenizer import Tokenizer, split_words
+from minivlm.data.worldtext import fact_words, qa_prompt, qa_text
+from minivlm.eval import answer_hits, bootstrap, interval
 from minivlm.losses import lm_loss
+from minivlm.models.clip import CLIP
+from minivlm.models.gpt import GPT
 from minivlm.nn.pooling import AttentionalPooler
-from minivlm.utils import freeze, unfreeze
-from minivlm.utils import check_int, check_range, check_shape, check_tensor, eval_mode
+from minivlm.utils import check_int, check_range, check_shape, check_tensor, eval_mode, freeze, unfreeze
 
 VARIANTS = ("frozen", "clipcap", "mapl")
 PREFIX_NORMS = ("free", "word")
@@ -186,8 +193,6 @@ class PrefixVLM(nn.Module):
 
     def __init__(self, clip, llm, config: PrefixConfig | None = None, tokenizer=None):
         super().__init__()
-        from minivlm.models.clip import CLIP
-        from minivlm.models.gpt import GPT
 
         if not isinstance(clip, CLIP):
             raise TypeError(f"clip must be a minivlm CLIP (e.g. zoo.load('clip')), got {type(clip).__name__}")
@@ -313,7 +318,6 @@ class PrefixVLM(nn.Module):
         is "<image>×K question: ... answer:", as the LLM read questions after a caption in chapter
         09. describe_first: the model first captions the image, and the question follows its own
         caption ("<image>×K caption question: ... answer:")."""
-        from minivlm.data.worldtext import qa_prompt
 
         if isinstance(questions, str) or not all(isinstance(q, str) for q in questions):
             raise TypeError("questions must be a list of strings")
@@ -340,8 +344,6 @@ def prefix_step(model: PrefixVLM, batch: dict) -> dict:
 def prefix_batches(data: dict, n_prefix: int, batch_size: int = 32, seed: int = 0, tokenizer=None):
     """batches(step) -> dict(images, ids, attention_mask, loss_mask): chapter 06's image-caption
     batches (`pair_batches`) with K <image> tokens after <bos>."""
-    from minivlm.data.pairs import pair_batches
-    from minivlm.data.tokenizer import Tokenizer
 
     tok = tokenizer or Tokenizer.from_world()
     pairs = pair_batches(data, batch_size=batch_size, seed=seed, tokenizer=tok)
@@ -361,9 +363,6 @@ def check_no_fact_text(texts: Sequence[str]) -> None:
     generators never emit (so that no fact can hide in words the check does not know). The
     promise that tests/data/test_worldtext.py makes of every image-text generator, asserted on
     the training text of a prefix that is then asked knowledge questions."""
-    from minivlm.data.shapesworld import ShapesWorld
-    from minivlm.data.tokenizer import split_words
-    from minivlm.data.worldtext import fact_words
 
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
         raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
@@ -384,8 +383,6 @@ def caption_qa_set(data: dict, seed: int = 0, kinds: Sequence[str] | None = None
     Captions that are not true of their image (a noisy set's) are left out.
     Returns dict(images, scenes, image_ids, captions, questions, answers, kinds); its text is
     checked by `check_no_fact_text`."""
-    from minivlm.data.pairs import check_pair_set
-    from minivlm.data.shapesworld import VQA_KINDS, ShapesWorld
 
     check_pair_set(data)
     kinds = tuple(VQA_KINDS if kinds is None else kinds)
@@ -425,8 +422,6 @@ def caption_distill_batches(data: dict, n_prefix: int, batch_size: int = 32, see
     (the last prefix or caption token, then every suffix token but the last); suffix_mask (B, L):
     True where the row has that suffix token; answer_mask (B, L): those that predict the answer
     (and its "." and <eos>). The data's text is checked by `check_no_fact_text` first."""
-    from minivlm.data.tokenizer import Tokenizer
-    from minivlm.data.worldtext import qa_prompt, qa_text
 
     need = ("images", "image_ids", "captions", "questions", "answers")
     if not isinstance(data, dict) or any(k not in data for k in need):
@@ -514,7 +509,6 @@ def caption_distill_step(model: PrefixVLM, batch: dict) -> dict:
 def answer_figures(predictions: list[str], answers: Sequence[str], kinds: Sequence[str]) -> dict:
     """Exact-answer accuracy of predictions: dict(predictions, hits, accuracy, per_kind), each
     accuracy an Estimate with its 95 % interval."""
-    from minivlm.eval import answer_hits, interval
 
     hits = answer_hits(predictions, list(answers))
     per_kind = {k: interval([h for h, kk in zip(hits, kinds) if kk == k]) for k in sorted(set(kinds))}
@@ -530,7 +524,6 @@ def vqa_figures(model: PrefixVLM, data: dict, describe_first: bool = False) -> d
 def llm_alone_figures(model: PrefixVLM, data: dict, max_new_tokens: int = 4) -> dict:
     """The baseline of questions about images: the same questions to the frozen LLM alone, with
     no image. dict(predictions, hits, accuracy, per_kind)."""
-    from minivlm.data.worldtext import qa_prompt
 
     predictions = model.llm.complete([qa_prompt(q) for q in data["questions"]], max_new_tokens,
                                      tokenizer=model.tokenizer)
@@ -577,8 +570,6 @@ def knowledge_decomposition(model: PrefixVLM, data: dict, max_new_tokens: int | 
     own_caption and describe_first also carry "captions" (the model's, greedy). Which prefix
     "direct" reads depends on the model passed: caption-trained, or distilled to act as the
     caption (`caption_distill_step`)."""
-    from minivlm.data.shapesworld import CAPTION_TEMPLATES, ShapesWorld
-    from minivlm.data.worldtext import qa_prompt
 
     _check_knowledge_set(data)
     n = max_new_tokens if max_new_tokens is not None else max(len(a.split()) for a in data["answers"]) + 1
@@ -614,8 +605,6 @@ def perception_figures(model: PrefixVLM, data: dict, decomposition: dict) -> dic
                          `decomposition` (None for each where the subset is empty),
         direct_share_of_ceiling  direct / true_caption accuracy on that subset, with a bootstrap
                          interval over the subset's items (None without both ways or subset))."""
-    from minivlm.data.bench import knowledge_perception
-    from minivlm.eval import bootstrap, interval
 
     _check_knowledge_set(data)
     if not isinstance(decomposition, dict) or not decomposition:

@@ -38,6 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minivlm.data.tokenizer import Tokenizer
+from minivlm.data.worldtext import WorldText
+from minivlm.eval import answer_hits, interval, perplexity
 from minivlm.generate import generate
 from minivlm.losses import lm_loss
 from minivlm.nn.attention import KVCache
@@ -77,7 +80,6 @@ class GPTConfig:
 
     def __post_init__(self):
         if None in (self.vocab_size, self.pad_id, self.bos_id, self.eos_id):
-            from minivlm.data.tokenizer import Tokenizer
 
             tok = Tokenizer.from_world()
             if self.vocab_size is None:
@@ -282,7 +284,6 @@ class GPT(nn.Module):
 
     def get_tokenizer(self):
         if self.tokenizer is None:
-            from minivlm.data.tokenizer import Tokenizer
 
             tok = Tokenizer.from_world()
             if len(tok) != self.config.vocab_size:
@@ -472,8 +473,6 @@ def lm_step(model: GPT, batch: dict) -> dict:
 def lm_batches(batch_size: int = 64, max_len: int = 64, seed: int = 0, split: str = "train", **world_text):
     """batches(i) -> dict(ids, attention_mask): batch_size world-text documents "<bos> ... <eos>",
     right-padded, the i-th batch of stream `seed` (deterministic in i, so a run can resume)."""
-    from minivlm.data.tokenizer import Tokenizer
-    from minivlm.data.worldtext import WorldText
 
     check_int("batch_size", batch_size)
     check_int("max_len", max_len, lo=2)
@@ -493,7 +492,6 @@ def fact_recall(model: GPT, items, use_cache: bool = True) -> dict:
     """Ask each `RecallItem` (minivlm.data.worldtext.recall_items) greedily: a hit when the text
     generated up to the first "." equals the answer. Returns dict(predictions, hits, accuracy
     (an Estimate), per_family {family: Estimate})."""
-    from minivlm.eval import answer_hits, interval
 
     items = list(items)
     if not items:
@@ -511,7 +509,6 @@ def kshot_figures(model: GPT, items) -> dict:
     words as its answer has. Exact: those words are the answer; type: they are an answer of the
     right kind (a colour for a colour rule), which a model can get from the format alone.
     Returns dict(predictions, exact, type (Estimates), per_rule {rule: exact Estimate})."""
-    from minivlm.eval import interval
 
     items = list(items)
     if not items:
@@ -530,7 +527,6 @@ def kshot_figures(model: GPT, items) -> dict:
 def world_perplexity(model: GPT, documents: Sequence[str], batch_size: int = 128):
     """Perplexity of `model` on world-text documents ("<bos> ... <eos>"), with a bootstrap interval
     over documents (`minivlm.eval.perplexity`)."""
-    from minivlm.eval import perplexity
 
     tok = model.get_tokenizer()
     per_doc = []

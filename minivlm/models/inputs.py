@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from minivlm.data.tokenizer import Tokenizer
 from minivlm.nn.blocks import ACTIVATIONS
 from minivlm.nn.text import check_token_ids
 from minivlm.utils import check_int, check_number, check_range, check_shape, check_tensor
@@ -44,7 +45,6 @@ def fill_token_ids(config, **tokens: str) -> None:
     names = token_id_fields(config)
     if config.vocab_size is not None and all(getattr(config, name) is not None for name in names):
         return
-    from minivlm.data.tokenizer import Tokenizer
 
     tok = Tokenizer.from_world()
     if config.vocab_size is None:
@@ -131,7 +131,6 @@ class TextInputs:
 
     def get_tokenizer(self):
         if self.tokenizer is None:
-            from minivlm.data.tokenizer import Tokenizer
 
             tok = Tokenizer.from_world()
             if len(tok) != self.config.vocab_size:

@@ -34,6 +34,7 @@ from torch import nn
 from minivlm.data.masking import mlm_mask
 from minivlm.data.pairs import oracle_regions, step_world
 from minivlm.data.shapesworld import VQA_ANSWER_VOCAB, ShapesWorld
+from minivlm.data.tokenizer import Tokenizer
 from minivlm.losses import itm_loss, mlm_loss
 from minivlm.models.inputs import (
     TextInputs,
@@ -433,7 +434,6 @@ def pretrain_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, 
                             the caption of another scene with different objects (label 0);
       boxes / box_mask:     the oracle boxes, for a regions-mode model.
     """
-    from minivlm.data.tokenizer import Tokenizer
 
     tok = tokenizer or Tokenizer.from_world()
 

@@ -40,7 +40,8 @@ from einops import rearrange
 from torch import nn
 
 from minivlm.data.masking import block_mask
-from minivlm.eval import itc_similarity
+from minivlm.data.pairs import check_batch, check_batch_keys, pretrain_batches
+from minivlm.eval import interval, itc_similarity
 from minivlm.losses import itm_loss, mlm_loss, multi_positive_itc, sample_negatives
 from minivlm.models.inputs import (
     TextInputs,
@@ -55,7 +56,6 @@ from minivlm.nn.heads import ContrastiveHead, MLMHead
 from minivlm.nn.multiway import MoMEBlock
 from minivlm.nn.text import check_token_ids
 from minivlm.nn.vit import PatchEmbed, patchify
-from minivlm.data.pairs import check_batch_keys
 from minivlm.utils import check_int, check_number, check_tensor, eval_mode, unwrap
 
 VISION, LANGUAGE, VL = 0, 1, 2  # expert indices in every MoME block
@@ -338,7 +338,6 @@ def pair_step(model: VLMo, batch: dict) -> dict:
          `config.negatives` says; on <bos>;
     MLM: fusion mode on the masked captions.
     """
-    from minivlm.data.pairs import check_batch
 
     m = unwrap(model, VLMo)
     check_batch_keys(batch, ("images", "ids", "attention_mask", "mlm_ids", "mlm_labels"), "stage_batches")
@@ -386,7 +385,6 @@ def stage_batches(stage: str, batch_size: int = 64, seed: int = 0, image_size: i
     `pretrain_batches` (ShapesWorld train scenes, captions, 15 % MLM masking, positives), plus a
     block-wise patch mask for the image stage. A stage reads only its own keys: the image
     stage the images, the text stage the captions, the pairs stage both."""
-    from minivlm.data.pairs import pretrain_batches
 
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -494,7 +492,6 @@ def evaluate_retrieval(model: VLMo, data: dict, modes: Sequence[str] = ("dual", 
                        batch_size: int = 512) -> dict:
     """Image → text R@1 (Wilson interval), wall time and passes of each mode on a ShapesBench
     `retrieval` set (caption i belongs to image i)."""
-    from minivlm.eval import interval
 
     target = torch.arange(len(data["captions"]))
     out = {}

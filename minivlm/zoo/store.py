@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from minivlm.data.tokenizer import Tokenizer
 from minivlm.utils import count_parameters, state_dict_mismatches
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -165,7 +166,6 @@ def save_weights(model: nn.Module, path: str | Path, config: dict) -> None:
 def _check_tokenizer_fields(manifest_path: Path, info: dict, rebuild: str) -> None:
     """Every zoo model reads text with the course tokenizer: ids edited in the manifest (or a
     tokenizer that changed since the build) would embed the wrong tokens without an error."""
-    from minivlm.data.tokenizer import Tokenizer
 
     tok = Tokenizer.from_world()
     config = info["config"]

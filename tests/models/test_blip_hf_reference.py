@@ -152,7 +152,7 @@ def test_wrong_model_type_raises():
     with pytest.raises(TypeError, match="BlipForConditionalGeneration"):
         blip_from_hf(transformers.BlipVisionModel(hf_config().vision_config))
     with pytest.raises(TypeError, match="got str"):
-        BLIP.from_hf("Salesforce/blip-image-captioning-base")
+        blip_from_hf("Salesforce/blip-image-captioning-base")
 
 
 def test_untied_lm_head_raises():
