@@ -72,6 +72,15 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
+def _step_race(step_ours, ours, step_theirs, theirs, warmup: int, repeats: int, dev: torch.device,
+               extra: dict) -> dict:
+    """Time a training step of ours and theirs, alternating, each with its own AdamW (lr 1e-4):
+    `_time_alternating`'s figures with the run's settings and `extra`."""
+    runs = {"ours": (step_ours, torch.optim.AdamW(ours.parameters(), lr=1e-4)),
+            "theirs": (step_theirs, torch.optim.AdamW(theirs.parameters(), lr=1e-4))}
+    return {**_time_alternating(runs, warmup, repeats, dev), "repeats": repeats, "warmup": warmup, **extra}
+
+
 def _time_alternating(runs: dict, warmup: int, repeats: int, dev: torch.device) -> dict:
     """Time {"ours": (step, opt), "theirs": (step, opt)}: warmup + repeats rounds, each running
     both steps, alternating who goes first. Returns the median wall and CPU milliseconds and
@@ -138,11 +147,9 @@ def bench_clip(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
             out.loss.backward()
             opt.step()
 
-        runs = {"ours": (step_ours, torch.optim.AdamW(ours.parameters(), lr=1e-4)),
-                "theirs": (step_theirs, torch.optim.AdamW(hf.parameters(), lr=1e-4))}
-        return {**_time_alternating(runs, warmup, repeats, dev), "batch_size": batch_size, "repeats": repeats,
-                "warmup": warmup, "config": asdict(cfg), "params_ours": n_ours, "params_theirs": n_theirs,
-                **_versions(hf_version, dev)}
+        return _step_race(step_ours, ours, step_theirs, hf, warmup, repeats, dev,
+                          {"batch_size": batch_size, "config": asdict(cfg), "params_ours": n_ours,
+                           "params_theirs": n_theirs, **_versions(hf_version, dev)})
 
 
 def hf_vilt_like(config):
@@ -203,11 +210,9 @@ def bench_vilt(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
             F.cross_entropy(out.logits, labels).backward()
             opt.step()
 
-        runs = {"ours": (step_ours, torch.optim.AdamW(ours.parameters(), lr=1e-4)),
-                "theirs": (step_theirs, torch.optim.AdamW(hf.parameters(), lr=1e-4))}
-        return {**_time_alternating(runs, warmup, repeats, dev), "batch_size": batch_size, "repeats": repeats,
-                "warmup": warmup, "config": asdict(cfg), "params_ours": n_ours, "params_theirs": n_theirs,
-                **_versions(hf_version, dev)}
+        return _step_race(step_ours, ours, step_theirs, hf, warmup, repeats, dev,
+                          {"batch_size": batch_size, "config": asdict(cfg), "params_ours": n_ours,
+                           "params_theirs": n_theirs, **_versions(hf_version, dev)})
 
 
 def hf_blip_like(config):
@@ -301,11 +306,9 @@ def bench_blip(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
             blip_lm_loss_theirs(hf, images, ids, mask, mean, std).backward()
             opt.step()
 
-        runs = {"ours": (step_ours, torch.optim.AdamW(ours.parameters(), lr=1e-4)),
-                "theirs": (step_theirs, torch.optim.AdamW(hf.parameters(), lr=1e-4))}
-        return {**_time_alternating(runs, warmup, repeats, dev), "batch_size": batch_size, "repeats": repeats,
-                "warmup": warmup, "config": asdict(cfg), "params_ours": n_ours, "params_theirs": n_theirs,
-                **_versions(hf_version, dev)}
+        return _step_race(step_ours, ours, step_theirs, hf, warmup, repeats, dev,
+                          {"batch_size": batch_size, "config": asdict(cfg), "params_ours": n_ours,
+                           "params_theirs": n_theirs, **_versions(hf_version, dev)})
 
 
 def hf_gpt2_like(config):

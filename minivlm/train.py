@@ -1,4 +1,4 @@
-"""The training loop used by every chapter from 01 on.
+"""The training loop used by every chapter from 01 on (chapter 01 explains it).
 
 One small loop, plain PyTorch: a chapter writes a `step(model, batch) -> {"loss": ..., ...}`
 function and calls `fit(model, step, batches, steps)`. `fit` moves model and batches to the

@@ -1,4 +1,5 @@
-"""Plots used across the chapters: images, similarity matrices, masks, attention, losses, bars.
+"""Plots used across the chapters (chapter 00 first uses them): images, similarity matrices, masks,
+attention, losses, bars.
 
 Every function returns the matplotlib Figure. Functions that draw a single panel take an
 optional `ax`, so a chapter can compose several plots in one figure. Plain pyplot: it works in

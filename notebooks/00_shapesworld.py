@@ -20,6 +20,14 @@
 # contained. So every chapter uses one synthetic world, **ShapesWorld**.
 #
 # First, the map: the papers and the chapter that rebuilds each.
+#
+# | piece | library |
+# |---|---|
+# | the world: scenes, rendering, captions, noisy captions, VQA, relation swaps | `minivlm/data/shapesworld.py` |
+# | the word tokenizer every model shares | `minivlm/data/tokenizer.py` |
+# | ShapesBench: the fixed evaluation sets | `minivlm/data/bench.py` |
+# | intervals for every measured number; VQA accuracy | `minivlm/eval/stats.py`, `minivlm/eval/answers.py` |
+# | the plots | `minivlm/viz.py` |
 
 # %%
 import time

@@ -29,9 +29,9 @@
 #
 # | piece | library |
 # |---|---|
-# | the model: towers, projections, temperature, zero-shot helpers | `minivlm/models/clip.py` |
+# | the model: towers, projections, temperature | `minivlm/models/clip.py`; the contrastive head `minivlm/nn/heads.py` (`ContrastiveHead`) |
 # | the symmetric contrastive loss | `minivlm/losses.py` (`clip_loss`) |
-# | metrics: zero-shot accuracy, R@k, swap scores | `minivlm/eval/retrieval.py` |
+# | zero-shot classification (templates, prototypes), metrics: zero-shot accuracy, R@k, swap scores | `minivlm/eval/retrieval.py` |
 # | the trained CLIP later chapters start from | `minivlm/zoo` (`zoo.load("clip")`) |
 
 # %%

@@ -33,7 +33,8 @@
 #
 # | piece | library |
 # |---|---|
-# | the model: embeddings, single-stream encoder, pooler, MLM / ITM / VQA heads | `minivlm/models/vilt.py` |
+# | the model: embeddings, single-stream encoder, pooler, ITM / VQA heads | `minivlm/models/vilt.py`; the tied MLM head `minivlm/nn/heads.py` (`MLMHead`) |
+# | VQA batches, the oracle boxes of the regions pipeline | `minivlm/data/pairs.py` (`vqa_batches`, `oracle_regions`) |
 # | MLM masking (15 %, 80/10/10) | `minivlm/data/masking.py` |
 # | MLM and ITM losses | `minivlm/losses.py` |
 # | VQA and ITM evaluation sets, intervals, the blind baseline | `minivlm/data/bench.py`, `minivlm/eval/answers.py` |

@@ -38,7 +38,9 @@
 # |---|---|
 # | the model: ViT, text encoder, fusion encoder with cross-attention, ITC / ITM / MLM heads | `minivlm/models/albef.py` |
 # | the momentum (EMA) copy and the feature queue | `minivlm/nn/momentum.py` |
-# | soft-target distillation, MoD targets, hard-negative sampling | `minivlm/losses.py` |
+# | soft-target distillation, MoD targets, hard-negative sampling, ITC with queues (`momentum_itc`) | `minivlm/losses.py` |
+# | pretraining batches (captions, masked copies, the positives matrix) | `minivlm/data/pairs.py` (`pretrain_batches`) |
+# | ITC similarities, ITC-then-ITM retrieval, the hard ITM evaluation | `minivlm/eval/retrieval.py`, `minivlm/eval/answers.py` |
 # | the hard ITM set (one fact changed) | `minivlm/data/bench.py`, `ShapesWorld.hard_negative` |
 # | the pretrained ALBEF and its seed arms | `minivlm/zoo` (`zoo.load("albef")`, `zoo.manifest("albef")`) |
 

@@ -42,6 +42,7 @@
 # | the model, its three modes, the stage step functions, retrieval three ways | `minivlm/models/vlmo.py`; the staged driver `staged_pretrain` in `minivlm/drivers.py` |
 # | block-wise masking for masked image modelling | `minivlm/data/masking.py` (`block_mask`) |
 # | ITM's hard negatives, the losses | `minivlm/losses.py` (chapter 04) |
+# | dual-mode similarities (any dual encoder) | `minivlm/eval/retrieval.py` (`itc_similarity`, chapter 04) |
 # | the pretrained VLMo and its seed arms | `minivlm/zoo` (`zoo.load("vlmo")`, `zoo.manifest("vlmo")`) |
 
 # %%

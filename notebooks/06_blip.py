@@ -42,12 +42,13 @@
 #
 # | piece | library |
 # |---|---|
-# | the MED block (a second, causal self-attention), the model, its three modes, `caption`, `match` | `minivlm/models/blip.py` |
+# | the MED block (a second, causal self-attention), the model, its three modes, `caption`, `match_probability` | `minivlm/models/blip.py`; the contrastive and LM heads `minivlm/nn/heads.py` |
 # | the step function (ITC + ITM + LM, or any subset), CapFilt, the filter's precision and recall | `minivlm/models/blip.py` |
-# | ITC with momentum and queues, ITM's hard negatives | `minivlm/models/albef.py` (chapter 04) |
+# | ITC with momentum and queues, ITM's hard negatives | `minivlm/losses.py` (`momentum_itc`, `itm_negatives`, chapter 04) |
+# | the web and clean pair sets, their batches | `minivlm/data/pairs.py` (`image_text_pairs`, `pair_batches`) |
 # | greedy, beam search, temperature / top-k / top-p sampling | `minivlm/generate.py` |
 # | the LM loss with label smoothing | `minivlm/losses.py` (`lm_loss`) |
-# | BLEU-4, CIDEr-D | `minivlm/eval/captions.py` |
+# | BLEU-4, CIDEr-D, captions evaluated against every paraphrase | `minivlm/eval/captions.py` (`evaluate_captions`) |
 # | the post-LN (BERT) block, to load Salesforce's BLIP | `minivlm/nn/blocks.py` (`norm_first=False`), `minivlm/models/blip_hf.py` (`blip_from_hf`) |
 # | the pretrained BLIP and its seed arms | `minivlm/zoo` (`zoo.load("blip")`, `zoo.manifest("blip")`) |
 

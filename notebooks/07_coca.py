@@ -47,6 +47,7 @@
 # | PrefixLM: one Transformer under the prefix-LM mask, `prefixlm_step`, `caption` | `minivlm/models/prefixlm.py` |
 # | the prefix-LM mask | `minivlm/nn/masks.py` (chapter 01) |
 # | the contrastive loss, the next-word loss, decoding, CIDEr | chapters 02 and 06 |
+# | clean caption batches; zero-shot over any dual encoder | `minivlm/data/pairs.py` (`caption_batches`), `minivlm/eval/retrieval.py` (`classify_zero_shot`) |
 # | the trained CoCa and the PrefixLM arms | `minivlm/zoo` (`zoo.load("coca")`, `zoo.manifest("coca")`) |
 
 # %%

@@ -42,7 +42,7 @@
 # | piece | library |
 # |---|---|
 # | the vector quantiser: nearest code, straight-through gradient, usage | `minivlm/nn/quantize.py` |
-# | the visual tokenizer (VQ-KD), the model, MDM and the fine-tuning steps | `minivlm/models/beit3.py` |
+# | the visual tokenizer (VQ-KD), the model, MDM and the fine-tuning steps | `minivlm/models/beit3.py`; VQ-KD training with code restarts `minivlm/drivers.py` (`train_tokenizer`) |
 # | the Multiway blocks and the routing by mode | `minivlm/nn/multiway.py`, `minivlm/models/vlmo.py` (chapter 05) |
 # | block-wise masking, word masking | `minivlm/data/masking.py` (chapters 03, 05) |
 # | the trained tokenizer, the pretrained BEiT-3, the arms | `minivlm/zoo` (`"beit3_tokenizer"`, `"beit3"`) |

@@ -265,18 +265,30 @@ def scene_items(n: int, seed: int = 0, split: str = "test") -> list[RecallItem]:
     text form of what chapters 10-18 ask with an image in place of the caption."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
+    items: list[RecallItem] = []
+    for world, _, scene, q, a, kind, family in _scene_questions(seed, split, None):
+        items.append(RecallItem(f"{world.caption(scene)} {qa_prompt(q)}", a, family, kind, "scene", None))
+        if len(items) == n:
+            return items
+
+
+def _scene_questions(seed: int, split: str, kinds: Sequence[str] | None):
+    """Endless (world, rng, scene, question, answer, kind, family) about fresh scenes, families
+    alternating "vqa" (the VQA kinds in `kinds`, None: all) and "knowledge" (a fact about an
+    object the scene names); rng is the generator the draws came from, for the caller's own."""
     world = ShapesWorld(seed=seed, split=split)
     rng = np.random.default_rng(seed)
-    items: list[RecallItem] = []
-    while len(items) < n:
+    asked = 0
+    while True:
         scene = world.sample(1)[0]
-        family = "vqa" if len(items) % 2 == 0 else "knowledge"
-        options = ([(q, a, k) for q, a, k in world.vqa(scene)] if family == "vqa" else knowledge_questions(scene))
+        family = "vqa" if asked % 2 == 0 else "knowledge"
+        options = ([(q, a, k) for q, a, k in world.vqa(scene) if kinds is None or k in kinds] if family == "vqa"
+                   else knowledge_questions(scene))
         if not options:
             continue
         q, a, kind = options[int(rng.integers(len(options)))]
-        items.append(RecallItem(f"{world.caption(scene)} {qa_prompt(q)}", a, family, kind, "scene", None))
-    return items
+        yield world, rng, scene, q, a, kind, family
+        asked += 1
 
 
 # ----------------------------------------------------------------------------- chat turns
@@ -374,22 +386,14 @@ def chat_items(n: int, seed: int = 0, split: str = "test", one_word: bool = True
         raise ValueError(f"n must be an int >= 1, got {n!r}")
     if kinds is not None and (isinstance(kinds, str) or not set(kinds) <= set(VQA_KINDS)):
         raise ValueError(f"kinds must be None or a list of VQA kinds from {VQA_KINDS}, got {kinds!r}")
-    world = ShapesWorld(seed=seed, split=split)
-    rng = np.random.default_rng(seed)
     items: list[RecallItem] = []
-    while len(items) < n:
-        scene = world.sample(1)[0]
-        family = "vqa" if len(items) % 2 == 0 else "knowledge"
-        options = ([(q, a, k) for q, a, k in world.vqa(scene) if kinds is None or k in kinds] if family == "vqa"
-                   else knowledge_questions(scene))
-        if not options:
-            continue
-        q, a, kind = options[int(rng.integers(len(options)))]
+    for world, rng, scene, q, a, kind, family in _scene_questions(seed, split, kinds):
         instruction = " " + ONE_WORD_INSTRUCTIONS[int(rng.integers(len(ONE_WORD_INSTRUCTIONS)))] if one_word else ""
         prompt = chat_prompt(f"{world.caption(scene)} {q}{instruction}")
         items.append(RecallItem(prompt, a if one_word else SENTENCE_ANSWER.format(a=a).rstrip("."), family, kind,
                                 "chat", None))
-    return items
+        if len(items) == n:
+            return items
 
 
 # ----------------------------------------------------------------------------- the corpus

@@ -68,16 +68,20 @@ def make_norm(norm: str, dim: int, eps: float) -> nn.Module:
     return nn.LayerNorm(dim, eps=eps) if norm == "layernorm" else RMSNorm(dim, eps=eps)
 
 
+def _check_mlp(dim: int, hidden: int, dropout: float, act: str) -> None:
+    check_int("dim", dim)
+    check_int("hidden", hidden)
+    check_number("dropout", dropout, 0, 1, hi_open=True)
+    if act not in ACTIVATIONS:
+        raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+
+
 class MLP(nn.Module):
     """Two linear layers with an activation between: dim → hidden → dim."""
 
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0, act: str = "gelu", bias: bool = True):
         super().__init__()
-        check_int("dim", dim)
-        check_int("hidden", hidden)
-        check_number("dropout", dropout, 0, 1, hi_open=True)
-        if act not in ACTIVATIONS:
-            raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+        _check_mlp(dim, hidden, dropout, act)
         self.fc1, self.fc2 = nn.Linear(dim, hidden, bias=bias), nn.Linear(hidden, dim, bias=bias)
         self.act, self.drop = ACTIVATIONS[act], nn.Dropout(dropout)
 
@@ -93,11 +97,7 @@ class GatedMLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0, act: str = "silu", bias: bool = True):
         super().__init__()
-        check_int("dim", dim)
-        check_int("hidden", hidden)
-        check_number("dropout", dropout, 0, 1, hi_open=True)
-        if act not in ACTIVATIONS:
-            raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+        _check_mlp(dim, hidden, dropout, act)
         self.gate_proj = nn.Linear(dim, hidden, bias=bias)
         self.up_proj = nn.Linear(dim, hidden, bias=bias)
         self.down_proj = nn.Linear(hidden, dim, bias=bias)

@@ -1,4 +1,5 @@
-"""One module per zoo entry: how it is trained (a seeded CPU recipe), evaluated and rebuilt.
+"""One module per zoo entry: how it is trained (a seeded CPU recipe), evaluated and rebuilt
+(chapter 02 introduces the zoo; each entry's chapter explains its recipe).
 
 Each module defines a recipe dataclass with
     name, model(config: dict) -> nn.Module   the architecture the weights load into
@@ -9,6 +10,7 @@ earlier one: "vilt" fine-tunes "vilt_pretrained").
 from __future__ import annotations
 
 import multiprocessing
+import time
 from dataclasses import asdict
 from typing import Callable
 
@@ -18,6 +20,15 @@ from minivlm.eval import evaluate_hard_itm, evaluate_itm, to_record
 def config_dict(model) -> dict:
     """A model's config dataclass as JSON-ready values (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(model.config).items()}
+
+
+def finish_job(out: dict, job: dict, start: float, state: dict | None = None) -> dict:
+    """A job's result with the seconds it took since `start`, and the weights `state` (copied)
+    when the job is the one its recipe ships."""
+    if job["ship"] and state is not None:
+        out["state"] = {k: v.detach().clone() for k, v in state.items()}
+    out["seconds"] = round(time.perf_counter() - start, 1)
+    return out
 
 
 def run_jobs(fn: Callable[[dict], dict], jobs: list[dict], workers: int, progress: bool, label: str) -> list[dict]:

@@ -29,7 +29,7 @@ from minivlm.models.clip import init_vision_from_clip
 from minivlm.train import fit
 from minivlm.utils import seed_everything
 from minivlm.zoo import store
-from minivlm.zoo.recipes import arm_table, config_dict, itm_figures, run_jobs, shipped_model
+from minivlm.zoo.recipes import arm_table, config_dict, finish_job, itm_figures, run_jobs, shipped_model
 
 BOOTSTRAPS = ("nucleus", "beam")
 
@@ -124,10 +124,7 @@ def _pretrain_bootstrapped(job: dict) -> dict:
     out = {"arm": job["arm"], "seed": job["seed"], "metrics": blip_metrics(model.eval(), job["bench_seed"]),
            "final": {k: round(history.last(k), 4) for k in ("loss", "itc", "itm", "lm")},
            "train_seconds": round(time.perf_counter() - start, 1), "pairs": len(boot["captions"]) + job["n_clean"]}
-    if job["ship"]:
-        out["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    out["seconds"] = round(time.perf_counter() - start, 1)
-    return out
+    return finish_job(out, job, start, model.state_dict())
 
 
 def blip_metrics(model, bench_seed: int = 1234, caption_n: int = 256, retrieval_n: int = 256, itm_n: int = 1000,

@@ -51,7 +51,7 @@ from minivlm.models.frozen import (
 from minivlm.train import fit
 from minivlm.utils import count_parameters, seed_everything
 from minivlm.zoo import store
-from minivlm.zoo.recipes import arm_table, run_jobs
+from minivlm.zoo.recipes import arm_table, finish_job, run_jobs
 
 # What each arm varies: the variant (what is trained), the objective ("caption": `prefix_step` on
 # the captions; "caption_kl": `caption_distill_step` on visible-answer VQA of the same images) and
@@ -147,10 +147,7 @@ def _run_arm(job: dict) -> dict:
            "final": {"loss": round(history.last("loss"), 4)}, "train_seconds": round(train_seconds, 1),
            "ms_per_step": round(1000 * train_seconds / job["steps"], 1),
            "trainable": count_parameters(model, trainable_only=True), "total": count_parameters(model)}
-    if job["ship"]:
-        out["state"] = {k: v.detach().clone() for k, v in model.stored_state_dict().items()}
-    out["seconds"] = round(time.perf_counter() - start, 1)
-    return out
+    return finish_job(out, job, start, model.stored_state_dict())
 
 
 @dataclass

@@ -23,7 +23,7 @@ from minivlm.models.coca import COCA_CONFIG, CoCa, CoCaConfig, coca_metrics, coc
 from minivlm.models.prefixlm import PREFIXLM_CONFIG, PrefixLM, PrefixLMConfig, prefixlm_step
 from minivlm.train import fit
 from minivlm.utils import seed_everything
-from minivlm.zoo.recipes import arm_table, config_dict, run_jobs, shipped_model
+from minivlm.zoo.recipes import arm_table, config_dict, finish_job, run_jobs, shipped_model
 from minivlm.zoo.recipes.clip import ClipRecipe, clip_batches
 
 ARMS = ("coca", "coca_pos1", "prefixlm")
@@ -78,10 +78,7 @@ def _run_arm(job: dict) -> dict:
     out = {"arm": job["arm"], "seed": job["seed"], "metrics": coca_metrics(model, job["bench_seed"]),
            "final": {"loss": round(history.last("loss"), 4)}, "train_seconds": round(train_seconds, 1),
            "ms_per_step": round(1000 * train_seconds / job["steps"], 1)}
-    if job["ship"]:
-        out["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    out["seconds"] = round(time.perf_counter() - start, 1)
-    return out
+    return finish_job(out, job, start, model.state_dict())
 
 
 @dataclass
