@@ -350,7 +350,7 @@ def test_every_encoder_config_names_a_bad_shared_field(kind, kw, error, match):
     ("CoCaConfig", dict(bos_id=True), ValueError, r"bos_id must lie in \[0, 602\], got True"),
     ("PrefixLMConfig", dict(eos_id=-1), ValueError, r"eos_id must lie in \[0, 602\], got -1"),
     ("ViLTConfig", dict(dropout=1.0), ValueError, r"dropout must be a number in \[0, 1\), got 1\.0"),
-    ("VLMoConfig", dict(temp=0.0), ValueError, r"temp must be a number in \(0\.001, 1\.0\], got 0\.0"),
+    ("VLMoConfig", dict(temp=0.0), ValueError, r"temp must be a number in \(0\.0, 1\.0\], got 0\.0"),
     ("BEiT3Config", dict(answers=("yes", "yes")), ValueError, r"answers must be at least 2 distinct strings"),
 ])
 def test_encoder_config_flags_ids_and_ranges_are_named(kind, kw, error, match):

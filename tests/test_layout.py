@@ -106,3 +106,16 @@ def test_the_layout_test_sees_a_cycle_and_a_hidden_edge(tmp_path, monkeypatch):
         assert "cycle" in str(e)
     else:
         raise AssertionError("the cycle a -> b -> a was not caught")
+
+
+def test_the_readme_layout_names_every_part_of_the_library():
+    readme = (ROOT.parent / "README.md").read_text()
+    section = readme[readme.index("## Layout"):]
+    section = section[:section.index("\n## ", 1)]
+    block = section[section.index("minivlm/"):section.index("tests/")]
+    named = set(re.findall(r"\b([a-z_]+)(?:/|\.py\b)", block)) - {"minivlm"}
+    parts = {p.stem if p.suffix == ".py" else p.name for p in ROOT.iterdir()
+             if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").exists())}
+    assert parts - named == set(), f"README's layout does not name {sorted(parts - named)}"
+    nested = {n for n in named - parts if not list(ROOT.rglob(f"{n}.py")) and not list(ROOT.rglob(n))}
+    assert nested == set(), f"README's layout names what the library does not have: {sorted(nested)}"

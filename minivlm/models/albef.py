@@ -38,7 +38,9 @@ from minivlm.losses import (
     momentum_itc,
     soft_cross_entropy,
 )
-from minivlm.models.inputs import (
+from minivlm.nn import TextTransformer, Transformer, ViT, masks
+from minivlm.nn.heads import ContrastiveHead, MLMHead
+from minivlm.nn.inputs import (
     TextInputs,
     check_encoder_config,
     check_images,
@@ -46,8 +48,6 @@ from minivlm.models.inputs import (
     fill_token_ids,
     register_image_stats,
 )
-from minivlm.nn import TextTransformer, Transformer, ViT, masks
-from minivlm.nn.heads import ContrastiveHead, MLMHead
 from minivlm.nn.momentum import FeatureQueue, check_momentum, momentum_copy, momentum_update
 from minivlm.utils import check_int, check_same_batch, check_tensor, eval_mode
 

@@ -47,9 +47,9 @@ from minivlm.data.shapesworld import VQA_ANSWER_VOCAB
 from minivlm.data.tokenizer import Tokenizer
 from minivlm.generate import caption_texts
 from minivlm.losses import mlm_loss, multi_positive_itc
-from minivlm.models.inputs import check_encoder_config, check_images, register_image_stats
 from minivlm.models.vlmo import VLMo, VLMoConfig
 from minivlm.nn import Transformer, masks
+from minivlm.nn.inputs import check_encoder_config, check_images, register_image_stats
 from minivlm.nn.quantize import Quantized, VectorQuantizer
 from minivlm.nn.vit import PatchEmbed
 from minivlm.utils import check_int, check_number, check_tensor, eval_mode, unwrap

@@ -35,7 +35,11 @@ from minivlm.eval import interval
 from minivlm.generate import caption_texts
 from minivlm.losses import check_alpha, itm_loss, itm_negatives, lm_loss, momentum_itc
 from minivlm.models.albef import ALBEFPretrainer
-from minivlm.models.inputs import (
+from minivlm.nn import ViT, masks
+from minivlm.nn.attention import MultiHeadAttention
+from minivlm.nn.blocks import Block
+from minivlm.nn.heads import ContrastiveHead, LMHead
+from minivlm.nn.inputs import (
     TextInputs,
     check_encoder_config,
     check_images,
@@ -44,10 +48,6 @@ from minivlm.models.inputs import (
     fill_token_ids,
     register_image_stats,
 )
-from minivlm.nn import ViT, masks
-from minivlm.nn.attention import MultiHeadAttention
-from minivlm.nn.blocks import Block
-from minivlm.nn.heads import ContrastiveHead, LMHead
 from minivlm.nn.momentum import check_momentum, momentum_update
 from minivlm.utils import check_int, check_number, check_same_batch, check_tensor, eval_mode
 

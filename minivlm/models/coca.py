@@ -28,7 +28,9 @@ from minivlm.data.bench import ShapesBench
 from minivlm.eval import classify_zero_shot, evaluate_captions, interval, itc_similarity, to_record
 from minivlm.generate import caption_texts
 from minivlm.losses import clip_loss, lm_loss
-from minivlm.models.inputs import (
+from minivlm.nn import Transformer, ViT, masks
+from minivlm.nn.heads import ContrastiveHead
+from minivlm.nn.inputs import (
     TextInputs,
     check_encoder_config,
     check_images,
@@ -36,8 +38,6 @@ from minivlm.models.inputs import (
     fill_token_ids,
     register_image_stats,
 )
-from minivlm.nn import Transformer, ViT, masks
-from minivlm.nn.heads import ContrastiveHead
 from minivlm.nn.pooling import AttentionalPooler
 from minivlm.utils import check_number, check_tensor, eval_mode
 

@@ -25,7 +25,8 @@ from torch import nn
 
 from minivlm.generate import caption_texts
 from minivlm.losses import lm_loss
-from minivlm.models.inputs import (
+from minivlm.nn import Transformer, masks
+from minivlm.nn.inputs import (
     TextInputs,
     check_encoder_config,
     check_images,
@@ -33,7 +34,6 @@ from minivlm.models.inputs import (
     fill_token_ids,
     register_image_stats,
 )
-from minivlm.nn import Transformer, masks
 from minivlm.nn.vit import PatchEmbed
 from minivlm.utils import check_same_batch, check_tensor, eval_mode
 

@@ -36,7 +36,9 @@ from minivlm.data.pairs import oracle_regions, step_world
 from minivlm.data.shapesworld import VQA_ANSWER_VOCAB, ShapesWorld
 from minivlm.data.tokenizer import Tokenizer
 from minivlm.losses import itm_loss, mlm_loss
-from minivlm.models.inputs import (
+from minivlm.nn import PatchEmbed, Transformer, masks
+from minivlm.nn.heads import MLMHead
+from minivlm.nn.inputs import (
     TextInputs,
     check_encoder_config,
     check_images,
@@ -44,8 +46,6 @@ from minivlm.models.inputs import (
     fill_token_ids,
     register_image_stats,
 )
-from minivlm.nn import PatchEmbed, Transformer, masks
-from minivlm.nn.heads import MLMHead
 from minivlm.utils import check_range, check_same_batch, check_shape, check_tensor
 
 VISUALS = ("patches", "regions")

@@ -43,7 +43,9 @@ from minivlm.data.masking import block_mask
 from minivlm.data.pairs import check_batch, check_batch_keys, pretrain_batches
 from minivlm.eval import interval, itc_similarity
 from minivlm.losses import itm_loss, mlm_loss, multi_positive_itc, sample_negatives
-from minivlm.models.inputs import (
+from minivlm.nn import masks
+from minivlm.nn.heads import ContrastiveHead, MLMHead
+from minivlm.nn.inputs import (
     TextInputs,
     check_encoder_config,
     check_images,
@@ -51,8 +53,6 @@ from minivlm.models.inputs import (
     fill_token_ids,
     register_image_stats,
 )
-from minivlm.nn import masks
-from minivlm.nn.heads import ContrastiveHead, MLMHead
 from minivlm.nn.multiway import MoMEBlock
 from minivlm.nn.text import check_token_ids
 from minivlm.nn.vit import PatchEmbed, patchify

@@ -11,7 +11,7 @@
   are one), plus a bias of its own. `MLMHead` scores masked words (ViLT, ALBEF, VLMo, BEiT-3);
   `LMHead` is the same head scoring next words in BLIP's decoder (chapter 06).
 
-Both are mixins, like `minivlm.models.inputs.TextInputs`: the model lists them before nn.Module
+Both are mixins, like `minivlm.nn.inputs.TextInputs`: the model lists them before nn.Module
 and calls `init_contrastive_head` / `init_word_head` in its `__init__`, which register the
 parameters on the model itself under the names the models have always had (`image_projection`,
 `log_scale`, `mlm_transform`, ...). State dicts, the zoo's weight files and the Hugging Face key

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 transformers = pytest.importorskip("transformers")
 
 from minivlm.generate import generate  # noqa: E402
-from minivlm.models.blip import BLIP  # noqa: E402
 from minivlm.models.blip_hf import blip_from_hf  # noqa: E402
 
 VOCAB, POSITIONS, PAD, SEP, DEC = 100, 40, 0, 12, 98

@@ -12,6 +12,7 @@ from torch import nn
 
 from minivlm.data.tokenizer import Tokenizer
 from minivlm.nn.blocks import ACTIVATIONS
+from minivlm.nn.heads import check_temperature
 from minivlm.nn.text import check_token_ids
 from minivlm.utils import check_int, check_number, check_range, check_shape, check_tensor
 
@@ -20,15 +21,13 @@ from minivlm.utils import check_int, check_number, check_range, check_shape, che
 SPECIAL_TOKENS = {"pad_id": "<pad>", "mask_id": "<mask>", "bos_id": "<bos>", "eos_id": "<eos>"}
 
 # Fields most configs share, checked wherever a config has them: sizes (ints >= 1), and numbers
-# with their ranges (check_number's arguments).
+# with their ranges (check_number's arguments); a contrastive head's temperature by check_temperature.
 SHARED_INTS = ("image_size", "patch_size", "dim", "heads", "vocab_size", "max_text_len")
 SHARED_NUMBERS = {
     "mlp_ratio": dict(lo=0, hi=math.inf, lo_open=True),
     "eps": dict(lo=0, hi=1.0, lo_open=True),
     "dropout": dict(lo=0, hi=1, hi_open=True),
     "pos_init_std": dict(lo=0, hi=math.inf),
-    "temp": dict(lo=0.001, hi=1.0, lo_open=True),  # the initial ITC temperature
-    "max_scale": dict(lo=1.0, hi=1e4),  # 1 / temperature is clamped here
     "label_smoothing": dict(lo=0.0, hi=1.0, hi_open=True),
 }
 
@@ -73,6 +72,8 @@ def check_encoder_config(config, ints: tuple[str, ...] = ()) -> None:
     for name, bounds in SHARED_NUMBERS.items():
         if hasattr(config, name):
             check_number(name, getattr(config, name), **bounds)
+    if hasattr(config, "temp"):  # a contrastive head's initial temperature and its clamp (nn/heads.py)
+        check_temperature("temp", config.temp, "max_scale", config.max_scale)
     for f in fields(config):
         if f.type in (bool, "bool") and not isinstance(getattr(config, f.name), bool):
             raise TypeError(f"{f.name} must be True or False, got {getattr(config, f.name)!r}")
