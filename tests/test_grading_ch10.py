@@ -408,8 +408,11 @@ WRONG = {
     "10.prefix_gap": WRONG_GAP,
 }
 
+# 10.prefix_gap's check decodes 96 knowledge questions eight ways with the zoo clipcap (about 2.4 s a
+# run): its reference draws once here; test_asking_with_describe_first_passes and solutions/10 under
+# nbval draw afresh too (issue 24)
 test_reference_passes, test_stub_says_not_implemented, test_wrong_version_fails_with_its_message = \
-    grading_tests(GOOD, WRONG)
+    grading_tests(GOOD, WRONG, draws={"10.prefix_gap": 1})
 
 
 def test_the_library_splice_passes():
