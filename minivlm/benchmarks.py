@@ -274,7 +274,7 @@ def bench_blip(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
     One step: encode the images, run the MED decoder mode with cross-attention to them, LM
     logits, next-word loss with label smoothing 0.1, backward, AdamW step; transformers' model
     does the same with `labels`. config: BLIPConfig fields over the chapter's shape
-    (`minivlm.zoo.recipes.blip.BLIP_CONFIG`), always post-LN text, no ViT pre-norm and a patch
+    (`minivlm.models.blip.BLIP_CONFIG`), always post-LN text, no ViT pre-norm and a patch
     bias (transformers' layout). device, threads and the returned dict as in `bench_clip`;
     params_ours counts only what the step uses (not the encoder's self-attention, the ITC
     projections, the ITM head or the temperature, which transformers' captioner lacks).

@@ -201,10 +201,11 @@ def unfreeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def unwrap(model: nn.Module, expected: type) -> nn.Module:
+def unwrap(model: nn.Module, expected: type, step: str | None = None) -> nn.Module:
     """The model inside a DistributedDataParallel wrapper (its `.module`), or `model` itself;
-    TypeError unless it is an instance of `expected`."""
+    TypeError unless it is an instance of `expected` (naming the step function that trains it)."""
     core = getattr(model, "module", model)
     if not isinstance(core, expected):
-        raise TypeError(f"expected a {expected.__name__}, got {type(core).__name__}")
+        who = f"{step} trains" if step else "expected"
+        raise TypeError(f"{who} a {expected.__name__}, got {type(core).__name__}")
     return core

@@ -103,7 +103,7 @@ NOTES = {
     "image-grounded\nencoder [ENC]": "the same self-attention and FFN as above, plus the cross-attention to the ViT's tokens",
     "image-grounded\ndecoder [DEC]": "shares cross-attention, FFN and embeddings with the encoder; only its self-attention is its own",
 }
-viz.plot_pipelines(PIPELINES, NOTES)
+viz.plot_pipelines(PIPELINES, NOTES);
 
 # %% [markdown]
 # The modes differ only in which tokens each text token may attend to. Below, the keys are four
@@ -214,7 +214,7 @@ bench = ShapesBench()
 cap_set = bench.captioning(256)
 live.eval()
 show = slice(0, 8)
-viz.show_images(cap_set["images"][show], titles=live.caption(cap_set["images"][show]), ncols=4, scale=2.2)
+viz.show_images(cap_set["images"][show], titles=live.caption(cap_set["images"][show]), ncols=4, scale=2.2);
 
 # %% [markdown]
 # ## 3. Decoding: greedy, beam, sampling
@@ -328,7 +328,7 @@ wrong = [i for i, ok in enumerate(true_caption_rate(zoo_greedy["captions"], cap_
 right = [i for i, ok in enumerate(true_caption_rate(zoo_greedy["captions"], cap_set["scenes"])) if ok][:4]
 picked = right + wrong
 viz.show_images(cap_set["images"][picked], titles=[("✓ " if i in right else "✗ ") + zoo_greedy["captions"][i]
-                                                  for i in picked], ncols=4, scale=2.2)
+                                                  for i in picked], ncols=4, scale=2.2);
 
 # %% [markdown]
 # ## 5. CapFilt, live: the captioner writes, the filter judges

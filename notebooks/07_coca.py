@@ -95,7 +95,7 @@ NOTES = {
     "CoCa": "one pass of the caption gives both losses",
     "PrefixLM\n(SimVLM)": "no contrastive or matching head: it writes, but has no embedding to retrieve with",
 }
-viz.plot_pipelines(PIPELINES, NOTES)
+viz.plot_pipelines(PIPELINES, NOTES);
 
 # %% [markdown]
 # ## 2. The attentional pooler

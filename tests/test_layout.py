@@ -4,6 +4,7 @@ minivlm/models/__init__.py's docstring), no private name is imported across file
 import of the library sits at the top of its file (except where named below, with the reason)."""
 import ast
 import re
+import sys
 from pathlib import Path
 
 import minivlm
@@ -95,11 +96,11 @@ def test_the_layout_test_sees_a_cycle_and_a_hidden_edge(tmp_path, monkeypatch):
     (pkg / "models" / "__init__.py").write_text('"""\n    a -> b   built from\n"""\n')
     (pkg / "models" / "a.py").write_text("from minivlm.models.b import B\n")
     (pkg / "models" / "b.py").write_text("def f():\n    from minivlm.models.a import A\n")
-    monkeypatch.setattr(__import__(__name__), "ROOT", pkg)
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", pkg)
     edges, _, inner = graph()
     assert edges["minivlm.models.a"] == {"minivlm.models.b"} and edges["minivlm.models.b"] == {"minivlm.models.a"}
     assert inner == [("minivlm.models.b", "minivlm.models.a")]
-    monkeypatch.setattr(__import__(__name__), "graph", lambda: (edges, [], inner))
+    monkeypatch.setattr(sys.modules[__name__], "graph", lambda: (edges, [], inner))
     try:
         test_no_import_cycle()
     except AssertionError as e:

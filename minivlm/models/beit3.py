@@ -157,9 +157,7 @@ def teacher_features(clip, images: torch.Tensor, grid: int) -> torch.Tensor:
 def vqkd_step(model: VisualTokenizer, batch: dict) -> dict:
     """VQ-KD's loss for `minivlm.train.fit`: 1 − cosine(decoded, teacher feature), averaged over
     patches, + the quantiser's loss. batch: images (B, 3, H, W), targets (B, N, teacher_dim)."""
-    core = getattr(model, "module", model)
-    if not isinstance(core, VisualTokenizer):
-        raise TypeError(f"vqkd_step trains a VisualTokenizer, got {type(core).__name__}")
+    unwrap(model, VisualTokenizer, "vqkd_step")
     check_batch_keys(batch, ("images", "targets"), "tokenizer_batches")
     prediction, q = model(batch["images"])
     if prediction.shape != batch["targets"].shape:

@@ -39,7 +39,7 @@ from minivlm.nn.inputs import (
     register_image_stats,
 )
 from minivlm.nn.pooling import AttentionalPooler
-from minivlm.utils import check_number, check_tensor, eval_mode
+from minivlm.utils import check_number, check_tensor, eval_mode, unwrap
 
 
 @dataclass
@@ -189,9 +189,7 @@ def coca_step(model: CoCa, batch: dict) -> dict:
     """CoCa's loss for `minivlm.train.fit`: λ_con · CLIP's contrastive loss on (pooled image, CLS)
     + λ_cap · next-word loss, from ONE pass of the text. batch: images (B, 3, H, W), ids
     "<bos> ... <eos>" (B, T), attention_mask (B, T)."""
-    core = getattr(model, "module", model)
-    if not isinstance(core, CoCa):
-        raise TypeError(f"coca_step trains a CoCa, got {type(core).__name__}")
+    core = unwrap(model, CoCa, "coca_step")
     if not isinstance(batch, dict) or any(k not in batch for k in ("images", "ids", "attention_mask")):
         raise ValueError("batch must be a dict with images, ids and attention_mask")
     c = core.config

@@ -46,7 +46,7 @@ from minivlm.losses import lm_loss
 from minivlm.nn.attention import KVCache
 from minivlm.nn.blocks import ACTIVATIONS, MLPS, NORMS
 from minivlm.nn.text import TextTransformer
-from minivlm.utils import check_int, check_number, check_tensor, eval_mode
+from minivlm.utils import check_int, check_number, check_tensor, eval_mode, unwrap
 
 
 @dataclass
@@ -461,9 +461,7 @@ def _hf_token_ids(hf_config, family: str) -> tuple[int, int]:
 def lm_step(model: GPT, batch: dict) -> dict:
     """The language-modelling loss for `minivlm.train.fit`: every real token predicted from the
     ones before it (shifted by one; padding is never a target). batch: ids, attention_mask."""
-    core = getattr(model, "module", model)
-    if not isinstance(core, GPT):
-        raise TypeError(f"lm_step trains a GPT, got {type(core).__name__}")
+    unwrap(model, GPT, "lm_step")
     if not isinstance(batch, dict) or any(k not in batch for k in ("ids", "attention_mask")):
         raise ValueError("batch must be a dict with ids and attention_mask")
     # right padding: the causal mask already keeps real tokens from seeing the pads after them

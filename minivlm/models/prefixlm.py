@@ -35,7 +35,7 @@ from minivlm.nn.inputs import (
     register_image_stats,
 )
 from minivlm.nn.vit import PatchEmbed
-from minivlm.utils import check_same_batch, check_tensor, eval_mode
+from minivlm.utils import check_same_batch, check_tensor, eval_mode, unwrap
 
 
 @dataclass
@@ -147,9 +147,7 @@ def prefixlm_step(model: PrefixLM, batch: dict) -> dict:
     """SimVLM's loss for `minivlm.train.fit`: each caption split at a random point, the words
     after it predicted from the image and the words before (next-word loss on the suffix only).
     batch: images, ids "<bos> ... <eos>", attention_mask."""
-    core = getattr(model, "module", model)
-    if not isinstance(core, PrefixLM):
-        raise TypeError(f"prefixlm_step trains a PrefixLM, got {type(core).__name__}")
+    unwrap(model, PrefixLM, "prefixlm_step")
     if not isinstance(batch, dict) or any(k not in batch for k in ("images", "ids", "attention_mask")):
         raise ValueError("batch must be a dict with images, ids and attention_mask")
     ids, mask = batch["ids"], batch["attention_mask"].bool()
