@@ -42,7 +42,7 @@ def staged_pretrain(model: VLMo, schedule: Sequence[tuple[str, int, bool]], batc
         set_stage(model, stage, shared)
         batches = stage_batches(stage, batch_size, seed=seed * 100 + k, image_size=c.image_size,
                                 patch_size=c.patch_size, mim_ratio=c.mim_ratio, noise=noise,
-                                max_text_len=c.max_text_len)
+                                max_text_len=c.max_text_len, mim_mask=c.mim_mask)
         label = f"{k + 1}: {stage}" + ("" if shared or stage == "pairs" else " (attention frozen)")
         histories[label] = fit(model, STEP_FUNCTIONS[stage], batches, steps, lr=lr, warmup=min(warmup, steps // 2),
                                weight_decay=weight_decay, device=device, seed=seed + k, progress=progress,

@@ -1,4 +1,5 @@
-"""Masking for masked-language modelling (chapter 03; reused by ALBEF, VLMo, BLIP, BEiT-3).
+"""Masking for masked-language modelling (chapter 03; reused by ALBEF, VLMo, BLIP, BEiT-3) and for
+masked image modelling (chapter 05: `random_mask`, `block_mask`; BEiT-3 in chapter 08).
 
 BERT's recipe, which ViLT keeps: choose each real word with probability `prob` (15 %); of the
 chosen, 80 % become `<mask>`, 10 % a random word, 10 % stay as they are. The model must predict
@@ -102,3 +103,20 @@ def block_mask(batch_size: int, grid: int, ratio: float = 0.4, min_patches: int 
             top, left = randint(grid - h + 1), randint(grid - w + 1)
             mask[top:top + h, left:left + w] = True
     return out.view(batch_size, total)
+
+
+def random_mask(batch_size: int, grid: int, ratio: float = 0.4, generator: torch.Generator | None = None) -> torch.Tensor:
+    """MAE's and SimMIM's masking: in each image, exactly ceil(ratio · grid²) patches chosen
+    uniformly at random. Returns a bool mask (batch_size, grid · grid), True = masked, in the
+    row-major patch order of `minivlm.nn.vit.patchify` (the same layout as `block_mask`)."""
+    import math
+
+    for name, value in (("batch_size", batch_size), ("grid", grid)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0.0 < ratio <= 1.0:
+        raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}")
+    total = grid * grid
+    k = math.ceil(ratio * total - 1e-9)
+    chosen = torch.rand(batch_size, total, generator=generator).argsort(dim=1)[:, :k]  # (B, k) a random k per image
+    return torch.zeros(batch_size, total, dtype=torch.bool).scatter_(1, chosen, True)

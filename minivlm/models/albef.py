@@ -51,6 +51,8 @@ from minivlm.nn.inputs import (
 from minivlm.nn.momentum import FeatureQueue, check_momentum, momentum_copy, momentum_update
 from minivlm.utils import check_int, check_same_batch, check_tensor, eval_mode
 
+ITC_TARGETS = ("captions", "one_hot")
+
 
 @dataclass
 class ALBEFConfig:
@@ -82,6 +84,11 @@ class ALBEFConfig:
     alpha_warmup: int = 150  # the paper ramps α over its first epoch
     distill: bool = True  # momentum distillation (MoD) on ITC and MLM
     hard_negatives: bool = True  # ITM negatives drawn by ITC similarity (False: uniformly)
+    # ITC's targets: "captions" = every caption in the batch that is true of the image is a positive
+    # (ShapesWorld knows which; no in-batch false negatives), "one_hot" = only the image's own caption,
+    # as the paper, where a duplicate caption in the batch is a false negative MoD may soften
+    itc_targets: str = "captions"
+    itc_only: bool = False  # train ITC alone (no ITM, no MLM: a control arm; the fusion encoder stays untrained)
     pad_id: int | None = None
     mask_id: int | None = None
     image_mean: tuple[float, float, float] = field(default=(0.5, 0.5, 0.5))
@@ -93,6 +100,10 @@ class ALBEFConfig:
         check_int("alpha_warmup", self.alpha_warmup, lo=0)
         check_momentum(self.momentum)
         check_alpha(self.alpha)
+        if self.itc_targets not in ITC_TARGETS:
+            raise ValueError(f"itc_targets must be one of {ITC_TARGETS}, got {self.itc_targets!r}")
+        if not isinstance(self.itc_only, bool):
+            raise TypeError(f"itc_only must be True or False, got {self.itc_only!r}")
 
 
 class ALBEF(TextInputs, ContrastiveHead, MLMHead, nn.Module):
@@ -233,6 +244,7 @@ def _pretrain_losses(trainer: ALBEFPretrainer, batch: dict) -> dict:
     positives = check_batch(batch, b)  # (B, B): caption j is true of image i
     alpha = trainer.alpha()
     scale = m.scale()
+    itc_positives = positives if c.itc_targets == "captions" else torch.eye(b, dtype=torch.bool, device=positives.device)
 
     # ---- pass 1: the two unimodal encoders, ITC against the batch and the queues
     image_tokens, image_feat = m.encode_image(images)  # (B, 1 + N, D), (B, E)
@@ -242,7 +254,12 @@ def _pretrain_losses(trainer: ALBEFPretrainer, batch: dict) -> dict:
             momentum_update(mom, m, c.momentum)
         image_tokens_m, image_feat_m = mom.encode_image(images)
         _, text_feat_m, _ = mom.encode_text(ids, mask)
-    itc, sim_i2t, sim_t2i = momentum_itc(trainer, image_feat, text_feat, image_feat_m, text_feat_m, positives, alpha)
+    itc, sim_i2t, sim_t2i = momentum_itc(trainer, image_feat, text_feat, image_feat_m, text_feat_m, itc_positives,
+                                         alpha)
+    if c.itc_only:
+        if trainer.training:
+            trainer.step += 1
+        return {"loss": itc, "itc": itc.detach(), "alpha": alpha, "temp": 1.0 / scale.detach()}
 
     # ---- pass 2: the fusion encoder on B positive pairs and 2B negatives, ITM
     fused_pos = m.fuse(text_tokens, mask, image_tokens)
@@ -284,6 +301,8 @@ def pretrain_step(trainer: ALBEFPretrainer, batch: dict) -> dict:
     3. the masked captions (15 %) through text and fusion encoders; MLM, mixed with the
        momentum model's predictions when distilling.
     The momentum model is updated (EMA) and the queues receive its features at every step.
+    With config.itc_targets="one_hot" ITC's positive is the image's own caption only (ITM's negatives
+    still never draw a caption that is true of the image); with config.itc_only, step 1 alone.
     """
     core = getattr(trainer, "module", trainer)
     if not isinstance(core, ALBEFPretrainer):

@@ -24,7 +24,7 @@ from einops import rearrange
 from torch import nn
 
 from minivlm.data.tokenizer import Tokenizer
-from minivlm.losses import clip_loss
+from minivlm.losses import clip_loss, multi_positive_itc
 from minivlm.nn import TextTransformer, ViT
 from minivlm.nn.blocks import ACTIVATIONS
 from minivlm.nn.heads import ContrastiveHead, check_temperature
@@ -419,7 +419,10 @@ def swap_similarity(model: CLIP, images: torch.Tensor, captions, batch_size: int
 def clip_step(model: nn.Module, batch: dict) -> dict:
     """One training step's loss for `minivlm.train.fit`.
 
-    batch: dict(images=(B, 3, H, W) in [0, 1], ids=(B, T), attention_mask=(B, T) optional).
+    batch: dict(images=(B, 3, H, W) in [0, 1], ids=(B, T), attention_mask=(B, T) optional,
+    positives=(B, B) bool optional). With "positives" (chapter 04's `pretrain_batches`: every caption
+    in the batch that is true of image i), the loss is `multi_positive_itc`, the targets ALBEF's ITC
+    trains with; without, CLIP's one caption per image (`clip_loss`).
     Returns {"loss": scalar tensor with grad, "logit_scale": the current exp(logit_scale)}.
     `model` may be a CLIP or a wrapper around one (DistributedDataParallel).
     """
@@ -431,7 +434,11 @@ def clip_step(model: nn.Module, batch: dict) -> dict:
     mask = mask.to(dev) if mask is not None else None
     check_same_batch(images=images, ids=ids)
     image_features, text_features, scale = model(images, ids, mask)
-    return {"loss": clip_loss(image_features, text_features, scale), "logit_scale": scale.detach()}
+    if batch.get("positives") is not None:
+        loss = multi_positive_itc(scale * image_features @ text_features.t(), batch["positives"].to(dev))
+    else:
+        loss = clip_loss(image_features, text_features, scale)
+    return {"loss": loss, "logit_scale": scale.detach()}
 
 
 def init_vision_from_clip(model: nn.Module, clip: CLIP) -> nn.Module:

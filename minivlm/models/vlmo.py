@@ -23,10 +23,12 @@ with ITC + ITM (negatives from chapter 04's sampler) + MLM (`pair_step`).
 
 Three departures from the paper, said and measured in the chapter: ITM's negative images are drawn
 uniformly (`VLMoConfig.negatives`; the paper draws both sides by similarity, which left our ITM at
-chance); the paper's image stage is BEiT's masked image modelling
-(predict a dVAE's visual tokens, chapter 08 builds a visual tokenizer); ours predicts the masked
-patches' pixels (SimMIM); VLMo puts the text first in the fused sequence; we put the image first,
-and pool the text's first token wherever it stands.
+chance); the paper's image stage is BEiT's masked image modelling (block-masked patches, predict
+a dVAE's visual tokens; chapter 08 builds a visual tokenizer); ours masks patches at random and
+predicts each masked patch's pixels normalised by that patch's own mean and spread (MAE's target;
+`VLMoConfig.mim_mask`, `mim_target`: raw pixels under block masks learned little more than the mean
+patch); VLMo puts the text first in the fused sequence; we put the image first, and pool the
+text's first token wherever it stands.
 """
 from __future__ import annotations
 
@@ -39,9 +41,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from minivlm.data.masking import block_mask
+from minivlm.data.masking import IGNORE_INDEX, block_mask, random_mask
 from minivlm.data.pairs import check_batch, check_batch_keys, pretrain_batches
-from minivlm.eval import interval, itc_similarity
+from minivlm.eval import bootstrap, interval, itc_similarity
 from minivlm.losses import itm_loss, mlm_loss, multi_positive_itc, sample_negatives
 from minivlm.nn import masks
 from minivlm.nn.heads import ContrastiveHead, MLMHead
@@ -62,6 +64,8 @@ VISION, LANGUAGE, VL = 0, 1, 2  # expert indices in every MoME block
 MODES = ("image", "text", "fusion")
 STAGES = ("image", "text", "pairs")
 NEGATIVES = ("hard", "mixed", "random")
+MIM_MASKS = ("random", "block")  # MAE / SimMIM; BEiT
+MIM_TARGETS = ("normalized", "pixels")  # each patch's pixels minus its mean, over its spread (MAE); raw pixels
 
 
 @dataclass
@@ -89,6 +93,8 @@ class VLMoConfig:
     # At our scale "hard" left ITM at "always no match" for 600 steps (see the chapter): we train "mixed".
     negatives: str = "mixed"
     mim_ratio: float = 0.4  # share of patches masked for masked image modelling (BEiT: 40 %)
+    mim_mask: str = "random"  # which patches: "random" (MAE, SimMIM) or "block" (BEiT, `block_mask`)
+    mim_target: str = "normalized"  # what to predict: "normalized" (per patch, MAE) or "pixels"
     pad_id: int | None = None
     mask_id: int | None = None
     image_mean: tuple[float, float, float] = field(default=(0.5, 0.5, 0.5))
@@ -101,8 +107,10 @@ class VLMoConfig:
         if self.vl_depth > self.depth:
             raise ValueError(f"vl_depth={self.vl_depth} cannot exceed depth={self.depth}")
         check_number("mim_ratio", self.mim_ratio, 0.0, 1.0, lo_open=True)
-        if self.negatives not in NEGATIVES:
-            raise ValueError(f"negatives must be one of {NEGATIVES}, got {self.negatives!r}")
+        for name, value, allowed in (("negatives", self.negatives, NEGATIVES), ("mim_mask", self.mim_mask, MIM_MASKS),
+                                     ("mim_target", self.mim_target, MIM_TARGETS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
     @property
     def num_patches(self) -> int:
@@ -249,8 +257,20 @@ class VLMo(TextInputs, ContrastiveHead, MLMHead, nn.Module):
         return self.itm_head(fused[:, self.n_image_tokens])
 
     def mim_pixels(self, image_tokens: torch.Tensor) -> torch.Tensor:
-        """(B, 1 + N, D) image tokens → (B, N, P·P·3): each patch's normalised pixels, as `patchify`."""
+        """(B, 1 + N, D) image tokens → (B, N, P·P·3): each patch's predicted target (`mim_targets`)."""
         return self.mim_head(image_tokens[:, 1:])
+
+    def mim_targets(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) → (B, N, P·P·3), what masked image modelling predicts for every patch:
+        its pixels scaled as the model's input ("pixels"), or, with mim_target="normalized", each
+        patch minus its own mean over its own standard deviation (MAE's per-patch normalisation: a
+        flat background patch becomes 0, an edge becomes a unit-spread pattern)."""
+        check_images(images, self.config.image_size)
+        patches = patchify((images - self.image_mean) / self.image_std, self.config.patch_size)
+        if self.config.mim_target == "pixels":
+            return patches
+        mean, var = patches.mean(-1, keepdim=True), patches.var(-1, keepdim=True)
+        return (patches - mean) / (var + 1e-6).sqrt()
 
     # ------------------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -305,13 +325,12 @@ def set_stage(model: VLMo, stage: str, shared: bool = True) -> list[str]:
 def mim_step(model: VLMo, batch: dict) -> dict:
     """Stage 1, masked image modelling in image-only mode: block-masked patches (batch
     "patch_mask", True = masked) are replaced by the mask token; the MIM head predicts their
-    normalised pixels; the loss is the mean squared error on the masked patches only."""
+    targets (`VLMo.mim_targets`); the loss is the mean squared error on the masked patches only."""
     m = unwrap(model, VLMo)
     check_batch_keys(batch, ("images", "patch_mask"), "stage_batches")
     images, patch_mask = batch["images"], batch["patch_mask"]
     tokens, _ = m.encode_image(images, patch_mask)
-    target = patchify((images - m.image_mean) / m.image_std, m.config.patch_size)  # (B, N, P·P·3)
-    err = (m.mim_pixels(tokens) - target).pow(2).mean(-1)  # (B, N)
+    err = (m.mim_pixels(tokens) - m.mim_targets(images)).pow(2).mean(-1)  # (B, N)
     chosen = patch_mask.to(err.device)
     if not bool(chosen.any()):
         raise ValueError("patch_mask masks no patch: masked image modelling needs at least one masked patch")
@@ -380,14 +399,16 @@ STEP_FUNCTIONS = {"image": mim_step, "text": text_mlm_step, "pairs": pair_step}
 
 
 def stage_batches(stage: str, batch_size: int = 64, seed: int = 0, image_size: int = 32, patch_size: int = 8,
-                  mim_ratio: float = 0.4, noise: float = 0.0, max_text_len: int = 32):
+                  mim_ratio: float = 0.4, noise: float = 0.0, max_text_len: int = 32, mim_mask: str = "random"):
     """A function step -> batch for a stage, deterministic given `seed`: chapter 04's
     `pretrain_batches` (ShapesWorld train scenes, captions, 15 % MLM masking, positives), plus a
-    block-wise patch mask for the image stage. A stage reads only its own keys: the image
-    stage the images, the text stage the captions, the pairs stage both."""
+    patch mask for the image stage (`mim_mask`: "random" or BEiT's "block"). A stage reads only its
+    own keys: the image stage the images, the text stage the captions, the pairs stage both."""
 
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    if mim_mask not in MIM_MASKS:
+        raise ValueError(f"mim_mask must be one of {MIM_MASKS}, got {mim_mask!r}")
     check_int("patch_size", patch_size)
     if image_size % patch_size:
         raise ValueError(f"image_size={image_size} must be divisible by patch_size={patch_size}")
@@ -398,10 +419,61 @@ def stage_batches(stage: str, batch_size: int = 64, seed: int = 0, image_size: i
         out = pairs(step)
         if stage == "image":
             g = torch.Generator().manual_seed(seed * 7_919 + step)
-            out["patch_mask"] = block_mask(batch_size, grid, mim_ratio, generator=g)
+            out["patch_mask"] = (random_mask if mim_mask == "random" else block_mask)(batch_size, grid, mim_ratio,
+                                                                                    generator=g)
         return out
 
     return batch
+
+
+@torch.no_grad()
+def unimodal_check(model: VLMo, stage: str, train_seed: int = 0, heldout_seed: int = 99_999, n_train: int = 8,
+                   n_heldout: int = 4, batch_size: int = 64) -> dict:
+    """Does a unimodal stage beat its trivial predictor? Each scored item of `n_heldout` held-out
+    batches (`stage_batches`, seed `heldout_seed`) gets the model's loss and the trivial one's:
+      - "image": the squared error on each masked patch (the target of `VLMo.mim_targets`), against
+        predicting the mean target patch of `n_train` training batches (seed `train_seed`);
+      - "text": the cross-entropy on each masked word, against the words' frequencies in the
+        training batches' masked words (add-one smoothed over the vocabulary).
+    Returns {"model", "trivial", "gain"}: bootstrap Estimates of the mean losses and of the paired
+    gain trivial − model (above 0: the stage learned more than the constant)."""
+    m = unwrap(model, VLMo)
+    if stage not in ("image", "text"):
+        raise ValueError(f"stage must be 'image' or 'text' (a unimodal stage), got {stage!r}")
+    for name, value in (("n_train", n_train), ("n_heldout", n_heldout), ("batch_size", batch_size)):
+        check_int(name, value)
+    c = m.config
+    kw = dict(image_size=c.image_size, patch_size=c.patch_size, mim_ratio=c.mim_ratio, max_text_len=c.max_text_len,
+              mim_mask=c.mim_mask)
+    train, heldout = stage_batches(stage, batch_size, train_seed, **kw), stage_batches(stage, batch_size, heldout_seed, **kw)
+    device = next(m.parameters()).device
+    with eval_mode(m):
+        if stage == "image":
+            mean_patch = torch.cat([m.mim_targets(train(i)["images"].to(device)).flatten(0, 1)
+                                    for i in range(n_train)]).mean(0)  # (P·P·3,)
+            model_loss, trivial_loss = [], []
+            for i in range(n_heldout):
+                b = heldout(i)
+                images, chosen = b["images"].to(device), b["patch_mask"].to(device)
+                target = m.mim_targets(images)
+                model_loss.append((m.mim_pixels(m.encode_image(images, chosen)[0]) - target).pow(2).mean(-1)[chosen])
+                trivial_loss.append((mean_patch - target).pow(2).mean(-1)[chosen])
+        else:
+            counts = torch.ones(c.vocab_size)
+            for i in range(n_train):
+                labels = train(i)["mlm_labels"]
+                counts += torch.bincount(labels[labels != IGNORE_INDEX], minlength=c.vocab_size).float()
+            log_freq = (counts / counts.sum()).log().to(device)
+            model_loss, trivial_loss = [], []
+            for i in range(n_heldout):
+                b = heldout(i)
+                labels = b["mlm_labels"].to(device)
+                chosen = labels != IGNORE_INDEX
+                logits = m.mlm_logits(m.encode_text(b["mlm_ids"].to(device), b["attention_mask"].to(device))[0])
+                model_loss.append(-logits.log_softmax(-1)[chosen].gather(1, labels[chosen][:, None])[:, 0])
+                trivial_loss.append(-log_freq[labels[chosen]])
+    model_loss, trivial_loss = torch.cat(model_loss).cpu(), torch.cat(trivial_loss).cpu()
+    return {"model": bootstrap(model_loss), "trivial": bootstrap(trivial_loss), "gain": bootstrap(trivial_loss - model_loss)}
 
 
 # ----------------------------------------------------------------------------- retrieval, three ways

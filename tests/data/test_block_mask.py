@@ -1,4 +1,4 @@
-"""block_mask (chapter 05: VLMo's masked image modelling, BEiT's block-wise masking): how much
+"""block_mask and random_mask (chapter 05: VLMo's masked image modelling, BEiT's block-wise masking): how much
 is masked, over many draws; that the masked patches form rectangles, not scattered patches;
 determinism; bad arguments."""
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minivlm.data.masking import block_mask
+from minivlm.data.masking import block_mask, random_mask
 
 
 def gen(seed: int) -> torch.Generator:
@@ -169,3 +169,23 @@ def test_sizes_must_be_positive_ints(name, value):
 def test_ratio_and_aspect_must_be_in_range(name, value, match):
     with pytest.raises(ValueError, match=match):
         block_mask(2, 4, **{name: value})
+
+
+# ----------------------------------------------------------------------------- random_mask (MAE, SimMIM)
+
+
+def test_random_mask_masks_exactly_the_ratio_anywhere():
+    mask = random_mask(2000, 4, 0.4, generator=gen(21))
+    assert mask.shape == (2000, 16) and mask.dtype == torch.bool
+    assert (mask.sum(1) == 7).all()  # ceil(0.4 · 16), no overshoot
+    share = mask.float().mean(0)  # every patch equally likely: 7/16 each
+    assert (share - 7 / 16).abs().max() < 0.05
+    assert torch.equal(random_mask(5, 4, 0.4, generator=gen(3)), random_mask(5, 4, 0.4, generator=gen(3)))
+    assert random_mask(3, 6, 1.0, generator=gen(0)).all()
+
+
+@pytest.mark.parametrize("kw,match", [(dict(batch_size=0), "batch_size"), (dict(grid=2.5), "grid"),
+                                      (dict(ratio=0.0), "ratio"), (dict(ratio=True), "ratio")])
+def test_random_mask_rejects_bad_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        random_mask(**{"batch_size": 2, "grid": 4, "ratio": 0.4, **kw})

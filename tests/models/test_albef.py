@@ -95,6 +95,8 @@ def test_config_ints_must_be_positive_ints(name, value):
         (dict(pad_id=10_000), ValueError, r"pad_id must lie in \[0, 602\], got 10000"),
         (dict(act="swish"), ValueError, r"act must be one of .*'swish'"),
         (dict(max_text_len=2), ValueError, r"max_text_len must be >= 3.*got 2"),
+        (dict(itc_targets="soft"), ValueError, r"itc_targets must be one of \('captions', 'one_hot'\), got 'soft'"),
+        (dict(itc_only=1), TypeError, r"itc_only must be True or False, got 1"),
     ],
 )
 def test_config_errors_name_expected_and_actual(kw, err, match):
@@ -600,3 +602,31 @@ def test_evaluate_hard_itm(ranker):
         idx = [i for i, k in enumerate(data["kinds"]) if k == kind]
         assert est.n == len(idx) == 2
         assert est.value == pytest.approx((p_true[idx] > p_neg[idx]).float().mean().item())
+
+
+# ----------------------------------------------------------------------------- control arms (chapter 04)
+
+
+def test_itc_only_trains_the_encoders_and_nothing_of_the_fusion(batch):
+    tr = trainer(itc_only=True)
+    out = pretrain_step(tr, batch)
+    assert set(out) == {"loss", "itc", "alpha", "temp"} and torch.equal(out["loss"].detach(), out["itc"])
+    out["loss"].backward()
+    reached = {n for n, p in tr.model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any(n.startswith("visual.") for n in reached) and any(n.startswith("text.") for n in reached)
+    assert not any(n.startswith(("fusion.", "itm_head.")) for n in reached), sorted(reached)
+    assert int(tr.step) == 1
+
+
+def test_one_hot_itc_targets_ignore_the_other_true_captions(batch):
+    """With one-hot targets, ITC on a batch whose captions repeat equals ITC with the identity as
+    positives; with the default targets it does not (the batch has off-diagonal positives)."""
+    eye = {**batch, "positives": torch.eye(B, dtype=torch.bool)}
+    repeated = eye["positives"].clone()
+    repeated[0, 1] = repeated[1, 0] = True  # as if captions 0 and 1 were both true of images 0 and 1
+    repeated = {**batch, "positives": repeated}
+    one_hot = pretrain_step(trainer(itc_only=True, itc_targets="one_hot", distill=False), repeated)["itc"]
+    by_eye = pretrain_step(trainer(itc_only=True, distill=False), eye)["itc"]
+    captions = pretrain_step(trainer(itc_only=True, distill=False), repeated)["itc"]
+    close(one_hot, by_eye)
+    assert (one_hot - captions).abs() > 1e-3

@@ -180,6 +180,16 @@ def test_clip_step_returns_the_clip_loss():
     img, txt, scale = m(images, ids, mask)
     torch.testing.assert_close(out["loss"], clip_loss(img, txt, scale))
     assert out["loss"].requires_grad and out["logit_scale"].item() == pytest.approx(1 / 0.07, rel=1e-6)
+    # with the batch's positives (captions 0 and 2 both true of images 0 and 2), the multi-positive loss
+    positives = torch.eye(4, dtype=torch.bool)
+    positives[0, 2] = positives[2, 0] = True
+    multi = clip_step(m, dict(images=images, ids=ids, attention_mask=mask, positives=positives))["loss"]
+    rows = -(scale * img @ txt.t()).log_softmax(1)
+    cols = -(scale * img @ txt.t()).log_softmax(0)
+    by_hand = sum(rows[i, positives[i]].mean() + cols[positives[:, i], i].mean() for i in range(4)) / 8
+    torch.testing.assert_close(multi, by_hand)
+    eye = clip_step(m, dict(images=images, ids=ids, attention_mask=mask, positives=torch.eye(4, dtype=torch.bool)))
+    torch.testing.assert_close(eye["loss"], out["loss"])
 
 
 def test_tiny_clip_learns_eight_pairs():

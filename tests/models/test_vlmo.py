@@ -26,6 +26,7 @@ from minivlm.models.vlmo import (
     stage_parameters,
     text_mlm_step,
 )
+from minivlm.nn.vit import patchify
 
 TOK = Tokenizer.from_world()
 TEXTS = ["a red circle.", "two shapes: a blue square and a green star.", "a small white cross above a cyan diamond"]
@@ -396,8 +397,9 @@ def test_text_stage_without_shared_parts_trains_the_language_side_only():
     close(out["loss"], F.cross_entropy(logits[chosen], batch["mlm_labels"][chosen]))
 
 
-def test_mim_loss_by_hand_on_masked_patches_only():
-    m = tiny()
+@pytest.mark.parametrize("mim_target", ["pixels", "normalized"])
+def test_mim_loss_by_hand_on_masked_patches_only(mim_target):
+    m = tiny(mim_target=mim_target)
     batch = mim_batch(3, seed=4)
     imgs, mask = batch["images"], batch["patch_mask"]
     loss = mim_step(m, batch)["loss"]
@@ -409,6 +411,9 @@ def test_mim_loss_by_hand_on_masked_patches_only():
         for n in range(N):
             r, c = divmod(n, 4)  # row-major patches
             target = norm[b, :, 8 * r:8 * r + 8, 8 * c:8 * c + 8].permute(1, 2, 0).flatten()  # (p1, p2, c)
+            if mim_target == "normalized":  # MAE: the patch minus its mean, over its (unbiased) spread
+                centred = target - target.sum() / target.numel()
+                target = centred / (centred.pow(2).sum() / (target.numel() - 1) + 1e-6).sqrt()
             e = (pred[b, n] - target).pow(2).mean()
             all_errors.append(e)
             if mask[b, n]:
@@ -489,12 +494,15 @@ def test_pair_step_gradients_reach_every_expert():
     assert {"mask_token"} | names_with(m, "mim_head") <= none  # MIM is the image stage's
 
 
-def test_stage_batches_have_their_keys_and_are_deterministic():
-    a = stage_batches("image", batch_size=4, seed=5)(3)
-    b = stage_batches("image", batch_size=4, seed=5)(3)
+@pytest.mark.parametrize("mim_mask", ["random", "block"])
+def test_stage_batches_have_their_keys_and_are_deterministic(mim_mask):
+    a = stage_batches("image", batch_size=4, seed=5, mim_mask=mim_mask)(3)
+    b = stage_batches("image", batch_size=4, seed=5, mim_mask=mim_mask)(3)
     assert a["patch_mask"].shape == (4, N) and a["patch_mask"].dtype == torch.bool
     assert torch.equal(a["patch_mask"], b["patch_mask"]) and torch.equal(a["images"], b["images"])
     assert (a["patch_mask"].sum(1) >= 7).all()  # ceil(0.4 · 16)
+    if mim_mask == "random":
+        assert (a["patch_mask"].sum(1) == 7).all()  # exactly ceil(0.4 · 16), anywhere
     assert not torch.equal(stage_batches("image", batch_size=4, seed=5)(4)["patch_mask"], a["patch_mask"])
     assert "patch_mask" not in stage_batches("pairs", batch_size=4, seed=5)(3)
 
@@ -710,3 +718,42 @@ def test_fusion_scores_pairs_out_of_range_is_a_value_error(gallery):
     imgs, texts = gallery
     with pytest.raises(ValueError, match="pairs"):
         fusion_scores(tiny(), imgs, texts, torch.tensor([[0, 6]]))
+
+
+def test_mim_targets_normalise_each_patch_or_keep_the_pixels():
+    imgs = images(2, seed=3)
+    imgs[1, :, :8, :8] = 0.25  # a flat patch: nothing to predict beyond its mean
+    pixels = tiny(mim_target="pixels").mim_targets(imgs)
+    normed = tiny().mim_targets(imgs)  # the default, MAE's
+    close(pixels, patchify((imgs - 0.5) / 0.5, 8))
+    real = normed[0]  # random pixels: every patch mean 0, spread 1
+    close(real.mean(-1), torch.zeros(N), atol=1e-5)
+    close(real.std(-1), torch.ones(N), atol=1e-4)
+    assert normed[1, 0].abs().max() == 0  # the flat patch becomes 0, not noise over 1e-6
+
+
+def test_unimodal_check_scores_the_trivial_predictor_itself_as_no_gain(monkeypatch):
+    m = tiny()
+    image = vlmo_module.unimodal_check(m, "image", train_seed=1, n_train=2, n_heldout=1, batch_size=8)
+    assert set(image) == {"model", "trivial", "gain"}
+    close(torch.tensor(image["gain"].value), torch.tensor(image["trivial"].value - image["model"].value), atol=1e-5)
+    assert image["model"].n == 8 * 7  # every masked patch of the held-out batch, ceil(0.4 · 16) per image
+    # a MIM head that outputs the mean target patch of the training batches is the trivial predictor: gain 0
+    train = stage_batches("image", 8, seed=1)
+    mean_patch = torch.cat([m.mim_targets(train(i)["images"]).flatten(0, 1) for i in range(2)]).mean(0)
+    with torch.no_grad():
+        m.mim_head.weight.zero_()
+        m.mim_head.bias.copy_(mean_patch)
+    same = vlmo_module.unimodal_check(m, "image", train_seed=1, n_train=2, n_heldout=1, batch_size=8)
+    assert abs(same["gain"].value) < 1e-6 and abs(same["model"].value - image["trivial"].value) < 1e-6
+    # text: logits equal to the log word frequencies are the trivial predictor too
+    text = vlmo_module.unimodal_check(m, "text", train_seed=1, n_train=2, n_heldout=1, batch_size=8)
+    counts = torch.ones(m.config.vocab_size)
+    for i in range(2):
+        labels = stage_batches("text", 8, seed=1)(i)["mlm_labels"]
+        counts += torch.bincount(labels[labels != IGNORE_INDEX], minlength=m.config.vocab_size).float()
+    monkeypatch.setattr(m, "mlm_logits", lambda tokens: (counts / counts.sum()).log().expand(*tokens.shape[:2], -1))
+    frequency = vlmo_module.unimodal_check(m, "text", train_seed=1, n_train=2, n_heldout=1, batch_size=8)
+    assert abs(frequency["gain"].value) < 1e-6 and abs(frequency["model"].value - text["trivial"].value) < 1e-6
+    with pytest.raises(ValueError, match="unimodal stage"):
+        vlmo_module.unimodal_check(m, "pairs")

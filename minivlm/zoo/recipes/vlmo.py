@@ -25,7 +25,7 @@ import torch
 from minivlm.data import ShapesBench
 from minivlm.drivers import staged_pretrain
 from minivlm.eval import to_record
-from minivlm.models.vlmo import VLMO_CONFIG, VLMo, VLMoConfig, evaluate_retrieval
+from minivlm.models.vlmo import VLMO_CONFIG, VLMo, VLMoConfig, evaluate_retrieval, unimodal_check
 from minivlm.utils import seed_everything
 from minivlm.zoo.recipes import arm_table, config_dict, itm_figures, run_jobs, shipped_model
 
@@ -67,16 +67,29 @@ def _run_arm(job: dict) -> dict:
     torch.set_num_threads(1)
     seed_everything(job["seed"])
     model = _model(job["config"])
+    data_seed = job["world_seed"] + job["seed"]
+    checks, check_seconds = {}, 0.0
+
+    def check_stage(label: str, model) -> None:  # each unimodal stage against its trivial predictor
+        nonlocal check_seconds
+        k, stage = int(label.split(":")[0]) - 1, label.split(": ")[1].split(" ")[0]
+        if stage in ("image", "text"):
+            t = time.perf_counter()
+            found = unimodal_check(model, stage, train_seed=data_seed * 100 + k)  # staged_pretrain's stream
+            checks[label] = {key: to_record(value) for key, value in found.items()}
+            check_seconds += time.perf_counter() - t
+
     start = time.perf_counter()
-    histories = staged_pretrain(model, job["schedule"], batch_size=job["batch_size"], seed=job["world_seed"] + job["seed"],
-                         lr=job["lr"], warmup=job["warmup"], weight_decay=job["weight_decay"], device="cpu",
-                         progress=job["progress"])
-    train_seconds = time.perf_counter() - start
+    histories = staged_pretrain(model, job["schedule"], batch_size=job["batch_size"], seed=data_seed,
+                                lr=job["lr"], warmup=job["warmup"], weight_decay=job["weight_decay"], device="cpu",
+                                progress=job["progress"], on_stage_end=check_stage)
+    train_seconds = time.perf_counter() - start - check_seconds
     last = list(histories.values())[-1]
     metrics = vlmo_metrics(model, job["bench_seed"], job["retrieval_n"], job["itm_n"], job["itm_n"], job["k"])
     out = {"arm": job["arm"], "seed": job["seed"], "metrics": metrics,
            "final": {key: round(last.last(key), 4) for key in ("loss", "itc", "itm", "mlm")},
            "stage_seconds": {label: round(h.seconds, 1) for label, h in histories.items()},
+           "unimodal_checks": checks,
            "train_seconds": round(train_seconds, 1), "seconds": round(time.perf_counter() - start, 1)}
     if job["ship"]:
         out["state"] = {key: v.detach().clone() for key, v in model.state_dict().items()}
@@ -120,7 +133,7 @@ class VlmoRecipe:
                      ship=seed == 0 and arm == self.ship_arm, progress=progress and self.workers == 1)
                 for seed in range(self.seeds) for arm in self.arms]
         results = run_jobs(_run_arm, jobs, self.workers, progress, "vlmo")
-        arms = arm_table(results, ("stage_seconds",))
+        arms = arm_table(results, ("stage_seconds", "unimodal_checks"))
         model, shipped = shipped_model(_model, self.config, results)
         return model.eval(), {
             "config": config_dict(model),
