@@ -237,3 +237,47 @@ def test_answer_hits_per_item():
         answer_hits("yes", "yes")
     with pytest.raises(TypeError, match="str"):
         answer_hits([1], ["1"])
+
+
+def test_evaluate_zero_shot_scores_the_class_its_colour_and_its_shape(monkeypatch):
+    """A classifier that always names the right colour with the wrong shape: colour 100 %, shape
+    and class 0 %; one that is right on half the images: 50 % everywhere."""
+    import minivlm.eval.retrieval as retrieval
+
+    classes = [("red", "circle"), ("red", "star"), ("blue", "circle"), ("blue", "star")]
+    data = {"classes": classes, "labels": torch.tensor([0, 1, 2, 3])}
+    wrong_shape = torch.tensor([1, 0, 3, 2])  # same colour, other shape
+    half = torch.tensor([0, 2, 2, 0])  # right, wrong both, right, wrong both
+    for predicted, expected in ((wrong_shape, (0.0, 1.0, 0.0)), (half, (0.5, 0.5, 0.5))):
+        monkeypatch.setattr(retrieval, "classify_zero_shot",
+                            lambda model, data, templates, p=predicted: torch.nn.functional.one_hot(p, 4).float())
+        out = retrieval.evaluate_zero_shot(None, data)
+        assert (out["accuracy"].value, out["color"].value, out["shape"].value) == expected
+        assert out["accuracy"].n == 4 and out["accuracy"].method == "wilson"
+
+
+def test_attribute_only_retrieval_reads_one_attribute():
+    from dataclasses import replace
+
+    from minivlm.data import Scene, ShapesBench, ShapesWorld
+    from minivlm.eval import attribute_only_retrieval
+
+    obj = ShapesWorld(seed=0).sample(1, n_objects=1)[0].objects[0]
+    scenes = [Scene((replace(obj, color="red", shape="circle"),)), Scene((replace(obj, color="red", shape="star"),)),
+              Scene((replace(obj, color="blue", shape="star"),))]
+    data = {"scenes": scenes, "captions": ["a red circle.", "a red star.", "a blue star."]}
+    # colour: images 0 and 1 each fit two captions (1/2), image 2 only its own; shape: 0 alone, 1 and 2 share
+    assert attribute_only_retrieval(data, "color").value == pytest.approx((0.5 + 0.5 + 1) / 3)
+    assert attribute_only_retrieval(data, "shape").value == pytest.approx((1 + 0.5 + 0.5) / 3)
+    # a relation needs only its two objects present; a listing caption needs the exact multiset
+    data = {"scenes": scenes[:2], "captions": ["a red circle left of a red star.", "two shapes: a red star."]}
+    # image 0 has one red object: its relation caption (two reds) fits no image, so it scores 0; image 1 fits
+    # only "two shapes: a red star." (its own caption): 1
+    assert attribute_only_retrieval(data, "color").value == pytest.approx(0.5)
+    real = ShapesBench(seed=3).retrieval(64)
+    est = attribute_only_retrieval(real, "color")
+    assert 0 < est.low <= est.value <= est.high < 1 and est.n == 64
+    with pytest.raises(ValueError, match="attribute must be 'color' or 'shape', got 'size'"):
+        attribute_only_retrieval(real, "size")
+    with pytest.raises(ValueError, match="ShapesBench retrieval set"):
+        attribute_only_retrieval({"captions": []}, "color")

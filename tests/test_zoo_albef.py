@@ -2,6 +2,8 @@
 every arm of the chapter's two claims for every seed; the shipped model reaches its bar on a
 fresh bench seed; a build is deterministic and does not depend on how many worker processes
 trained the arms."""
+import shutil
+
 import torch
 
 from minivlm import zoo
@@ -9,7 +11,11 @@ from minivlm.data import ShapesBench
 from minivlm.eval import evaluate_retrieval
 from minivlm.models.albef import ALBEF
 
-ARMS = ("noise0_mod", "noise0_nomod", "noise40_mod", "noise40_nomod", "noise0_mod_random_neg")
+ARMS = ("noise0_mod", "noise0_nomod", "noise40_mod", "noise40_nomod", "noise0_mod_random_neg", "noise40_mod_onehot",
+        "noise40_nomod_onehot", "noise0_itc_only", "noise0_clip_more")
+FUSED = ARMS[:7]  # the arms with a trained fusion encoder; the last two have only the ITC figures
+# the arms built with the hard pairs scored by ITC cosine too (the first four arms but the shipped one predate it)
+WITH_ITC_PAIRS = ("noise0_mod", "noise40_mod_onehot", "noise40_nomod_onehot", "noise0_itc_only", "noise0_clip_more")
 
 
 def test_manifest_matches_the_shipped_file_and_holds_every_arm():
@@ -23,8 +29,15 @@ def test_manifest_matches_the_shipped_file_and_holds_every_arm():
     for arm in ARMS:
         runs = info["arms"][arm]
         assert [r["seed"] for r in runs] == list(range(seeds)), arm
+        keys = ("i2t_r1_itc",)
+        if arm in FUSED:
+            keys += ("i2t_r1_rerank16", "itm", "hard_itm", "hard_pairs", "hard_pairs_relation")
+        if arm in WITH_ITC_PAIRS:
+            keys += ("hard_pairs_itc", "hard_pairs_itc_relation")
         for r in runs:
-            for key in ("i2t_r1_itc", "i2t_r1_rerank16", "itm", "hard_itm", "hard_pairs", "hard_pairs_relation"):
+            if "parameters" in r:
+                assert r["parameters"] == (306_433 if arm == "noise0_clip_more" else info["parameters"]), arm
+            for key in keys:
                 est = r[key]
                 assert 0 <= est["low"] <= est["value"] <= est["high"] <= 1 and est["n"] > 0, (arm, key)
     # the shipped model is seed 0 of the clean MoD arm: its metrics are that run's
@@ -52,14 +65,21 @@ def test_tiny_build_is_deterministic_and_independent_of_workers(tmp_path):
                 embed_dim=16, max_text_len=32, queue_size=16)
     # One noise level: three arms, not five, still run every path of the recipe (noisy captions, MoD
     # on and off, hard and random negatives); each arm's figures are most of a build's time (issue 24).
-    kw = dict(progress=False, steps=2, seeds=1, batch_size=16, vision_init=None, config=tiny, noises=(0.4,))
+    # The CLIP control arm trains the zoo CLIP itself: each build folder gets a copy.
+    only = ("noise40_nomod", "noise40_mod_random_neg", "noise40_nomod_onehot", "noise40_itc_only", "noise40_clip_more")
+    kw = dict(progress=False, steps=2, seeds=1, batch_size=16, vision_init=None, config=tiny, noises=(0.4,), only=only)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        for suffix in ("json", "safetensors"):
+            shutil.copy(zoo.WEIGHTS_DIR / f"clip.{suffix}", tmp_path / folder)
     a = zoo.build("albef", out_dir=tmp_path / "a", workers=1, **kw)
     b = zoo.build("albef", out_dir=tmp_path / "b", workers=2, **kw)
     assert a["sha256"] == b["sha256"], "the shipped arm must not depend on the number of workers"
     strip = lambda arms: {k: [{m: x for m, x in r.items() if m != "train_seconds"} for r in v] for k, v in arms.items()}
     assert strip(a["arms"]) == strip(b["arms"]), "every arm's figures must be the same with 1 or 2 workers"
-    assert set(a["arms"]) == {"noise40_mod", "noise40_nomod", "noise40_mod_random_neg"}
-    assert {arm[0] for arm in zoo.RECIPES["albef"]().arms()} == set(ARMS)  # the default recipe: all five
+    assert set(a["arms"]) == {"noise40_mod", *only}  # the shipped arm always trains
+    assert "hard_pairs" not in a["arms"]["noise40_itc_only"][0] and "hard_pairs_itc" in a["arms"]["noise40_clip_more"][0]
+    assert {arm[0] for arm in zoo.RECIPES["albef"]().arms()} == set(ARMS)  # the default recipe: all nine
     model = zoo.load("albef", weights_dir=tmp_path / "a")
     assert isinstance(model, ALBEF) and model.config.dim == 16
 

@@ -9,8 +9,9 @@ from minivlm.data import ShapesBench
 from minivlm.models.vlmo import VLMo, evaluate_retrieval
 from minivlm.zoo.recipes.vlmo import arm_schedule
 
-ARMS = ("staged", "pairs_only", "reversed", "pairs_short")
-METRICS = ("i2t_r1_dual", "i2t_r1_rerank16", "i2t_r1_fusion", "itm", "hard_itm", "hard_pairs", "hard_pairs_relation")
+ARMS = ("staged", "pairs_only", "reversed", "pairs_short", "pairs_short_pos002")
+METRICS = ("i2t_r1_dual", "i2t_r1_rerank16", "i2t_r1_fusion", "itm", "hard_itm", "hard_pairs", "hard_pairs_relation",
+           "zero_shot", "zero_shot_color", "zero_shot_shape")
 
 
 def test_manifest_matches_the_shipped_file_and_holds_every_arm():
@@ -32,13 +33,28 @@ def test_manifest_matches_the_shipped_file_and_holds_every_arm():
     ship = info["recipe"]["ship_arm"]
     assert ship in ARMS
     shipped = {k: v for k, v in info["arms"][ship][0].items() if k not in ("seed", "final_loss", "train_seconds",
-                                                                            "stage_seconds")}
+                                                                            "stage_seconds", "unimodal_checks")}
     assert info["metrics"] == shipped
+
+
+def test_every_unimodal_stage_of_the_manifest_beats_its_trivial_predictor():
+    """The staged and reversed arms' image and text stages, each seed, against the mean patch and
+    word frequency on held-out batches: the gain's interval must lie above 0 (a stage at its
+    trivial predictor is a bug, not a result)."""
+    arms = zoo.manifest("vlmo")["arms"]
+    for arm in ("staged", "reversed"):
+        for run in arms[arm]:
+            checks = run["unimodal_checks"]
+            assert sorted(label.split(": ")[1].split(" ")[0] for label in checks) == ["image", "text"], (arm, checks)
+            for label, check in checks.items():
+                assert check["gain"]["low"] > 0, (arm, run["seed"], label, check)
+                assert abs(check["trivial"]["value"] - check["model"]["value"] - check["gain"]["value"]) < 1e-3
 
 
 def test_the_arms_train_the_steps_they_claim():
     totals = {arm: sum(steps for _, steps, _ in arm_schedule(arm, 30, 70)) for arm in ARMS}
-    assert totals == {"staged": 130, "pairs_only": 130, "reversed": 130, "pairs_short": 70}, totals
+    assert totals == {"staged": 130, "pairs_only": 130, "reversed": 130, "pairs_short": 70,
+                      "pairs_short_pos002": 70}, totals
     assert arm_schedule("pairs_short", 30, 70) == [("pairs", 70, True)], "the staged arm's pair steps alone"
     assert [s for s, _, _ in arm_schedule("staged", 1, 1)] == ["image", "text", "pairs"]
     assert [s for s, _, _ in arm_schedule("reversed", 1, 1)] == ["text", "image", "pairs"]

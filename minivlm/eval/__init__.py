@@ -31,9 +31,11 @@ from minivlm.eval.captions import (
 from minivlm.eval.retrieval import (
     CLIP_TEMPLATES,
     DualEncoder,
+    attribute_only_retrieval,
     class_prompts,
     classify_zero_shot,
     evaluate_retrieval,
+    evaluate_zero_shot,
     itc_similarity,
     recall_at_k,
     retrieval_metrics,
@@ -46,9 +48,9 @@ from minivlm.eval.retrieval import (
 )
 from minivlm.eval.stats import Estimate, bootstrap, interval, perplexity, to_record, wilson
 
-__all__ = ["CLIP_TEMPLATES", "DualEncoder", "class_prompts", "classify_zero_shot", "to_record", "unit_features",
+__all__ = ["CLIP_TEMPLATES", "DualEncoder", "attribute_only_retrieval", "class_prompts", "classify_zero_shot", "to_record", "unit_features",
            "zero_shot_classifier", "zero_shot_logits", "Estimate", "answer_hits", "answer_prior", "bleu", "bootstrap", "caption_references",
            "caption_tokens", "cider_d", "evaluate_captions", "evaluate_hard_itm", "evaluate_itm", "evaluate_retrieval",
-           "evaluate_vqa", "interval", "itc_similarity", "ngram_counts", "normalize_answer", "perplexity",
+           "evaluate_vqa", "evaluate_zero_shot", "interval", "itc_similarity", "ngram_counts", "normalize_answer", "perplexity",
            "recall_at_k", "retrieval_metrics", "retrieve", "swap_scores", "true_caption_rate", "vqa_accuracy",
            "wilson", "zero_shot_accuracy"]

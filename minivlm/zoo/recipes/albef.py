@@ -148,6 +148,7 @@ class AlbefRecipe:
     bench_seed: int = 1234
     rerank_k: int = 16
     vision_init: str | None = "clip"  # the zoo entry whose image tower starts ours (None: from scratch)
+    only: tuple = ()  # train only these arms (empty: every arm); the shipped first arm always trains
     workers: int = 1
     config: dict = field(default_factory=lambda: dict(ALBEF_CONFIG))
 
@@ -168,9 +169,15 @@ class AlbefRecipe:
     def train(self, weights_dir, progress: bool):
         if self.vision_init not in (None, "clip"):
             raise ValueError(f"vision_init must be None or 'clip', got {self.vision_init!r}")
+        names = [arm[0] for arm in self.arms()]
+        unknown = sorted(set(self.only) - set(names))
+        if unknown:
+            raise ValueError(f"only must name arms of {names}, got {unknown}")
         jobs = []
         for seed in range(self.seeds):
             for k, (arm, kind, noise, changes) in enumerate(self.arms()):
+                if self.only and k and arm not in self.only:
+                    continue
                 jobs.append(dict(arm=arm, kind=kind, seed=seed, noise=noise,
                                  config={**self.config, "distill": True, "hard_negatives": True, **changes},
                                  steps=self.steps, world_seed=self.world_seed, batch_size=self.batch_size, lr=self.lr,
