@@ -5,6 +5,7 @@ model files never import the training loop.
     staged_pretrain   VLMo's stage-wise pretraining: images, then text with the attention frozen,
                       then pairs (chapter 05)
     train_tokenizer   BEiT-2's VQ-KD visual tokenizer, with dead codes restarted (chapter 08)
+    train_question_only  the question-only VQA baseline on the VQA training stream (chapter 03)
 """
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from minivlm.data.pairs import vqa_batches
 from minivlm.models.beit3 import VisualTokenizer, tokenizer_batches, vqkd_step
+from minivlm.models.question_only import QuestionOnly, QuestionOnlyConfig, question_only_step
 from minivlm.models.vlmo import STEP_FUNCTIONS, VLMo, set_stage, stage_batches, stage_parameters
-from minivlm.train import fit
-from minivlm.utils import check_int, eval_mode, unwrap
+from minivlm.train import History, fit
+from minivlm.utils import check_int, eval_mode, seed_everything, unwrap
 
 
 def staged_pretrain(model: VLMo, schedule: Sequence[tuple[str, int, bool]], batch_size: int = 64, seed: int = 0,
@@ -84,3 +87,19 @@ def train_tokenizer(model: VisualTokenizer, teacher, steps: int, batch_size: int
     history = fit(model, vqkd_step, batches, steps, lr=lr, warmup=warmup, weight_decay=weight_decay, seed=seed,
                   progress=progress, desc=desc or "VQ-KD tokenizer", callback=restart)
     return history, restarts
+
+
+def train_question_only(steps: int = 300, batch_size: int = 64, seed: int = 0, lr: float = 1e-2,
+                        config: QuestionOnlyConfig | None = None, device=None,
+                        progress: bool = False) -> tuple[QuestionOnly, History]:
+    """A QuestionOnly (weights seeded by `seed`) trained with `fit` on `vqa_batches(batch_size,
+    seed=seed)`, the stream a ViLT VQA fine-tune with that seed reads. Returns (model, History)."""
+    check_int("steps", steps)
+    check_int("batch_size", batch_size)
+    config = config or QuestionOnlyConfig()
+    seed_everything(seed)
+    model = QuestionOnly(config)
+    batches = vqa_batches(batch_size, seed=seed, max_text_len=config.max_text_len, answers=config.answers)
+    history = fit(model, question_only_step, batches, steps, lr=lr, warmup=min(20, steps // 10), seed=seed,
+                  device=device, progress=progress, desc="question-only VQA")
+    return model, history

@@ -1,4 +1,5 @@
-"""The course's models, one file per paper (chapter 02 onwards).
+"""The course's models, one file per paper (chapter 02 onwards), and one baseline:
+`question_only`, the question-only VQA model every VQA model must beat (chapter 03 on).
 
 A model file holds its model and the paper's own losses and step functions. Data pipelines live
 in `minivlm/data/`, evaluation in `minivlm/eval/`, losses another chapter reuses in
