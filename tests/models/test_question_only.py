@@ -18,15 +18,6 @@ QUESTIONS = ["what color is the circle?", "is the red star on the left or on the
 TRAIN_STEPS = 150  # the loss is flat from about 100 steps (lr 1e-2); about 5 s on one CPU thread
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (see tests/models/test_vilt.py)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def trained():
     model, history = train_question_only(steps=TRAIN_STEPS, seed=0)
