@@ -185,7 +185,7 @@ if ready:
 # The model sees the masked caption and the image; the MLM loss asks it for every chosen word,
 # the ones hidden behind `<mask>`, the ones replaced by a random word and the ones left as they
 # were. The single stream: text tokens (`LN(word + position)`) and image tokens (the image CLS,
-# then one token per 4×4 patch, plus positions) built by hand from the model's own layers, joined
+# then one token per 8×8 patch, plus positions) built by hand from the model's own layers, joined
 # by your function, through the model's Transformer.
 
 # %%

@@ -81,14 +81,15 @@ check("05.route_to_experts", route_to_experts)
 #   once and every text once, then scores every pair with one matrix product: n_images + n_texts
 #   Transformer passes. Fast, but the two modalities meet only in a dot product;
 # * a **fusion encoder** (ViLT, ALBEF's fusion layers; VLMo in fusion mode) runs the Transformer on
-#   each (image, text) pair together, words and patches attending to each other in every layer:
-#   more accurate, but n_images · n_texts passes;
+#   each (image, text) pair together, words and patches attending to each other in every layer
+#   (the papers expect better matching from it; the chapter measures whether our VLMo gets it, and
+#   at our scale it does not), at n_images · n_texts passes;
 # * **re-ranking** (ALBEF's retrieval, chapter 04) takes each image's top k texts by the dual
 #   score and scores only those with the fusion encoder: n_images + n_texts + n_images · k passes,
 #   where an image cannot have more than n_texts candidates, so k is capped at n_texts.
 #
 # VLMo's argument is that one set of weights gives both encoders: the dual mode where speed
-# matters, the fusion mode where accuracy does. Return the number of Transformer passes `mode`
+# matters, the fusion mode where the papers expect accuracy. Return the number of Transformer passes `mode`
 # (`"dual"`, `"fusion"` or `"rerank"`) needs for `n_images` queries and `n_texts` candidates (`k`
 # is used by `"rerank"` only); raise a `ValueError` for any other mode.
 

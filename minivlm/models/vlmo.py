@@ -263,8 +263,9 @@ class VLMo(TextInputs, ContrastiveHead, MLMHead, nn.Module):
     def mim_targets(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) → (B, N, P·P·3), what masked image modelling predicts for every patch:
         its pixels scaled as the model's input ("pixels"), or, with mim_target="normalized", each
-        patch minus its own mean over its own standard deviation (MAE's per-patch normalisation: a
-        flat background patch becomes 0, an edge becomes a unit-spread pattern)."""
+        patch minus its own mean over its own standard deviation, all channels together (MAE's
+        per-patch normalisation: a grey patch becomes 0, a patch of one flat colour the pattern of
+        its channels' offsets, the same wherever it stands; an edge a unit-spread pattern)."""
         check_images(images, self.config.image_size)
         patches = patchify((images - self.image_mean) / self.image_std, self.config.patch_size)
         if self.config.mim_target == "pixels":
