@@ -103,6 +103,33 @@ NOTES = {
 viz.plot_pipelines(PIPELINES, NOTES);
 
 # %% [markdown]
+# The ViLT paper's Figure 2 sorts vision-and-language models by where their compute goes: the
+# visual embedder (VE), the textual embedder (TE) and the modality interaction (MI). Redrawn
+# below as the paper draws it, schematic: the bar lengths are the paper's relative sizes, not
+# measurements.
+
+# %%
+TAXONOMY = [  # (category, examples, relative sizes of VE, TE, MI as the paper's figure draws them)
+    ("(a) VE > TE > MI", "VSE++, SCAN", (3, 2, 1)),
+    ("(b) VE = TE > MI", "CLIP (chapter 02)", (3, 3, 1)),
+    ("(c) VE > MI > TE", "ViLBERT, UNITER, VisualBERT", (3, 1, 2)),
+    ("(d) MI > VE = TE", "ViLT (this chapter)", (1, 1, 3)),
+]
+PARTS = (("visual embedder", "#4c72b0"), ("textual embedder", "#dd8452"), ("modality interaction", "#55a868"))
+fig, ax = viz.plt.subplots(figsize=(9, 2.8))
+for row, (category, examples, sizes) in enumerate(TAXONOMY):
+    left = 0
+    for (part, color), size in zip(PARTS, sizes):
+        ax.barh(row, size, left=left, color=color, edgecolor="white", label=part if row == 0 else None)
+        left += size
+    ax.text(left + 0.15, row, examples, va="center", fontsize=8)
+ax.set(yticks=range(len(TAXONOMY)), yticklabels=[t[0] for t in TAXONOMY], xticks=[], xlim=(0, 12),
+       xlabel="relative compute (schematic, after the ViLT paper's Figure 2)")
+ax.invert_yaxis()
+ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.25), frameon=False)
+fig.tight_layout();
+
+# %% [markdown]
 # ## 2. The single stream, built step by step
 #
 # Text and image each get their embeddings, and a **modality-type embedding** (one learned
