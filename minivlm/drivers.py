@@ -3,7 +3,8 @@ runs `fit` over a model's own step functions and data (which stay beside the mod
 model files never import the training loop.
 
     staged_pretrain   VLMo's stage-wise pretraining: images, then text with the attention frozen,
-                      then pairs (chapter 05)
+                      then pairs (chapter 05); `stage_seed` and `stage_of` name a stage's data
+                      stream and read its label
     train_tokenizer   BEiT-2's VQ-KD visual tokenizer, with dead codes restarted (chapter 08)
     train_question_only  the question-only VQA baseline on the VQA training stream (chapter 03)
 """
@@ -43,7 +44,7 @@ def staged_pretrain(model: VLMo, schedule: Sequence[tuple[str, int, bool]], batc
     histories = {}
     for k, (stage, steps, shared) in enumerate(schedule):
         set_stage(model, stage, shared)
-        batches = stage_batches(stage, batch_size, seed=seed * 100 + k, image_size=c.image_size,
+        batches = stage_batches(stage, batch_size, seed=stage_seed(seed, k), image_size=c.image_size,
                                 patch_size=c.patch_size, mim_ratio=c.mim_ratio, noise=noise,
                                 max_text_len=c.max_text_len, mim_mask=c.mim_mask)
         label = f"{k + 1}: {stage}" + ("" if shared or stage == "pairs" else " (attention frozen)")
@@ -54,6 +55,18 @@ def staged_pretrain(model: VLMo, schedule: Sequence[tuple[str, int, bool]], batc
             on_stage_end(label, model)
     set_stage(model, "pairs")
     return histories
+
+
+def stage_seed(seed: int, k: int) -> int:
+    """The data seed of stage k (0-based) of a `staged_pretrain` run with `seed`: its batches are
+    `stage_batches(stage, ..., seed=stage_seed(seed, k))` (to score a stage on its own data)."""
+    return seed * 100 + k
+
+
+def stage_of(label: str) -> tuple[int, str]:
+    """A `staged_pretrain` label ("2: text (attention frozen)") → (0-based index, stage name)."""
+    number, rest = label.split(": ", 1)
+    return int(number) - 1, rest.split(" ")[0]
 
 
 def train_tokenizer(model: VisualTokenizer, teacher, steps: int, batch_size: int = 64, seed: int = 0,

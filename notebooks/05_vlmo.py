@@ -59,7 +59,7 @@ from minivlm.data import ShapesBench, Tokenizer
 from minivlm.data import COLORS, SHAPES
 from minivlm.data.masking import block_mask, random_mask
 from minivlm.data.pairs import pretrain_batches
-from minivlm.drivers import staged_pretrain
+from minivlm.drivers import stage_of, stage_seed, staged_pretrain
 from minivlm.eval import attribute_only_retrieval, evaluate_zero_shot, interval
 from minivlm.models.vlmo import (
     LANGUAGE,
@@ -339,9 +339,9 @@ moved, checks = {}, {}
 def after_stage(label, model):  # called by staged_pretrain after each stage
     moved[label] = max((p - attention[n]).abs().max().item() for n, p in model.named_parameters() if n in attention)
     attention.update({n: p.detach().clone() for n, p in model.named_parameters() if n in attention})
-    k, stage = int(label.split(":")[0]) - 1, label.split(": ")[1].split(" ")[0]
-    if stage != "pairs":  # stage k trained on staged_pretrain's stream seed·100 + k (seed 0 here)
-        checks[stage] = unimodal_check(model, stage, train_seed=k)
+    k, stage = stage_of(label)
+    if stage != "pairs":  # scored against the mean of the very batches stage k trained on (seed 0 here)
+        checks[stage] = unimodal_check(model, stage, train_seed=stage_seed(0, k))
 
 
 histories = staged_pretrain(live, LIVE, batch_size=64, seed=0, lr=3e-3, warmup=20, on_stage_end=after_stage)
@@ -352,7 +352,7 @@ fig, axes = viz.plt.subplots(1, 3, figsize=(12, 3))
 for ax, (label, h) in zip(axes, histories.items()):
     keys = [k for k in ("mim", "mlm", "itc", "itm") if k in h.losses and (k != "mlm" or "itc" not in h.losses)]
     viz.plot_losses({key.upper(): h.losses[key] for key in keys}, ax=ax, smooth=0.6)
-    stage = label.split(": ")[1].split(" ")[0]
+    stage = stage_of(label)[1]
     if stage in checks:  # the trivial predictor's held-out loss, for scale
         ax.axhline(checks[stage]["trivial"].value, color="gray", ls="--", lw=1,
                    label="the mean patch (held out)" if stage == "image" else "word frequency (held out)")
@@ -403,7 +403,7 @@ for arm in ("staged", "reversed"):
     for run in arms[arm]:
         row = []
         for label, check in run["unimodal_checks"].items():
-            stage = label.split(": ")[1].split(" ")[0]
+            stage = stage_of(label)[1]
             row.append(f"{stage} {check['model']['value']:.3f} vs {TRIVIAL[stage]} {check['trivial']['value']:.3f} "
                        f"(gain [{check['gain']['low']:.3f}, {check['gain']['high']:.3f}])")
         print(f"{arm:9} seed {run['seed']}: " + ";  ".join(row))

@@ -9,6 +9,8 @@ matter (the random and kept 10 %s make it model every word). Special tokens (`<b
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from minivlm.utils import check_tensor
@@ -73,8 +75,6 @@ def block_mask(batch_size: int, grid: int, ratio: float = 0.4, min_patches: int 
     of `minivlm.nn.vit.patchify`. Every mask is a union of rectangles with at least
     ceil(ratio · grid²) patches; a block may overshoot that by a few patches.
     """
-    import math
-
     for name, value in (("batch_size", batch_size), ("grid", grid), ("min_patches", min_patches)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -109,8 +109,6 @@ def random_mask(batch_size: int, grid: int, ratio: float = 0.4, generator: torch
     """MAE's and SimMIM's masking: in each image, exactly ceil(ratio · grid²) patches chosen
     uniformly at random. Returns a bool mask (batch_size, grid · grid), True = masked, in the
     row-major patch order of `minivlm.nn.vit.patchify` (the same layout as `block_mask`)."""
-    import math
-
     for name, value in (("batch_size", batch_size), ("grid", grid)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")

@@ -280,7 +280,6 @@ def classify_zero_shot(model: DualEncoder, data: dict, templates: Sequence[str] 
     return zero_shot_logits(model, data["images"], classifier)
 
 
-
 def evaluate_zero_shot(model: DualEncoder, data: dict, templates: Sequence[str] = CLIP_TEMPLATES) -> dict:
     """Zero-shot classification on a ShapesBench `classification` set (`classify_zero_shot`), with
     Wilson intervals: the class right ("accuracy"), and separately its colour and its shape right.
@@ -321,4 +320,3 @@ def attribute_only_retrieval(data: dict, attribute: str) -> Estimate:
                       if (all(have.get(v, 0) >= k for v, k in bag.items()) if relation else bag == have)]
         expected.append(1.0 / len(consistent) if i in consistent else 0.0)
     return interval(expected)
-

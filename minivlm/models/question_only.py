@@ -15,7 +15,7 @@ bag of words), and the image is never seen: `answer(images, questions)` takes th
 to fit the interface `evaluate_vqa` scores every VQA model through, and ignores them.
 
     model, history = minivlm.drivers.train_question_only(steps=300)  # on vqa_batches, as ViLT fine-tunes
-    evaluate_vqa(model, ShapesBench(seed=4321).vqa(1200))      # the bar a VQA model's result must clear
+    evaluate_vqa(model, ShapesBench(seed=4321).vqa(1200))  # the bar a VQA model's result must clear
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from minivlm.data.pairs import check_batch_keys
 from minivlm.data.shapesworld import VQA_ANSWER_VOCAB
 from minivlm.nn.inputs import TextInputs, check_ids_in_vocab, fill_token_ids
 from minivlm.nn.text import check_token_ids
-from minivlm.utils import check_int, check_tensor
+from minivlm.utils import check_int, check_tensor, eval_mode
 
 
 @dataclass
@@ -100,15 +100,11 @@ class QuestionOnly(TextInputs, nn.Module):
             raise ValueError(f"need one image per question (or images=None), got images={len(images)}, "
                              f"questions={len(questions)}")
         check_int("batch_size", batch_size)
-        was_training = self.training
-        self.eval()
-        try:
-            picks = []
+        picks = []
+        with eval_mode(self):
             for start in range(0, len(questions), batch_size):
                 ids, mask = self.tokenize(list(questions[start:start + batch_size]))  # checks the strings
                 picks += self(ids, mask).argmax(dim=1).tolist()
-        finally:
-            self.train(was_training)
         return [self.config.answers[i] for i in picks]
 
 

@@ -757,3 +757,12 @@ def test_unimodal_check_scores_the_trivial_predictor_itself_as_no_gain(monkeypat
     assert abs(frequency["gain"].value) < 1e-6 and abs(frequency["model"].value - text["trivial"].value) < 1e-6
     with pytest.raises(ValueError, match="unimodal stage"):
         vlmo_module.unimodal_check(m, "pairs")
+
+
+def test_stage_of_reads_every_label_staged_pretrain_writes():
+    from minivlm.drivers import stage_of, stage_seed
+
+    histories = staged_pretrain(tiny(), [("image", 1, True), ("text", 1, False), ("pairs", 1, True)],
+                                batch_size=4, seed=3, progress=False)
+    assert [stage_of(label) for label in histories] == [(0, "image"), (1, "text"), (2, "pairs")]
+    assert stage_seed(3, 1) == 301  # the stream staged_pretrain gave stage 1 (unimodal_check's train_seed)

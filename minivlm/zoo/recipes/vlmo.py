@@ -1,6 +1,6 @@
 """The zoo VLMo (chapter 05) and the arms behind the chapter's staged-pretraining claim.
 
-The recipe trains four arms, `seeds` seeds each; the first three at equal total steps:
+The recipe trains five arms, `seeds` seeds each; the first three at equal total steps:
   - "staged", the paper's: masked image modelling on images alone (attention + vision experts),
     masked language modelling on captions alone with the attention and vision experts frozen
     (language experts), then image-text pairs (everything: ITC + ITM + MLM; ITM's negative
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from minivlm.data import ShapesBench
-from minivlm.drivers import staged_pretrain
+from minivlm.drivers import stage_of, stage_seed, staged_pretrain
 from minivlm.eval import evaluate_zero_shot, to_record
 from minivlm.models.vlmo import VLMO_CONFIG, VLMo, VLMoConfig, evaluate_retrieval, unimodal_check
 from minivlm.utils import seed_everything
@@ -81,10 +81,10 @@ def _run_arm(job: dict) -> dict:
 
     def check_stage(label: str, model) -> None:  # each unimodal stage against its trivial predictor
         nonlocal check_seconds
-        k, stage = int(label.split(":")[0]) - 1, label.split(": ")[1].split(" ")[0]
+        k, stage = stage_of(label)
         if stage in ("image", "text"):
             t = time.perf_counter()
-            found = unimodal_check(model, stage, train_seed=data_seed * 100 + k)  # staged_pretrain's stream
+            found = unimodal_check(model, stage, train_seed=stage_seed(data_seed, k))
             checks[label] = {key: to_record(value) for key, value in found.items()}
             check_seconds += time.perf_counter() - t
 
