@@ -288,12 +288,17 @@ def plot_mask(mask, title: str | None = None, ax=None, labels=None):
 
 
 def plot_masks(masks: Mapping[str, object], labels=None, size: float = 2.6):
-    """Several masks side by side, titled by their names (e.g. the BLIP-2 Q-Former's three)."""
+    """Several masks side by side, titled by their names (e.g. the BLIP-2 Q-Former's three).
+
+    labels: as plot_mask's, shared by every panel, or a dict name -> that panel's labels.
+    """
     if not isinstance(masks, Mapping) or not masks:
         raise ValueError(f"masks must be a non-empty dict name -> (Tq, Tk) bool mask, got {type(masks).__name__}")
+    if isinstance(labels, Mapping) and set(labels) != set(masks):
+        raise ValueError(f"labels as a dict must name the masks {sorted(masks)}, got {sorted(labels)}")
     fig, axes = plt.subplots(1, len(masks), figsize=(size * len(masks), size + 0.4), squeeze=False)
     for ax, (name, mask) in zip(axes[0], masks.items()):
-        plot_mask(mask, title=name, ax=ax, labels=labels)
+        plot_mask(mask, title=name, ax=ax, labels=labels[name] if isinstance(labels, Mapping) else labels)
     handles = [Patch(color=ATTEND_COLOR, label="may attend"), Patch(color=BLOCKED_COLOR, label="blocked")]
     fig.legend(handles=handles, loc="lower center", ncol=2, frameon=False, fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))

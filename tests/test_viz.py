@@ -99,6 +99,15 @@ def test_plot_masks_side_by_side():
         viz.plot_masks({})
 
 
+def test_plot_masks_labels_per_panel():
+    masks = {"a": torch.ones(2, 2, dtype=torch.bool), "b": torch.ones(2, 2, dtype=torch.bool)}
+    fig = viz.plot_masks(masks, labels={"a": ["[CLS]", "x"], "b": ["[DEC]", "x"]})
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["[CLS]", "x"]
+    assert [t.get_text() for t in fig.axes[1].get_yticklabels()] == ["[DEC]", "x"]
+    with pytest.raises(ValueError, match="must name the masks"):
+        viz.plot_masks(masks, labels={"a": ["p", "q"]})
+
+
 def test_plot_attention_and_on_image():
     w = torch.softmax(torch.randn(3, 5), -1)
     fig = viz.plot_attention(w, row_labels=list("abc"))

@@ -134,3 +134,15 @@ def test_vilt_builds_are_deterministic_and_chain(tmp_path):
     assert [r["seed"] for r in info["arms"]["pretrained"]] == [0, 1] and len(info["arms"]["scratch"]) == 2
     assert len(info["pretraining_gain"]["per_seed"]) == 2
     assert zoo.load("vilt", weights_dir=tmp_path / "a").config.dim == 16
+    # the scratch variants: one config change each, every seed, the same rows with 1 or 2 workers
+    for variant, change in info["scratch_variants"].items():
+        assert [r["seed"] for r in info["arms"][variant]] == [0, 1] and len(change) == 1
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    again = zoo.build("vilt", out_dir=tmp_path / "a", progress=False, steps=2, batch_size=8, seeds=2, vqa_n=12,
+                      only_variants=True, workers=2)
+    assert set(again["arms"]) == {"pretrained", *info["scratch_variants"]} and again["pretraining_gain"] is None
+    assert again["sha256"] == info["sha256"], "the shipped arm must come out the same in a variants-only build"
+    for variant in info["scratch_variants"]:
+        assert strip(again["arms"][variant]) == strip(info["arms"][variant])
+    with pytest.raises(ValueError, match="variants must be drawn from"):
+        zoo.build("vilt", out_dir=tmp_path / "a", progress=False, steps=2, variants=("scratch_nope",))

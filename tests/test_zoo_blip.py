@@ -9,7 +9,7 @@ from minivlm.data import ShapesBench
 from minivlm.eval import evaluate_captions
 from minivlm.models.blip import BLIP
 
-ARMS = ("noisy", "capfilt_nucleus", "capfilt_beam")
+ARMS = ("noisy", "capfilt_nucleus", "capfilt_beam", "filter_only")
 FRACTIONS = ("caption_true", "i2t_r1_itc", "itm", "hard_itm", "hard_pairs")
 
 
@@ -39,6 +39,17 @@ def test_manifest_matches_the_shipped_file_and_holds_every_arm():
             f = boot[f"capfilt_{how}"]["filter"]
             assert f["noisy"] == boot["web_noisy"] and f["recall"]["n"] == boot["web_noisy"]
             assert f["recall"]["value"] >= 0.8, "the chapter's target: the filter catches 80 % of noisy captions"
+            # the same filter on the synthetic captions, "noisy" meaning not exactly true of the scene
+            syn = boot[f"capfilt_{how}"]["synthetic_filter"]
+            assert syn["removed"] + boot[f"capfilt_{how}"]["synthetic_kept"] == info["recipe"]["n_web"]
+            assert 0 <= boot[f"capfilt_{how}"]["clean_or_true"] <= 1
+        assert boot["filter_only"]["pairs"] == boot["capfilt_nucleus"]["web_kept"]
+    # equal steps is not equal compute: what each arm paid is recorded
+    compute = info["compute"]
+    assert compute["noisy"]["pretrain_steps"] == info["recipe"]["steps"]
+    assert compute["capfilt_nucleus"]["pretrain_steps"] == compute["filter_only"]["pretrain_steps"] == 2 * info["steps"]
+    # the captioner is trained without label smoothing (chapter 06 measures why)
+    assert info["config"]["label_smoothing"] == 0.0
 
 
 def test_load_gives_a_blip_that_captions_above_its_bar_on_a_fresh_bench_seed():
@@ -68,5 +79,8 @@ def test_tiny_build_is_deterministic_and_independent_of_workers(tmp_path):
         for how in ("nucleus", "beam"):
             part = boot[f"capfilt_{how}"]
             assert part["web_kept"] + part["filter"]["removed"] == 16
+            assert part["synthetic_kept"] + part["synthetic_filter"]["removed"] == 16
+        assert boot["filter_only"]["pairs"] == boot["capfilt_nucleus"]["web_kept"]
+    assert [r["pairs"] for r in a["arms"]["filter_only"]] == [a["bootstrapping"][0]["filter_only"]["pairs"] + 8]
     model = zoo.load("blip", weights_dir=tmp_path / "a")
     assert isinstance(model, BLIP) and model.config.dim == 16

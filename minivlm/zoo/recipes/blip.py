@@ -6,9 +6,13 @@ captions wrong and a small clean ("human-annotated") set of `n_clean` pairs:
   2. a captioner (LM) and a filter (ITC + ITM) fine-tuned from it on the clean set;
   3. CapFilt: the captioner writes a synthetic caption per web image, by nucleus sampling and,
      separately, by beam search; the filter removes the web and synthetic captions it judges
-     unmatched. The filter's precision and recall at catching the noisy captions are recorded;
+     unmatched. The filter's precision and recall at catching the noisy web captions, and the
+     synthetic captions that are not exactly true, are recorded;
   4. "capfilt_nucleus" and "capfilt_beam": a fresh BLIP pretrained on each bootstrapped set +
-     the clean set, the same `steps` steps (equal compute to "noisy").
+     the clean set, the same `steps` steps as "noisy"; "filter_only": the same, on the web
+     captions the filter kept and no synthetic ones, to credit CapFilt's gain to its parts.
+Equal steps is not equal compute: the bootstrapped arms also paid for the noisy pretraining, the
+fine-tunes and the captioning (`BlipRecipe.compute`, and the seconds in the manifest).
 Every arm is measured on the same ShapesBench sets: captioning (CIDEr-D, BLEU-4, captions
 exactly true), image→text retrieval R@1 (ITC), ITM accuracy. Seed 0's capfilt_nucleus model,
 BLIP's final recipe, ships as the weights.
@@ -32,6 +36,7 @@ from minivlm.zoo import store
 from minivlm.zoo.recipes import arm_table, config_dict, finish_job, itm_figures, run_jobs, shipped_model
 
 BOOTSTRAPS = ("nucleus", "beam")
+SECOND_ARMS = ("capfilt_nucleus", "capfilt_beam", "filter_only")  # the arms pretrained on a bootstrapped set
 
 
 def _model(config: dict):
@@ -79,10 +84,12 @@ def _bootstrap(job: dict) -> dict:
     out = {"arm": "noisy", "seed": job["seed"], "metrics": blip_metrics(model.eval(), job["bench_seed"]),
            "final": {k: round(history.last(k), 4) for k in ("loss", "itc", "itm", "lm")},
            "train_seconds": round(train_seconds, 1)}
+    t0 = time.perf_counter()
     captioner, filt = copy.deepcopy(model), copy.deepcopy(model)
     train_blip(captioner, clean, job["finetune_steps"], job, losses=("lm",), lr=job["finetune_lr"])
     train_blip(filt, clean, job["finetune_steps"], job, losses=("itc", "itm"), lr=job["finetune_lr"])
     captioner.eval(), filt.eval()
+    out["finetune_seconds"] = round(time.perf_counter() - t0, 1)
     pre_filter = model.match_probability(web["images"], web["captions"]) > 0.5
     out["filter_before_finetune"] = _scores(filter_scores(pre_filter, web["clean"]))
     boots = {}
@@ -92,15 +99,27 @@ def _bootstrap(job: dict) -> dict:
                     seed=job["seed"])
         true_syn = true_caption_rate(r["synthetic"], web["scenes"])
         boots[how] = {"captions": r["data"]["captions"], "image_ids": r["data"]["image_ids"].tolist()}
+        kept_good = (r["web_kept"] & web["clean"]).sum() + (r["synthetic_kept"] & torch.tensor(true_syn)).sum()
         out[f"capfilt_{how}"] = {
             "filter": _scores(filter_scores(r["web_kept"], web["clean"])),
+            # the same filter on the synthetic captions, "noisy" there meaning not exactly true of the scene
+            "synthetic_filter": _scores(filter_scores(r["synthetic_kept"], torch.tensor(true_syn))),
+            "pairs": len(r["data"]["captions"]),
+            "clean_or_true": round(int(kept_good) / max(1, len(r["data"]["captions"])), 4),
             "web_kept": int(r["web_kept"].sum()), "synthetic_kept": int(r["synthetic_kept"].sum()),
             "synthetic_true": to_record(interval(true_syn)),
             "kept_synthetic_true": to_record(interval([t for t, k in zip(true_syn, r["synthetic_kept"].tolist()) if k]))
             if bool(r["synthetic_kept"].any()) else None,
             "distinct_synthetic": len(set(r["synthetic"])),
             "examples": r["synthetic"][:6], "seconds": round(time.perf_counter() - t0, 1)}
+        if how == "nucleus":  # the filter alone: the web captions it kept, no synthetic ones
+            keep = r["web_kept"].nonzero().flatten()
+            boots["filter_only"] = {"captions": [web["captions"][i] for i in keep.tolist()],
+                                    "image_ids": keep.tolist()}
+            out["filter_only"] = {"pairs": len(keep),
+                                  "clean_or_true": round(float(web["clean"][keep].float().mean()), 4)}
     out["web_noisy"] = int((~web["clean"]).sum())
+    out["web_clean_share"] = round(float(web["clean"].float().mean()), 4)
     out["boots"] = boots
     out["seconds"] = round(time.perf_counter() - start, 1)
     return out
@@ -178,18 +197,31 @@ class BlipRecipe:
                     bench_seed=self.bench_seed, vision_init=self.vision_init, weights_dir=str(weights_dir),
                     progress=progress and self.workers == 1, **extra)
 
+    def compute(self) -> dict:
+        """What each arm paid, in steps of batch_size pairs and in forward passes of the captioner
+        and the filter (the seconds per seed are in the manifest's job_seconds and bootstrapping)."""
+        bootstrap = {"pretrain_steps": 2 * self.steps, "finetune_steps": 2 * self.finetune_steps,
+                     "captioned_images": self.n_web, "judged_captions": 2 * self.n_web}
+        return {"noisy": {"pretrain_steps": self.steps},
+                "capfilt_nucleus": bootstrap, "capfilt_beam": bootstrap,
+                "filter_only": {"pretrain_steps": 2 * self.steps, "finetune_steps": self.finetune_steps,
+                                "judged_captions": self.n_web}}
+
     def train(self, weights_dir, progress: bool):
         if self.vision_init not in (None, "clip"):
             raise ValueError(f"vision_init must be None or 'clip', got {self.vision_init!r}")
         first = run_jobs(_bootstrap, [self._job(s, weights_dir, progress, arm="noisy") for s in range(self.seeds)],
                          self.workers, progress, "blip")
         second = run_jobs(_pretrain_bootstrapped,
-                          [self._job(r["seed"], weights_dir, progress, arm=f"capfilt_{how}", boot=r["boots"][how],
-                                     ship=r["seed"] == 0 and how == "nucleus")
-                           for r in first for how in BOOTSTRAPS], self.workers, progress, "blip")
+                          [self._job(r["seed"], weights_dir, progress, arm=arm,
+                                     boot=r["boots"][arm.removeprefix("capfilt_")],
+                                     ship=r["seed"] == 0 and arm == "capfilt_nucleus")
+                           for r in first for arm in SECOND_ARMS], self.workers, progress, "blip")
         arms = arm_table(first + second, ("pairs",))
-        bootstrapping = [{"seed": r["seed"], "web_noisy": r["web_noisy"],
+        bootstrapping = [{"seed": r["seed"], "web_noisy": r["web_noisy"], "web_clean_share": r["web_clean_share"],
                           "filter_before_finetune": r["filter_before_finetune"],
+                          "finetune_seconds": r["finetune_seconds"],
+                          "filter_only": r["filter_only"],
                           **{f"capfilt_{how}": r[f"capfilt_{how}"] for how in BOOTSTRAPS}} for r in first]
         model, shipped = shipped_model(_model, self.config, second)
         return model.eval(), {
@@ -204,4 +236,5 @@ class BlipRecipe:
             "steps": self.steps,
             "train_seconds": shipped["train_seconds"],
             "job_seconds": {f"{r['arm']} seed {r['seed']}": r["seconds"] for r in first + second},
+            "compute": self.compute(),
         }

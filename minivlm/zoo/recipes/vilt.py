@@ -5,6 +5,10 @@ fine-tuned for VQA), and the seed arms behind the chapter's question "does pretr
 fine-tune steps: pretrained (MLM + ITM with that seed, then VQA) vs from scratch (VQA only),
 so the chapter can compare the difference with the spread over seeds. Seed 0's pretrained
 arm is the shipped "vilt"; the other arms' weights are not shipped (only their figures).
+
+It also trains, from scratch at the same steps and seeds, the variants in SCRATCH_VARIANTS, each
+one change from the "scratch" arm: the chapter's test of what holds relation and position
+questions back (the position initialisation, the patch size, the training length).
 """
 from __future__ import annotations
 
@@ -22,7 +26,11 @@ from minivlm.models.vilt import VILT_CONFIG, ViLT, ViLTConfig, pretrain_batches,
 from minivlm.train import fit
 from minivlm.utils import seed_everything
 from minivlm.zoo import store
-from minivlm.zoo.recipes import config_dict
+from minivlm.zoo.recipes import config_dict, run_jobs
+
+# name -> the one change from the "scratch" arm: a config field, or "steps_factor" (train that many times longer)
+SCRATCH_VARIANTS = {"scratch_pos002": {"pos_init_std": 0.02}, "scratch_patch4": {"patch_size": 4},
+                    "scratch_steps2x": {"steps_factor": 2}}
 
 
 def _model(config: dict):
@@ -64,6 +72,25 @@ def vqa_metrics(model, bench_seed: int, n: int) -> dict:
     out = {"vqa": to_record(result["overall"])}
     out.update({f"vqa_{k}": to_record(v) for k, v in result["per_kind"].items()})
     return out
+
+
+def _scratch_variant(job: dict) -> dict:
+    """One seed of a SCRATCH_VARIANTS arm: a fresh ViLT with the arm's change, VQA-trained from
+    scratch exactly as the "scratch" arm (top level, one thread: run_jobs may spawn it)."""
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    changes = dict(SCRATCH_VARIANTS[job["arm"]])
+    steps = job["steps"] * changes.pop("steps_factor", 1)
+    torch.manual_seed(job["seed"])
+    model = _model({**job["config"], **changes})
+    finetune_vqa(model, steps, job["seed"], job["world_seed"], job["batch_size"], job["lr"], job["warmup"],
+                 job["weight_decay"], job["progress"], desc=f"zoo: vilt VQA {job['arm']} seed {job['seed']}")
+    metrics = vqa_metrics(model, job["bench_seed"], job["vqa_n"])
+    seconds = round(time.perf_counter() - start, 1)
+    return {"arm": job["arm"], "seed": job["seed"],
+            "row": {"seed": job["seed"], **metrics, "steps": steps, "seconds": seconds},
+            "seconds": seconds}
 
 
 @dataclass
@@ -118,6 +145,9 @@ class ViltRecipe:
     world_seed: int = 2
     bench_seed: int = 1234
     vqa_n: int = 1200
+    variants: tuple = tuple(SCRATCH_VARIANTS)  # the scratch variants to train
+    only_variants: bool = False  # train the shipped arm and the variants only (to add variants to a build)
+    workers: int = 1  # the variants run in this many processes (one thread each: same figures)
 
     name = "vilt"
     model = staticmethod(_model)
@@ -134,8 +164,13 @@ class ViltRecipe:
         pre_recipe = ViltPretrainedRecipe(**info["recipe"])
         arms: dict[str, list] = {"pretrained": [], "scratch": []}
         shipped, shipped_history, seconds = None, None, 0.0
+        unknown = sorted(set(self.variants) - set(SCRATCH_VARIANTS))
+        if unknown:
+            raise ValueError(f"variants must be drawn from {list(SCRATCH_VARIANTS)}, got {unknown}")
         for seed in range(self.seeds):
             for arm in ("pretrained", "scratch"):
+                if self.only_variants and (seed, arm) != (0, "pretrained"):
+                    continue
                 start = time.perf_counter()
                 if arm == "scratch":
                     torch.manual_seed(seed)
@@ -153,15 +188,23 @@ class ViltRecipe:
                 arms[arm].append({"seed": seed, **metrics, "seconds": round(time.perf_counter() - start, 1)})
                 if seed == 0 and arm == "pretrained":
                     shipped, shipped_history, seconds = model, history, time.perf_counter() - start
+        jobs = [dict(arm=arm, seed=seed, config=info["config"], steps=self.steps, world_seed=self.world_seed,
+                     batch_size=self.batch_size, lr=self.lr, warmup=self.warmup, weight_decay=self.weight_decay,
+                     bench_seed=self.bench_seed, vqa_n=self.vqa_n, progress=progress and self.workers == 1)
+                for arm in self.variants for seed in range(self.seeds)]
+        for r in run_jobs(_scratch_variant, jobs, self.workers, progress, "vilt"):
+            arms.setdefault(r["arm"], []).append(r["row"])
+        arms = {arm: rows for arm, rows in arms.items() if rows}  # a variants-only build has no scratch arm
         values = {arm: [r["vqa"]["value"] for r in rows] for arm, rows in arms.items()}
-        gains = [p - s for p, s in zip(values["pretrained"], values["scratch"])]
+        gains = [p - s for p, s in zip(values["pretrained"], values.get("scratch", []))]
         return shipped, {
             "config": config_dict(shipped),
             "tokenizer_vocab_size": shipped.config.vocab_size,
             "metrics": {k: v for k, v in arms["pretrained"][0].items() if k.startswith("vqa")},
             "arms": arms,
+            "scratch_variants": {arm: SCRATCH_VARIANTS[arm] for arm in self.variants},
             "pretraining_gain": {"per_seed": [round(g, 4) for g in gains], "mean": round(sum(gains) / len(gains), 4),
-                                 "min": round(min(gains), 4), "max": round(max(gains), 4)},
+                                 "min": round(min(gains), 4), "max": round(max(gains), 4)} if gains else None,
             "final_loss": round(shipped_history.last("loss"), 4),
             "steps": self.steps,
             "train_seconds": round(seconds, 1),
