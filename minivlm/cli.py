@@ -276,6 +276,10 @@ def _cmd_zoo_build(args) -> int:
     if args.workers is not None and args.workers < 1:
         print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
         return 2
+    if args.name != "all" and args.name not in zoo.available():
+        print(f"error: unknown zoo model {args.name!r}; expected one of: {', '.join(zoo.available())}, or all",
+              file=sys.stderr)
+        return 2
     names = list(zoo.available()) if args.name == "all" else [args.name]
     for name in names:
         start = time.perf_counter()
@@ -333,7 +337,12 @@ def _cmd_bench_model(args) -> int:
         return 1
     kwargs = {k: v for k, v in vars(args).items()
               if k in ("repeats", "batch_size", "image_size", "new_tokens", "device", "threads") and v is not None}
-    _print_json(getattr(benchmarks, name)(**kwargs))
+    try:
+        result = getattr(benchmarks, name)(**kwargs)
+    except (TypeError, ValueError) as exc:  # an option out of range: --device gpu, --batch-size 1 ...
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print_json(result)
     return 0
 
 
@@ -370,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     nbp.required = True
     e = nbp.add_parser("execute", help="build .ipynb from .py, execute, store outputs")
     e.add_argument("paths", nargs="*", help="notebooks or folders (default: notebooks/ and solutions/)")
-    e.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell (default 600)")
+    e.add_argument("--timeout", type=_positive(int), default=600, help="seconds allowed per cell (default 600)")
     e.set_defaults(func=_cmd_notebooks_execute)
 
     z = sub.add_parser("zoo", help="pretrained components").add_subparsers(dest="action", metavar="ACTION")
@@ -385,8 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     bp = sub.add_parser("bench", help="benchmarks (JSON)").add_subparsers(dest="action", metavar="ACTION")
     bp.required = True
     br = bp.add_parser("render", help="ShapesWorld render speed")
-    br.add_argument("--n", type=int, default=256, help="scenes per batch (default 256)")
-    br.add_argument("--image-size", type=int, default=32, help="image side in pixels (default 32)")
+    br.add_argument("--n", type=_positive(int), default=256, help="scenes per batch (default 256)")
+    br.add_argument("--image-size", type=_positive(int), default=32, help="image side in pixels (default 32)")
     br.set_defaults(func=_cmd_bench_render)
     for name, what, reference in (("clip", "CLIP", "CLIPModel"), ("vilt", "ViLT VQA", "ViltForQuestionAnswering"),
                                   ("blip", "BLIP captioning", "BlipForConditionalGeneration"),
@@ -395,13 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
         text_only = name in ("gpt", "llama")
         extra = " and greedy-generation" if text_only else ""
         bm = bp.add_parser(name, help=f"{what} training-step{extra} speed against transformers' {reference}")
-        bm.add_argument("--repeats", type=int, help="timed steps per model (default 20)")
-        bm.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-        bm.add_argument("--batch-size", type=int)
+        bm.add_argument("--repeats", type=_positive(int), help="timed steps per model (default 20)")
+        bm.add_argument("--threads", type=_positive(int), help="torch threads (default: torch's)")
+        bm.add_argument("--batch-size", type=_positive(int))
         if text_only:  # no image size, a generation length instead
-            bm.add_argument("--new-tokens", type=int, help="tokens each generation adds (default 32)")
+            bm.add_argument("--new-tokens", type=_positive(int), help="tokens each generation adds (default 32)")
         else:
-            bm.add_argument("--image-size", type=int)
+            bm.add_argument("--image-size", type=_positive(int))
         bm.add_argument("--device")
         bm.set_defaults(func=_cmd_bench_model)
     return p

@@ -192,3 +192,21 @@ def test_a_hand_in_the_grader_chokes_on_gets_a_row(tmp_path, monkeypatch, capsys
     rows = list(csv.reader((tmp_path / "g.csv").open()))
     assert rows[1][0] == str(a) and rows[1][-1].startswith("not graded: the grader failed on it (TypeError")
     assert rows[2][-1] == "passed"
+
+
+# ----------------------------------------------------------------------------- every command's bad options
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["zoo", "build", "nope"], "unknown zoo model 'nope'; expected one of: clip"),
+    (["bench", "clip", "--device", "gpu"], "device must name a torch device such as 'cpu'"),
+    (["bench", "clip", "--batch-size", "0"], "argument --batch-size: must be positive, got 0"),
+    (["bench", "gpt", "--new-tokens", "-2"], "argument --new-tokens: must be positive, got -2"),
+    (["bench", "render", "--n", "0"], "argument --n: must be positive, got 0"),
+    (["bench", "render", "--image-size", "many"], "argument --image-size: expected a positive number, got 'many'"),
+    (["notebooks", "execute", "--timeout", "0"], "argument --timeout: must be positive, got 0"),
+    (["check", "99_a.ipynb", "--memory-mb", "0"], "argument --memory-mb: must be positive, got 0"),
+], ids=lambda x: " ".join(x) if isinstance(x, list) else None)
+def test_a_bad_option_is_a_usage_error_not_a_traceback(argv, message, capsys):
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
