@@ -71,7 +71,7 @@ notebooks: $(STAMP)
 	$(BIN)/minivlm notebooks execute
 
 exercises: $(STAMP)
-	$(BIN)/minivlm exercises build
+	$(BIN)/minivlm exercises build --prune
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

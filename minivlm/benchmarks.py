@@ -34,7 +34,7 @@ from minivlm.models.clip import CLIP, CLIPConfig
 from minivlm.models.gpt import GPT, LLAMA, LLM_SHAPE, GPTConfig
 from minivlm.models.vilt import ViLT, ViLTConfig
 from minivlm.nn.blocks import mlp_width
-from minivlm.utils import check_int, count_parameters
+from minivlm.utils import check_device, check_int, count_parameters
 
 # our activation names → transformers' ACT2FN names for the same function
 HF_ACT = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu", "silu": "silu"}
@@ -490,11 +490,12 @@ def _bench_setup(batch_size: int, repeats: int, warmup: int, device: str | None,
     """Check the arguments, set torch's threads for the run (restored after), yield the device."""
     if repeats < 1 or warmup < 0 or batch_size < 2:
         raise ValueError(f"need repeats >= 1, warmup >= 0, batch_size >= 2; got {repeats}, {warmup}, {batch_size}")
+    dev = check_device("device", device) or torch.device("cpu")
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        yield torch.device(device or "cpu")
+        yield dev
     finally:
         torch.set_num_threads(old_threads)
 

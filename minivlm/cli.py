@@ -1,6 +1,6 @@
 """The `minivlm` command: build exercises, grade a notebook, execute chapters, build the zoo, benchmark.
 
-    minivlm exercises build [--check]          exercises/ from solutions/ (see minivlm.exercises)
+    minivlm exercises build [--check] [--prune] exercises/ from solutions/ (see minivlm.exercises)
     minivlm check PATHS.ipynb [--json|--csv F]  grade hand-ins (their definitions only), report each task
     minivlm notebooks execute [PATHS...]       rebuild .ipynb from .py, execute, store outputs
     minivlm zoo build NAME|all, zoo list       the pretrained components later chapters load
@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["check_notebook", "format_report", "main", "write_csv"]
+__all__ = ["check_csv_path", "check_notebook", "format_report", "main", "write_csv"]
 
 
 # ----------------------------------------------------------------------------- minivlm check
@@ -74,7 +74,7 @@ def _batch_chapter(paths: list[Path]) -> str | None:
             cells = raw.get("cells", []) if isinstance(raw, dict) else []
             sources = ["".join(c.get("source", "")) if isinstance(c.get("source"), list) else str(c.get("source", ""))
                        for c in cells if isinstance(c, dict) and c.get("cell_type") == "code"]
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, TypeError, RecursionError):  # graded (and reported) one by one
             sources = []
         ch = notebook_chapter(p, sources)
         if ch:
@@ -82,9 +82,42 @@ def _batch_chapter(paths: list[Path]) -> str | None:
     return max(found, key=found.count) if found else None
 
 
+def _is_notebook(path: Path) -> bool:
+    """Whether an existing file is (or is named as) a Jupyter notebook: a .ipynb, or JSON with cells."""
+    if path.suffix.lower() == ".ipynb":
+        return True
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(raw, dict) and "cells" in raw
+
+
+def check_csv_path(out: str | Path, inputs=()) -> Path:
+    """The path `minivlm check --csv` may write: ValueError for one of the graded `inputs`, a
+    notebook (a .ipynb name, or an existing file holding one), a folder, or a missing folder."""
+    out = Path(out)
+    if out.resolve() in {Path(p).resolve() for p in inputs}:
+        raise ValueError(f"--csv {out} is one of the hand-ins being graded; expected a new .csv path")
+    if out.is_dir():
+        raise ValueError(f"--csv {out} is a folder; expected a .csv file path")
+    if out.suffix.lower() == ".ipynb" or (out.is_file() and _is_notebook(out)):
+        raise ValueError(f"--csv {out} is a notebook; expected a .csv file path (the grades would overwrite it)")
+    if not out.resolve().parent.is_dir():
+        raise ValueError(f"--csv {out}: its folder {out.resolve().parent} does not exist")
+    return out
+
+
 def write_csv(reports: list[dict], out: str | Path) -> None:
-    """A row per hand-in: notebook, one column of points per task, total, max, status."""
+    """A row per hand-in: notebook, one column of points per task, total, max, status.
+
+    Written atomically (a temporary file in the same folder, then renamed), so a failure leaves
+    any earlier file untouched; refuses a path check_csv_path rejects (a hand-in, a notebook)."""
     import csv
+    import os
+    import tempfile
+
+    out = check_csv_path(out, [rep["notebook"] for rep in reports])
 
     tasks: list[str] = []
     max_points: dict[str, float] = {}
@@ -93,19 +126,29 @@ def write_csv(reports: list[dict], out: str | Path) -> None:
             if r["task_id"] not in max_points:
                 tasks.append(r["task_id"])
                 max_points[r["task_id"]] = r["max_points"]
-    with open(out, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["notebook", *tasks, "total", "max", "status"])
-        for rep in reports:
-            got = {r["task_id"]: r["points"] for r in rep["tasks"]}
-            if rep.get("unreadable"):
-                status = f"not graded: {rep['unreadable']}"
-            else:
-                status = "passed" if rep["ok"] else f"{rep['failed']} of {len(rep['tasks'])} task(s) not passed"
-                if rep["errors"] and not rep["failed"]:
-                    status = f"{len(rep['errors'])} error(s) outside the checks"
-            w.writerow([rep["notebook"], *(_fmt_points(got[t]) if t in got else "" for t in tasks),
-                        _fmt_points(sum(got.values())), _fmt_points(sum(max_points.values())), status])
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.resolve().parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            _write_rows(csv.writer(f), reports, tasks, max_points)
+        os.chmod(tmp, out.stat().st_mode & 0o777 if out.exists() else 0o644)  # mkstemp's file is 0o600
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_rows(w, reports: list[dict], tasks: list[str], max_points: dict[str, float]) -> None:
+    w.writerow(["notebook", *tasks, "total", "max", "status"])
+    for rep in reports:
+        got = {r["task_id"]: r["points"] for r in rep["tasks"]}
+        if rep.get("unreadable"):
+            status = f"not graded: {rep['unreadable']}"
+        else:
+            status = "passed" if rep["ok"] else f"{rep['failed']} of {len(rep['tasks'])} task(s) not passed"
+            if rep["errors"] and not rep["failed"]:
+                status = f"{len(rep['errors'])} error(s) outside the checks"
+        w.writerow([rep["notebook"], *(_fmt_points(got[t]) if t in got else "" for t in tasks),
+                    _fmt_points(sum(got.values())), _fmt_points(sum(max_points.values())), status])
 
 
 # ----------------------------------------------------------------------------- subcommands
@@ -119,7 +162,7 @@ def _cmd_exercises_build(args) -> int:
     sol = Path(args.solutions) if args.solutions else root / "solutions"
     ex = Path(args.exercises) if args.exercises else root / "exercises"
     try:
-        report = build(sol, ex, check=args.check)
+        report = build(sol, ex, check=args.check, prune=args.prune)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -129,21 +172,33 @@ def _cmd_exercises_build(args) -> int:
             for p in report.written:
                 print(f"  {p}")
             for p in report.removed:
-                print(f"  {p} (stale: its solution is gone)")
+                print(f"  {p} (stale: its solution is gone; `--prune` removes it)")
             return 1
         print(f"exercises are up to date ({len(list(sol.glob('*.py')))} solution scripts)")
         return 0
     for p in report.written:
         print(f"wrote {p}")
     for p in report.removed:
-        print(f"removed {p}")
+        print(f"removed {p}" if report.pruned else f"kept {p}: stale (its solution is not in {sol}); "
+              "`--prune` would remove it")
     if not report.changed:
         print("exercises already up to date")
     return 0
 
 
+def _unreadable(path: Path, reason: str) -> dict:
+    return {"notebook": str(path), "chapter": None, "seconds": 0.0, "tasks": [], "errors": [], "notes": [],
+            "passed": 0, "failed": 0, "points": 0, "max_points": 0, "ok": False, "unreadable": reason}
+
+
 def _cmd_check(args) -> int:
     paths = [Path(p) for p in args.paths]
+    if args.csv:
+        try:  # before grading: a bad output path must not cost a batch's grading, nor overwrite anything
+            check_csv_path(args.csv, paths)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     missing = [p for p in paths if not p.is_file()]
     for p in missing:
         print(f"error: expected an existing .ipynb notebook, got {p}", file=sys.stderr)
@@ -153,11 +208,13 @@ def _cmd_check(args) -> int:
     reports = []
     for p in paths:
         if p in missing:
-            rep = {"notebook": str(p), "chapter": None, "seconds": 0.0, "tasks": [], "errors": [], "notes": [],
-                   "passed": 0, "failed": 0, "points": 0, "max_points": 0, "ok": False, "unreadable": "no such file"}
+            rep = _unreadable(p, "no such file")
         else:
-            rep = check_notebook(p, timeout=args.timeout, notebook_timeout=args.notebook_timeout,
-                                 memory_mb=args.memory_mb, chapter=chapter, extra_checks=tuple(args.checks or ()))
+            try:
+                rep = check_notebook(p, timeout=args.timeout, notebook_timeout=args.notebook_timeout,
+                                     memory_mb=args.memory_mb, chapter=chapter, extra_checks=tuple(args.checks or ()))
+            except Exception as exc:  # noqa: BLE001 (a hand-in the grader chokes on must not end the batch)
+                rep = _unreadable(p, f"the grader failed on it ({type(exc).__name__}: {exc})")
         reports.append(rep)
         if not args.json:
             print(format_report(rep) + ("\n" if len(paths) > 1 else ""))
@@ -219,6 +276,10 @@ def _cmd_zoo_build(args) -> int:
     if args.workers is not None and args.workers < 1:
         print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
         return 2
+    if args.name != "all" and args.name not in zoo.available():
+        print(f"error: unknown zoo model {args.name!r}; expected one of: {', '.join(zoo.available())}, or all",
+              file=sys.stderr)
+        return 2
     names = list(zoo.available()) if args.name == "all" else [args.name]
     for name in names:
         start = time.perf_counter()
@@ -276,7 +337,12 @@ def _cmd_bench_model(args) -> int:
         return 1
     kwargs = {k: v for k, v in vars(args).items()
               if k in ("repeats", "batch_size", "image_size", "new_tokens", "device", "threads") and v is not None}
-    _print_json(getattr(benchmarks, name)(**kwargs))
+    try:
+        result = getattr(benchmarks, name)(**kwargs)
+    except (TypeError, ValueError) as exc:  # an option out of range: --device gpu, --batch-size 1 ...
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print_json(result)
     return 0
 
 
@@ -291,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--check", action="store_true", help="write nothing; exit 1 if exercises/ is out of date")
     b.add_argument("--solutions", help="solutions folder (default: solutions/ of the repo)")
     b.add_argument("--exercises", help="exercises folder (default: exercises/ of the repo)")
+    b.add_argument("--prune", action="store_true",
+                   help="remove generated exercises whose solution is gone (default: list them, keep them)")
     b.set_defaults(func=_cmd_exercises_build)
 
     c = sub.add_parser("check", help="grade exercise notebooks (hand-ins)")
@@ -311,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     nbp.required = True
     e = nbp.add_parser("execute", help="build .ipynb from .py, execute, store outputs")
     e.add_argument("paths", nargs="*", help="notebooks or folders (default: notebooks/ and solutions/)")
-    e.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell (default 600)")
+    e.add_argument("--timeout", type=_positive(int), default=600, help="seconds allowed per cell (default 600)")
     e.set_defaults(func=_cmd_notebooks_execute)
 
     z = sub.add_parser("zoo", help="pretrained components").add_subparsers(dest="action", metavar="ACTION")
@@ -326,8 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     bp = sub.add_parser("bench", help="benchmarks (JSON)").add_subparsers(dest="action", metavar="ACTION")
     bp.required = True
     br = bp.add_parser("render", help="ShapesWorld render speed")
-    br.add_argument("--n", type=int, default=256, help="scenes per batch (default 256)")
-    br.add_argument("--image-size", type=int, default=32, help="image side in pixels (default 32)")
+    br.add_argument("--n", type=_positive(int), default=256, help="scenes per batch (default 256)")
+    br.add_argument("--image-size", type=_positive(int), default=32, help="image side in pixels (default 32)")
     br.set_defaults(func=_cmd_bench_render)
     for name, what, reference in (("clip", "CLIP", "CLIPModel"), ("vilt", "ViLT VQA", "ViltForQuestionAnswering"),
                                   ("blip", "BLIP captioning", "BlipForConditionalGeneration"),
@@ -336,13 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
         text_only = name in ("gpt", "llama")
         extra = " and greedy-generation" if text_only else ""
         bm = bp.add_parser(name, help=f"{what} training-step{extra} speed against transformers' {reference}")
-        bm.add_argument("--repeats", type=int, help="timed steps per model (default 20)")
-        bm.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-        bm.add_argument("--batch-size", type=int)
+        bm.add_argument("--repeats", type=_positive(int), help="timed steps per model (default 20)")
+        bm.add_argument("--threads", type=_positive(int), help="torch threads (default: torch's)")
+        bm.add_argument("--batch-size", type=_positive(int))
         if text_only:  # no image size, a generation length instead
-            bm.add_argument("--new-tokens", type=int, help="tokens each generation adds (default 32)")
+            bm.add_argument("--new-tokens", type=_positive(int), help="tokens each generation adds (default 32)")
         else:
-            bm.add_argument("--image-size", type=int)
+            bm.add_argument("--image-size", type=_positive(int))
         bm.add_argument("--device")
         bm.set_defaults(func=_cmd_bench_model)
     return p

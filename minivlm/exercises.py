@@ -266,7 +266,8 @@ def solution_files(solutions_dir: str | Path) -> list[Path]:
 @dataclass
 class BuildReport:
     written: list[Path]  # files (re)written, or that would be with check=True
-    removed: list[Path]  # stale generated exercises (no solution any more)
+    removed: list[Path]  # stale generated exercises (no solution any more): deleted only with prune=True
+    pruned: bool = False  # whether `removed` were deleted (prune=True and check=False)
 
     @property
     def changed(self) -> list[Path]:
@@ -291,17 +292,26 @@ def _ipynb_differs(path: Path, want: nbformat.NotebookNode) -> bool:
     return [c.metadata.get("nbgrader") for c in have.cells] != [c.metadata.get("nbgrader") for c in want.cells]
 
 
-def build(solutions_dir: str | Path = "solutions", exercises_dir: str | Path = "exercises", check: bool = False) -> BuildReport:
+def build(solutions_dir: str | Path = "solutions", exercises_dir: str | Path = "exercises", check: bool = False,
+          prune: bool = False) -> BuildReport:
     """Generate exercises_dir/NN_name.{py,ipynb} from every solutions_dir/NN_name.py.
 
     With check=True nothing is written: the report lists what differs from what would be generated.
-    Raises ValueError when solutions_dir is missing or holds no NN_name.py script (a mistyped
-    folder must not make every generated exercise look stale). Only files this builder generated
-    (NN_name.py/.ipynb carrying its header) are ever removed.
+    Only the chapters present in solutions_dir are built. A generated exercise whose solution is
+    gone (NN_name.py/.ipynb carrying this builder's header) is stale: the report lists it in
+    `removed`, and it is deleted only with prune=True; nothing else is ever removed.
+    Raises ValueError, before touching anything, when solutions_dir is missing or holds no
+    NN_name.py script (a mistyped folder must not make every generated exercise look stale), or
+    when exercises_dir is solutions_dir (the stubs would overwrite the solutions).
     """
     sol_dir, ex_dir = Path(solutions_dir), Path(exercises_dir)
+    if not isinstance(check, bool) or not isinstance(prune, bool):
+        raise TypeError(f"check and prune must be True or False, got check={check!r}, prune={prune!r}")
     if not sol_dir.is_dir():
         raise ValueError(f"solutions folder {str(sol_dir)!r} does not exist (expected a folder of NN_name.py scripts)")
+    if ex_dir.resolve() == sol_dir.resolve():
+        raise ValueError(f"exercises folder {str(ex_dir)!r} is the solutions folder {str(sol_dir)!r}: the stubs would "
+                         "overwrite the solutions; expected another folder (e.g. exercises/). Nothing was written")
     solutions = solution_files(sol_dir)
     if not solutions:
         raise ValueError(
@@ -333,6 +343,8 @@ def build(solutions_dir: str | Path = "solutions", exercises_dir: str | Path = "
             if p.suffix in (".py", ".ipynb") and _SOLUTION_NAME.match(p.stem + ".py") and p.name not in wanted:
                 if "minivlm exercises build" in p.read_text(encoding="utf-8", errors="replace"):
                     removed.append(p)
-                    if not check:
-                        p.unlink()
-    return BuildReport(written, removed)
+    pruned = prune and not check
+    if pruned:
+        for p in removed:
+            p.unlink()
+    return BuildReport(written, removed, pruned)

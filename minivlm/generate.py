@@ -69,12 +69,26 @@ def _check_args(prompt, max_new_tokens, eos_id, num_beams, do_sample, temperatur
         raise ValueError("sampling draws one continuation per example: use num_beams=1 with do_sample=True")
 
 
-def _logits(next_logits: NextLogits, ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def _logits(next_logits: NextLogits, ids: torch.Tensor, rows: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
+    """next_logits(ids, rows) as float (N, V), checked: eos_id and pad_id within its V columns, and
+    no NaN or +inf (argmax would read NaN as token 0 and decode it at every step)."""
     out = next_logits(ids, rows)
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != ids.shape[0]:
         raise ValueError(f"next_logits(ids, rows) must return ({ids.shape[0]}, vocab_size) logits for ids of shape "
                          f"{tuple(ids.shape)}, got {getattr(out, 'shape', type(out).__name__)}")
-    return out.float()
+    v = out.shape[1]
+    for name, value in (("eos_id", eos_id), ("pad_id", pad_id)):
+        if value >= v:
+            raise ValueError(f"{name} must lie in [0, {v - 1}] (next_logits returns {v} logits per row), got {value}")
+    out = out.float()
+    if bool(torch.isnan(out).any() | torch.isposinf(out).any()):
+        bad = int((torch.isnan(out) | torch.isposinf(out)).any(1).sum())
+        raise ValueError(f"next_logits returned NaN or +inf logits in {bad} of {len(out)} rows (ids of shape "
+                         f"{tuple(ids.shape)}): expected finite scores; are the model's weights or inputs NaN?")
+    if bool(torch.isneginf(out).all(1).any()):
+        raise ValueError(f"next_logits returned a row of -inf logits only (ids of shape {tuple(ids.shape)}): "
+                         "no token can be chosen")
+    return out
 
 
 @torch.no_grad()
@@ -110,7 +124,7 @@ def generate(
     rows = torch.arange(len(prompt), device=prompt.device)
     done = torch.zeros(len(prompt), dtype=torch.bool, device=prompt.device)
     for _ in range(max_new_tokens):
-        logits = _logits(next_logits, ids, rows)  # (B, V)
+        logits = _logits(next_logits, ids, rows, eos_id, pad_id)  # (B, V)
         if do_sample:
             logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
             token = torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator).squeeze(1).to(ids.device)
@@ -139,7 +153,7 @@ def _beam_search(next_logits: NextLogits, prompt: torch.Tensor, max_new_tokens: 
     done = torch.zeros(b * k, dtype=torch.bool, device=dev)
     lengths = torch.zeros(b * k, device=dev)  # generated tokens up to and including eos
     for _ in range(max_new_tokens):
-        logp = _logits(next_logits, ids, rows).log_softmax(-1)  # (B·k, V)
+        logp = _logits(next_logits, ids, rows, eos_id, pad_id).log_softmax(-1)  # (B·k, V)
         v = logp.shape[1]
         finished = torch.full_like(logp, float("-inf"))
         finished[:, pad_id] = 0.0
@@ -167,12 +181,21 @@ def strip_generated(ids: torch.Tensor, prompt_len: int, eos_id: int) -> list[lis
     return out
 
 
+def check_images_to_caption(images) -> None:
+    """A captioner's input: a float tensor (B, 3, H, W) of at least one image. Every captioner
+    (BLIP, CoCa, PrefixLM, BEiT-3, the prefix models) raises this for an empty batch."""
+    check_tensor("images", images, ndim=4, dtype="float")
+    if len(images) == 0:
+        raise ValueError(f"images must hold at least one image to caption, got shape {tuple(images.shape)}")
+
+
 def caption_texts(next_logits: NextLogits, n: int, start_id: int, eos_id: int, pad_id: int, max_len: int | None,
                   max_text_len: int, tokenizer, device=None, **decoding) -> list[str]:
     """The captioners' loop (BLIP, CoCa, PrefixLM): n texts decoded from a prompt of one
     `start_id` token with `generate` (decoding: num_beams, do_sample, top_p, top_k, temperature,
     generator), each cut at its first eos and so that "<bos> words <eos>" fits max_len (default
     max_text_len; at most max_text_len), and turned into strings by the tokenizer."""
+    check_int("n", n)
     max_len = max_text_len if max_len is None else max_len
     check_int("max_len", max_len, lo=2)
     if max_len > max_text_len:

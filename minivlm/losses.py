@@ -2,6 +2,14 @@
 
 Later chapters add theirs here (ITM, MLM, captioning, distillation), each next to the chapter
 that introduces it.
+
+Empty inputs, one rule for every loss that averages over examples or positions (mlm_loss,
+lm_loss, itm_loss, soft_cross_entropy, multi_positive_itc, and the models' own such as BEiT-3's
+masked_token_loss): a loss over zero elements (an empty batch, a batch in which masking chose
+nothing, a mask that is all padding) is 0, still attached to the graph, so that `backward()`
+works and moves no weight, never NaN (the mean of nothing), which would poison every later step.
+A training step adds such a 0 and goes on. The contrastive clip_loss is the exception: it needs
+negatives, and fewer than 2 pairs is a ValueError.
 """
 from __future__ import annotations
 
@@ -59,6 +67,11 @@ def check_unit_rows(name: str, features: torch.Tensor, tol: float = 1e-3) -> Non
         )
 
 
+def nothing_to_average(logits: torch.Tensor) -> torch.Tensor:
+    """The loss over zero elements (see the module docstring): 0, attached to the graph of `logits`."""
+    return logits.sum() * 0.0
+
+
 def clip_logits(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale) -> torch.Tensor:
     """(N, D), (M, D), scale → (N, M) scaled cosine similarities (features already normalised)."""
     return logit_scale * image_features @ text_features.t()
@@ -104,7 +117,7 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -10
 
     logits (B, T, V), labels (B, T) with the original id at chosen positions and `ignore_index`
     (-100, `minivlm.data.masking.IGNORE_INDEX`) elsewhere. A batch in which nothing was chosen
-    gives 0 (still attached to the graph), not NaN.
+    gives 0 (still attached to the graph), not NaN (the module's rule for empty inputs).
     """
     check_tensor("logits", logits, ndim=3, dtype="float")
     check_tensor("labels", labels, ndim=2, dtype="int")
@@ -113,7 +126,7 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -10
                          f"{tuple(logits.shape)} and labels {tuple(labels.shape)}")
     chosen = labels != ignore_index
     if not bool(chosen.any()):
-        return logits.sum() * 0.0
+        return nothing_to_average(logits)
     bad = labels[chosen]
     if int(bad.min()) < 0 or int(bad.max()) >= logits.shape[-1]:
         raise ValueError(f"labels must lie in [0, {logits.shape[-1] - 1}] (or be {ignore_index}), got values in "
@@ -123,13 +136,15 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -10
 
 def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Image-text matching loss: a 2-way cross-entropy. logits (B, 2) (column 1 = "match"),
-    labels (B,) in {0, 1} (1 = the text describes the image)."""
+    labels (B,) in {0, 1} (1 = the text describes the image). B = 0 gives 0 (the module's rule)."""
     check_tensor("logits", logits, ndim=2, dtype="float")
     check_tensor("labels", labels, ndim=1, dtype="int")
     if logits.shape[1] != 2 or logits.shape[0] != labels.shape[0]:
         raise ValueError(f"expected logits (B, 2) and labels (B,), got logits {tuple(logits.shape)} and labels "
                          f"{tuple(labels.shape)}")
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > 1):
+    if not labels.numel():
+        return nothing_to_average(logits)
+    if int(labels.min()) < 0 or int(labels.max()) > 1:
         raise ValueError(f"labels must be 0 (no match) or 1 (match), got values in "
                          f"[{int(labels.min())}, {int(labels.max())}]")
     return F.cross_entropy(logits, labels)
@@ -144,12 +159,15 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     logits and targets (N, C); each row of targets is a distribution (non-negative, sums to 1).
     With one-hot targets this is F.cross_entropy. ALBEF's momentum distillation uses it with
     targets = (1 − α)·one-hot + α·softmax(momentum model's logits) (see `mix_targets`).
+    N = 0 gives 0 (the module's rule for empty inputs).
     """
     check_tensor("logits", logits, ndim=2, dtype="float")
     check_tensor("targets", targets, ndim=2, dtype="float")
     if logits.shape != targets.shape:
         raise ValueError(f"logits and targets must have the same shape (N, C), got {tuple(logits.shape)} and "
                          f"{tuple(targets.shape)}")
+    if not len(logits):
+        return nothing_to_average(logits)
     t = targets.detach()
     if bool((t < 0).any()) or not torch.allclose(t.sum(1), torch.ones_like(t[:, 0]), atol=1e-3):
         raise ValueError("every row of targets must be a probability distribution (>= 0, summing to 1); got row "
@@ -238,6 +256,7 @@ def lm_loss(logits: torch.Tensor, ids: torch.Tensor, attention_mask: torch.Tenso
     logits (B, T, V) from a causal decoder over ids (B, T); attention_mask (B, T), True on real
     tokens (None: all real): a padded position is never a target. The mean cross-entropy over
     every target token, with `label_smoothing` (BLIP: 0.1) of the probability spread evenly.
+    No target token at all (an empty batch, a mask that is all padding) gives 0 (the module's rule).
     """
     check_tensor("logits", logits, ndim=3, dtype="float")
     check_tensor("ids", ids, ndim=2, dtype="int")
@@ -255,6 +274,8 @@ def lm_loss(logits: torch.Tensor, ids: torch.Tensor, attention_mask: torch.Tenso
         if attention_mask.shape != ids.shape:
             raise ValueError(f"attention_mask must have shape {tuple(ids.shape)}, got {tuple(attention_mask.shape)}")
         targets = targets.masked_fill(~attention_mask[:, 1:].bool(), -100)
+    if not bool((targets != -100).any()):
+        return nothing_to_average(logits)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100,
                            label_smoothing=float(label_smoothing))
 

@@ -353,9 +353,9 @@ def fit(
     if not callable(batches) and not isinstance(batches, Iterable):
         raise TypeError(f"batches must be a function of the step index or an iterable, got {type(batches).__name__}")
 
+    dev = utils.check_device("device", device) or utils.device()
     if seed is not None:
         utils.seed_everything(seed)
-    dev = torch.device(device) if device is not None else utils.device()
     model.to(dev)
 
     if optimizer is None:

@@ -131,6 +131,60 @@ def check_number(name: str, value, lo: float = -math.inf, hi: float = math.inf, 
         raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
 
 
+def check_strings(name: str, value, *, nonempty: bool = True) -> list[str]:
+    """`value` must be a sequence of strings (a list, a tuple ...): one string is a TypeError, not
+    the sequence of its characters ("yes" would be the answers 'y', 'e', 's'), and so is any item
+    that is not a string; an empty sequence is a ValueError when `nonempty`. Returns it as a list."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a list of strings, got one {type(value).__name__} {value[:40]!r}: "
+                        f"wrap it in a list, [{value[:40]!r}]")
+    if not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a list of strings, got {type(value).__name__}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise TypeError(f"{name} must be a list of strings, got {type(item).__name__} {item!r} at index {i}")
+    if nonempty and not value:
+        raise ValueError(f"{name} must hold at least one string, got an empty {type(value).__name__}")
+    return list(value)
+
+
+def check_keys(name: str, mapping, keys: Sequence[str], maker: str) -> None:
+    """`mapping` must be a dict holding every key of `keys` (a batch, a ShapesBench set): TypeError
+    otherwise, ValueError naming the missing keys, the expected ones and `maker`, the function that
+    makes a complete one (instead of a bare KeyError from deep inside)."""
+    if not isinstance(mapping, dict):
+        raise TypeError(f"{name} must be a dict with keys {list(keys)} (see {maker}), got {type(mapping).__name__}")
+    missing = [k for k in keys if k not in mapping]
+    if missing:
+        raise ValueError(f"{name} is missing {missing}: expected keys {list(keys)}, got {list(mapping)}; "
+                         f"{maker} makes a complete one")
+
+
+def check_same_length(**sequences) -> int:
+    """All sequences must have one length (one answer per question ...); return it. A shorter
+    one would otherwise be zipped against the others and silently drop their tail."""
+    lengths = {k: len(v) for k, v in sequences.items()}
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{k}={n}" for k, n in lengths.items())
+        raise ValueError(f"{', '.join(lengths)} must have the same length, got {detail}")
+    return next(iter(lengths.values()))
+
+
+def check_device(name: str, value) -> torch.device | None:
+    """None, a torch.device, or a string torch reads as one ('cpu', 'cuda', 'cuda:1', 'mps');
+    returns the torch.device (None stays None)."""
+    if value is None or isinstance(value, torch.device):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a torch.device or a string such as 'cpu' or 'cuda', got "
+                        f"{type(value).__name__} {value!r}")
+    try:
+        return torch.device(value)
+    except RuntimeError:
+        raise ValueError(f"{name} must name a torch device such as 'cpu', 'cuda', 'cuda:0' or 'mps', got "
+                         f"{value!r}") from None
+
+
 def _autocast_enabled(device_type: str) -> bool:
     try:
         return torch.is_autocast_enabled(device_type)

@@ -1,7 +1,10 @@
 """Bad input by family (issue 14): sizes, counts, heads and depths that are zero, negative, bool,
 float or text; dropouts, MLP ratios and epsilons out of range; tensors of the wrong dtype; a
 checkpoint or a zoo manifest that does not fit the model. Each must fail at the public boundary
-with a ValueError/TypeError that names the parameter and the value, never from inside torch."""
+with a ValueError/TypeError that names the parameter and the value, never from inside torch.
+Issue 28 (the second half): a string where strings are expected, sequences that do not line up,
+NaN, ids outside the logits, a loss over nothing, an empty batch to caption, a batch size of 0,
+a batch missing keys, a device torch cannot read, the zoo's weights_dir and manifests."""
 import json
 import math
 import re
@@ -371,3 +374,381 @@ def test_encoder_configs_take_every_token_id_from_the_course_tokenizer():
     assert (coca.bos_id, coca.eos_id, coca.pad_id) == (7, tok.eos_id, tok.pad_id)
     vilt = configs["ViLTConfig"](vocab_size=50, pad_id=1, mask_id=2)  # nothing left to fill: no tokenizer needed
     assert (vilt.vocab_size, vilt.pad_id, vilt.mask_id) == (50, 1, 2)
+
+
+# ============================================================================= issue 28
+# Bad input that used to return a wrong number silently, or fail with a message naming nothing,
+# by family, each probed across the public functions of models, generate, eval, losses and nn
+# (the commands' families are in tests/test_commands_keep_work.py).
+
+def _tiny_models() -> dict:
+    """Builders of the smallest model of each kind (seeded, eval mode), by name."""
+    from minivlm.models.albef import ALBEF, ALBEFConfig, ALBEFPretrainer
+    from minivlm.models.beit3 import BEiT3, BEiT3Config, VisualTokenizer, VisualTokenizerConfig
+    from minivlm.models.blip import BLIP, BLIPConfig, BLIPPretrainer
+    from minivlm.models.coca import CoCa, CoCaConfig
+    from minivlm.models.frozen import PrefixConfig, PrefixVLM
+    from minivlm.models.gpt import GPT, GPTConfig
+    from minivlm.models.prefixlm import PrefixLM, PrefixLMConfig
+    from minivlm.models.question_only import QuestionOnly, QuestionOnlyConfig
+    from minivlm.models.vilt import ViLT, ViLTConfig
+    from minivlm.models.vlmo import VLMo, VLMoConfig
+
+    def clip16():
+        return CLIP(CLIPConfig(image_size=16, patch_size=4, vision_dim=32, vision_depth=1, vision_heads=2,
+                               text_dim=32, text_depth=1, text_heads=2, embed_dim=24, context_length=16))
+
+    builders = {
+        "clip": clip16,
+        "gpt": lambda: GPT(GPTConfig(dim=32, depth=1, heads=2, max_len=40)),
+        "vilt": lambda: ViLT(ViLTConfig(dim=32, depth=1, heads=4, patch_size=8, max_text_len=32)),
+        "albef": lambda: ALBEFPretrainer(ALBEF(ALBEFConfig(dim=32, heads=2, vision_depth=1, text_depth=1,
+                                                           fusion_depth=1, embed_dim=16, queue_size=32))),
+        "vlmo": lambda: VLMo(VLMoConfig(dim=32, depth=2, vl_depth=1, heads=2, patch_size=8, embed_dim=16)),
+        "blip": lambda: BLIP(BLIPConfig(image_size=16, patch_size=8, dim=32, vision_depth=1, text_depth=2, heads=2,
+                                        embed_dim=16, queue_size=8, max_text_len=16)),
+        "coca": lambda: CoCa(CoCaConfig(image_size=16, patch_size=8, dim=32, vision_depth=1, unimodal_depth=1,
+                                        multimodal_depth=1, heads=2, embed_dim=16, caption_queries=4, max_text_len=16)),
+        "prefixlm": lambda: PrefixLM(PrefixLMConfig(image_size=16, patch_size=8, dim=32, depth=2, heads=2,
+                                                    max_text_len=16)),
+        "beit3": lambda: BEiT3(BEiT3Config(dim=16, depth=2, vl_depth=1, heads=2, embed_dim=16, codebook_size=8)),
+        "vqkd": lambda: VisualTokenizer(VisualTokenizerConfig(dim=16, depth=1, heads=2, code_dim=8, codebook_size=8,
+                                                              teacher_dim=16)),
+        "prefixvlm": lambda: PrefixVLM(clip16(), GPT(GPTConfig(dim=32, depth=1, heads=2, max_len=40)),
+                                       PrefixConfig("clipcap", n_prefix=3, hidden=16, mapper_dim=16, mapper_heads=2)),
+        "question_only": lambda: QuestionOnly(QuestionOnlyConfig(dim=16, hidden=16)),
+    }
+    builders["blip_trainer"] = lambda: BLIPPretrainer(builders["blip"]())
+    return builders
+
+
+def _tiny(name: str):
+    torch.manual_seed(0)
+    return _tiny_models()[name]().eval()
+
+
+def _image_size(model) -> int:
+    config = getattr(model, "config", None) or model.model.config
+    return getattr(config, "image_size", 16)
+
+
+# ----------------------------------------------------------------------------- a string where strings are expected
+def _string_probes() -> dict:
+    from minivlm.data import ShapesBench
+    from minivlm.eval import answer_prior, class_prompts, true_caption_rate
+    from minivlm.models.beit3 import BEiT3Config
+    from minivlm.models.blip import BLIPPretrainer
+    from minivlm.models.frozen import answer_figures, caption_qa_set
+    from minivlm.models.gpt import world_perplexity
+    from minivlm.models.question_only import QuestionOnlyConfig
+    from minivlm.models.vilt import ViLTConfig
+    from minivlm.nn.multiway import MoMEBlock, Multiway
+
+    def images(model, n=2):
+        return torch.rand(n, 3, _image_size(model), _image_size(model))
+
+    return {  # name -> (call, the argument it must name)
+        "ViLTConfig.answers": (lambda: ViLTConfig(answers="yes"), "answers"),
+        "BEiT3Config.answers": (lambda: BEiT3Config(answers="yes"), "answers"),
+        "QuestionOnlyConfig.answers": (lambda: QuestionOnlyConfig(answers="yes"), "answers"),
+        "world_perplexity": (lambda: world_perplexity(_tiny("gpt"), "a red circle. a blue square."), "documents"),
+        "answer_figures.kinds": (lambda: answer_figures(["red"], ["red"], kinds="color"), "kinds"),
+        "answer_figures.predictions": (lambda: answer_figures("red", ["red"], kinds=["color"]), "predictions"),
+        "answer_prior": (lambda: answer_prior("ab", ["color", "shape"]), "answers"),
+        "class_prompts": (lambda: class_prompts("red circle"), "class_names"),
+        "true_caption_rate": (lambda: true_caption_rate("a", ShapesBench(image_size=16).captioning(1)["scenes"]),
+                              "captions"),
+        "BEiT3.answer": (lambda: _tiny("beit3").answer(images(_tiny("beit3"), 25), "what shape is the object?"),
+                         "questions"),
+        "PrefixVLM.complete": (lambda: _tiny("prefixvlm").complete(images(_tiny("prefixvlm"), 1), "a", 2, stop=None),
+                               "prompts"),
+        "PrefixVLM.ask": (lambda: _tiny("prefixvlm").ask(images(_tiny("prefixvlm"), 1), "what color?"), "questions"),
+        "BLIPPretrainer.losses": (lambda: BLIPPretrainer(_tiny("blip"), losses="lm"), "losses"),
+        "MoMEBlock.experts": (lambda: MoMEBlock(8, 2, experts="vision"), "experts"),
+        "Multiway.names": (lambda: Multiway([nn.Linear(2, 2), nn.Linear(2, 2)], names="ab"), "names"),
+        "caption_qa_set.kinds": (lambda: caption_qa_set(__import__("minivlm.data.pairs", fromlist=["x"])
+                                                        .image_text_pairs(4, 0.0, seed=0), kinds="color"), "kinds"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_string_probes()))
+def test_a_string_where_a_list_of_strings_is_expected_is_a_type_error(case):
+    call, name = _string_probes()[case]
+    with pytest.raises(TypeError, match=rf"{name} must be a list of strings, got one str"):
+        call()
+
+
+# ----------------------------------------------------------------------------- sequences that must line up
+def _set_probes() -> dict:
+    from minivlm.data import ShapesBench
+    from minivlm.eval import evaluate_hard_itm, evaluate_itm, evaluate_vqa
+    from minivlm.models.frozen import answer_figures
+
+    bench = ShapesBench(image_size=32, seed=0)
+    itm, vqa, hard = bench.itm(3), bench.vqa(3), bench.hard_itm(3)
+    return {
+        "evaluate_itm one label": (lambda: evaluate_itm(_tiny("vilt"), {**itm, "labels": torch.tensor([1])}),
+                                   r"data\['labels'\] must hold a 0 or 1 per caption \(3\), got 1 labels"),
+        "evaluate_itm label 2": (lambda: evaluate_itm(_tiny("vilt"), {**itm, "labels": torch.tensor([0, 2, 1])}),
+                                 r"data\['labels'\] must hold a 0 or 1 per caption"),
+        "evaluate_itm float labels": (lambda: evaluate_itm(_tiny("vilt"), {**itm, "labels": torch.ones(3)}),
+                                      r"data\['labels'\] must be an integer tensor"),
+        "evaluate_vqa answers": (lambda: evaluate_vqa(_tiny("vilt"), {**vqa, "answers": vqa["answers"][:1]}),
+                                 r"must have the same length, got .*data\['answers'\]=1"),
+        "evaluate_hard_itm kinds": (lambda: evaluate_hard_itm(_tiny("vilt"), {**hard, "kinds": hard["kinds"][:2]}),
+                                    r"must have the same length, got .*data\['kinds'\]=2"),
+        "answer_figures kinds": (lambda: answer_figures(["red", "blue", "star"], ["red", "blue", "star"], ["color"]),
+                                 r"predictions, answers, kinds must have the same length, got predictions=3, "
+                                 r"answers=3, kinds=1"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_set_probes()))
+def test_sequences_that_must_line_up_are_checked_not_broadcast_or_truncated(case):
+    call, pattern = _set_probes()[case]
+    with pytest.raises(ValueError, match=pattern):
+        call()
+
+
+# ----------------------------------------------------------------------------- NaN and ids outside the vocabulary
+def _logits_fn(value=None, vocab=10):
+    def next_logits(ids, rows):
+        out = torch.randn(len(ids), vocab, generator=torch.Generator().manual_seed(ids.shape[1]))
+        if value is not None:
+            out[0, 3] = value
+        return out
+    return next_logits
+
+
+DECODINGS = {"greedy": {}, "beam": dict(num_beams=3), "sample": dict(do_sample=True, top_k=4)}
+
+
+@pytest.mark.parametrize("decoding", list(DECODINGS))
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_generate_rejects_logits_that_are_nan_or_plus_inf(decoding, value):
+    from minivlm.generate import generate
+
+    prompt = torch.zeros(2, 1, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"next_logits returned NaN or \+inf logits in 1 of \d rows"):
+        generate(_logits_fn(value), prompt, 3, 1, **DECODINGS[decoding])
+    generate(_logits_fn(-math.inf), prompt, 3, 1, **DECODINGS[decoding])  # a banned token is fine
+
+
+@pytest.mark.parametrize("decoding", list(DECODINGS))
+@pytest.mark.parametrize("name, kw", [("eos_id", dict(eos_id=99)), ("pad_id", dict(eos_id=1, pad_id=10))])
+def test_generate_rejects_token_ids_outside_the_logits(decoding, name, kw):
+    from minivlm.generate import generate
+
+    value = kw[name]
+    with pytest.raises(ValueError, match=rf"{name} must lie in \[0, 9\] \(next_logits returns 10 logits per row\), "
+                                         rf"got {value}"):
+        generate(_logits_fn(), torch.zeros(2, 1, dtype=torch.long), 3, **kw, **DECODINGS[decoding])
+
+
+@pytest.mark.parametrize("call", ["forward", "restart_dead"])
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_vector_quantizer_rejects_non_finite_vectors(call, value):
+    from minivlm.nn.quantize import VectorQuantizer
+
+    vq = VectorQuantizer(4, 3)
+    z = torch.randn(2, 5, 3)
+    z[1, 2, 0] = value
+    with pytest.raises(ValueError, match=r"z must be finite, got 1 NaN/inf value\(s\) of 30"):
+        vq(z) if call == "forward" else vq.restart_dead(z, torch.zeros(4, dtype=torch.long))
+
+
+def test_cider_d_needs_a_corpus():
+    from minivlm.eval import cider_d
+
+    with pytest.raises(ValueError, match="CIDEr-D needs a corpus of at least 2 images.*got .* for 1"):
+        cider_d(["a red circle"], [["a red circle"]])
+    perfect, _ = cider_d(["a red circle", "two blue squares"], [["a red circle"], ["two blue squares"]])
+    assert perfect == pytest.approx(7.5)  # 10 × (1 + 1 + 1 + 0) / 4: three words hold no 4-gram
+
+
+# ----------------------------------------------------------------------------- a loss over nothing
+def _empty_losses() -> dict:
+    from minivlm.losses import itm_loss, lm_loss, mlm_loss, multi_positive_itc, soft_cross_entropy
+    from minivlm.models.beit3 import masked_token_loss
+
+    def logits(*shape):
+        return torch.randn(*shape, requires_grad=True)
+
+    return {  # name -> () -> (loss, the logits it read)
+        "lm_loss all padding": lambda: (lambda x: (lm_loss(x, torch.zeros(2, 4, dtype=torch.long),
+                                                           torch.zeros(2, 4, dtype=torch.bool)), x))(logits(2, 4, 7)),
+        "lm_loss one real token": lambda: (lambda x: (lm_loss(x, torch.zeros(2, 4, dtype=torch.long),
+                                                              torch.tensor([[1, 0, 0, 0]] * 2).bool()), x))(
+            logits(2, 4, 7)),
+        "lm_loss empty batch": lambda: (lambda x: (lm_loss(x, torch.zeros(0, 4, dtype=torch.long)), x))(logits(0, 4, 7)),
+        "mlm_loss nothing chosen": lambda: (lambda x: (mlm_loss(x, torch.full((2, 4), -100)), x))(logits(2, 4, 7)),
+        "itm_loss empty batch": lambda: (lambda x: (itm_loss(x, torch.zeros(0, dtype=torch.long)), x))(logits(0, 2)),
+        "soft_cross_entropy empty": lambda: (lambda x: (soft_cross_entropy(x, torch.zeros(0, 5)), x))(logits(0, 5)),
+        "multi_positive_itc empty": lambda: (lambda x: (multi_positive_itc(x, torch.zeros(0, 0, dtype=torch.bool)),
+                                                        x))(logits(0, 0)),
+        "masked_token_loss nothing chosen": lambda: (lambda x: (masked_token_loss(
+            x, torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 4, dtype=torch.bool)), x))(logits(2, 4, 7)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_empty_losses()))
+def test_a_loss_over_nothing_is_zero_with_a_gradient_path(case):
+    """The rule of minivlm.losses' docstring: 0, attached to the graph, never NaN."""
+    loss, logits = _empty_losses()[case]()
+    assert loss.shape == () and loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_a_contrastive_loss_over_nothing_is_an_error():
+    from minivlm.losses import clip_loss
+
+    with pytest.raises(ValueError, match="at least 2 pairs.*B=0"):
+        clip_loss(torch.zeros(0, 4), torch.zeros(0, 4), 10.0)
+
+
+def test_a_training_step_on_a_batch_where_masking_chose_nothing_goes_on():
+    """ViLT's pretraining step adds MLM on a batch where masking chose no word: finite, trainable."""
+    from minivlm.data.pairs import pretrain_batches
+    from minivlm.models.vilt import pretrain_step
+
+    model = _tiny("vilt").train()
+    batch = pretrain_batches(4, seed=0, image_size=32)(0)
+    batch["mlm_labels"] = torch.full_like(batch["mlm_labels"], -100)
+    out = pretrain_step(model, {**batch, "itm_ids": batch["ids"], "itm_mask": batch["attention_mask"],
+                                "itm_labels": torch.ones(4, dtype=torch.long)})
+    assert out["mlm"].item() == 0.0 and math.isfinite(out["loss"].item())
+    out["loss"].backward()
+
+
+# ----------------------------------------------------------------------------- captioning an empty batch
+CAPTIONERS = ["blip", "coca", "prefixlm", "beit3", "prefixvlm"]
+
+
+@pytest.mark.parametrize("name", CAPTIONERS + ["captions_of"])
+def test_every_captioner_rejects_an_empty_batch_alike(name):
+    from minivlm.models.coca import captions_of
+
+    model = _tiny("coca" if name == "captions_of" else name)
+    size = _image_size(model)
+    call = (lambda: captions_of(model, torch.rand(0, 3, size, size))) if name == "captions_of" else \
+        (lambda: model.caption(torch.rand(0, 3, size, size)))
+    with pytest.raises(ValueError, match=rf"images must hold at least one image to caption, got shape \(0, 3, "
+                                         rf"{size}, {size}\)"):
+        call()
+    assert len(model.caption(torch.rand(1, 3, size, size), max_len=4)) == 1
+
+
+# ----------------------------------------------------------------------------- a batch size of zero
+def _batch_size_probes() -> dict:
+    from minivlm.eval import itc_similarity, zero_shot_classifier
+    from minivlm.models.coca import captions_of
+    from minivlm.models.gpt import world_perplexity
+
+    images = torch.rand(2, 3, 16, 16)
+    return {
+        "world_perplexity": lambda: world_perplexity(_tiny("gpt"), ["a red circle ."], batch_size=0),
+        "BEiT3.answer": lambda: _tiny("beit3").answer(torch.rand(2, 3, 32, 32), ["what?", "why?"], batch_size=0),
+        "captions_of": lambda: captions_of(_tiny("coca"), images, batch_size=0),
+        "BLIP.caption": lambda: _tiny("blip").caption(images, batch_size=0),
+        "BLIP.match_probability": lambda: _tiny("blip").match_probability(images, ["a", "b"], batch_size=0),
+        "itc_similarity": lambda: itc_similarity(_tiny("clip"), images, ["a", "b"], batch_size=0),
+        "zero_shot_classifier": lambda: zero_shot_classifier(_tiny("clip"), ["red circle"], batch_size=0),
+    }
+
+
+@pytest.mark.parametrize("case", list(_batch_size_probes()))
+def test_a_batch_size_of_zero_is_named(case):
+    with pytest.raises(ValueError, match=r"batch_size must be an int >= 1, got 0"):  # not range()'s message
+        _batch_size_probes()[case]()
+
+
+# ----------------------------------------------------------------------------- a batch missing a key
+def _step_probes() -> dict:
+    from minivlm.models import albef, beit3, blip, clip, coca, frozen, gpt, prefixlm, question_only, vilt, vlmo
+
+    return {  # step -> model
+        "clip_step": (clip.clip_step, "clip"), "lm_step": (gpt.lm_step, "gpt"),
+        "vilt.pretrain_step": (vilt.pretrain_step, "vilt"), "vilt.vqa_step": (vilt.vqa_step, "vilt"),
+        "albef.pretrain_step": (albef.pretrain_step, "albef"),
+        "vlmo.mim_step": (vlmo.mim_step, "vlmo"), "vlmo.text_mlm_step": (vlmo.text_mlm_step, "vlmo"),
+        "vlmo.pair_step": (vlmo.pair_step, "vlmo"), "blip.pretrain_step": (blip.pretrain_step, "blip_trainer"),
+        "coca_step": (coca.coca_step, "coca"), "prefixlm_step": (prefixlm.prefixlm_step, "prefixlm"),
+        "beit3.vqkd_step": (beit3.vqkd_step, "vqkd"), "beit3.mdm_step": (beit3.mdm_step, "beit3"),
+        "beit3.vqa_step": (beit3.vqa_step, "beit3"), "beit3.retrieval_step": (beit3.retrieval_step, "beit3"),
+        "beit3.caption_step": (beit3.caption_step, "beit3"), "prefix_step": (frozen.prefix_step, "prefixvlm"),
+        "caption_distill_step": (frozen.caption_distill_step, "prefixvlm"),
+        "question_only_step": (question_only.question_only_step, "question_only"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_step_probes()))
+def test_every_step_names_the_keys_a_batch_lacks(case):
+    step, name = _step_probes()[case]
+    model = _tiny(name)
+    size = _image_size(model)
+    with pytest.raises(ValueError, match=r"^batch (is missing \[.*\].*expected keys|must be a dict with)") as e:
+        step(model, {"images": torch.rand(2, 3, size, size), "positives": torch.eye(2, dtype=torch.bool)})
+    assert "KeyError" not in repr(e.value.__context__)
+    with pytest.raises((TypeError, ValueError), match="batch must be a dict"):
+        step(model, [torch.rand(2, 3, size, size)])
+
+
+# ----------------------------------------------------------------------------- a device torch cannot read
+@pytest.mark.parametrize("case", ["fit", "zoo.load", "bench_clip"])
+@pytest.mark.parametrize("device, error", [("gpu", ValueError), (3.0, TypeError)])
+def test_a_device_that_is_not_one_is_named(case, device, error):
+    from minivlm import benchmarks, zoo
+    from minivlm.train import fit
+
+    calls = {"fit": lambda: fit(nn.Linear(2, 2), lambda m, b: {"loss": m.weight.sum()}, lambda i: None, 1,
+                                device=device, progress=False),
+             "zoo.load": lambda: zoo.load("clip", device=device),
+             "bench_clip": lambda: benchmarks.bench_clip(device=device)}
+    with pytest.raises(error, match=rf"device must .*got .*{re.escape(repr(device))}"):
+        calls[case]()
+
+
+def test_the_bench_command_reports_a_bad_device(capsys):
+    from minivlm import cli
+
+    assert cli.main(["bench", "clip", "--device", "gpu", "--repeats", "1"]) == 2
+    assert "error: device must name a torch device such as 'cpu', 'cuda', 'cuda:0' or 'mps', got 'gpu'" \
+        in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the zoo: weights_dir and manifests
+def _zoo_copy(tmp_path, names):
+    from minivlm import zoo
+
+    for name in names:
+        for ext in ("json", "safetensors"):
+            shutil.copy(zoo.WEIGHTS_DIR / f"{name}.{ext}", tmp_path / f"{name}.{ext}")
+    return zoo
+
+
+def test_a_model_on_other_entries_loads_them_from_weights_dir(tmp_path):
+    zoo = _zoo_copy(tmp_path, ["clipcap", "clip", "llm"])
+    model = zoo.load("clipcap", weights_dir=tmp_path)  # a full copy loads
+    assert type(model).__name__ == "PrefixVLM"
+    with open(tmp_path / "clip.safetensors", "r+b") as f:  # the folder's clip, not the package's, is read
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path / 'clip.safetensors'))} is corrupt or stale"):
+        zoo.load("clipcap", weights_dir=tmp_path)
+    (tmp_path / "clip.json").unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "clip.json"))):
+        zoo.load("clipcap", weights_dir=tmp_path)
+    assert zoo.load("clip").config.embed_dim  # the package's own entries are read again after
+
+
+@pytest.mark.parametrize("text", ['{"name": "clip", "sha2', "", "[" * 100_000], ids=["truncated", "empty", "deep"])
+def test_a_manifest_that_is_not_json_names_its_path(tmp_path, text):
+    zoo = _zoo_copy(tmp_path, ["clip"])
+    (tmp_path / "clip.json").write_text(text)
+    with pytest.raises(ValueError, match=rf"manifest {re.escape(str(tmp_path / 'clip.json'))} is not valid JSON"):
+        zoo.load("clip", weights_dir=tmp_path)
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        zoo.manifest("clip", tmp_path)

@@ -112,11 +112,16 @@ def test_build_writes_pair_without_outputs_and_check_detects_drift(tmp_path):
     nbformat.write(nb, str(ex / "01_demo.ipynb"))
     assert [p.name for p in build(sol, ex, check=True).written] == ["01_demo.ipynb"]
 
-    # An exercise whose solution was removed is stale and goes; a hand-made file stays.
+    # An exercise whose solution was removed is stale: listed, and removed only with prune=True;
+    # a hand-made file stays.
     (sol / "01_demo.py").rename(sol / "02_demo.py")
     (ex / "05_mine.py").write_text("x = 1\n")
     report = build(sol, ex)
-    assert sorted(p.name for p in report.removed) == ["01_demo.ipynb", "01_demo.py"]
+    assert sorted(p.name for p in report.removed) == ["01_demo.ipynb", "01_demo.py"] and not report.pruned
+    assert sorted(p.name for p in ex.iterdir()) == ["01_demo.ipynb", "01_demo.py", "02_demo.ipynb", "02_demo.py",
+                                                    "05_mine.py"]
+    report = build(sol, ex, prune=True)
+    assert sorted(p.name for p in report.removed) == ["01_demo.ipynb", "01_demo.py"] and report.pruned
     assert sorted(p.name for p in ex.iterdir()) == ["02_demo.ipynb", "02_demo.py", "05_mine.py"]
 
 

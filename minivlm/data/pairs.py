@@ -146,7 +146,8 @@ def check_batch(batch: dict, b: int,
         raise TypeError(f"batch must be a dict (see pretrain_batches), got {type(batch).__name__}")
     missing = [k for k in keys if k not in batch]
     if missing:
-        raise ValueError(f"batch is missing {missing}; pretrain_batches(...)(step) makes a complete one")
+        raise ValueError(f"batch is missing {missing}; pretrain_batches(...)(step) makes a complete one (expected "
+                         f"keys {list(keys)}, got {list(batch)})")
     for key in keys[1:]:
         x = batch[key]
         check_tensor(f"batch['{key}']", x, ndim=2)
@@ -222,4 +223,5 @@ def check_batch_keys(batch, keys: tuple[str, ...], maker: str) -> None:
         raise TypeError(f"batch must be a dict (see {maker}), got {type(batch).__name__}")
     missing = [k for k in keys if k not in batch]
     if missing:
-        raise ValueError(f"batch is missing {missing}; {maker}(...)(step) makes a complete one")
+        raise ValueError(f"batch is missing {missing}; {maker}(...)(step) makes a complete one (expected keys "
+                         f"{list(keys)}, got {list(batch)})")

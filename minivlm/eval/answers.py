@@ -12,6 +12,7 @@ import torch
 
 from minivlm.data.pairs import oracle_regions
 from minivlm.eval.stats import interval
+from minivlm.utils import check_keys, check_same_length, check_strings, check_tensor
 
 _NUMBERS = {w: str(i) for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
@@ -54,6 +55,8 @@ def answer_hits(predictions: Sequence[str], answers: Sequence[str]) -> list[bool
 def answer_prior(answers: Sequence[str], kinds: Sequence[str]) -> dict[str, str]:
     """The blind baseline of VQA: for each question kind, its most frequent answer in `answers`
     (training data). A model that never looks at the image can reach this (chapter 03)."""
+    check_strings("answers", answers)
+    check_strings("kinds", kinds)
     if len(answers) != len(kinds) or not answers:
         raise ValueError(f"answers and kinds must be non-empty and of one length, got {len(answers)} and {len(kinds)}")
     counts: dict[str, dict[str, int]] = {}
@@ -70,7 +73,10 @@ def evaluate_hard_itm(model, data: dict) -> dict:
     for the negative, over 2N decisions; pair_accuracy: P(true) > P(negative), over N images
     (the only one a dual encoder like CLIP can be given: compare similarities). Both with
     intervals, overall and per kind (colour, shape, size, relation)."""
+    _check_set(data, ("images", "captions", "kinds"), "ShapesBench.hard_itm")
     n = len(data["captions"])
+    if any(not isinstance(c, (list, tuple)) or len(c) != 2 for c in data["captions"]):
+        raise ValueError("data['captions'] must hold a (true caption, negative) pair per image")
     images = data["images"]
     p_true = model.match_probability(images, [c[0] for c in data["captions"]])
     p_neg = model.match_probability(images, [c[1] for c in data["captions"]])
@@ -87,6 +93,7 @@ def evaluate_hard_itm(model, data: dict) -> dict:
 def evaluate_vqa(model, data: dict) -> dict:
     """VQA accuracy on a ShapesBench `vqa` set, overall and per question kind, with intervals.
     Returns dict(predictions, hits, overall: Estimate, per_kind: {kind: Estimate})."""
+    _check_set(data, ("images", "questions", "answers", "kinds"), "ShapesBench.vqa")
     predictions = model.answer(*_eval_inputs(model, data, "questions"))
     hits = answer_hits(predictions, data["answers"])
     per_kind = {}
@@ -98,9 +105,25 @@ def evaluate_vqa(model, data: dict) -> dict:
 def evaluate_itm(model, data: dict) -> dict:
     """ITM accuracy on a ShapesBench `itm` set (a pair counts as "match" when P(match) > 0.5).
     Works for any model with `match_probability(images, captions)` (ViLT, ALBEF)."""
+    _check_set(data, ("images", "captions", "labels"), "ShapesBench.itm")
+    labels = data["labels"]
+    check_tensor("data['labels']", labels, ndim=1, dtype="int")
+    if len(labels) != len(data["captions"]) or (len(labels) and not bool(((labels == 0) | (labels == 1)).all())):
+        raise ValueError(f"data['labels'] must hold a 0 or 1 per caption ({len(data['captions'])}), got "
+                         f"{len(labels)} labels with values {sorted(set(labels.tolist()))[:5]}")
     prob = model.match_probability(*_eval_inputs(model, data, "captions"))
-    hits = ((prob > 0.5).long().cpu() == data["labels"]).tolist()
+    hits = ((prob > 0.5).long().cpu() == labels.cpu()).tolist()
     return {"probability": prob.cpu(), "hits": hits, "accuracy": interval(hits)}
+
+
+def _check_set(data, keys: tuple[str, ...], maker: str) -> None:
+    """A ShapesBench set: a dict with `keys`, the text lists of strings, one entry per image."""
+    check_keys("data", data, keys, maker)
+    check_tensor("data['images']", data["images"], ndim=4, dtype="float")
+    for key in ("questions", "answers", "kinds"):
+        if key in keys:
+            check_strings(f"data[{key!r}]", data[key])
+    check_same_length(**{f"data[{k!r}]": data[k] for k in keys if k != "labels"})
 
 
 def _eval_inputs(model, data: dict, texts: str) -> tuple:
@@ -110,5 +133,6 @@ def _eval_inputs(model, data: dict, texts: str) -> tuple:
     dev = next(model.parameters()).device
     if getattr(model.config, "visual", "patches") != "regions":
         return data["images"].to(dev), data[texts]
+    check_keys("data", data, ("scenes",), "ShapesBench (a regions-mode model reads the scenes' boxes)")
     boxes, box_mask = oracle_regions(data["scenes"], model.config.max_regions)
     return data["images"].to(dev), data[texts], boxes.to(dev), box_mask.to(dev)

@@ -13,7 +13,7 @@ import torch
 
 from minivlm.data.shapesworld import ShapesWorld
 from minivlm.eval.stats import interval
-from minivlm.utils import check_int, check_number
+from minivlm.utils import check_int, check_number, check_strings
 
 
 def caption_tokens(text: str) -> list[str]:
@@ -82,11 +82,15 @@ def cider_d(candidates: Sequence[str], references: Sequence[Sequence[str]], n: i
     contain the n-gram, over this corpus), the candidate's vector clipped at the reference's, cosine
     similarity, times a Gaussian penalty on the length difference (sigma 6), averaged over n and
     over the references, times 10. Returns (the corpus mean, the score of each candidate), the
-    latter for `interval`. As the COCO evaluation, the length compared is the number of bigrams."""
+    latter for `interval`. As the COCO evaluation, the length compared is the number of bigrams.
+    A corpus of one image is a ValueError: every IDF is 0 there, and so would be every score."""
 
     check_int("n", n)
     check_number("sigma", sigma, 0, math.inf, lo_open=True)
     cands, refs = _check_captions(candidates, references)
+    if len(refs) < 2:  # the IDF of every n-gram is log(1 / 1) = 0: every caption would score 0
+        raise ValueError(f"CIDEr-D needs a corpus of at least 2 images (its IDF weighs each n-gram by the images "
+                         f"whose references lack it), got candidates and references for {len(refs)}")
     doc_freq: dict[tuple[str, ...], int] = {}
     for ref_words in refs:
         for gram in {g for r in ref_words for g in ngram_counts(r, n)}:
@@ -119,6 +123,7 @@ def cider_d(candidates: Sequence[str], references: Sequence[Sequence[str]], n: i
 def true_caption_rate(captions: Sequence[str], scenes: Sequence) -> list[bool]:
     """Whether each caption is exactly one of its scene's true captions (a paraphrase or a true
     relation): a strict measure of a captioner's correctness on ShapesWorld."""
+    check_strings("captions", captions)
     if len(captions) != len(scenes):
         raise ValueError(f"need one scene per caption, got {len(captions)} captions and {len(scenes)} scenes")
     return [c in ShapesWorld.true_captions(s) for c, s in zip(captions, scenes)]

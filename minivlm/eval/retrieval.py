@@ -15,7 +15,7 @@ from einops import rearrange
 
 from minivlm.data.shapesworld import COLORS, RELATIONS, SHAPES, with_article
 from minivlm.eval.stats import Estimate, interval
-from minivlm.utils import check_int, check_shape, check_tensor, eval_mode
+from minivlm.utils import check_int, check_shape, check_strings, check_tensor, eval_mode
 
 
 @runtime_checkable
@@ -229,6 +229,7 @@ CLIP_TEMPLATES: tuple[str, ...] = (
 
 def class_prompts(class_names) -> list[str]:
     """"orange star" -> "an orange star": the class names as a caption would write them."""
+    check_strings("class_names", class_names)
     return [with_article(name) for name in class_names]
 
 

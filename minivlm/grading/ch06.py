@@ -92,12 +92,14 @@ def check_med_masks(fn) -> None:
 
 class _Model:
     """A random next-token table over (last token, length) with end-of-text likely after a few
-    steps, differently per row; it counts its calls."""
+    steps, differently per row; it counts its calls. Its logits cover the pad token `vocab` too
+    (generate refuses a pad id outside them), at -50: the model never writes it."""
 
     def __init__(self, g: torch.Generator, vocab: int, eos: int):
-        self.table = torch.randn(vocab + 1, 12, vocab, generator=g) * 2  # row `vocab`: after the pad token
+        table = torch.randn(vocab + 1, 12, vocab, generator=g) * 2  # row `vocab`: after the pad token
         for length in range(12):
-            self.table[:, length, eos] += length - randint(g, 2, 4)  # eos grows likelier with length
+            table[:, length, eos] += length - randint(g, 2, 4)  # eos grows likelier with length
+        self.table = torch.cat([table, torch.full((vocab + 1, 12, 1), -50.0)], dim=-1)  # (vocab + 1, 12, vocab + 1)
         self.calls = 0
 
     def __call__(self, ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -188,6 +188,9 @@ def extract_definitions(sources: list[tuple[int, str]]) -> tuple[list[dict], lis
         except SyntaxError as exc:
             errors.append({"cell": cell, "ename": "SyntaxError",
                            "evalue": f"{exc.msg} (line {exc.lineno}); the grader skipped this cell"})
+        except (RecursionError, MemoryError, ValueError) as exc:  # 50,000 terms of `1+1+...`; a NUL byte
+            errors.append({"cell": cell, "ename": type(exc).__name__,
+                           "evalue": f"Python's parser gave up on this cell ({exc}); the grader skipped it"})
     learner_names = {s.name for _, tree in parsed for s in tree.body
                      if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
     statements = []
@@ -196,18 +199,20 @@ def extract_definitions(sources: list[tuple[int, str]]) -> tuple[list[dict], lis
             if isinstance(stmt, (ast.Import, ast.ImportFrom)):
                 if _grading_import(stmt):
                     continue
-            elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                try:
-                    if isinstance(stmt, ast.ClassDef):
-                        _clean_class(stmt, learner_names, notes, cell)
-                    else:
-                        _clean_function(stmt, learner_names, notes, cell)
-                except _Unsafe as exc:
-                    errors.append({"cell": cell, "ename": "Skipped", "evalue": f"{exc}; the grader skipped it"})
-                    continue
-            else:
+            elif not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 continue
-            statements.append({"cell": cell, "code": ast.unparse(stmt)})
+            try:
+                if isinstance(stmt, ast.ClassDef):
+                    _clean_class(stmt, learner_names, notes, cell)
+                elif not isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                    _clean_function(stmt, learner_names, notes, cell)
+                statements.append({"cell": cell, "code": ast.unparse(stmt)})
+            except _Unsafe as exc:
+                errors.append({"cell": cell, "ename": "Skipped", "evalue": f"{exc}; the grader skipped it"})
+            except RecursionError:
+                name = getattr(stmt, "name", "an import")
+                errors.append({"cell": cell, "ename": "Skipped",
+                               "evalue": f"{name}: nested too deeply for the grader to read; the grader skipped it"})
     return statements, errors, notes
 
 
@@ -351,6 +356,11 @@ def _stream(proc, deadline_of):
         sel.close()
 
 
+def _abbreviated(value, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def grade_notebook(path: str | Path, timeout: float = 60, notebook_timeout: float = 600, memory_mb: int | None = 4096,
                    chapter: str | None = None, extra_checks: tuple[str, ...] = ()) -> dict:
     """Grade one hand-in; never raises for a bad hand-in (the report says why it was not graded).
@@ -375,13 +385,20 @@ def grade_notebook(path: str | Path, timeout: float = 60, notebook_timeout: floa
         return give_up(f"cannot read the file ({exc.__class__.__name__}: {exc})")
     except json.JSONDecodeError as exc:
         return give_up(f"not a notebook: not JSON ({exc})")
+    except RecursionError:
+        return give_up("not a notebook: its JSON is nested too deeply to read")
     if not isinstance(raw, dict) or not isinstance(raw.get("cells"), list):
         return give_up("not a notebook: the JSON has no list of cells")
     sources = []
     for i, cell in enumerate(raw["cells"]):
         if isinstance(cell, dict) and cell.get("cell_type") == "code":
             src = cell.get("source", "")
-            sources.append((i, "".join(src) if isinstance(src, list) else str(src)))
+            if isinstance(src, list) and all(isinstance(line, str) for line in src):
+                src = "".join(src)
+            if not isinstance(src, str):
+                return give_up(f"not a notebook: cell {i}'s source must be a string or a list of strings, "
+                               f"got {_abbreviated(src)}")
+            sources.append((i, src))
     own = notebook_chapter(path, [s for _, s in sources])
     report["chapter"] = own
     if chapter is not None and own is not None and own != chapter:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minivlm.data.masking import IGNORE_INDEX
-from minivlm.data.pairs import check_batch
+from minivlm.data.pairs import check_batch, check_batch_keys
 from minivlm.losses import (
     check_alpha,
     itm_loss,
@@ -237,6 +237,7 @@ class ALBEFPretrainer(nn.Module):
 
 def _pretrain_losses(trainer: ALBEFPretrainer, batch: dict) -> dict:
     m, mom, c = trainer.model, trainer.momentum, trainer.config
+    check_batch_keys(batch, ("images", "ids", "attention_mask", "mlm_ids", "mlm_labels"), "pretrain_batches")
     images, ids, mask = batch["images"], batch["ids"], batch["attention_mask"]
     b = images.shape[0]
     if c.queue_size % b:

@@ -45,14 +45,14 @@ from minivlm.data.masking import IGNORE_INDEX, block_mask, mlm_mask
 from minivlm.data.pairs import check_batch, check_batch_keys, pretrain_batches
 from minivlm.data.shapesworld import VQA_ANSWER_VOCAB
 from minivlm.data.tokenizer import Tokenizer
-from minivlm.generate import caption_texts
-from minivlm.losses import mlm_loss, multi_positive_itc
+from minivlm.generate import caption_texts, check_images_to_caption
+from minivlm.losses import mlm_loss, multi_positive_itc, nothing_to_average
 from minivlm.models.vlmo import VLMo, VLMoConfig
 from minivlm.nn import Transformer, masks
 from minivlm.nn.inputs import check_encoder_config, check_images, register_image_stats
 from minivlm.nn.quantize import Quantized, VectorQuantizer
 from minivlm.nn.vit import PatchEmbed
-from minivlm.utils import check_int, check_number, check_tensor, eval_mode, unwrap
+from minivlm.utils import check_int, check_number, check_strings, check_tensor, eval_mode, unwrap
 
 # ----------------------------------------------------------------------------- the visual tokenizer
 
@@ -274,6 +274,7 @@ class BEiT3(VLMo):
         """A caption per image, as BEiT-3 decodes: the text so far + one <mask> at the end; the
         word predicted for the <mask> is appended, until <eos> or max_len tokens."""
         c = self.config
+        check_images_to_caption(images)
         tok = self.get_tokenizer()
         with eval_mode(self):
             image_x = self.embed_image(images)
@@ -291,6 +292,9 @@ class BEiT3(VLMo):
     @torch.no_grad()
     def answer(self, images: torch.Tensor, questions: Sequence[str], batch_size: int = 256) -> list[str]:
         """Answer each question about its image (fusion mode, the VQA head): strings from config.answers."""
+        check_strings("questions", questions)
+        check_tensor("images", images, ndim=4, dtype="float")
+        check_int("batch_size", batch_size)
         if len(images) != len(questions):
             raise ValueError(f"one question per image: got {len(images)} images and {len(questions)} questions")
         with eval_mode(self):
@@ -311,13 +315,14 @@ def _beit3(model) -> BEiT3:
 
 def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     """Cross-entropy on the chosen positions only: logits (B, N, K), targets (B, N) long, chosen
-    (B, N) bool (the masked patches). The image half of masked data modelling."""
+    (B, N) bool (the masked patches). The image half of masked data modelling. Nothing chosen
+    gives 0, attached to the graph (`minivlm.losses`' rule for empty inputs)."""
     check_tensor("chosen", chosen, ndim=2, dtype="bool")
-    if not bool(chosen.any()):
-        raise ValueError("no position is masked: masked modelling needs at least one masked patch")
     if logits.shape[:2] != targets.shape or targets.shape != chosen.shape:
         raise ValueError(f"logits (B, N, K), targets (B, N) and chosen (B, N) must agree, got "
                          f"{tuple(logits.shape)}, {tuple(targets.shape)}, {tuple(chosen.shape)}")
+    if not bool(chosen.any()):
+        return nothing_to_average(logits)
     return F.cross_entropy(logits[chosen], targets[chosen])
 
 
@@ -332,6 +337,10 @@ def mdm_step(model: BEiT3, batch: dict) -> dict:
     m = _beit3(model)
     check_batch_keys(batch, ("images", "patch_mask", "visual_tokens", "text_ids", "text_labels", "text_mask", "pair_images",
                   "pair_patch_mask", "pair_visual_tokens", "pair_ids", "pair_labels", "pair_mask"), "mdm_batches")
+    for key in ("patch_mask", "pair_patch_mask"):  # block masking always masks: none is a broken batch
+        if isinstance(batch[key], torch.Tensor) and not bool(batch[key].any()):
+            raise ValueError(f"no position is masked in batch[{key!r}]: expected a block mask of "
+                             f"mim_ratio={m.config.mim_ratio} of the patches (mdm_batches makes one)")
     tokens, _ = m.encode_image(batch["images"], batch["patch_mask"])
     image = masked_token_loss(m.mim_logits(tokens), batch["visual_tokens"], batch["patch_mask"])
     text_tokens, _, _ = m.encode_text(batch["text_ids"], batch["text_mask"])

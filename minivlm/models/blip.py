@@ -32,7 +32,7 @@ from torch import nn
 
 from minivlm.data.pairs import check_batch, check_pair_set
 from minivlm.eval import interval
-from minivlm.generate import caption_texts
+from minivlm.generate import caption_texts, check_images_to_caption
 from minivlm.losses import check_alpha, itm_loss, itm_negatives, lm_loss, momentum_itc
 from minivlm.models.albef import ALBEFPretrainer
 from minivlm.nn import ViT, masks
@@ -49,7 +49,7 @@ from minivlm.nn.inputs import (
     register_image_stats,
 )
 from minivlm.nn.momentum import check_momentum, momentum_update
-from minivlm.utils import check_int, check_number, check_same_batch, check_tensor, eval_mode
+from minivlm.utils import check_int, check_number, check_same_batch, check_strings, check_tensor, eval_mode
 
 MODES = ("text", "encoder", "decoder")
 LOSSES = ("itc", "itm", "lm")
@@ -291,6 +291,7 @@ class BLIP(TextInputs, ContrastiveHead, LMHead, nn.Module):
         sampling with do_sample=True, top_p < 1) until <eos> or max_len tokens ([DEC] and <eos>
         included; default: max_text_len)."""
         c = self.config
+        check_images_to_caption(images)
         check_images(images, c.image_size)
         check_int("batch_size", batch_size)
         tok = self.get_tokenizer()
@@ -322,7 +323,8 @@ class BLIPPretrainer(ALBEFPretrainer):
 
     def __init__(self, model: BLIP, queue_seed: int = 0, losses: Sequence[str] = LOSSES):
         super().__init__(model, queue_seed)
-        if isinstance(losses, str) or not losses or any(k not in LOSSES for k in losses):
+        check_strings("losses", losses)
+        if any(k not in LOSSES for k in losses):
             raise ValueError(f"losses must be a non-empty list drawn from {list(LOSSES)}, got {losses!r}")
         self.losses = tuple(losses)
 

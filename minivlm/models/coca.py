@@ -26,7 +26,7 @@ from torch import nn
 
 from minivlm.data.bench import ShapesBench
 from minivlm.eval import classify_zero_shot, evaluate_captions, interval, itc_similarity, to_record
-from minivlm.generate import caption_texts
+from minivlm.generate import caption_texts, check_images_to_caption
 from minivlm.losses import clip_loss, lm_loss
 from minivlm.nn import Transformer, ViT, masks
 from minivlm.nn.heads import ContrastiveHead
@@ -39,7 +39,7 @@ from minivlm.nn.inputs import (
     register_image_stats,
 )
 from minivlm.nn.pooling import AttentionalPooler
-from minivlm.utils import check_number, check_tensor, eval_mode, unwrap
+from minivlm.utils import check_int, check_number, check_tensor, eval_mode, unwrap
 
 
 @dataclass
@@ -174,6 +174,7 @@ class CoCa(TextInputs, ContrastiveHead, nn.Module):
         """A caption per image: start at <bos>, decode with `minivlm.generate.generate` until <eos>
         or max_len tokens (<bos> and <eos> included; default max_text_len)."""
         c = self.config
+        check_images_to_caption(images)
         with eval_mode(self):
             _, queries = self.image_features(images)
 
@@ -204,6 +205,8 @@ def coca_step(model: CoCa, batch: dict) -> dict:
 
 def captions_of(model: CoCa, images: torch.Tensor, batch_size: int = 256, **kwargs) -> list[str]:
     """model.caption over images in batches."""
+    check_images_to_caption(images)
+    check_int("batch_size", batch_size)
     out: list[str] = []
     for a in range(0, len(images), batch_size):
         out += model.caption(images[a:a + batch_size], **kwargs)

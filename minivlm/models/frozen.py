@@ -47,16 +47,27 @@ from einops import rearrange
 from torch import nn
 
 from minivlm.data.bench import knowledge_perception
-from minivlm.data.pairs import check_pair_set, pair_batches
+from minivlm.data.pairs import check_batch_keys, check_pair_set, pair_batches
 from minivlm.data.shapesworld import CAPTION_TEMPLATES, VQA_KINDS, ShapesWorld
 from minivlm.data.tokenizer import Tokenizer, split_words
 from minivlm.data.worldtext import fact_words, qa_prompt, qa_text
 from minivlm.eval import answer_hits, bootstrap, interval
+from minivlm.generate import check_images_to_caption
 from minivlm.losses import lm_loss
 from minivlm.models.clip import CLIP
 from minivlm.models.gpt import GPT
 from minivlm.nn.pooling import AttentionalPooler
-from minivlm.utils import check_int, check_range, check_shape, check_tensor, eval_mode, freeze, unfreeze
+from minivlm.utils import (
+    check_int,
+    check_range,
+    check_same_length,
+    check_shape,
+    check_strings,
+    check_tensor,
+    eval_mode,
+    freeze,
+    unfreeze,
+)
 
 VARIANTS = ("frozen", "clipcap", "mapl")
 PREFIX_NORMS = ("free", "word")
@@ -297,9 +308,9 @@ class PrefixVLM(nn.Module):
                  **decoding) -> list[str]:
         """The frozen LLM's continuation of "<bos> <image>×K prompt" for each image: the image
         embeddings spliced in once, then decoded with the LLM's own cache."""
-        if isinstance(prompts, str) or len(prompts) != len(images):
-            raise ValueError(f"one prompt per image: got {len(images)} images and "
-                             f"{'one string' if isinstance(prompts, str) else len(prompts)} prompts")
+        check_strings("prompts", prompts)
+        if len(prompts) != len(images):
+            raise ValueError(f"one prompt per image: got {len(images)} images and {len(prompts)} prompts")
         texts = [f"{self._prompt()} {p}".strip() for p in prompts]
         with eval_mode(self):
             return self.llm.complete(texts, max_new_tokens, stop=stop, tokenizer=self.tokenizer,
@@ -308,6 +319,7 @@ class PrefixVLM(nn.Module):
     def caption(self, images: torch.Tensor, max_len: int | None = 32, **decoding) -> list[str]:
         """A caption per image (greedy by default; decoding: num_beams, do_sample, top_p ...), at
         most max_len - 2 words (BLIP's budget: "<bos> words <eos>" in max_len; None: 32)."""
+        check_images_to_caption(images)
         max_len = 32 if max_len is None else max_len
         check_int("max_len", max_len, lo=3)
         return self.complete(images, [""] * len(images), max_len - 2, stop=None, **decoding)
@@ -319,8 +331,7 @@ class PrefixVLM(nn.Module):
         09. describe_first: the model first captions the image, and the question follows its own
         caption ("<image>×K caption question: ... answer:")."""
 
-        if isinstance(questions, str) or not all(isinstance(q, str) for q in questions):
-            raise TypeError("questions must be a list of strings")
+        check_strings("questions", questions)
         prompts = [qa_prompt(q) for q in questions]
         if describe_first:
             prompts = [f"{c} {p}" for c, p in zip(self.caption(images), prompts)]
@@ -337,6 +348,7 @@ class PrefixVLM(nn.Module):
 def prefix_step(model: PrefixVLM, batch: dict) -> dict:
     """The captioning loss for `minivlm.train.fit`: batch images, ids ("<bos> <image>×K words
     <eos>"), loss_mask (True on the words and <eos>); only those tokens are scored."""
+    check_batch_keys(batch, ("images", "ids", "loss_mask"), "prefix_batches")
     logits = model(batch["images"], batch["ids"])
     return {"loss": lm_loss(logits, batch["ids"], batch["loss_mask"])}
 
@@ -385,7 +397,7 @@ def caption_qa_set(data: dict, seed: int = 0, kinds: Sequence[str] | None = None
     checked by `check_no_fact_text`."""
 
     check_pair_set(data)
-    kinds = tuple(VQA_KINDS if kinds is None else kinds)
+    kinds = tuple(VQA_KINDS if kinds is None else check_strings("kinds", kinds, nonempty=False))
     if not kinds or any(k not in VQA_KINDS for k in kinds):
         raise ValueError(f"kinds must be a non-empty subset of {list(VQA_KINDS)}, got {list(kinds)}")
     world = ShapesWorld(seed=seed)  # its text generator draws the count / exists / relation questions
@@ -496,11 +508,13 @@ def caption_distill_step(model: PrefixVLM, batch: dict) -> dict:
     trained; the gradient reaches only what the variant trains (the mapper, and Frozen's ViT).
     The prefix learns to make the LLM read on as if it had read the caption, not to write one.
     Logged: answer_kl (the positions that predict the answer)."""
+    check_batch_keys(batch, ("images", "prefix_ids", "caption_ids", "prefix_at", "caption_at", "suffix_mask",
+                             "answer_mask"), "caption_distill_batches")
     student = model(batch["images"], batch["prefix_ids"])  # (B, Tp, V)
     with torch.no_grad(), eval_mode(model.llm):
         teacher = model.llm(batch["caption_ids"])  # (B, Tc, V)
     kl = suffix_kl(student, teacher, batch["prefix_at"], batch["caption_at"], batch["suffix_mask"])  # (B, L)
-    loss = kl.sum() / batch["suffix_mask"].sum()
+    loss = kl.sum() / batch["suffix_mask"].sum().clamp(min=1)  # no suffix position: 0 (minivlm.losses' rule)
     answer = batch["answer_mask"]
     return {"loss": loss, "answer_kl": (kl.detach() * answer).sum() / answer.sum().clamp(min=1)}
 
@@ -508,9 +522,12 @@ def caption_distill_step(model: PrefixVLM, batch: dict) -> dict:
 # ----------------------------------------------------------------------------- evaluation
 def answer_figures(predictions: list[str], answers: Sequence[str], kinds: Sequence[str]) -> dict:
     """Exact-answer accuracy of predictions: dict(predictions, hits, accuracy, per_kind), each
-    accuracy an Estimate with its 95 % interval."""
-
-    hits = answer_hits(predictions, list(answers))
+    accuracy an Estimate with its 95 % interval. One answer and one kind per prediction."""
+    check_strings("predictions", predictions)
+    check_strings("answers", answers)
+    check_strings("kinds", kinds)
+    check_same_length(predictions=predictions, answers=answers, kinds=kinds)
+    hits = answer_hits(list(predictions), list(answers))
     per_kind = {k: interval([h for h, kk in zip(hits, kinds) if kk == k]) for k in sorted(set(kinds))}
     return {"predictions": predictions, "hits": hits, "accuracy": interval(hits), "per_kind": per_kind}
 

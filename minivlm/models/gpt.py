@@ -46,7 +46,7 @@ from minivlm.losses import lm_loss
 from minivlm.nn.attention import KVCache
 from minivlm.nn.blocks import ACTIVATIONS, MLPS, NORMS
 from minivlm.nn.text import TextTransformer
-from minivlm.utils import check_int, check_number, check_tensor, eval_mode, unwrap
+from minivlm.utils import check_int, check_number, check_strings, check_tensor, eval_mode, unwrap
 
 
 @dataclass
@@ -525,7 +525,8 @@ def kshot_figures(model: GPT, items) -> dict:
 def world_perplexity(model: GPT, documents: Sequence[str], batch_size: int = 128):
     """Perplexity of `model` on world-text documents ("<bos> ... <eos>"), with a bootstrap interval
     over documents (`minivlm.eval.perplexity`)."""
-
+    documents = check_strings("documents", documents)
+    check_int("batch_size", batch_size)
     tok = model.get_tokenizer()
     per_doc = []
     for a in range(0, len(documents), batch_size):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minivlm.generate import caption_texts
+from minivlm.generate import caption_texts, check_images_to_caption
 from minivlm.losses import lm_loss
 from minivlm.nn import Transformer, masks
 from minivlm.nn.inputs import (
@@ -122,6 +122,7 @@ class PrefixLM(TextInputs, nn.Module):
                 generator: torch.Generator | None = None) -> list[str]:
         """A caption per image: the prefix is the image and <bos>; decode until <eos> or max_len."""
         c = self.config
+        check_images_to_caption(images)
         check_images(images, c.image_size)
         with eval_mode(self):
             def next_logits(ids, rows):

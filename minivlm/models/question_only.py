@@ -31,7 +31,7 @@ from minivlm.data.pairs import check_batch_keys
 from minivlm.data.shapesworld import VQA_ANSWER_VOCAB
 from minivlm.nn.inputs import TextInputs, check_ids_in_vocab, fill_token_ids
 from minivlm.nn.text import check_token_ids
-from minivlm.utils import check_int, check_tensor, eval_mode
+from minivlm.utils import check_int, check_strings, check_tensor, eval_mode
 
 
 @dataclass
@@ -50,9 +50,7 @@ class QuestionOnlyConfig:
         for name in ("vocab_size", "dim", "hidden", "max_text_len"):
             check_int(name, getattr(self, name))
         check_ids_in_vocab(self)
-        if isinstance(self.answers, str) or not all(isinstance(a, str) for a in self.answers):
-            raise TypeError(f"answers must be a sequence of strings, got {self.answers!r}")
-        self.answers = tuple(self.answers)
+        self.answers = tuple(check_strings("answers", self.answers))
         if len(self.answers) < 2 or len(set(self.answers)) != len(self.answers):
             raise ValueError(f"answers must be at least 2 distinct strings, got {self.answers!r}")
 

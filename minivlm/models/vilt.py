@@ -32,7 +32,7 @@ from einops import rearrange
 from torch import nn
 
 from minivlm.data.masking import mlm_mask
-from minivlm.data.pairs import oracle_regions, step_world
+from minivlm.data.pairs import check_batch_keys, oracle_regions, step_world
 from minivlm.data.shapesworld import VQA_ANSWER_VOCAB, ShapesWorld
 from minivlm.data.tokenizer import Tokenizer
 from minivlm.losses import itm_loss, mlm_loss
@@ -462,6 +462,7 @@ def pretrain_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, 
 def _regions(model, batch) -> dict:
     core = getattr(model, "module", model)  # a DistributedDataParallel wrapper or the model
     if core.config.visual == "regions":
+        check_batch_keys(batch, ("boxes", "box_mask"), "pretrain_batches / vqa_batches (a regions-mode ViLT)")
         return {"boxes": batch["boxes"], "box_mask": batch["box_mask"]}
     return {}
 
@@ -470,6 +471,8 @@ def pretrain_step(model: ViLT, batch: dict) -> dict:
     """MLM + ITM, two forward passes as in the paper's code: the masked captions with their true
     images (MLM), then the half-mismatched pairs (ITM). Loss = MLM + ITM."""
     core = getattr(model, "module", model)
+    check_batch_keys(batch, ("images", "attention_mask", "mlm_ids", "mlm_labels", "itm_ids", "itm_mask", "itm_labels"),
+                     "pretrain_batches")
     regions = _regions(core, batch)
     t = batch["mlm_ids"].shape[1]
     hidden = model(batch["images"], batch["mlm_ids"], batch["attention_mask"], **regions)  # (B, L, D)
@@ -483,6 +486,7 @@ def pretrain_step(model: ViLT, batch: dict) -> dict:
 def vqa_step(model: ViLT, batch: dict) -> dict:
     """VQA fine-tuning: cross-entropy of the answer classifier on the pooled token."""
     core = getattr(model, "module", model)
+    check_batch_keys(batch, ("images", "ids", "attention_mask", "labels"), "vqa_batches")
     hidden = model(batch["images"], batch["ids"], batch["attention_mask"], **_regions(core, batch))
     logits = core.vqa_logits(core.pool(hidden))
     loss = F.cross_entropy(logits, batch["labels"])

@@ -14,7 +14,7 @@ from minivlm.data.tokenizer import Tokenizer
 from minivlm.nn.blocks import ACTIVATIONS
 from minivlm.nn.heads import check_temperature
 from minivlm.nn.text import check_token_ids
-from minivlm.utils import check_int, check_number, check_range, check_shape, check_tensor
+from minivlm.utils import check_int, check_number, check_range, check_shape, check_strings, check_tensor
 
 # The special tokens a config may name, and where they come from in the course tokenizer. A model
 # with more (BLIP's [ENC] and [DEC]) names its own: fill_token_ids(config, enc_id="<extra_0>").
@@ -78,7 +78,7 @@ def check_encoder_config(config, ints: tuple[str, ...] = ()) -> None:
         if f.type in (bool, "bool") and not isinstance(getattr(config, f.name), bool):
             raise TypeError(f"{f.name} must be True or False, got {getattr(config, f.name)!r}")
     if hasattr(config, "answers"):  # a VQA classifier's classes
-        config.answers = tuple(config.answers)
+        config.answers = tuple(check_strings("answers", config.answers))
         if len(config.answers) < 2 or len(set(config.answers)) != len(config.answers):
             raise ValueError(f"answers must be at least 2 distinct strings, got {config.answers!r}")
     check_ids_in_vocab(config)

@@ -23,7 +23,7 @@ from torch import nn
 
 from minivlm.nn.attention import MultiHeadAttention
 from minivlm.nn.blocks import MLP
-from minivlm.utils import check_dtype, check_int, check_number, check_tensor
+from minivlm.utils import check_dtype, check_int, check_number, check_strings, check_tensor
 
 
 def check_modality(modality: torch.Tensor, x: torch.Tensor, num_experts: int) -> torch.Tensor:
@@ -60,7 +60,7 @@ class Multiway(nn.Module):
         if not isinstance(experts, (list, tuple, nn.ModuleList)) or not experts \
                 or not all(isinstance(e, nn.Module) for e in experts):
             raise TypeError(f"experts must be a non-empty list of nn.Module, got {type(experts).__name__}")
-        if names is not None and len(names) != len(experts):
+        if names is not None and len(check_strings("names", names)) != len(experts):
             raise ValueError(f"need one name per expert, got {len(names)} names for {len(experts)} experts")
         self.experts = nn.ModuleList(experts)
         self.names = tuple(names) if names is not None else tuple(str(i) for i in range(len(experts)))
@@ -107,7 +107,7 @@ class MoMEBlock(nn.Module):
         check_int("dim", dim)
         check_int("heads", heads)
         check_number("mlp_ratio", mlp_ratio, 0, math.inf, lo_open=True, hi_open=True)
-        if isinstance(experts, str) or len(experts) < 1 or len(set(experts)) != len(experts):
+        if len(set(check_strings("experts", experts))) != len(experts):
             raise ValueError(f"experts must be distinct names (at least one), got {experts!r}")
         hidden = int(dim * mlp_ratio)
         if hidden < 1:

@@ -130,6 +130,9 @@ class VectorQuantizer(nn.Module):
         if z.numel() == 0:
             raise ValueError(f"z has no vectors to quantise (shape {tuple(z.shape)})")
         check_dtype("z", z, self.codebook.dtype)
+        if not bool(torch.isfinite(z).all()):  # every distance would be NaN: argmin picks code 0
+            raise ValueError(f"z must be finite, got {int((~torch.isfinite(z)).sum())} NaN/inf value(s) of "
+                             f"{z.numel()} (shape {tuple(z.shape)})")
 
     def forward(self, z: torch.Tensor) -> Quantized:
         """z (..., D) float → Quantized(quantized (..., D), indices (...), loss (), perplexity (),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextvars import ContextVar
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from minivlm.data.tokenizer import Tokenizer
-from minivlm.utils import count_parameters, state_dict_mismatches
+from minivlm.utils import check_device, count_parameters, state_dict_mismatches
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -45,8 +46,14 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+# The folder of the `load(name, weights_dir=...)` in progress: a model built on other entries
+# (chapter 10's prefix joins the zoo's clip and llm) loads them, and reads their manifests, from
+# the same folder, not from the package's.
+_LOADING_FROM: ContextVar[Path | None] = ContextVar("minivlm_zoo_loading_from", default=None)
+
+
 def _paths(name: str, out_dir: str | Path | None = None) -> tuple[Path, Path]:
-    d = Path(out_dir) if out_dir is not None else WEIGHTS_DIR
+    d = Path(out_dir) if out_dir is not None else _LOADING_FROM.get() or WEIGHTS_DIR
     return d / f"{name}.safetensors", d / f"{name}.json"
 
 
@@ -56,11 +63,19 @@ def manifest(name: str, weights_dir: str | Path | None = None) -> dict:
     path = _paths(name, weights_dir)[1]
     if not path.is_file():
         raise FileNotFoundError(f"no manifest for {name!r} at {path}: run `minivlm zoo build {name}`")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # a truncated or garbled file
+        raise ValueError(f"manifest {path} is not valid JSON ({exc}); expected the JSON object `minivlm zoo "
+                         f"build {name}` writes: run it again") from None
 
 
 def load(name: str, weights_dir: str | Path | None = None, device: str | torch.device | None = "cpu") -> nn.Module:
     """The pretrained model `name`, in eval mode, after checking its files against each other.
+
+    weights_dir: the folder holding `<name>.safetensors` and `<name>.json` (default: the package's);
+    the entries a model is built on (clipcap's clip and llm) are loaded from the same folder.
+    device: a torch.device or a string such as "cpu" or "cuda".
 
     Verified, each failure a ValueError naming the file and what differs:
       - the weights file's sha256 and size equal the manifest's `sha256` and `bytes`;
@@ -77,8 +92,19 @@ def load(name: str, weights_dir: str | Path | None = None, device: str | torch.d
     `minivlm zoo build <name>` reproduces those.
     """
     name = _check_name(name)
-    weights, manifest_path = _paths(name, weights_dir)
-    info = manifest(name, weights_dir)
+    device = check_device("device", device)
+    if weights_dir is None:
+        return _load(name, device)
+    token = _LOADING_FROM.set(Path(weights_dir))  # the entries it joins come from weights_dir too
+    try:
+        return _load(name, device)
+    finally:
+        _LOADING_FROM.reset(token)
+
+
+def _load(name: str, device: torch.device | None) -> nn.Module:
+    weights, manifest_path = _paths(name)
+    info = manifest(name)
     if not weights.is_file():
         raise FileNotFoundError(f"no weights for {name!r} at {weights}: run `minivlm zoo build {name}`")
     rebuild = f"run `minivlm zoo build {name}`"
@@ -153,7 +179,11 @@ def _stored_config(weights: Path) -> dict | None:
 
     with safe_open(str(weights), framework="pt") as f:
         text = (f.metadata() or {}).get(CONFIG_METADATA_KEY)
-    return None if text is None else json.loads(text)
+    try:
+        return None if text is None else json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{weights}: its stored config ({CONFIG_METADATA_KEY!r} metadata) is not valid JSON "
+                         f"({exc})") from None
 
 
 def save_weights(model: nn.Module, path: str | Path, config: dict) -> None:

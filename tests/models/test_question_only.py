@@ -150,7 +150,7 @@ def test_bad_input_is_named():
         question_only_step(model, [torch.ones(1, 3)])
     with pytest.raises(ValueError, match="at least 2 distinct"):
         QuestionOnlyConfig(answers=("yes", "yes"))
-    with pytest.raises(TypeError, match="answers must be a sequence of strings"):
+    with pytest.raises(TypeError, match="answers must be a list of strings, got one str"):
         QuestionOnlyConfig(answers="yes")
     with pytest.raises(ValueError, match="dim must be an int >= 1"):
         QuestionOnlyConfig(dim=0)

@@ -159,9 +159,12 @@ def test_mome_block_by_hand(n_experts):
 
 
 def test_mome_block_rejects_bad_expert_names():
-    for bad in ([], ("vision", "vision"), "vision"):
-        with pytest.raises(ValueError, match="experts must be distinct names"):
-            MoMEBlock(D, 2, experts=bad)
+    with pytest.raises(ValueError, match="experts must be distinct names"):
+        MoMEBlock(D, 2, experts=("vision", "vision"))
+    with pytest.raises(ValueError, match="experts must hold at least one string"):
+        MoMEBlock(D, 2, experts=[])
+    with pytest.raises(TypeError, match="experts must be a list of strings, got one str 'vision'"):
+        MoMEBlock(D, 2, experts="vision")
 
 
 def test_mome_block_routes_with_its_own_expert_count():
