@@ -58,7 +58,7 @@ from minivlm.data import ShapesBench, ShapesWorld, Tokenizer
 from minivlm.data.pairs import pretrain_batches
 from minivlm.data.shapesworld import COLORS, SHAPES
 from minivlm.eval import evaluate_hard_itm, evaluate_retrieval, interval, itc_similarity, retrieve
-from minivlm.losses import mix_targets, sample_negatives, soft_cross_entropy
+from minivlm.losses import mix_targets, momentum_itc, sample_negatives, soft_cross_entropy
 from minivlm.models.albef import ALBEF, ALBEF_CONFIG, ALBEFConfig, ALBEFPretrainer, pretrain_step
 from minivlm.models.clip import init_vision_from_clip
 from minivlm.models.clip import similarity as clip_similarity
@@ -260,18 +260,66 @@ print(f"the loss against these targets: {soft_cross_entropy(teacher, mixed):.3f}
 # one-hot. It says nothing about whether MoD helps; only the arms of section 8 can test that.
 
 # %% [markdown]
+# **ITC with the queue and MoD, written out.** One step's contrastive loss in full: the momentum
+# model's features of the batch join the queue's Q older features as the candidates; the targets
+# put the data's positives on the batch columns (several per row where several captions are true
+# of an image, normalised) and nothing on the queue, mixed with the momentum model's softmax; the
+# online features are scored against every candidate; then the momentum features enter the
+# queue. Checked against the library's `momentum_itc`, on a trainer around the zoo ALBEF:
+
+# %%
+def itc_with_queue_inline(trainer, image_f, text_f, image_f_m, text_f_m, positives, alpha):
+    scale, q = trainer.model.scale(), trainer.config.queue_size
+    with torch.no_grad():
+        text_all = torch.cat([text_f_m, trainer.text_queue.features])  # (B + Q, E) candidates for each image
+        image_all = torch.cat([image_f_m, trainer.image_queue.features])
+        pos = positives.float()
+        hard_i2t = torch.cat([pos / pos.sum(1, keepdim=True), torch.zeros(len(pos), q)], 1)  # the queue: no positive
+        hard_t2i = torch.cat([pos.t() / pos.t().sum(1, keepdim=True), torch.zeros(len(pos), q)], 1)
+        target_i2t = (1 - alpha) * hard_i2t + alpha * (scale * image_f_m @ text_all.t()).softmax(1)  # MoD
+        target_t2i = (1 - alpha) * hard_t2i + alpha * (scale * text_f_m @ image_all.t()).softmax(1)
+    log_p_i2t = (scale * image_f @ text_all.t()).log_softmax(1)  # (B, B + Q)
+    log_p_t2i = (scale * text_f @ image_all.t()).log_softmax(1)
+    return (-(target_i2t * log_p_i2t).sum(1).mean() - (target_t2i * log_p_t2i).sum(1).mean()) / 2
+
+
+itc_trainer = ALBEFPretrainer(albef).eval()  # eval: the library call below does not enqueue
+with torch.no_grad():
+    _, image_f = albef.encode_image(batch["images"])
+    _, text_f, _ = albef.encode_text(batch["ids"], batch["attention_mask"])
+    _, image_f_m = itc_trainer.momentum.encode_image(batch["images"])
+    _, text_f_m, _ = itc_trainer.momentum.encode_text(batch["ids"], batch["attention_mask"])
+    positives = batch["positives"]
+    ours = itc_with_queue_inline(itc_trainer, image_f, text_f, image_f_m, text_f_m, positives, config.alpha)
+    library, _, _ = momentum_itc(itc_trainer, image_f, text_f, image_f_m, text_f_m, positives, config.alpha)
+print(f"queue of {config.queue_size}: ITC inline {ours:.5f}, library {library:.5f}")
+assert torch.allclose(ours, library, atol=1e-5)
+
+# %% [markdown]
 # ## 4. ITM with hard negatives
 #
 # The fusion encoder must learn to say "no" — but "no" to another scene's caption is easy.
 # ALBEF picks, for every image, one negative caption **in proportion to the ITC softmax**: the
 # captions ITC finds most similar are drawn most often, never the positive (nor, here, any
 # caption that is also true of the image). The same for a negative image per caption. Each
-# step then fuses B true pairs and 2B negatives. With the zoo ALBEF's similarities on a batch:
+# step then fuses B true pairs and 2B negatives. Written out (checked against the library's
+# `sample_negatives` with the same random generator), with the zoo ALBEF's similarities on a batch:
 
 # %%
 batch = pretrain_batches(32, seed=11, noise=0.0)(0)
 with torch.no_grad():
     sim = itc_similarity(albef, batch["images"], [tok.decode(r) for r in batch["ids"]]) * albef.scale()
+
+
+def sample_negatives_inline(similarity, exclude, generator):
+    weights = similarity.softmax(dim=1).masked_fill(exclude, 0.0)  # never a positive; multinomial renormalises
+    return torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (B,) one column per row
+
+
+ours = sample_negatives_inline(sim, batch["positives"], torch.Generator().manual_seed(0))
+same = torch.equal(ours, sample_negatives(sim, batch["positives"], generator=torch.Generator().manual_seed(0)))
+print("inline hard negatives == library's:", same)
+assert same
 g = torch.Generator().manual_seed(0)
 neg_hard = sample_negatives(sim, batch["positives"], generator=g)
 neg_random = sample_negatives(torch.zeros_like(sim), batch["positives"], generator=g)
