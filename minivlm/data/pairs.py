@@ -22,7 +22,7 @@ import torch
 from minivlm.data.masking import mlm_mask
 from minivlm.data.shapesworld import VQA_ANSWER_VOCAB, ShapesWorld
 from minivlm.data.tokenizer import Tokenizer
-from minivlm.utils import check_int, check_number, check_tensor
+from minivlm.utils import check_int, check_keys, check_number, check_tensor
 
 
 def step_world(seed: int, step: int, image_size: int, noise: float = 0.0) -> ShapesWorld:
@@ -142,12 +142,7 @@ def pretrain_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, 
 def check_batch(batch: dict, b: int,
                  keys: tuple[str, ...] = ("images", "ids", "attention_mask", "mlm_ids", "mlm_labels")) -> torch.Tensor:
     """Every entry agrees on B (checked before any state changes); returns `positives` (B, B)."""
-    if not isinstance(batch, dict):
-        raise TypeError(f"batch must be a dict (see pretrain_batches), got {type(batch).__name__}")
-    missing = [k for k in keys if k not in batch]
-    if missing:
-        raise ValueError(f"batch is missing {missing}; pretrain_batches(...)(step) makes a complete one (expected "
-                         f"keys {list(keys)}, got {list(batch)})")
+    check_keys("batch", batch, keys, "pretrain_batches(...)(step)")
     for key in keys[1:]:
         x = batch[key]
         check_tensor(f"batch['{key}']", x, ndim=2)
