@@ -221,6 +221,24 @@ print("inline routes = the model's, in the three modes")
 # %% [markdown]
 # ## 3. Masked data modelling: one objective, three kinds of data
 #
+# The paper's overview figure, redrawn: one Multiway Transformer, one masked-prediction
+# objective, three kinds of input. Each row is one kind of data and the experts its tokens pass.
+
+# %%
+BEIT3 = {
+    "images": [("image, patches\nmasked in blocks", "input"), ("shared self-attention\n+ vision FFN", "vision"),
+               ("predict the visual\ntoken of each\nmasked patch", "head")],
+    "texts": [("text, 15 % of\nwords masked", "input"), ("shared self-attention\n+ language FFN", "text"),
+              ("predict each\nmasked word", "head")],
+    "image-text\npairs": [("image + text,\nboth masked", "input"),
+                          ("bottom blocks: vision /\nlanguage FFN per token", "fusion"),
+                          ("top blocks: the\nvision-language FFN", "fusion"),
+                          ("predict masked\ntokens and words", "head")],
+}
+NOTES = {"image-text\npairs": "the self-attention is shared by every token in every block; only the FFN (the expert) differs"}
+viz.plot_pipelines(BEIT3, NOTES);
+
+# %% [markdown]
 # Every pretraining step draws a batch of images, one of texts and one of image-text pairs:
 #
 # * **images** alone (image mode): about 40 % of the patches masked in blocks (a masked single
