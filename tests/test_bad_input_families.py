@@ -739,8 +739,9 @@ def test_a_model_on_other_entries_loads_them_from_weights_dir(tmp_path):
     with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path / 'clip.safetensors'))} is corrupt or stale"):
         zoo.load("clipcap", weights_dir=tmp_path)
     (tmp_path / "clip.json").unlink()
-    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "clip.json"))):
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "clip.json"))) as e:
         zoo.load("clipcap", weights_dir=tmp_path)
+    assert "out_dir=" in str(e.value) and "minivlm zoo build" not in str(e.value), "the hint must build into that folder"
     assert zoo.load("clip").config.embed_dim  # the package's own entries are read again after
 
 
@@ -752,3 +753,19 @@ def test_a_manifest_that_is_not_json_names_its_path(tmp_path, text):
         zoo.load("clip", weights_dir=tmp_path)
     with pytest.raises(ValueError, match="is not valid JSON"):
         zoo.manifest("clip", tmp_path)
+
+
+@pytest.mark.parametrize("fn", ["fact_recall", "kshot_figures"])
+@pytest.mark.parametrize("items, error", [("a red circle", TypeError), ([], ValueError), (["a red circle"], TypeError)],
+                         ids=["string", "empty", "strings"])
+def test_recall_and_kshot_items_must_be_their_items(fn, items, error):
+    import minivlm.models.gpt as gpt
+    from minivlm.data.incontext import kshot_items
+    from minivlm.data.worldtext import recall_items
+
+    model = gpt.GPT(gpt.GPTConfig(dim=32, depth=1, heads=2, max_len=40))
+    with pytest.raises(error, match="items must"):
+        getattr(gpt, fn)(model, items)
+    with pytest.raises(TypeError, match="RecallItem" if fn == "fact_recall" else "ShotItem"):
+        wrong = kshot_items("attribute", 1, 1) if fn == "fact_recall" else recall_items()[:1]
+        getattr(gpt, fn)(model, wrong)

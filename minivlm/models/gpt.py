@@ -38,8 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minivlm.data.incontext import ShotItem
 from minivlm.data.tokenizer import Tokenizer
-from minivlm.data.worldtext import WorldText
+from minivlm.data.worldtext import RecallItem, WorldText
 from minivlm.eval import answer_hits, interval, perplexity
 from minivlm.generate import generate
 from minivlm.losses import lm_loss
@@ -486,14 +487,27 @@ def lm_batches(batch_size: int = 64, max_len: int = 64, seed: int = 0, split: st
 
 
 # ----------------------------------------------------------------------------- evaluation
+def _items(items, item_type: type, maker: str) -> list:
+    """`items` as a non-empty list of `item_type` (a string or one item is a TypeError, not a
+    sequence of characters to ask)."""
+    if isinstance(items, (str, item_type)) or not hasattr(items, "__iter__"):
+        raise TypeError(f"items must be a list of {item_type.__name__} (from {maker}), got {type(items).__name__}")
+    items = list(items)
+    if not items:
+        raise ValueError(f"items must hold at least one {item_type.__name__} (from {maker})")
+    bad = [(i, type(it).__name__) for i, it in enumerate(items) if not isinstance(it, item_type)]
+    if bad:
+        raise TypeError(f"items must be a list of {item_type.__name__} (from {maker}), got {bad[0][1]} at index "
+                        f"{bad[0][0]}")
+    return items
+
+
 def fact_recall(model: GPT, items, use_cache: bool = True) -> dict:
     """Ask each `RecallItem` (minivlm.data.worldtext.recall_items) greedily: a hit when the text
     generated up to the first "." equals the answer. Returns dict(predictions, hits, accuracy
     (an Estimate), per_family {family: Estimate})."""
 
-    items = list(items)
-    if not items:
-        raise ValueError("items must hold at least one RecallItem")
+    items = _items(items, RecallItem, "minivlm.data.worldtext.recall_items")
     longest = max(len(it.answer.split()) for it in items)
     predictions = model.complete([it.prompt for it in items], max_new_tokens=longest + 1, use_cache=use_cache)
     hits = answer_hits(predictions, [it.answer for it in items])
@@ -508,9 +522,7 @@ def kshot_figures(model: GPT, items) -> dict:
     right kind (a colour for a colour rule), which a model can get from the format alone.
     Returns dict(predictions, exact, type (Estimates), per_rule {rule: exact Estimate})."""
 
-    items = list(items)
-    if not items:
-        raise ValueError("items must hold at least one ShotItem")
+    items = _items(items, ShotItem, "minivlm.data.incontext.kshot_items")
     tok = model.get_tokenizer()
     longest = max(len(tok.encode(it.answer)) for it in items)
     raw = model.complete([it.prompt for it in items], max_new_tokens=longest, stop=None)

@@ -57,12 +57,19 @@ def _paths(name: str, out_dir: str | Path | None = None) -> tuple[Path, Path]:
     return d / f"{name}.safetensors", d / f"{name}.json"
 
 
+def _rebuild(name: str, folder: Path) -> str:
+    """How to (re)build `name` into `folder`: the CLI writes only the package's folder."""
+    if folder.resolve() == WEIGHTS_DIR:
+        return f"run `minivlm zoo build {name}`"
+    return f"build it there with `minivlm.zoo.build({name!r}, out_dir={str(folder)!r})`"
+
+
 def manifest(name: str, weights_dir: str | Path | None = None) -> dict:
     """The JSON manifest of a zoo model: sha256, config, recipe, metrics, torch version, seconds."""
     name = _check_name(name)
     path = _paths(name, weights_dir)[1]
     if not path.is_file():
-        raise FileNotFoundError(f"no manifest for {name!r} at {path}: run `minivlm zoo build {name}`")
+        raise FileNotFoundError(f"no manifest for {name!r} at {path}: {_rebuild(name, path.parent)}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # a truncated or garbled file
@@ -105,9 +112,9 @@ def load(name: str, weights_dir: str | Path | None = None, device: str | torch.d
 def _load(name: str, device: torch.device | None) -> nn.Module:
     weights, manifest_path = _paths(name)
     info = manifest(name)
+    rebuild = _rebuild(name, weights.parent)
     if not weights.is_file():
-        raise FileNotFoundError(f"no weights for {name!r} at {weights}: run `minivlm zoo build {name}`")
-    rebuild = f"run `minivlm zoo build {name}`"
+        raise FileNotFoundError(f"no weights for {name!r} at {weights}: {rebuild}")
     if not isinstance(info, dict):
         raise ValueError(f"manifest {manifest_path} must hold a JSON object, got {type(info).__name__}; {rebuild}")
     for key in ("sha256", "config"):
