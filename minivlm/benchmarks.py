@@ -274,15 +274,15 @@ def bench_blip(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device:
     One step: encode the images, run the MED decoder mode with cross-attention to them, LM
     logits, next-word loss with label smoothing 0.1, backward, AdamW step; transformers' model
     does the same with `labels`. config: BLIPConfig fields over the chapter's shape
-    (`minivlm.models.blip.BLIP_CONFIG`), always post-LN text, no ViT pre-norm and a patch
-    bias (transformers' layout). device, threads and the returned dict as in `bench_clip`;
+    (`minivlm.models.blip.BLIP_CONFIG`), always post-LN text, no ViT pre-norm, a patch bias and
+    label smoothing 0.1 (transformers' layout and loss; the zoo BLIP trains without smoothing). device, threads and the returned dict as in `bench_clip`;
     params_ours counts only what the step uses (not the encoder's self-attention, the ITC
     projections, the ITM head or the temperature, which transformers' captioner lacks).
     """
 
     with _bench_setup(batch_size, repeats, warmup, device, threads) as dev:
         cfg = BLIPConfig(**{**BLIP_CONFIG, **config, "text_norm_first": False, "vision_pre_norm": False,
-                            "patch_bias": True})
+                            "patch_bias": True, "label_smoothing": 0.1})  # transformers' captioner smooths by 0.1
         torch.manual_seed(seed)
         ours = BLIP(cfg).to(dev).train()
         hf, hf_version = hf_blip_like(cfg)

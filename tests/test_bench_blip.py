@@ -18,7 +18,7 @@ from minivlm.models.blip import (
 from minivlm.models.blip_hf import blip_from_hf  # noqa: E402
 
 TINY = dict(dim=32, vision_depth=1, text_depth=1, heads=2, embed_dim=16, patch_size=8, max_text_len=24)
-LAYOUT = dict(text_norm_first=False, vision_pre_norm=False, patch_bias=True)
+LAYOUT = dict(text_norm_first=False, vision_pre_norm=False, patch_bias=True, label_smoothing=0.1)  # transformers
 
 
 def test_benchmark_builds_the_same_model():
