@@ -261,10 +261,11 @@ for kind, r in ablation.items():
 # %% [markdown]
 # **What the run shows** (the figures printed above). With its own image the pretrained ViLT
 # recovers a masked colour far more often than with another scene's image: its MLM head reads
-# the colour from the pixels. For shapes the two arms are much closer: the head recovers a shape
-# little better from the right image than from a wrong one, so at this model's size MLM has
-# learnt to read colour from the image far more than shape. Why shape lags is untested here (no
-# arm varies what the model could use to see shape: patch size, resolution, training steps).
+# the colour from the pixels. For shapes the two arms are much closer, though their intervals
+# may still separate: the head recovers a shape only a little better from the right image than
+# from a wrong one, so this model's MLM has learnt to read colour from the image far more than
+# shape. Why shape lags is untested here (no arm varies what the model could use to see shape:
+# patch size, resolution, training steps).
 #
 # ## Put together: your pieces inside a ViLT
 #
@@ -304,10 +305,7 @@ if ready:
     viz.plot_masks({f"pair {i}": mask[i] for i in range(3)})
 
 # %%
-if ready:
-    tok = Tokenizer.from_world()
-    special_ids = torch.tensor(sorted(tok._special_ids))
-    word_ids = torch.tensor([i for i in range(len(tok)) if i not in tok._special_ids])
+if ready:  # tok, special_ids and word_ids: the cell before task 2
     captions8 = [world.caption(s) for s in world.sample(8)]
     ids, text_mask = tok(captions8, add_bos=True, add_eos=True)
     inputs, labels = mlm_mask(ids, special_ids, tok.mask_id, word_ids)
