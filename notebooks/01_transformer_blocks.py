@@ -325,9 +325,10 @@ assert end_loss < 0.5 * start_loss, "the caption LM's loss should at least halve
 #   unseen scenes; the accuracy by object size printed above shows where its errors fall.
 # * The same block stack over words, with a causal mask, becomes a language model.
 #
-# **Exercises:** `exercises/01_transformer_blocks.ipynb` — write attention, a causal mask, a
-# prefix mask and patchify yourself; `minivlm check exercises/01_transformer_blocks.ipynb`
-# tells you what is wrong.
+# **Exercises:** `exercises/01_transformer_blocks.ipynb` — multi-head attention from its weight
+# matrices, one mask for a padded batch of prefix-LM sequences, a ViT's input tokens, and an
+# experiment: the same tiny model trained with a causal and with a bidirectional mask;
+# `minivlm check exercises/01_transformer_blocks.ipynb` tells you what is wrong.
 #
 # **References.** Vaswani et al., *Attention Is All You Need* (2017); Xiong et al., *On Layer
 # Normalization in the Transformer Architecture* (2020, pre-LN); Dosovitskiy et al., *An Image

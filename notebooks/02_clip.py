@@ -538,8 +538,9 @@ assert ret["i2t_r1"] > 10 / len(sim), "retrieval R@1 should be far above chance"
 #   supervised tower pretrained on other data), so read it as what a good locked tower buys at
 #   a small step budget, as measured in this run.
 #
-# **Exercises:** `exercises/02_clip.ipynb` — the symmetric loss from logits, normalise-and-score,
-# a zero-shot classifier from class names and templates, and recall@k;
+# **Exercises:** `exercises/02_clip.ipynb` — the loss for a batch that repeats a caption (every
+# pair of a group a positive), a zero-shot classifier from class names and templates, recall@k
+# with several right answers per query, and an experiment: the temperature learned or fixed;
 # `minivlm check exercises/02_clip.ipynb` tells you what is wrong.
 #
 # **References.** Radford et al., *Learning Transferable Visual Models From Natural Language

@@ -719,9 +719,11 @@ assert min(r["vqa"]["value"] for r in vilt_manifest["arms"]["pretrained"]) > \
 #   head start to drop the detector; on real images, with pretraining at scale, the paper
 #   found it a good trade.
 #
-# **Exercises:** `exercises/03_vilt.ipynb` — MLM masking (80/10/10, never specials), the MLM
-# loss, the single-stream input (modality types and the joint padding mask), and ITM pairs with
-# true negatives; `minivlm check exercises/03_vilt.ipynb` tells you what is wrong.
+# **Exercises:** `exercises/03_vilt.ipynb` — the single stream of the region pipeline (modality
+# types and one attention mask over padded words and empty region slots), MLM masking (80/10/10,
+# never specials), the MLM loss, ITM pairs with true negatives, and an experiment: does the
+# pretrained ViLT's masked-word prediction read the image (its own image against another scene's);
+# `minivlm check exercises/03_vilt.ipynb` tells you what is wrong.
 #
 # **References.** Kim, Son and Kim, *ViLT: Vision-and-Language Transformer Without
 # Convolution or Region Supervision* (ICML 2021); Li et al., *VisualBERT: A Simple and

@@ -14,56 +14,58 @@
 # %% [markdown]
 # # 03 · ViLT — exercises
 #
-# Four pieces of chapter 03 (`notebooks/03_vilt.ipynb`) to write yourself: the single sequence
-# `[text ; image]` that ViLT's one Transformer reads, BERT's masking for masked-language
-# modelling (MLM), the MLM loss, and the pairs for image-text matching (ITM). The cell after each
-# task runs `check(...)` on fresh inputs and tells you what is wrong. At the end your pieces run
-# inside a freshly built ViLT from the library (`minivlm/models/vilt.py`). Grade the whole
+# Chapter 03 (`notebooks/03_vilt.ipynb`) wrote ViLT's single stream for patches, where every
+# image token is real, and used the library's masking and losses. Here you write the next steps:
+# the single stream of the *region* pipeline (section 5), where an image has empty region slots;
+# BERT's masking for masked-language modelling (MLM); the MLM loss; and the pairs for image-text
+# matching (ITM). Then an experiment: does the pretrained ViLT's masked-word prediction read the
+# image? The cell after each task runs `check(...)` on fresh inputs and tells you what is wrong.
+# At the end your pieces run inside the library's ViLT (`minivlm/models/vilt.py`). Grade the whole
 # notebook from a terminal with `minivlm check exercises/03_vilt.ipynb`.
 
 # %%
 import math
 
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
+from minivlm import viz, zoo
 from minivlm.data import ShapesWorld, Tokenizer
 from minivlm.grading import check
 
 _ = torch.manual_seed(0)
 
 # %% [markdown]
-# ## Task 1 — one sequence for one Transformer
+# ## Task 1 — one sequence for one Transformer, with empty region slots
 #
-# ViLT has no vision encoder: the image is cut into patches, each patch is projected to a
-# `D`-dimensional token, and the text tokens and the image tokens go through **one** Transformer
-# together, so that every word can attend to every patch from the first layer on. Two things
-# prepare that single stream:
+# In the region pipeline (chapter 03 §5) an image becomes its CLS token and up to `R` region
+# tokens, one per box a detector found; an image with fewer objects leaves slots empty. Text and
+# image tokens then go through **one** Transformer, so two things prepare the stream:
 #
 # - a **modality embedding**, a learned `(2, D)` table: row 0 is added to every text token and
-#   row 1 to every image token, so that a token "knows" which modality it comes from;
-# - a **joint padding mask**: captions are right-padded to the longest in the batch, and no
-#   token may attend to padding; image tokens are never padding.
+#   row 1 to every image token;
+# - an **attention mask** over the joint sequence: no token may attend to a padded word or to an
+#   empty region slot.
 #
-# `text_tokens` is `(B, T, D)`, `image_tokens` `(B, N, D)`, `modality` `(2, D)` and `text_mask`
-# `(B, T)` bool, True on real tokens. Return `x`, the `(B, T + N, D)` sequence **text first**,
-# and `valid`, the `(B, T + N)` bool mask that is True on every real token. Do not change the
-# tensors you are given.
+# `text_tokens` is `(B, T, D)`, `image_tokens` `(B, N, D)`, `modality` `(2, D)`, `text_mask`
+# `(B, T)` and `image_mask` `(B, N)` bool, True on real tokens. Return `x`, the `(B, T + N, D)`
+# sequence **text first**, and `mask`, the `(B, T + N, T + N)` bool attention mask: `mask[b, i, j]`
+# is True when token `i` may attend to token `j`. Gradients must reach the three float inputs;
+# do not change the tensors you are given.
 
 # %%
-def single_stream_input(text_tokens, image_tokens, modality, text_mask):
-    ### BEGIN SOLUTION hint: each modality's row of the table goes onto its own tokens; join along the sequence axis,
-    ###     text first; which image tokens are real?
+def joint_input(text_tokens, image_tokens, modality, text_mask, image_mask):
+    ### BEGIN SOLUTION hint: chapter 03 §2 (the single stream: modality-type embeddings, the joint padding mask) and
+    ###     §5 (region tokens, some slots empty); chapter 01 §3: padding is a rule about keys
     x = torch.cat([text_tokens + modality[0], image_tokens + modality[1]], dim=1)  # (B, T + N, D)
-    image_valid = torch.ones(image_tokens.shape[:2], dtype=torch.bool)  # (B, N): no image token is padding
-    valid = torch.cat([text_mask.bool(), image_valid], dim=1)  # (B, T + N)
-    return x, valid
+    valid = torch.cat([text_mask.bool(), image_mask.bool()], dim=1)  # (B, T + N): real tokens
+    mask = valid[:, None, :].expand(-1, valid.shape[1], -1)  # (B, L, L): key j must be real
+    return x, mask
     ### END SOLUTION
 
 
 # %%
-check("03.single_stream_input", single_stream_input)
+check("03.joint_input", joint_input)
 
 # %% [markdown]
 # ## Task 2 — BERT's masking
@@ -93,14 +95,17 @@ print(ids)
 
 # %% [markdown]
 # `ids` is `(B, T)` (`<bos> words <eos>`, then `<pad>`), `special_ids` and `word_ids` are 1-D
-# tensors of ids, `mask_id` an int. Return `(inputs, labels)`, both `(B, T)`. Leave `ids` itself
-# unchanged. Use `torch.rand` / `torch.randint` for the random choices: the check calls your
-# function many times and measures the rates.
+# tensors of ids, `mask_id` an int. Return `(inputs, labels)`, both `(B, T)` and `torch.long` (the
+# cross-entropy takes no other targets). Leave `ids` itself unchanged. Use `torch.rand` /
+# `torch.randint` for the random choices, one for every word: the check calls your function many
+# times and measures the rates and how the choices fall (every word with its own coin, every
+# replaced word with its own random word, a different masking on every call).
 
 # %%
 def mlm_mask(ids, special_ids, mask_id, word_ids, prob=0.15):
-    ### BEGIN SOLUTION hint: only ids outside special_ids may be chosen, each with probability prob; one more uniform
-    ###     draw per chosen word decides its fate; change a copy of ids, and label with the ids you started from
+    ### BEGIN SOLUTION hint: chapter 03 §3 (MLM: BERT's recipe, and the ratios it measures over twenty batches): a
+    ###     coin per real word, then one more draw per chosen word for its fate; the labels are what the model must
+    ###     recover, and the caller's ids stay as they were
     chosen = ~torch.isin(ids, special_ids) & (torch.rand(ids.shape) < prob)  # (B, T) real words only
     fate = torch.rand(ids.shape)  # [0, 0.8): <mask>, [0.8, 0.9): a random word, [0.9, 1): kept
     to_mask = chosen & (fate < 0.8)
@@ -124,12 +129,14 @@ check("03.mlm_mask", mlm_mask)
 # every word of the vocabulary at every position. Return the mean cross-entropy over the
 # **chosen** positions only (label ≠ -100), as a scalar tensor attached to the logits. Unlike a
 # causal language model, MLM predicts the word *at its own position*: there is no shift. A batch
-# of short captions can have no chosen word at all; then return 0, not NaN (a mean over zero
-# words).
+# of short captions can have no chosen word at all (and a batch can be empty); then return 0, not
+# NaN (a mean over zero words), and a 0 that is still part of the graph, so that
+# `loss.backward()` runs on every batch.
 
 # %%
 def mlm_loss(logits, labels):
-    ### BEGIN SOLUTION hint: keep only the positions whose label is not -100; what is the mean of an empty set?
+    ### BEGIN SOLUTION hint: chapter 03 §2, the MLM equation: a mean over the chosen positions M only, at each word's
+    ###     own position; a batch with M empty still has to give a loss that backward() can run through
     chosen = labels != -100  # (B, T)
     if not chosen.any():
         return logits.sum() * 0.0  # nothing to predict: 0, still attached to the graph
@@ -153,12 +160,14 @@ check("03.mlm_loss", mlm_loss)
 #
 # `scenes` is a list of B ShapesWorld scenes (`scene.names` lists their objects, e.g.
 # `['red circle', 'blue square']`, in no particular order) and `captions` their B captions.
-# Return the list of B captions to pair with the images and the labels, a `(B,)` long tensor.
+# Return the list of B captions to pair with the images and the labels, a `(B,)` `torch.long`
+# tensor. Leave both lists as they are.
 
 # %%
 def itm_pairs(scenes, captions):
-    ### BEGIN SOLUTION hint: a coin per pair; a negative's partner is any scene whose objects, as a set, differ; 1 =
-    ###     match
+    ### BEGIN SOLUTION hint: chapter 03 §3 (ITM: half the pairs, chosen at random, get the caption of a scene with a
+    ###     different set of objects) and the ITM equation of §2 (y = 1 for a match, class indices for the
+    ###     cross-entropy)
     objects = [sorted(s.names) for s in scenes]  # order does not matter: compare the sets
     texts, labels = [], []
     for i in range(len(scenes)):
@@ -177,87 +186,155 @@ def itm_pairs(scenes, captions):
 # %%
 check("03.itm_pairs", itm_pairs)
 
+
 # %% [markdown]
+# ## Task 5 — the experiment: does masked-word prediction read the image?
+#
+# Chapter 03 §3 says that a masked *colour* or *shape* can only be recovered by looking at the
+# image — that is what makes MLM a vision-language objective. Measure it on the zoo's pretrained
+# ViLT: hide words, and compare the MLM head's accuracy when each caption sees its own image and
+# when it sees another scene's.
+#
+# Write `image_ablation(model, images, captions, words)`: `model` is a ViLT, `images` `(B, 3, H, W)`
+# and `captions` B strings (caption `i` describes image `i`), `words` a list of words (e.g. the
+# colour names). Tokenize the captions with `model.tokenize(captions)` (ids and mask, `<bos> …
+# <eos>`, padded), replace **every** occurrence of the words by `<mask>` (the ids come from
+# `model.get_tokenizer()`: its `.id(word)` and `.mask_id`), run `model(images, ids, mask)` (hidden
+# states `(B, T + 1 + N, D)`, text first) and read `model.mlm_logits(hidden[:, :T])`. Return a dict:
+#
+# - `"true"`: the accuracy of the head's top word at the masked positions, each caption with its
+#   own image;
+# - `"shuffled"`: the same with every caption paired with the previous scene's image (the images
+#   rolled by one along the batch);
+# - `"n"`: the number of masked words.
+#
+# Only measure: change nothing about the model (its weights, its mode) or the inputs. The check
+# runs your function on fresh scenes, with the zoo model and with an untrained one, on colour words
+# and on shape words, and measures again.
+
+# %%
+def image_ablation(model, images, captions, words):
+    ### BEGIN SOLUTION hint: chapter 03 §2 (where the text positions sit in the single stream, and the MLM head on
+    ###     them) and §3 (what a masked colour or shape needs); the two arms differ only in which image each
+    ###     caption sees
+    tok = model.get_tokenizer()
+    ids, text_mask = model.tokenize(captions)  # (B, T)
+    target = torch.isin(ids, torch.tensor([tok.id(w) for w in words]))  # (B, T): every occurrence
+    masked = ids.masked_fill(target, tok.mask_id)
+    results = {}
+    with torch.no_grad():
+        for arm, shown in (("true", images), ("shuffled", images.roll(1, dims=0))):
+            logits = model.mlm_logits(model(shown, masked, text_mask)[:, : ids.shape[1]])  # (B, T, V)
+            results[arm] = (logits.argmax(-1)[target] == ids[target]).float().mean().item()
+    results["n"] = int(target.sum())
+    return results
+    ### END SOLUTION
+
+
+# %%
+check("03.image_ablation", image_ablation)
+
+# %% [markdown]
+# Your experiment on 512 fresh test scenes, colour words and shape words, with 95 % intervals.
+# Chance is one word in the vocabulary; knowing only that a colour (or a shape) goes there is one
+# in eight (one in six).
+
+# %%
+import time  # noqa: E402
+
+from minivlm.data.shapesworld import COLORS, SHAPES  # noqa: E402
+from minivlm.eval import wilson  # noqa: E402
+
+pretrained = zoo.load("vilt_pretrained").eval()
+world = ShapesWorld(seed=2024, split="test")
+scenes = world.sample(512)
+images, captions = world.render(scenes), [world.caption(s) for s in scenes]
+start = time.perf_counter()
+ablation = {"colour": image_ablation(pretrained, images, captions, list(COLORS)),
+            "shape": image_ablation(pretrained, images, captions, list(SHAPES))}
+print(f"measured in {time.perf_counter() - start:.1f} s")
+for kind, r in ablation.items():
+    n = r["n"]
+    print(f"{kind:7} words ({n}):  own image {wilson(round(r['true'] * n), n)}   another scene's image "
+          f"{wilson(round(r['shuffled'] * n), n)}")
+
+# %% [markdown]
+# **What the run shows** (the figures printed above). With its own image the pretrained ViLT
+# recovers a masked colour far more often than with another scene's image: its MLM head reads
+# the colour from the pixels. For shapes the two arms are much closer, though their intervals
+# may still separate: the head recovers a shape only a little better from the right image than
+# from a wrong one, so this model's MLM has learnt to read colour from the image far more than
+# shape. Why shape lags is untested here (no arm varies what the model could use to see shape:
+# patch size, resolution, training steps).
+#
 # ## Put together: your pieces inside a ViLT
 #
-# First your masking on real ShapesWorld captions; then your single stream through the
-# Transformer of a freshly built (untrained) library ViLT, which must give exactly what
-# `ViLT.forward` gives; then both pretraining losses on a batch from `pretrain_batches`.
+# Your joint input through the Transformer of a freshly built region-based ViLT (the library's
+# `visual="regions"`, chapter 03 §5) must give exactly what `ViLT.forward` gives; your masking on
+# real captions; both pretraining losses on a batch from `pretrain_batches`.
 
 # %%
 from minivlm import grading  # noqa: E402
 
-yours = {"03.single_stream_input": single_stream_input, "03.mlm_mask": mlm_mask, "03.mlm_loss": mlm_loss,
-         "03.itm_pairs": itm_pairs}
+yours = {"03.joint_input": joint_input, "03.mlm_mask": mlm_mask, "03.mlm_loss": mlm_loss, "03.itm_pairs": itm_pairs}
 ready = all(grading.run(task, fn).passed for task, fn in yours.items())
-print("all four tasks pass: running your functions in a ViLT" if ready
-      else "finish the four tasks above first: the next cells use all of them")
+print("tasks 1-4 pass: running your functions in a ViLT" if ready
+      else "finish tasks 1-4 first: the next cells use them")
 
 # %%
 if ready:
-    world = ShapesWorld(seed=0)
-    captions = [world.caption(s) for s in world.sample(8)]
-    ids, text_mask = tok(captions, add_bos=True, add_eos=True)
+    from minivlm.data.pairs import oracle_regions
+    from minivlm.models.vilt import ViLT, ViLTConfig
+
+    region_vilt = ViLT(ViLTConfig(visual="regions")).eval()  # freshly initialised: untrained
+    shown = world.sample(6)
+    region_images = world.render(shown)
+    boxes, box_mask = oracle_regions(shown)  # (B, R, 4), (B, R): empty slots where a scene has fewer objects
+    ids, text_mask = region_vilt.tokenize([world.caption(s) for s in shown])
+    modality = region_vilt.modality_embed.weight  # (2, D)
+    with torch.no_grad():
+        text_tokens = region_vilt.embed_text(ids) - modality[0]  # the library adds the modality row: take it off
+        image_tokens = region_vilt.embed_image(region_images, boxes) - modality[1]  # (B, 1 + R, D)
+        image_mask = torch.cat([torch.ones(len(shown), 1, dtype=torch.bool), box_mask], dim=1)  # the CLS is real
+        x, mask = joint_input(text_tokens, image_tokens, modality, text_mask, image_mask)
+        hidden = region_vilt.norm(region_vilt.transformer(x, mask=mask))
+        reference = region_vilt(region_images, ids, text_mask, boxes=boxes, box_mask=box_mask)
+    print(f"text {tuple(text_tokens.shape)} + image {tuple(image_tokens.shape)} → x {tuple(x.shape)}; "
+          f"{int((~box_mask).sum())} empty region slots")
+    print(f"max |your stream − ViLT.forward| = {(hidden - reference).abs().max():.2e}")
+    viz.plot_masks({f"pair {i}": mask[i] for i in range(3)})
+
+# %%
+if ready:  # tok, special_ids and word_ids: the cell before task 2
+    captions8 = [world.caption(s) for s in world.sample(8)]
+    ids, text_mask = tok(captions8, add_bos=True, add_eos=True)
     inputs, labels = mlm_mask(ids, special_ids, tok.mask_id, word_ids)
-    for i, caption in enumerate(captions):
+    for i, caption in enumerate(captions8[:4]):
         masked = tok.decode(inputs[i][text_mask[i]][1:-1], skip_special=False)  # without <bos>, <eos>, padding
         targets = [tok.vocab[j] for j in labels[i][labels[i] != -100].tolist()]
         print(f"  {caption}\n→ {masked}    predict: {targets}\n")
 
 # %% [markdown]
-# The model sees the masked caption and the image; the MLM loss asks it for every chosen word,
-# the ones hidden behind `<mask>`, the ones replaced by a random word and the ones left as they
-# were. The single stream: text tokens (`LN(word + position)`) and image tokens (the image CLS,
-# then one token per 8×8 patch, plus positions) built by hand from the model's own layers, joined
-# by your function, through the model's Transformer.
+# Both losses of pretraining on the zoo's pretrained ViLT. `pretrain_step` is the library's
+# training step; your MLM loss on its masked captions gives the same number; your ITM pairs get
+# the library's ITM loss (chance is ln 2).
 
 # %%
 if ready:
     from minivlm.losses import itm_loss
-    from minivlm.models.vilt import ViLT, ViLTConfig, pretrain_batches, pretrain_step
-    from minivlm.nn import masks
+    from minivlm.models.vilt import pretrain_batches, pretrain_step
 
-    model = ViLT(ViLTConfig()).eval()  # freshly initialised: untrained
-    batch = pretrain_batches(batch_size=16, seed=0)(0)
-    images, ids, text_mask = batch["images"], batch["ids"], batch["attention_mask"]
+    batch = pretrain_batches(batch_size=64, seed=0)(0)
+    t = batch["ids"].shape[1]
     with torch.no_grad():
-        text_tokens = model.text_norm(model.word_embeddings(ids) + model.text_pos[:, : ids.shape[1]])  # (B, T, D)
-        patches = model.patch_embed((images - model.image_mean) / model.image_std)  # (B, N, D)
-        image_tokens = torch.cat([model.image_cls.expand(len(images), -1, -1), patches], 1) + model.image_pos
-        x, valid = single_stream_input(text_tokens, image_tokens, model.modality_embed.weight, text_mask)
-        hidden = model.norm(model.transformer(x, mask=masks.padding(valid)))  # (B, T + 1 + N, D)
-        reference = model(images, ids, text_mask)
-    print(f"text {tuple(text_tokens.shape)} + image {tuple(image_tokens.shape)} → x {tuple(x.shape)}")
-    print(f"max |your stream − ViLT.forward| = {(hidden - reference).abs().max():.2e}")
-
-# %%
-if ready:
-    t = ids.shape[1]
-    plt.figure(figsize=(8, 2.2))
-    plt.imshow(valid.int(), cmap="Blues", aspect="auto", interpolation="nearest")
-    plt.axvline(t - 0.5, color="red")
-    plt.xlabel(f"position: text (0..{t - 1}) | image ({t}..{valid.shape[1] - 1})")
-    plt.ylabel("pair")
-    plt.title("valid: the joint padding mask (blue = a real token)")
-    plt.show()
-
-# %% [markdown]
-# Both losses of pretraining. An untrained model guesses: the MLM loss is near ln V (one word in
-# V) and the ITM loss near ln 2 (a coin). `pretrain_step` is the library's training step; your
-# MLM loss on its masked captions gives the same number.
-
-# %%
-if ready:
-    with torch.no_grad():
-        mlm_logits = model.mlm_logits(model(images, batch["mlm_ids"], text_mask)[:, :t])  # (B, T, V)
-        library = pretrain_step(model, batch)
-        scenes = world.sample(16)
-        texts, itm_labels = itm_pairs(scenes, [world.caption(s) for s in scenes])
-        itm_ids, itm_mask = model.tokenize(texts)
-        itm_logits = model.itm_logits(model.pool(model(world.render(scenes), itm_ids, itm_mask)))  # (B, 2)
+        mlm_logits = pretrained.mlm_logits(pretrained(batch["images"], batch["mlm_ids"], batch["attention_mask"])[:, :t])
+        library = pretrain_step(pretrained, batch)
+        scenes64 = ShapesWorld(seed=5, split="train").sample(64)
+        texts, itm_labels = itm_pairs(scenes64, [world.caption(s) for s in scenes64])
+        itm_ids, itm_mask = pretrained.tokenize(texts)
+        itm_logits = pretrained.itm_logits(pretrained.pool(pretrained(world.render(scenes64), itm_ids, itm_mask)))
     print(f"MLM loss: yours {mlm_loss(mlm_logits, batch['mlm_labels']):.4f}, pretrain_step {library['mlm']:.4f} "
           f"(ln V = {math.log(len(tok)):.2f})")
     print(f"ITM loss: on your pairs {itm_loss(itm_logits, itm_labels):.4f}, on pretrain_batches' pairs "
           f"{library['itm']:.4f} (ln 2 = {math.log(2):.3f})")
-    for text, label in list(zip(texts, itm_labels.tolist()))[:4]:
-        print(f"  {'match   ' if label else 'no match'}  {text}")
+    print(f"ITM accuracy on your pairs: {(itm_logits.argmax(1) == itm_labels).float().mean():.1%}")

@@ -34,6 +34,7 @@ __all__ = [
     "expect_close",
     "expect_dtype",
     "expect_equal",
+    "expect_gradients",
     "expect_shape",
     "fresh_generator",
     "is_close",
@@ -302,6 +303,41 @@ def reduction_mistakes(logits, ids, target, unit: str, targets: str) -> list:
          "the raw logits were used as log-probabilities (F.nll_loss on logits): take log_softmax first, or use "
          "F.cross_entropy, which does"),
     ]
+
+
+def expect_gradients(name: str, got, want, leaves: dict, atol: float = 1e-4, rtol: float = 1e-3) -> None:
+    """`got` (the learner's output) must pass gradients to every tensor of `leaves` (name -> a leaf
+    with requires_grad) as `want` (the reference, computed from the same leaves) does: both are
+    weighted by one random tensor, summed and differentiated. Catches an output computed through
+    `.data`, `.detach()`, `.item()` or a new tensor (`torch.tensor(loss.item())`), and a leaf that
+    the learner's computation leaves out or reaches in the wrong place."""
+    import torch
+
+    got = tensor_answer(name, got)
+    if got.grad_fn is None:
+        through = ", ".join(leaves)
+        raise GradingFailure(
+            f"{name} carries no gradient (it has no grad_fn): it was computed through .data, .detach(), .item() or "
+            f"a new tensor such as torch.tensor(...), so training would never reach {through}; compute it with "
+            f"tensor operations on the inputs")
+    if tuple(got.shape) != tuple(want.shape):
+        raise GradingFailure(f"{name}: wrong shape: expected {tuple(want.shape)}, got {tuple(got.shape)}")
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
+    weight = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    names = list(leaves)
+    ref = torch.autograd.grad((want.double() * weight).sum(), [leaves[n] for n in names], allow_unused=True)
+    mine = torch.autograd.grad((got.double() * weight).sum(), [leaves[n] for n in names], allow_unused=True)
+    for leaf, r, m in zip(names, ref, mine):
+        if r is None or not bool(r.abs().gt(0).any()):
+            continue  # the reference sends it no gradient either
+        if m is None or not bool(m.abs().gt(0).any()):
+            raise GradingFailure(
+                f"no gradient reaches {leaf} through {name}: it was used through .data or .detach() (or not used), "
+                f"so training would never update it")
+        if not is_close(m, r, atol=atol, rtol=rtol):
+            raise GradingFailure(f"the gradient of {name} with respect to {leaf} differs from the reference's (max "
+                                 f"|diff| {float((m - r).abs().max()):.3g}): part of it is computed outside the graph "
+                                 f"or in the wrong place")
 
 
 def is_close(a, b, atol: float = 1e-4, rtol: float = 1e-4) -> bool:
