@@ -214,9 +214,4 @@ def vqa_batches(batch_size: int = 64, seed: int = 0, image_size: int = 32, token
 def check_batch_keys(batch, keys: tuple[str, ...], maker: str) -> None:
     """TypeError unless batch is a dict, ValueError naming the missing keys and the function that
     makes a complete batch (`maker`)."""
-    if not isinstance(batch, dict):
-        raise TypeError(f"batch must be a dict (see {maker}), got {type(batch).__name__}")
-    missing = [k for k in keys if k not in batch]
-    if missing:
-        raise ValueError(f"batch is missing {missing}; {maker}(...)(step) makes a complete one (expected keys "
-                         f"{list(keys)}, got {list(batch)})")
+    check_keys("batch", batch, keys, f"{maker}(...)(step)")
