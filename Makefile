@@ -54,8 +54,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	@# Test-only references installed --no-deps: torchscale's Multiway layers (chapter 05; its
 	@# requirements timm and fairscale pull torchvision, which does not import beside the CPU torch)
 	@# and the COCO caption scorers of pycocoevalcap (chapter 06; BLEU and CIDEr need none of its
-	@# requirements, pycocotools and Java). The code the tests compare needs only torch and numpy.
-	$(BIN)/python -m pip install --no-deps "torchscale==0.3.0" "pycocoevalcap==1.2"
+	@# requirements, pycocotools and Java), and lucidrains' flamingo-pytorch (chapter 11) with the
+	@# einops helper it imports. The code the tests compare needs only torch, numpy and einops.
+	$(BIN)/python -m pip install --no-deps "torchscale==0.3.0" "pycocoevalcap==1.2" "flamingo-pytorch==0.1.2" \
+		"einops-exts==0.0.4"
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -95,3 +95,30 @@ def expand(mask: torch.Tensor, batch: int, tq: int, tk: int) -> torch.Tensor:
     # A query that may attend to nothing (a padded query in a padded batch, say) would give
     # NaN from the softmax; let it see every key instead. Its output is padding anyway.
     return mask | ~mask.any(dim=-1, keepdim=True)
+
+
+def media(media_locations: torch.Tensor, n_media: int, tokens_per_media: int, only_immediate: bool = True
+          ) -> torch.Tensor:
+    """Flamingo's media-location mask for interleaved documents (chapter 11): which visual tokens
+    each text token may cross-attend to.
+
+    media_locations (B, T) bool: True at each `<image>` token, where an image sits in the text.
+    The visual tokens are (B, n_media · tokens_per_media): image m's tokens are columns
+    m·tokens_per_media .. (m + 1)·tokens_per_media - 1, images in the order they occur.
+
+    Token t's image count c(t) = the number of `<image>` tokens at or before t (an `<image>`
+    token reads its own image). only_immediate=True (Flamingo): t sees only image c(t)'s tokens;
+    False: every image up to c(t). Returns (B, T, n_media · tokens_per_media) bool. A token
+    before the first image sees nothing: its row is all False, and the cross-attention must give
+    it zero output (a softmax over no keys is not zero; `nn.gated` zeroes those rows).
+    """
+    check_tensor("media_locations", media_locations, ndim=2)
+    check_int("n_media", n_media, lo=0)
+    check_int("tokens_per_media", tokens_per_media)
+    if not isinstance(only_immediate, bool):
+        raise TypeError(f"only_immediate must be True or False, got {only_immediate!r}")
+    count = media_locations.bool().long().cumsum(dim=1)  # (B, T): c(t), 0 before the first image
+    image_of_column = torch.arange(n_media, device=count.device).repeat_interleave(tokens_per_media) + 1  # (M·K,)
+    if only_immediate:
+        return count[:, :, None] == image_of_column[None, None, :]
+    return count[:, :, None] >= image_of_column[None, None, :]
