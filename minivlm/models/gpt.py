@@ -169,19 +169,22 @@ class GPT(nn.Module):
 
     def forward(self, ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
                 inputs_embeds: torch.Tensor | None = None, cache: KVCache | None = None,
-                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None, hooks=None) -> torch.Tensor:
         """ids (B, T) or inputs_embeds (B, T, dim) -> logits (B, T, V): position t's logits score
         the token at t + 1. attention_mask (B, T): True on real tokens (right padding needs
         none: a causal model never looks ahead). cache: continue the tokens it holds.
         position_ids (B, T): each token's position (None: len(cache) + 0..T-1); a left-padded
-        row should count from its first real token (`generate` does)."""
-        h = self.text(ids, attention_mask, inputs_embeds=inputs_embeds, cache=cache, position_ids=position_ids)
+        row should count from its first real token (`generate` does). hooks: {block index: (where,
+        fn)}, layers a bridge adds to this frozen model (chapter 11, `minivlm.nn.blocks.Transformer`)."""
+        h = self.text(ids, attention_mask, inputs_embeds=inputs_embeds, cache=cache, position_ids=position_ids,
+                      hooks=hooks)
         if self.head is not None:
             return self.head(h)  # (B, T, V)
         return F.linear(h, self.text.token_embedding.weight)  # tied head: (B, T, V)
 
     # ------------------------------------------------------------------ decoding
-    def next_logits_fn(self, use_cache: bool = True, embed=None, attention_mask: torch.Tensor | None = None):
+    def next_logits_fn(self, use_cache: bool = True, embed=None, attention_mask: torch.Tensor | None = None,
+                       hooks=None):
         """next_logits(ids, rows) -> (N, V) for `minivlm.generate`: the logits after each row of ids.
 
         Without a cache, every call runs the model on the whole prefix. With one, the function
@@ -195,7 +198,13 @@ class GPT(nn.Module):
 
         attention_mask (B, T0): the prompts' mask, False on their left padding. Row n of ids is
         example rows[n]'s prompt followed by generated tokens, so its mask is the prompt's row
-        then True, and its positions count from its first real token."""
+        then True, and its positions count from its first real token.
+
+        hooks(ids, rows, past) -> the `hooks` of forward for the tokens ids[:, past:] (chapter 11:
+        gated cross-attention reading row n's images, with the media mask of its whole text)."""
+        def hooks_for(ids, rows, past):
+            return None if hooks is None else hooks(ids, rows, past)
+
         def mask_and_positions(ids, rows):
             if attention_mask is None:
                 return None, None
@@ -207,9 +216,9 @@ class GPT(nn.Module):
         def run(ids, rows, cache=None):
             mask, positions = mask_and_positions(ids, rows)
             if embed is None:
-                return self(ids, mask, cache=cache, position_ids=positions)[:, -1]
+                return self(ids, mask, cache=cache, position_ids=positions, hooks=hooks_for(ids, rows, 0))[:, -1]
             return self(inputs_embeds=embed(ids, rows), attention_mask=mask, cache=cache,
-                        position_ids=positions)[:, -1]
+                        position_ids=positions, hooks=hooks_for(ids, rows, 0))[:, -1]
 
         if not use_cache:
             return run
@@ -239,7 +248,8 @@ class GPT(nn.Module):
                 past = seen.shape[1]
                 mask, positions = mask_and_positions(ids, rows)  # the mask covers cached and new tokens
                 logits = self(ids[:, past:], mask, cache=cache,
-                              position_ids=None if positions is None else positions[:, past:])[:, -1]  # (N, V)
+                              position_ids=None if positions is None else positions[:, past:],
+                              hooks=hooks_for(ids, rows, past))[:, -1]  # (N, V)
             state.update(cache=cache, ids=ids, rows=rows)
             return logits
 
@@ -247,11 +257,12 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, use_cache: bool = True, embed=None,
-                 attention_mask: torch.Tensor | None = None, **decoding) -> torch.Tensor:
+                 attention_mask: torch.Tensor | None = None, hooks=None, **decoding) -> torch.Tensor:
         """Continue prompt ids (B, T) by at most max_new_tokens with `minivlm.generate` (greedy by
         default; decoding: num_beams, do_sample, temperature, top_k, top_p, generator, eos_id).
         The prompt and the new tokens must fit the context: T + max_new_tokens <= max_len.
-        embed(ids, rows) -> (N, T, dim): the prompt's input embeddings, see `next_logits_fn`.
+        embed(ids, rows) -> (N, T, dim): the prompt's input embeddings, and hooks(ids, rows, past):
+        layers added for the new tokens, see `next_logits_fn`.
 
         attention_mask (B, T): prompts of different lengths as one batch, left-padded (False on
         the padding, then True): every row's new tokens are appended at the same column, each
@@ -280,7 +291,7 @@ class GPT(nn.Module):
         if eos_id >= c.vocab_size:
             raise ValueError(f"eos_id must be a token id in [0, {c.vocab_size - 1}], got {eos_id}")
         with eval_mode(self):
-            return generate(self.next_logits_fn(use_cache, embed, attention_mask), prompt, max_new_tokens, eos_id,
+            return generate(self.next_logits_fn(use_cache, embed, attention_mask, hooks), prompt, max_new_tokens, eos_id,
                             pad_id=c.pad_id, **decoding)
 
     def get_tokenizer(self):
@@ -296,14 +307,14 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def complete(self, prompts: Sequence[str], max_new_tokens: int = 8, stop: str | None = ".", tokenizer=None,
-                 use_cache: bool = True, embed=None, **decoding) -> list[str]:
+                 use_cache: bool = True, embed=None, hooks=None, **decoding) -> list[str]:
         """The text each prompt continues with, up to `stop` (a token, not included; None: up to
         <eos> or max_new_tokens). Each prompt is "<bos> prompt words"; an empty prompt generates
         from <bos> alone, and unknown words become <unk>. All prompts are decoded as one batch,
         left-padded with pad_id (see `generate`). tokenizer: anything with encode(text) -> ids
         and decode(ids) -> text (default: the course tokenizer; the checkpoint's own for a model
         from `from_hf`). embed(ids, index) -> (N, T, dim): the input embeddings of the padded
-        prompts[index] (chapter 10 splices images in)."""
+        prompts[index] (chapter 10 splices images in); hooks: see `next_logits_fn` (chapter 11)."""
         if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) \
                 or not all(isinstance(p, str) for p in prompts):
             raise TypeError(f"prompts must be a list of strings, got {type(prompts).__name__}"
@@ -320,7 +331,8 @@ class GPT(nn.Module):
         longest = max(len(e) for e in encoded)
         prompt = torch.tensor([[c.pad_id] * (longest - len(e)) + e for e in encoded], device=dev)  # (B, T)
         mask = torch.tensor([[False] * (longest - len(e)) + [True] * len(e) for e in encoded], device=dev)
-        ids = self.generate(prompt, max_new_tokens, use_cache=use_cache, embed=embed, attention_mask=mask, **decoding)
+        ids = self.generate(prompt, max_new_tokens, use_cache=use_cache, embed=embed, attention_mask=mask, hooks=hooks,
+                            **decoding)
         out = []
         for row in ids[:, longest:].tolist():
             ends = [row.index(t) for t in [c.eos_id, *stop_ids] if t in row]

@@ -182,10 +182,13 @@ class Block(nn.Module):
         need_weights: bool = False,
         cache=None,
         rotary=None,
+        after_attention=None,
     ) -> torch.Tensor:
         """x: (B, T, dim) → (B, T, dim); context: (B, Tk, context_dim), for a cross-attention block;
         cache: this block's `LayerCache` (decoding with a KV cache, chapter 09); rotary: (cos,
-        sin) for the self-attention's queries and keys (RoPE, chapter 09)."""
+        sin) for the self-attention's queries and keys (RoPE, chapter 09); after_attention: a
+        function x -> x run between the self-attention and the MLP, where GPT-2's cross-attention
+        sits (chapter 11 adds one to a frozen block this way)."""
         check_tensor("x", x, ndim=3, dtype="float")
         check_dtype("x", x, self.norm1.weight.dtype)
         x = self.sublayer(x, self.norm1, lambda h: self.drop(
@@ -195,6 +198,8 @@ class Block(nn.Module):
                 raise ValueError("this block has cross-attention: pass context=(B, Tk, context_dim)")
             x = self.sublayer(x, self.norm_cross,
                               lambda h: self.drop(self.cross_attn(h, context, context_mask, need_weights)))
+        if after_attention is not None:
+            x = after_attention(x)
         return self.sublayer(x, self.norm2, self.mlp)
 
     def sublayer(self, x: torch.Tensor, norm: nn.Module, f) -> torch.Tensor:
@@ -213,15 +218,38 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, **block_kwargs) for _ in range(depth))
 
     def forward(self, x, mask=None, context=None, context_mask=None, need_weights: bool = False, cache=None,
-                rotary=None):
-        """cache: a `KVCache` with one layer per block, or None; rotary: (cos, sin) for every block."""
+                rotary=None, hooks=None):
+        """cache: a `KVCache` with one layer per block, or None; rotary: (cos, sin) for every block.
+        hooks: {block index: (where, fn)}, fn: x -> x run "before" block i or "after_attention"
+        inside it (chapter 11: layers added to a frozen LLM)."""
         if cache is not None and len(cache.layers) != len(self.blocks):
             raise ValueError(f"the KV cache has {len(cache.layers)} layers, this Transformer {len(self.blocks)} blocks")
+        hooks = check_hooks(hooks, len(self.blocks))
         for i, block in enumerate(self.blocks):
+            where, fn = hooks.get(i, (None, None))
+            if where == "before":
+                x = fn(x)
             x = block(x, mask, context, context_mask, need_weights, None if cache is None else cache.layers[i],
-                      rotary=rotary)
+                      rotary=rotary, after_attention=fn if where == "after_attention" else None)
         return x
 
     def attention_maps(self) -> list[torch.Tensor]:
         """Self-attention weights of each block from the last call with need_weights=True."""
         return [b.attn.last_weights for b in self.blocks]
+
+
+HOOK_PLACES = ("before", "after_attention")
+
+
+def check_hooks(hooks, depth: int) -> dict:
+    """hooks: None or {block index in [0, depth): (where in HOOK_PLACES, callable)}; returns a dict."""
+    if hooks is None:
+        return {}
+    if not isinstance(hooks, dict):
+        raise TypeError(f"hooks must be a dict {{block index: (where, fn)}}, got {type(hooks).__name__}")
+    for i, entry in hooks.items():
+        if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < depth:
+            raise ValueError(f"hook keys must be block indices in [0, {depth - 1}], got {i!r}")
+        if not (isinstance(entry, tuple) and len(entry) == 2 and entry[0] in HOOK_PLACES and callable(entry[1])):
+            raise ValueError(f"hooks[{i}] must be (where, fn) with where in {list(HOOK_PLACES)}, got {entry!r}")
+    return hooks

@@ -73,14 +73,15 @@ class TextTransformer(nn.Module):
 
     def forward(self, ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 need_weights: bool = False, *, inputs_embeds: torch.Tensor | None = None, cache=None,
-                position_ids: torch.Tensor | None = None):
+                position_ids: torch.Tensor | None = None, hooks=None):
         """ids: (B, T) integer, or inputs_embeds: (B, T, dim) token embeddings in their place (an
         image spliced in among the words, chapter 10); attention_mask: (B, T), True/1 on real
         tokens (None: all real); cache: a `KVCache` (chapter 09): the T tokens continue the
         len(cache) tokens it holds, their keys and values are added to it, and attention_mask,
         if given, covers all len(cache) + T tokens. position_ids: (B, T) integer, each token's
         position (None: len(cache) + 0..T-1): a left-padded row counts from its first real
-        token (chapter 09); learned positions must lie in [0, max_len)."""
+        token (chapter 09); learned positions must lie in [0, max_len). hooks: functions run
+        between or inside the blocks (`minivlm.nn.blocks.Transformer`; chapter 11)."""
         if (ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of ids (B, T) and inputs_embeds (B, T, dim)")
         past = 0 if cache is None else len(cache)
@@ -126,4 +127,5 @@ class TextTransformer(nn.Module):
             if position_ids is None:
                 position_ids = torch.arange(past, past + t, device=x.device).expand(b, t)
             rotary = self.rotary(position_ids)  # cos, sin: (B, T, head_dim)
-        return self.norm(self.transformer(x, mask=mask, need_weights=need_weights, cache=cache, rotary=rotary))
+        return self.norm(self.transformer(x, mask=mask, need_weights=need_weights, cache=cache, rotary=rotary,
+                                          hooks=hooks))
