@@ -194,7 +194,7 @@ def scripted(words, vocab_size=len(TOK)):
     """A next_logits_fn factory whose model says `words` (tokens, "<eos>" allowed) after any prompt."""
     script = [TOK.id(w) for w in words]
 
-    def factory(use_cache=True, embed=None, attention_mask=None):
+    def factory(use_cache=True, embed=None, attention_mask=None, hooks=None):
         state = {}
 
         def next_logits(ids, rows):

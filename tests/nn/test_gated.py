@@ -99,3 +99,27 @@ def test_resampler_bad_input():
         r(torch.randn(1, 4, 8))
     with pytest.raises(ValueError, match="mask must have shape"):
         r(torch.randn(1, 4, 16), torch.ones(1, 5, dtype=torch.bool))
+
+
+def test_transformer_hooks_run_where_asked_and_reject_bad_entries():
+    from minivlm.nn.blocks import Transformer
+
+    torch.manual_seed(0)
+    net = Transformer(16, 2, 2)
+    x = torch.randn(1, 3, 16)
+    calls = []
+
+    def hook(name):
+        def fn(h):
+            calls.append(name)
+            return h
+        return fn
+
+    torch.testing.assert_close(net(x, hooks={0: ("before", hook("b0")), 1: ("after_attention", hook("a1"))}), net(x))
+    assert calls == ["b0", "a1"]
+    with pytest.raises(ValueError, match="block indices in \\[0, 1\\]"):
+        net(x, hooks={2: ("before", hook("x"))})
+    with pytest.raises(ValueError, match="where in"):
+        net(x, hooks={0: ("inside", hook("x"))})
+    with pytest.raises(TypeError, match="hooks must be a dict"):
+        net(x, hooks=[hook("x")])
