@@ -485,6 +485,73 @@ def bench_llama(batch_size: int = 64, repeats: int = 20, warmup: int = 3, device
                      **{**LLAMA, **config})
 
 
+def bench_flamingo(batch_size: int = 32, repeats: int = 20, warmup: int = 3, device: str | None = None,
+                   threads: int | None = None, seed: int = 0, dim: int = 64, heads: int = 4, depth: int = 4,
+                   n_latents: int = 8, images: int = 3, tokens: int = 65, text_len: int = 64) -> dict:
+    """Median milliseconds per training step of Flamingo's trainable parts, ours against lucidrains'
+    flamingo-pytorch at the same configuration: a 2-layer Perceiver Resampler over each image's
+    `tokens` tokens, then `depth` gated cross-attention blocks (gates opened to 0.5) over text of
+    `text_len` tokens with `images` images per document, loss = the mean square of the output.
+    Returns the `_step_race` figures (ratio = ours / theirs; the goal is <= 1)."""
+    try:
+        import flamingo_pytorch as fp
+    except ImportError as exc:  # a development dependency, installed by `make install`
+        raise ValueError(f"bench flamingo needs flamingo-pytorch (make install): {exc}") from exc
+    from minivlm.nn import masks
+    from minivlm.nn.gated import GatedCrossAttentionBlock
+    from minivlm.nn.pooling import PerceiverResampler
+
+    for name, value in (("dim", dim), ("heads", heads), ("depth", depth), ("n_latents", n_latents),
+                        ("images", images), ("tokens", tokens), ("text_len", text_len)):
+        check_int(name, value)
+    with _bench_setup(batch_size, repeats, warmup, device, threads) as dev:
+        torch.manual_seed(seed)
+        ours = torch.nn.ModuleDict({
+            "resampler": PerceiverResampler(dim, depth=2, n_latents=n_latents, heads=heads, ff_mult=4),
+            "blocks": torch.nn.ModuleList(GatedCrossAttentionBlock(dim, heads) for _ in range(depth))}).to(dev)
+        theirs = torch.nn.ModuleDict({
+            "resampler": fp.PerceiverResampler(dim=dim, depth=2, dim_head=dim // heads, heads=heads,
+                                               num_latents=n_latents, num_media_embeds=1),
+            "blocks": torch.nn.ModuleList(fp.GatedCrossAttentionBlock(dim=dim, dim_head=dim // heads, heads=heads)
+                                          for _ in range(depth))}).to(dev)
+        with torch.no_grad():
+            for model in (ours, theirs):
+                for block in model["blocks"]:
+                    block.attn_gate.fill_(0.5), block.ff_gate.fill_(0.5)
+        g = torch.Generator().manual_seed(seed)
+        media = torch.randn(batch_size, images, tokens, dim, generator=g).to(dev)
+        x = torch.randn(batch_size, text_len, dim, generator=g).to(dev)
+        loc = torch.zeros(batch_size, text_len, dtype=torch.bool)
+        for row in range(batch_size):
+            loc[row, torch.randperm(text_len, generator=g)[:images]] = True
+        loc = loc.to(dev)
+        mask = masks.media(loc, images, n_latents)
+
+        def step_ours(opt):
+            opt.zero_grad(set_to_none=True)
+            visual = ours["resampler"](media.flatten(0, 1)).unflatten(0, (batch_size, images)).flatten(1, 2)
+            h = x
+            for block in ours["blocks"]:
+                h = block(h, visual, mask)
+            h.pow(2).mean().backward()
+            opt.step()
+
+        def step_theirs(opt):
+            opt.zero_grad(set_to_none=True)
+            visual = theirs["resampler"](media.flatten(0, 1)[:, None]).unflatten(0, (batch_size, images))[:, :, 0]
+            h = x
+            for block in theirs["blocks"]:
+                h = block(h, visual, media_locations=loc)
+            h.pow(2).mean().backward()
+            opt.step()
+
+        return _step_race(step_ours, ours, step_theirs, theirs, warmup, repeats, dev, {
+            "batch_size": batch_size, "config": dict(dim=dim, heads=heads, depth=depth, n_latents=n_latents,
+                                                     images=images, tokens=tokens, text_len=text_len),
+            "params_ours": count_parameters(ours), "params_theirs": count_parameters(theirs),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(dev)})
+
+
 @contextlib.contextmanager
 def _bench_setup(batch_size: int, repeats: int, warmup: int, device: str | None, threads: int | None):
     """Check the arguments, set torch's threads for the run (restored after), yield the device."""

@@ -4,7 +4,7 @@
     minivlm check PATHS.ipynb [--json|--csv F]  grade hand-ins (their definitions only), report each task
     minivlm notebooks execute [PATHS...]       rebuild .ipynb from .py, execute, store outputs
     minivlm zoo build NAME|all, zoo list       the pretrained components later chapters load
-    minivlm bench render|clip|vilt|blip|gpt|llama  timings as JSON
+    minivlm bench render|clip|vilt|blip|gpt|llama|flamingo  timings as JSON
 """
 from __future__ import annotations
 
@@ -397,19 +397,23 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--n", type=_positive(int), default=256, help="scenes per batch (default 256)")
     br.add_argument("--image-size", type=_positive(int), default=32, help="image side in pixels (default 32)")
     br.set_defaults(func=_cmd_bench_render)
-    for name, what, reference in (("clip", "CLIP", "CLIPModel"), ("vilt", "ViLT VQA", "ViltForQuestionAnswering"),
-                                  ("blip", "BLIP captioning", "BlipForConditionalGeneration"),
-                                  ("gpt", "GPT", "GPT2LMHeadModel"),
-                                  ("llama", "Llama-layout GPT", "LlamaForCausalLM")):
+    for name, what, reference in (("clip", "CLIP", "transformers' CLIPModel"),
+                                  ("vilt", "ViLT VQA", "transformers' ViltForQuestionAnswering"),
+                                  ("blip", "BLIP captioning", "transformers' BlipForConditionalGeneration"),
+                                  ("gpt", "GPT", "transformers' GPT2LMHeadModel"),
+                                  ("llama", "Llama-layout GPT", "transformers' LlamaForCausalLM"),
+                                  ("flamingo", "Flamingo resampler + gated cross-attention",
+                                   "lucidrains' flamingo-pytorch")):
         text_only = name in ("gpt", "llama")
+        no_image_size = text_only or name == "flamingo"
         extra = " and greedy-generation" if text_only else ""
-        bm = bp.add_parser(name, help=f"{what} training-step{extra} speed against transformers' {reference}")
+        bm = bp.add_parser(name, help=f"{what} training-step{extra} speed against {reference}")
         bm.add_argument("--repeats", type=_positive(int), help="timed steps per model (default 20)")
         bm.add_argument("--threads", type=_positive(int), help="torch threads (default: torch's)")
         bm.add_argument("--batch-size", type=_positive(int))
         if text_only:  # no image size, a generation length instead
             bm.add_argument("--new-tokens", type=_positive(int), help="tokens each generation adds (default 32)")
-        else:
+        elif not no_image_size:
             bm.add_argument("--image-size", type=_positive(int))
         bm.add_argument("--device")
         bm.set_defaults(func=_cmd_bench_model)
