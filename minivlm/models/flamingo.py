@@ -33,8 +33,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from minivlm.data.interleaved import Document, collate, text_only
-from minivlm.eval import interval
+from minivlm.data.interleaved import IMAGE, Document, collate, text_only
+from minivlm.data.worldtext import RecallItem, qa_prompt
+from minivlm.eval import answer_hits, interval
 from minivlm.losses import lm_loss
 from minivlm.models.clip import CLIP
 from minivlm.models.gpt import GPT
@@ -234,6 +235,33 @@ class Flamingo(nn.Module):
             out.append(self.tokenizer.decode(row[:cut], skip_special=False).replace("<pad>", "").strip())
         return out
 
+    def _one_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) single images -> the (B, 1, 3, H, W) documents of one image each, n_images (B,)."""
+        check_tensor("images", images, ndim=4, dtype="float")
+        return images[:, None], torch.ones(len(images), dtype=torch.long, device=images.device)
+
+    def caption(self, images: torch.Tensor, max_len: int | None = 32, **decoding) -> list[str]:
+        """A caption per image: the continuation of "<bos> <image>" (greedy by default), at most
+        max_len - 2 words (None: 32), as chapter 10's prefix models caption."""
+        max_len = 32 if max_len is None else max_len
+        check_int("max_len", max_len, lo=3)
+        docs, n = self._one_image(images)
+        return self.complete(docs, n, [IMAGE] * len(images), max_len - 2, stop=None, **decoding)
+
+    def ask(self, images: torch.Tensor, questions: Sequence[str], max_new_tokens: int = 4) -> list[str]:
+        """The answer to each question about its image, up to the first "." (greedy): the prompt
+        is "<image> question: ... answer:" (never trained as such unless the documents hold VQA)."""
+        docs, n = self._one_image(images)
+        return self.complete(docs, n, [f"{IMAGE} {qa_prompt(q)}" for q in questions], max_new_tokens, stop=".")
+
+    def complete_text(self, prompts: Sequence[str], max_new_tokens: int = 8, stop: str | None = ".") -> list[str]:
+        """Text alone through the whole model, no image: the gated feed-forward layers still act on
+        every token, so after training this is not the frozen LLM (its fact recall is measured so)."""
+        dev = self.image_token.device
+        images = torch.zeros(len(prompts), 1, 3, self.image_size, self.image_size, device=dev)
+        return self.complete(images, torch.zeros(len(prompts), dtype=torch.long, device=dev), prompts, max_new_tokens,
+                             stop=stop)
+
     # ------------------------------------------------------------------ what is trained
     def stored_state_dict(self) -> dict:
         """The trained parts only (the zoo stores these): resampler, gated blocks, <image> row."""
@@ -285,4 +313,17 @@ def frozen_llm_equal(model: Flamingo, images: torch.Tensor, n_images: torch.Tens
     return bool(torch.equal(ours, plain))
 
 
-__all__ = ["Flamingo", "FlamingoConfig", "flamingo_step", "frozen_llm_equal", "kshot_accuracy"]
+def fact_recall_text_only(model: Flamingo, items: Sequence[RecallItem]) -> dict:
+    """The LLM's world facts (`minivlm.data.worldtext.recall_items`) asked through the Flamingo with
+    no image (`complete_text`): did training the bridge disturb what the LLM knew? A hit when the
+    text up to the first "." equals the answer. dict(predictions, hits, accuracy (Estimate))."""
+    items = list(items)
+    if not items or not all(isinstance(it, RecallItem) for it in items):
+        raise TypeError("items must be a non-empty list of RecallItem (from minivlm.data.worldtext.recall_items)")
+    longest = max(len(it.answer.split()) for it in items)
+    predictions = model.complete_text([it.prompt for it in items], longest + 1)
+    hits = answer_hits(predictions, [it.answer for it in items])
+    return {"predictions": predictions, "hits": hits, "accuracy": interval(hits)}
+
+
+__all__ = ["Flamingo", "FlamingoConfig", "fact_recall_text_only", "flamingo_step", "frozen_llm_equal", "kshot_accuracy"]
