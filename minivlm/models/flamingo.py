@@ -268,6 +268,22 @@ class Flamingo(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith(("llm.", "visual."))}
 
 
+FLAMINGO_CONFIG = dict(visual="resampler", n_latents=8, resampler_depth=2, heads=4, ff_mult=2.0, every=1)
+
+
+def flamingo_optimizer(model: Flamingo, lr: float, gate_lr_mult: float = 1.0, weight_decay: float = 0.0):
+    """AdamW over the trainable parts, the tanh gates at gate_lr_mult × lr. A gate starts at 0 and
+    Adam moves it by about lr a step, so at lr 3e-3 it needs hundreds of steps to reach tanh ≈ 0.5:
+    chapter 11 measures what a faster gate changes (the paper trains 500k steps and needs none)."""
+    check_number("gate_lr_mult", gate_lr_mult, 0, 1e4, lo_open=True)
+    gates = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("_gate")]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("_gate")]
+    groups = [{"params": [p for p in rest if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0},
+              {"params": gates, "weight_decay": 0.0, "lr": lr * gate_lr_mult}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+
 def flamingo_step(model: Flamingo, batch: dict) -> dict:
     """The LM loss on interleaved documents for `minivlm.train.fit`: every real text token but
     <bos> and <image> is a target (batch from `minivlm.data.interleaved.interleaved_batches`)."""
@@ -313,17 +329,29 @@ def frozen_llm_equal(model: Flamingo, images: torch.Tensor, n_images: torch.Tens
     return bool(torch.equal(ours, plain))
 
 
-def fact_recall_text_only(model: Flamingo, items: Sequence[RecallItem]) -> dict:
-    """The LLM's world facts (`minivlm.data.worldtext.recall_items`) asked through the Flamingo with
-    no image (`complete_text`): did training the bridge disturb what the LLM knew? A hit when the
-    text up to the first "." equals the answer. dict(predictions, hits, accuracy (Estimate))."""
+def fact_recall(model: Flamingo, items: Sequence[RecallItem], images: torch.Tensor | None = None) -> dict:
+    """The LLM's world facts (`minivlm.data.worldtext.recall_items`) asked through the Flamingo:
+    did training the bridge disturb what the LLM knew? images=None: text alone (`complete_text`;
+    the gated feed-forward layers still act). images (N, 3, H, W): each question after an
+    unrelated image, "<image> question: ...", item i with image i % N (the cross-attention then
+    acts too). A hit when the text up to the first "." equals the answer.
+    Returns dict(predictions, hits, accuracy (Estimate))."""
     items = list(items)
     if not items or not all(isinstance(it, RecallItem) for it in items):
         raise TypeError("items must be a non-empty list of RecallItem (from minivlm.data.worldtext.recall_items)")
     longest = max(len(it.answer.split()) for it in items)
-    predictions = model.complete_text([it.prompt for it in items], longest + 1)
+    if images is None:
+        predictions = model.complete_text([it.prompt for it in items], longest + 1)
+    else:
+        check_tensor("images", images, ndim=4, dtype="float")
+        if len(images) == 0:
+            raise ValueError("images must hold at least one image (or pass None for text alone)")
+        picked = images[torch.arange(len(items)) % len(images)]
+        docs, n = model._one_image(picked)
+        predictions = model.complete(docs, n, [f"{IMAGE} {it.prompt}" for it in items], longest + 1)
     hits = answer_hits(predictions, [it.answer for it in items])
     return {"predictions": predictions, "hits": hits, "accuracy": interval(hits)}
 
 
-__all__ = ["Flamingo", "FlamingoConfig", "fact_recall_text_only", "flamingo_step", "frozen_llm_equal", "kshot_accuracy"]
+__all__ = ["FLAMINGO_CONFIG", "Flamingo", "FlamingoConfig", "fact_recall", "flamingo_optimizer", "flamingo_step",
+           "frozen_llm_equal", "kshot_accuracy"]

@@ -184,15 +184,17 @@ def test_bad_input():
 
 def test_caption_ask_and_text_only_recall_at_init_are_the_llm_s():
     from minivlm.data.worldtext import recall_items
-    from minivlm.models.flamingo import fact_recall_text_only
+    from minivlm.models.flamingo import fact_recall as through_flamingo
     from minivlm.models.gpt import fact_recall
 
     model = tiny()
     items = recall_items()[:6]
-    assert fact_recall_text_only(model, items)["predictions"] == fact_recall(model.llm, items)["predictions"]
+    assert through_flamingo(model, items)["predictions"] == fact_recall(model.llm, items)["predictions"]
+    with_image = through_flamingo(model, items, torch.rand(2, 3, 32, 32))
+    assert len(with_image["hits"]) == len(items)
     images = torch.rand(2, 3, 32, 32)
     caps = model.caption(images, max_len=6)
     answers = model.ask(images, ["what colour is the star?", "how many shapes are there?"])
     assert len(caps) == len(answers) == 2 and all(isinstance(c, str) for c in caps + answers)
     with pytest.raises(TypeError, match="RecallItem"):
-        fact_recall_text_only(model, ["question: x answer:"])
+        through_flamingo(model, ["question: x answer:"])
