@@ -320,6 +320,53 @@ def kshot_accuracy(model: Flamingo, docs: Sequence[Document], images: bool = Tru
     return {"predictions": predictions, "hits": hits, "accuracy": interval(hits)}
 
 
+@torch.no_grad()
+def prefix_kshot_accuracy(prefix, docs: Sequence[Document], batch_size: int = 64) -> dict:
+    """Chapter 10's prefix model (`minivlm.models.frozen.PrefixVLM`) given the same k-shot
+    documents: each <image> becomes its K prefix embeddings (K <image> tokens, the images'
+    prefixes spliced in reading order), then greedy decoding as `kshot_accuracy`. The control
+    that asks whether cross-attention adds anything over a prefix that never learned episodes.
+    Returns dict(predictions, hits, accuracy (Estimate))."""
+    from minivlm.models.frozen import PrefixVLM, splice
+
+    if not isinstance(prefix, PrefixVLM):
+        raise TypeError(f"prefix must be a PrefixVLM (chapter 10, e.g. zoo.load('clipcap')), got {type(prefix).__name__}")
+    docs = list(docs)
+    if not docs or not all(isinstance(d, Document) and d.answer is not None for d in docs):
+        raise TypeError("docs must be a non-empty list of k-shot Documents (from kshot_documents)")
+    tok, k = prefix.tokenizer, prefix.config.n_prefix
+    llm = prefix.llm
+    dev = next(prefix.parameters()).device
+    predictions, hits = [], []
+    for a in range(0, len(docs), batch_size):
+        chunk = docs[a:a + batch_size]
+        batch = collate(chunk, tok, llm.config.max_len, add_eos=False)
+        m = batch["images"].shape[1]
+        # (B, M·K, D): image j's K prefix vectors, padding images included (their slots never exist)
+        embeds = prefix.image_prefix(batch["images"].flatten(0, 1).to(dev)).unflatten(0, (len(chunk), m))
+        texts = [" ".join(" ".join([IMAGE] * k) if w == IMAGE else w for w in d.text.split()) for d in chunk]
+        answers = [tok.encode(d.answer) for d in chunk]
+        encoded = [[llm.config.bos_id] + list(tok.encode(t)) for t in texts]
+        longest = max(len(e) for e in encoded)
+        prompt = torch.tensor([[llm.config.pad_id] * (longest - len(e)) + e for e in encoded], device=dev)
+        mask = torch.tensor([[False] * (longest - len(e)) + [True] * len(e) for e in encoded], device=dev)
+        n = batch["n_images"].tolist()
+
+        def embed(ids, rows):
+            per_row = [embeds[r, :n[r]].flatten(0, 1) for r in rows.tolist()]  # (n_r · K, D) each
+            out = llm.embed(ids)
+            for i, vectors in enumerate(per_row):
+                out[i:i + 1] = splice(out[i:i + 1], ids[i:i + 1], vectors[None], prefix.image_id)
+            return out
+
+        with eval_mode(prefix):
+            rows = llm.generate(prompt, max(len(x) for x in answers), embed=embed, attention_mask=mask)
+        for row, ans in zip(rows[:, longest:].tolist(), answers):
+            predictions.append(tok.decode(row[:len(ans)], skip_special=False))
+            hits.append(row[:len(ans)] == ans)
+    return {"predictions": predictions, "hits": hits, "accuracy": interval(hits)}
+
+
 def frozen_llm_equal(model: Flamingo, images: torch.Tensor, n_images: torch.Tensor, ids: torch.Tensor) -> bool:
     """True if the model's logits equal the frozen LLM's on the same ids, bit for bit (as every
     gate is at zero and the <image> row untrained, they must at initialisation)."""
@@ -354,4 +401,4 @@ def fact_recall(model: Flamingo, items: Sequence[RecallItem], images: torch.Tens
 
 
 __all__ = ["FLAMINGO_CONFIG", "Flamingo", "FlamingoConfig", "fact_recall", "flamingo_optimizer", "flamingo_step",
-           "frozen_llm_equal", "kshot_accuracy"]
+           "frozen_llm_equal", "kshot_accuracy", "prefix_kshot_accuracy"]

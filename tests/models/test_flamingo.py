@@ -198,3 +198,23 @@ def test_caption_ask_and_text_only_recall_at_init_are_the_llm_s():
     assert len(caps) == len(answers) == 2 and all(isinstance(c, str) for c in caps + answers)
     with pytest.raises(TypeError, match="RecallItem"):
         through_flamingo(model, ["question: x answer:"])
+
+
+def test_prefix_kshot_control_batches_like_one_by_one():
+    from minivlm.models.flamingo import prefix_kshot_accuracy
+    from minivlm.models.frozen import PrefixConfig, PrefixVLM
+
+    torch.manual_seed(0)
+    flamingo = tiny()
+    prefix = PrefixVLM(CLIP(CLIPConfig(image_size=32, patch_size=8, vision_dim=32, vision_depth=1, vision_heads=2,
+                                       text_dim=32, text_depth=1, text_heads=2, embed_dim=24, context_length=16)),
+                       flamingo.llm, PrefixConfig("clipcap", n_prefix=2, hidden=16))
+    with torch.no_grad():
+        for p in prefix.mapper.parameters():
+            p.normal_(0, 0.5)
+    docs = kshot_documents("binding", 2, 3) + kshot_documents("attribute", 1, 2)
+    together = prefix_kshot_accuracy(prefix, docs)
+    alone = [prefix_kshot_accuracy(prefix, [d])["predictions"][0] for d in docs]
+    assert together["predictions"] == alone and len(set(alone)) > 1  # the images and texts matter
+    with pytest.raises(TypeError, match="PrefixVLM"):
+        prefix_kshot_accuracy(flamingo, docs)
