@@ -93,8 +93,8 @@ check("04.momentum_update", momentum_update)
 # %%
 def enqueue(queue, ptr, features):
     raise NotImplementedError(
-        "chapter 04 §3 (the queue of momentum features: the newest Q kept, the oldest overwritten); each "
-        "row of the batch has its own place in the ring, counted from the pointer modulo Q")
+        "chapter 04 §3 (the queue of momentum features: the newest Q kept, the oldest overwritten); a ring "
+        "buffer has no end, only a pointer")
 
 
 # %%

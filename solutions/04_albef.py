@@ -89,7 +89,7 @@ check("04.momentum_update", momentum_update)
 # %%
 def enqueue(queue, ptr, features):
     ### BEGIN SOLUTION hint: chapter 04 §3 (the queue of momentum features: the newest Q kept, the oldest
-    ###     overwritten); each row of the batch has its own place in the ring, counted from the pointer modulo Q
+    ###     overwritten); a ring buffer has no end, only a pointer
     q, b = queue.shape[0], features.shape[0]
     rows = (ptr + torch.arange(b)) % q  # (B,) where each row of the batch goes
     keep = slice(max(0, b - q), b)  # a batch longer than the queue: only its last Q rows survive

@@ -412,6 +412,27 @@ def _other_init(image, text, alpha, steps, seed):
     return {"w_image": w_image, "w_text": w_text, "w_image_m": w_image.clone(), "w_text_m": w_text.clone()}
 
 
+def _online_teacher(image, text, alpha, steps, seed):  # the teacher's softmax from the online weights themselves
+    g = torch.Generator().manual_seed(seed)
+    w_image = (torch.randn(image.shape[1], 8, generator=g) / image.shape[1] ** 0.5).requires_grad_()
+    w_text = (torch.randn(text.shape[1], 8, generator=g) / text.shape[1] ** 0.5).requires_grad_()
+    w_image_m, w_text_m = w_image.detach().clone(), w_text.detach().clone()
+    optimizer = torch.optim.Adam([w_image, w_text], lr=0.01)
+    eye = torch.eye(len(image))
+    for _ in range(steps):
+        with torch.no_grad():
+            w_image_m.mul_(0.99).add_(w_image, alpha=0.01)
+            w_text_m.mul_(0.99).add_(w_text, alpha=0.01)
+        s = 10 * F.normalize(image @ w_image, dim=-1) @ F.normalize(text @ w_text, dim=-1).t()
+        t = s.detach()
+        t_i2t, t_t2i = (1 - alpha) * eye + alpha * t.softmax(1), (1 - alpha) * eye + alpha * t.t().softmax(1)
+        loss = (-(t_i2t * s.log_softmax(1)).sum(1).mean() - (t_t2i * s.t().log_softmax(1)).sum(1).mean()) / 2
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return {"w_image": w_image.detach(), "w_text": w_text.detach(), "w_image_m": w_image_m, "w_text_m": w_text_m}
+
+
 def _mutates(image, text, alpha, steps, seed):
     out = reference_mod_experiment(image, text, alpha, steps, seed)
     image.mul_(2)
@@ -424,6 +445,7 @@ WRONG_MOD = [
     (_other_init, "initial weights are not the ones the task describes"),
     (_momentum_not_copied, "starts as a copy of the model"),
     (_no_alpha, "trained exactly as without distillation"),
+    (_online_teacher, "the teacher is the online model itself"),
     (_variant("no_update"), "the momentum weights never moved"),
     (_variant("same_teacher"), "teacher's scores are transposed"),
     (_variant("one_direction"), "only the image-to-text loss"),
@@ -491,4 +513,33 @@ def test_enqueue_written_with_a_loop_passes():
         return ptr
 
     result = run("04.enqueue", loop)
+    assert result.passed, result.message
+
+
+def test_mod_experiment_written_another_way_passes():
+    """The recipe with another order of operations (each direction's scores computed on its own, F.cross_entropy
+    with probability targets, the EMA through copy_) rounds differently and still passes."""
+
+    def other(image, text, alpha, steps, seed):
+        g = torch.Generator().manual_seed(seed)
+        w_image = (torch.randn(image.shape[1], 8, generator=g) / image.shape[1] ** 0.5).requires_grad_()
+        w_text = (torch.randn(text.shape[1], 8, generator=g) / text.shape[1] ** 0.5).requires_grad_()
+        w_image_m, w_text_m = w_image.detach().clone(), w_text.detach().clone()
+        optimizer = torch.optim.Adam([w_image, w_text], lr=0.01)
+        one_hot = torch.eye(len(image))
+        for _ in range(steps):
+            with torch.no_grad():
+                w_image_m.copy_(0.99 * w_image_m + 0.01 * w_image)
+                w_text_m.copy_(0.99 * w_text_m + 0.01 * w_text)
+                a_m, b_m = F.normalize(image @ w_image_m, dim=-1), F.normalize(text @ w_text_m, dim=-1)
+                t_i2t = (1 - alpha) * one_hot + alpha * (10 * a_m @ b_m.t()).softmax(1)
+                t_t2i = (1 - alpha) * one_hot + alpha * (10 * b_m @ a_m.t()).softmax(1)
+            a, b = F.normalize(image @ w_image, dim=-1), F.normalize(text @ w_text, dim=-1)
+            loss = 0.5 * F.cross_entropy(10 * a @ b.t(), t_i2t) + 0.5 * F.cross_entropy(10 * b @ a.t(), t_t2i)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return {"w_image": w_image.detach(), "w_text": w_text.detach(), "w_image_m": w_image_m, "w_text_m": w_text_m}
+
+    result = run("04.mod_experiment", other)
     assert result.passed, result.message

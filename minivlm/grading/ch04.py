@@ -264,6 +264,8 @@ def check_enqueue(fn) -> None:
         try:
             got = call(fn, given_queue, ptr, given_features)
         except GradingFailure as failure:
+            if str(failure).startswith("not implemented yet"):
+                raise
             hint = ""
             if ptr + b > q:
                 hint = ("; the batch runs past the end of the queue, so it must wrap around to row 0 (a slice "
