@@ -777,9 +777,11 @@ assert sweep[64]["seconds"] > 5 * sweep[1]["seconds"], "re-ranking 64 per image 
 #   image encoder starts from the zoo CLIP, as the paper's starts from an ImageNet-trained ViT;
 #   the text side starts from scratch, where the paper starts from BERT.
 #
-# **Exercises:** `exercises/04_albef.ipynb` — the momentum update, the distillation targets,
-# the soft-target loss and hard-negative sampling; `minivlm check exercises/04_albef.ipynb`
-# tells you what is wrong.
+# **Exercises:** `exercises/04_albef.ipynb` — the momentum update of a momentum model that keeps
+# fewer parts than the model (paired by name), the feature queue for any batch size, momentum
+# distillation for MLM over the masked positions, and ALBEF's ITM batch with hard negatives in both
+# directions; then an experiment, MoD off and on at 40 % caption noise on a linear dual encoder;
+# `minivlm check exercises/04_albef.ipynb` tells you what is wrong.
 #
 # **References.** Li et al., *Align before Fuse: Vision and Language Representation Learning
 # with Momentum Distillation* (NeurIPS 2021); He et al., *Momentum Contrast for Unsupervised
