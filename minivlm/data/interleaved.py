@@ -76,25 +76,30 @@ def _answer(rule: str, scene: Scene) -> str:
 
 class InterleavedDocs:
     """Training documents, generated: `document()` draws a kind (in proportion `weights`) with
-    1-`max_images` images. Deterministic in `seed`. Images show seen compositions only."""
+    1-`max_images` images (binding episodes 3-`binding_images`). Deterministic in `seed`. Images
+    show seen compositions only."""
 
     def __init__(self, seed: int = 0, weights: dict[str, float] | None = None, max_images: int = 4,
-                 image_size: int = 32):
+                 image_size: int = 32, binding_images: int = 8):
         weights = {k: 1.0 for k in KINDS} if weights is None else dict(weights)
         if not weights or any(k not in KINDS for k in weights) or any(
                 not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0 for w in weights.values()) \
                 or sum(weights.values()) <= 0:
             raise ValueError(f"weights must map kinds {KINDS} to non-negative numbers with a positive sum, got {weights}")
         check_int("max_images", max_images, lo=2)
+        check_int("binding_images", binding_images, lo=3)
         self.world = ShapesWorld(seed=seed, image_size=image_size)
         self.rng = np.random.default_rng([seed, 11])
         self.kinds = list(weights)
         p = np.array([weights[k] for k in self.kinds], dtype=float)
-        self.p, self.max_images = p / p.sum(), max_images
+        self.p, self.max_images, self.binding_images = p / p.sum(), max_images, binding_images
 
     def document(self) -> Document:
         kind = self.kinds[int(self.rng.choice(len(self.kinds), p=self.p))]
-        n = int(self.rng.integers(1 if kind in ("captions", "vqa") else 2, self.max_images + 1))
+        if kind == "binding":  # longer: a name is predictable only from its second image on
+            n = int(self.rng.integers(3, self.binding_images + 1))
+        else:
+            n = int(self.rng.integers(1 if kind in ("captions", "vqa") else 2, self.max_images + 1))
         return getattr(self, kind)(n)
 
     def documents(self, n: int) -> list[Document]:
