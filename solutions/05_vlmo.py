@@ -60,8 +60,8 @@ _ = torch.manual_seed(0)
 # %%
 def mome_block(x, modality, valid, norm, attention, experts):
     ### BEGIN SOLUTION hint: chapter 05 §2 (the Multiway layer: gather each expert's tokens, run them together,
-    ###     scatter them back; the MoME block around it, pre-LN with two residuals) and chapter 01 §3 (padding is a
-    ###     rule about keys)
+    ###     scatter them back; the MoME block around it) and chapter 01 §3 (padding is a rule about keys) and §4 (the
+    ###     pre-LN block, two residuals)
     keys = valid[:, None, :]  # (B, 1, T): every query may attend to the real keys only
     h = x + attention(norm(x), keys)  # (B, T, D): the shared attention
     ffn = torch.zeros_like(h)
@@ -135,7 +135,7 @@ check("05.mim_loss", mim_loss)
 
 # %%
 def rerank(dual_scores, fusion_score_fn, k):
-    ### BEGIN SOLUTION hint: chapter 04's retrieval (ITC's top k, then ITM on those only) and chapter 05 §6 (the
+    ### BEGIN SOLUTION hint: chapter 04 §10 (ITC ranks, ITM re-ranks only the top k) and chapter 05 §6 (the
     ###     re-rank mode and its passes): a cosine and a log-odds live on different scales, and the others keep their
     ###     dual order
     n, m = dual_scores.shape
