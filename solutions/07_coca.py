@@ -227,7 +227,8 @@ from minivlm.nn.pooling import AttentionalPooler  # noqa: E402
 
 yours = {"07.attentional_pool": attentional_pool, "07.unimodal_input": unimodal_input, "07.coca_loss": coca_loss}
 ready = all(grading.run(task, fn).passed for task, fn in yours.items())
-print("tasks 1-3 pass: running your functions in a CoCa" if ready else "finish tasks 1-3 first: the next cells use them")
+print("tasks 1-3 pass: running your functions in a CoCa" if ready
+      else "finish tasks 1-3 first: the next cells use them")
 
 # %%
 if ready:
@@ -262,7 +263,8 @@ if ready:
             losses[name].append(loss.item())
     print("yours  ", [round(x, 3) for x in losses["yours"][::4]])
     print("library", [round(x, 3) for x in losses["library"][::4]])
-    print(f"max |yours − library| over 20 steps: {max(abs(a - b) for a, b in zip(losses['yours'], losses['library'])):.1e}")
+    gap = max(abs(a - b) for a, b in zip(losses["yours"], losses["library"]))
+    print(f"max |yours − library| over 20 steps: {gap:.1e}")
 
 # %%
 if ready:
@@ -278,4 +280,5 @@ if ready:
         keys = a.k_proj(pooler.norm_context(tokens))  # (B, N, D)
         queries = a.q_proj(pooler.norm_queries(pooler.queries))  # (Q, D)
         mine_pooled = attentional_pool(keys, queries, a.heads, real)
-        print(f"max |your pooling − AttentionalPooler on a padded batch| = {(mine_pooled - pooler(tokens, real)).abs().max():.1e}")
+        gap = (mine_pooled - pooler(tokens, real)).abs().max()
+        print(f"max |your pooling − AttentionalPooler on a padded batch| = {gap:.1e}")

@@ -153,7 +153,8 @@ def _baseline(model, train_images, images, cover, *, mean_from="train", see_all=
     target = model.mim_targets(images)
     predicted = model.mim_pixels(model.encode_image(images, None if see_all else cover)[0])
     keep = torch.ones_like(cover) if all_patches else cover
-    out = {"model": (predicted - target).pow(2).mean(-1)[keep], "mean_patch": (mean_patch - target).pow(2).mean(-1)[keep]}
+    out = {"model": (predicted - target).pow(2).mean(-1)[keep],
+           "mean_patch": (mean_patch - target).pow(2).mean(-1)[keep]}
     if order == "sorted":
         out = {k: v.sort().values for k, v in out.items()}
     if swap:

@@ -177,7 +177,7 @@ def _share(model, images, *, where="output", scale=True, cls=False, axis="images
 WRONG_SHARE = [
     (lambda m, i: _share(m, i, scale=False), "the images were not scaled"),
     (lambda m, i: _share(m, i, cls=True), "the CLS token was counted"),
-    (lambda m, i: _share(m, i, axis="positions"), "across positions within an image"),
+    (lambda m, i: _share(m, i, axis="positions"), "the position's share"),
     (lambda m, i: _share(m, i, position=True), "that is the position's share"),
     (lambda m, i: _share(m, i, percent=True), "percentage"),
     (lambda m, i: _share(m, i, unbiased=True), "the unbiased ones"),
