@@ -691,9 +691,10 @@ assert shares["VLMo's pair batches"]["colour"] > 2 * shares["the zoo CLIP's batc
 #   it is an association: no arm here trained the VLMo on other batches, so it is untested.
 # * **What the zoo ships.** The arm that won, pairs only, seed 0: a VLMo all the same.
 #
-# **Exercises:** `exercises/05_vlmo.ipynb` — routing tokens to their experts, the passes each
-# retrieval mode needs, and re-ranking the dual top k by fusion; `minivlm check
-# exercises/05_vlmo.ipynb` tells you what is wrong.
+# **Exercises:** `exercises/05_vlmo.ipynb` — a whole MoME block over a padded, mixed sequence, the
+# masked-image-modelling loss on per-patch normalised targets, re-ranking the dual top k by fusion,
+# and an experiment: a short stage 1 against the mean patch; `minivlm check exercises/05_vlmo.ipynb`
+# tells you what is wrong.
 #
 # **References.** Bao et al., *VLMo: Unified Vision-Language Pre-Training with
 # Mixture-of-Modality-Experts* (NeurIPS 2022); Bao, Dong, Piao and Wei, *BEiT: BERT Pre-Training of

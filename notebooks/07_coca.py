@@ -444,8 +444,10 @@ assert all(arms["coca"][i]["cider"]["low"] > arms["prefixlm"][i]["cider"]["high"
 #   06's BLIP, whose bench has up to four objects per scene while both trained on CLIP's batches
 #   of one- and two-object scenes.
 #
-# **Exercises:** `exercises/07_coca.ipynb` — attentional pooling, the appended CLS and the words,
-# and CoCa's weighted loss; `minivlm check exercises/07_coca.ipynb` tells you what is wrong.
+# **Exercises:** `exercises/07_coca.ipynb` — attentional pooling over sets of different sizes, the
+# unimodal half's input and mask for a padded batch, CoCa's weighted loss, and an experiment: how
+# much of a fresh ViT's output is the image and how much the position, with positions started at
+# std 0.02 and at std 1; `minivlm check exercises/07_coca.ipynb` tells you what is wrong.
 #
 # **References.** Yu et al., *CoCa* (2022); Wang et al., *SimVLM* (ICLR 2022); Desai and Johnson,
 # *VirTex* (CVPR 2021); Lee et al., *Set Transformer* (attention pooling, ICML 2019); Radford et

@@ -1,42 +1,46 @@
-"""Checks for the chapter 05 exercises (exercises/05_vlmo): VLMo's routing of tokens to modality
-experts (the Multiway layer of its Mixture-of-Modality-Experts Transformer), the number of
-Transformer passes that each way of retrieving needs, and the re-ranking of the dual encoder's
-top k by the fusion encoder.
+"""Checks for the chapter 05 exercises (exercises/05_vlmo): a whole MoME block (the shared
+attention over a padded, mixed sequence, then each token through its own modality expert), the
+masked-image-modelling loss on per-patch normalised targets, the re-ranking of the dual encoder's
+top k by the fusion encoder, and an experiment: does a model trained on masked image modelling
+predict a hidden patch better than the mean patch, a predictor that never looks at the image?
 
-Routing is compared with the library (minivlm.nn.multiway.Multiway) on fresh random tokens,
-routes and expert modules; the experts count the tokens they are given, so that a version that
-runs every expert on every token is caught even when it picks the right outputs. The pass counts
-are compared with the formulas on many random sizes. Re-ranking is judged by what it must do, not
-by its values: the pairs it asks the fusion function to score (each row's top k by dual score,
-and no other) and the order its scores give each row (the k re-ranked by fusion score, above all
-others, which keep their dual order). When an answer is wrong the check tries to name the
-plausible mistake: routing by position instead of by index, every expert on every token (summed,
-averaged, or chosen afterwards), an off-by-one expert index, outputs concatenated in expert order
-(the token order lost), another sequence's routes; n² passes, a re-rank that forgets the dual
-passes or does not cap k; scoring every pair (the fusion mode, not a re-rank), top k along the
-wrong axis, fusion scores ignored or sorted the wrong way, the re-ranked k not above the rest.
+The block is compared with the library's MoMEBlock on fresh random weights, tokens, routes (not
+sorted by position) and padding (anywhere in the sequence, not only at the end), with a size-1
+case; the experts count the tokens they are given, so that running every expert on every token is
+caught even when the outputs are right; gradients must reach x and every parameter as the
+library's do. The MIM loss is compared with the formula on images that hold flat patches (a zero
+spread), with covers that mask a different number of patches in each image, none in one, and a
+cover that masks nothing at all (0, still attached to the graph). Re-ranking is judged by what it
+must do, not by its values: the pairs it asks the fusion function to score (each row's top k by
+dual score, and no other) and the order its scores give each row. The experiment's function is
+run on fresh images with a fresh VLMo, with one whose MIM head outputs the mean patch itself (the
+two arms must then agree patch for patch), and with one of another patch size given in training
+mode; every number is recomputed, and the model must come back unchanged (weights, mode, no
+gradients). When an answer is wrong the check tries to name the plausible mistake.
 """
 from __future__ import annotations
 
-import numbers
-
 import torch
+from einops import rearrange
 from torch import nn
 
+from minivlm.data.shapesworld import ShapesWorld
 from minivlm.grading import (
     GradingFailure,
     call,
     expect_close,
+    expect_gradients,
     fresh_generator,
     is_close,
     randint,
     register,
     tensor_answer,
 )
-from minivlm.models.vlmo import retrieval_passes
-from minivlm.nn.multiway import Multiway
+from minivlm.models.vlmo import VLMo, VLMoConfig
+from minivlm.nn import masks
+from minivlm.nn.multiway import MoMEBlock
 
-# ----------------------------------------------------------------------------- 05.route_to_experts
+# ----------------------------------------------------------------------------- 05.mome_block
 
 
 class _CountingExpert(nn.Module):
@@ -53,244 +57,298 @@ class _CountingExpert(nn.Module):
         return self.inner(x)
 
 
-def _expert(d: int, d_out: int, g: torch.Generator) -> nn.Module:
-    """A small random MLP, token by token (D → D_out), as an FFN expert is."""
-    hidden = randint(g, 5, 9)
-    mlp = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, d_out))
-    with torch.no_grad():
-        for p in mlp.parameters():
-            p.copy_(torch.randn(p.shape, generator=g))
-    return mlp
+class _Attention(nn.Module):
+    """The block's shared self-attention as the exercise calls it: attention(h, mask)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:
+            if not isinstance(mask, torch.Tensor):
+                raise GradingFailure(f"the attention mask must be a bool tensor, got {type(mask).__name__}")
+            if mask.dtype != torch.bool:
+                raise GradingFailure(f"the attention mask must be bool (True = may attend), got {mask.dtype}")
+        return self.inner(h, mask=mask)
 
 
-def _route_by(x: torch.Tensor, which: torch.Tensor, experts) -> torch.Tensor:
-    """Each token (b, t) through experts[which[b, t]]; where which is -1 the output is 0."""
-    with torch.no_grad():
-        outs = [e(x) for e in experts]  # (B, T, D_out) each
-        out = torch.zeros_like(outs[0])
-        for e, y in enumerate(outs):
-            out = torch.where((which == e)[..., None], y, out)
+def reference_mome_block(x, modality, valid, norm, attention, experts):
+    """x + Attn(LN(x)) over the real keys only, then + FFN_e(h) (each expert's own LN inside)."""
+    h = x + attention(norm(x), masks.padding(valid))  # (B, T, D): padded tokens are no keys
+    out = None
+    for e, expert in enumerate(experts):
+        chosen = modality == e  # (B, T)
+        y = expert(h[chosen])  # (n_e, D)
+        out = h.new_zeros(h.shape) if out is None else out
+        out[chosen] = y
+    return h + out
+
+
+def _route(h, which, experts):
+    """Each token (b, t) through experts[which[b, t]]; -1: 0 (no grad)."""
+    outs = [e(h) for e in experts]
+    out = torch.zeros_like(outs[0])
+    for e, y in enumerate(outs):
+        out = torch.where((which == e)[..., None], y, out)
     return out
 
 
-def _route_candidates(x: torch.Tensor, modality: torch.Tensor, experts) -> list[tuple[torch.Tensor, str]]:
-    b, t = modality.shape
+def _mome_candidates(x, modality, valid, norm, attention, experts) -> list:
     n = len(experts)
+    b, t = modality.shape
+    keys = masks.padding(valid)
     with torch.no_grad():
-        outs = torch.stack([e(x) for e in experts])  # (E, B, T, D_out)
-        # the first T/c tokens to expert 0, the next T/c to expert 1 ... (c = 2: "the first half to expert 0")
-        # (odd T: the middle token on either side, hence two roundings)
-        by_position = [(torch.arange(t) * c // t).expand(b, t) for c in range(2, n + 1)]
-        by_position += [(torch.arange(t) // -(-t // c)).clamp(max=n - 1).expand(b, t) for c in range(2, n + 1)]
-        by_position += [(torch.arange(t) >= t // 2).long().expand(b, t)]
-        in_expert_order = torch.cat([e(x[modality == i]) for i, e in enumerate(experts)])  # (B·T, D_out)
-        tokens_major = modality.t().reshape(b, t)  # x flattened b-major, modality t-major
-        skip_first = torch.where(modality == 0, -1, modality - 1)  # experts[e] on the tokens of index e + 1
-        last_unrouted = torch.where(modality == n - 1, -1, modality)  # range(len(experts) - 1)
-    position = ("routed by position, not by index: token t of every sequence went to one expert by where it "
-                "stands (the first tokens to expert 0, the next to expert 1 ...); route each token by its own "
-                "modality[b, t], whatever its position (VLMo's fusion mode mixes modalities in one sequence, and "
-                "later chapters put image tokens between words)")
-    off_by_one = ("off-by-one expert index: token (b, t) must go through experts[modality[b, t]] — index 0 is the "
-                  "first expert, not expert 1")
-    mixing = ("tokens were routed by another sequence's indices: token (b, t) must use modality[b, t] of its own "
-              "sequence b (keep the batch and token axes together, e.g. chosen = modality == e, a (B, T) mask, "
-              "and x[chosen])")
-    return [
-        (outs.sum(0), "every expert was applied to every token and the outputs summed: a token goes through one "
-                      "expert only, experts[modality[b, t]]; a Mixture-of-Modality-Experts is not an ensemble"),
-        (outs.mean(0), "every expert was applied to every token and the outputs averaged: a token goes through one "
-                       "expert only, experts[modality[b, t]]"),
-        *((_route_by(x, which, experts), position) for which in by_position),
-        (_route_by(x, modality.flip(1), experts), position + " (the routes were read back to front)"),
-        (_route_by(x, (modality + 1) % n, experts), off_by_one),
-        (_route_by(x, (modality - 1) % n, experts), off_by_one),
-        (_route_by(x, skip_first, experts), off_by_one),
-        (in_expert_order.view(b, t, -1),
-         "the token order is lost: the outputs were concatenated expert by expert (all of expert 0's tokens, then "
-         "expert 1's ...); put each output back where its token was, e.g. out[chosen] = expert(x[chosen])"),
-        (_route_by(x, modality[:1].expand(b, t), experts), mixing + " (here every sequence used the first one's)"),
-        (_route_by(x, modality.roll(1, dims=0), experts), mixing),
-        (_route_by(x, tokens_major, experts), mixing),
-        (_route_by(x, last_unrouted, experts),
-         f"the tokens of the last expert (index {n - 1}) came out as zeros: loop over every expert, "
-         f"range(len(experts)), not range(len(experts) - 1)"),
-    ]
+        a = attention(norm(x), keys)
+        h = x + a
+        route = _route(h, modality, experts)
+        named = [
+            (a + _route(a, modality, experts), "the attention's residual is missing: h = x + Attention(LN(x)), the "
+                                               "block adds to x, it does not replace it"),
+            (route, "the feed-forward residual is missing: the output is h + FFN_e(h), not FFN_e(h) alone"),
+            (x + a + _route(x, modality, experts), "the experts read x, not h = x + Attention(LN(x)): the "
+                                                   "feed-forward comes after the attention, on its output"),
+            (x + attention(norm(x), None) + _route(x + attention(norm(x), None), modality, experts),
+             "the real tokens still attend to the padded ones: the padding was ignored, or put on the queries "
+             "(rows), which blocks nothing for a real token; a padded token is a KEY no one may attend to, so "
+             "block its column, mask[b, :, j] = False where valid[b, j] is False"),
+            (x + attention(x, keys) + _route(x + attention(x, keys), modality, experts),
+             "the attention reads x, not LN(x): VLMo's blocks are pre-LN, x + Attention(norm(x))"),
+            (h + _route(norm(h), modality, experts), "the shared norm was applied again before the experts: each "
+                                                     "expert carries its own LayerNorm (LN_e inside experts[e])"),
+            (h + _route(h, (modality + 1) % n, experts), "off-by-one expert index: token (b, t) goes through "
+                                                         "experts[modality[b, t]], index 0 is the first expert"),
+            (h + _route(h, modality.roll(1, dims=0), experts), "tokens were routed by another sequence's indices: "
+                                                               "token (b, t) uses modality[b, t] of its own sequence"),
+            (h + _route(h, modality[:1].expand(b, t), experts), "every sequence was routed by the first one's "
+                                                                "indices: token (b, t) uses modality[b, t]"),
+            (h + torch.stack([e(h) for e in experts]).sum(0), "every expert was applied to every token and the "
+                                                              "outputs summed: a token goes through one expert, "
+                                                              "experts[modality[b, t]]"),
+        ]
+        if n >= 2:
+            position = (torch.arange(t) * n // t).expand(b, t)
+            named.append((h + _route(h, position, experts), "routed by position, not by index: route each token "
+                                                            "by its own modality[b, t], wherever it stands"))
+    return named
 
 
-@register("05.route_to_experts", title="Route each token to the expert its modality index names (a Multiway layer)")
-def check_route_to_experts(fn) -> None:
+def _mome_case(g: torch.Generator, b: int, t: int, d: int, heads: int, n_experts: int, used: int):
+    torch_state = torch.random.get_rng_state()
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+    block = MoMEBlock(d, heads, experts=tuple(f"e{i}" for i in range(n_experts)), mlp_ratio=2.0)
+    torch.random.set_rng_state(torch_state)
+    with torch.no_grad():
+        for p in block.parameters():  # LayerNorm weights and biases too: a forgotten norm must show
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.ndim > 1 else 1.0))
+    x = torch.randn(b, t, d, generator=g)
+    while True:  # every used expert somewhere, routes not sorted by position, sequences routed differently
+        modality = torch.randint(0, used, (b, t), generator=g)
+        routed_alike = bool((modality == modality[:1]).all())
+        if all(bool((modality == e).any()) for e in range(used)) and (b == 1 or not routed_alike):
+            break
+    valid = torch.rand(b, t, generator=g) < 0.7  # padding anywhere: [image ; padded text ; image] is a sequence too
+    valid[:, int(torch.randint(0, t, (1,), generator=g))] = True  # every sequence keeps a real token
+    valid[0] = True  # one sequence with no padding
+    return block, x, modality, valid
+
+
+@register("05.mome_block", title="A MoME block: shared attention over a padded sequence, then one expert per token")
+def check_mome_block(fn) -> None:
     g = fresh_generator()
-    # round 1: three experts, every one used, routes random (not sorted by position), B != T, D_out != D;
-    # round 2: VLMo's image mode in a block with a vision-language expert: one expert no token uses
-    for used in (3, 2):
-        n_experts = 3
-        b = randint(g, 2, 4)
-        t = randint(g, 7, 12)
-        d = randint(g, 4, 7)
-        d_out = d + randint(g, 1, 3)
-        inner = [_expert(d, d_out, g) for _ in range(n_experts)]
+    # three experts with every one used; a block whose third expert no token uses (image and text
+    # tokens only, under a VL expert); one sequence of one token
+    for b, t, d, heads, n_experts, used in ((randint(g, 2, 4), randint(g, 7, 11), 8, 2, 3, 3),
+                                            (randint(g, 2, 3), randint(g, 5, 9), 12, 3, 3, 2),
+                                            (1, 1, 8, 2, 2, 1)):
+        block, x, modality, valid = _mome_case(g, b, t, d, heads, n_experts, used)
+        norm, attention = block.norm1, _Attention(block.attn)
+        inner = list(block.ffn.experts)
         experts = [_CountingExpert(m) for m in inner]
-        while True:  # every used expert in every sequence, and the sequences routed differently
-            modality = torch.randint(0, used, (b, t), generator=g)
-            if all(bool((row == e).any()) for row in modality for e in range(used)) \
-                    and not bool((modality == modality[:1]).all()):
-                break
-        x = torch.randn(b, t, d, generator=g)
-        want = Multiway(inner)(x, modality).detach()  # the library's layer, on the same (uncounted) modules
-
-        given_x, given_modality = x.clone().requires_grad_(True), modality.clone()
-        got = call(fn, given_x, given_modality, experts)
-        if not torch.equal(given_x.detach(), x) or not torch.equal(given_modality, modality):
-            raise GradingFailure("an input was modified in place: leave x and modality as they are")
-        got = tensor_answer("the output", got)
-        shape = (b, t, d_out)
-        if tuple(got.shape) != shape:
-            if tuple(got.shape) == (b * t, d_out):
-                raise GradingFailure(f"the output is flat, shape {(b * t, d_out)}: put the tokens back in their "
-                                     f"sequences, shape (B, T, D_out) = {shape}")
-            if tuple(got.shape) == (b, t, d):
-                raise GradingFailure(f"the output has the input's width D = {d}, but these experts map D = {d} → "
-                                     f"D_out = {d_out}: build the output from the experts' outputs (e.g. "
-                                     f"x.new_zeros(B, T, D_out)), not from x; expected shape {shape}")
-            raise GradingFailure(f"wrong shape: expected (B, T, D_out) = {shape}, got {tuple(got.shape)}")
-        if not is_close(got, want, atol=1e-5):
-            for candidate, message in _route_candidates(x, modality, inner):
-                if not is_close(candidate, want, atol=1e-5) and is_close(got, candidate, atol=1e-5):
-                    raise GradingFailure(message)
-            expect_close(f"route_to_experts on random tokens {tuple(x.shape)} routed to {n_experts} experts", got, want)
-        if not got.requires_grad:
-            raise GradingFailure("the output is detached from x and the experts (no gradient): the experts are "
-                                 "trained through this layer, so keep the computation in autograd (no .detach(), "
-                                 "no torch.no_grad())")
+        what = f"B={b}, T={t}, {n_experts} experts"
+        x_leaf = x.clone().requires_grad_(True)
+        given_modality, given_valid = modality.clone(), valid.clone()
+        got = call(fn, x_leaf, given_modality, given_valid, norm, attention, experts)
+        if not torch.equal(x_leaf.detach(), x) or not torch.equal(given_modality, modality) \
+                or not torch.equal(given_valid, valid):
+            raise GradingFailure("an input was modified in place (x += ...?): leave x, modality and valid as they are; "
+                                 "x + ... makes a new tensor")
+        got = tensor_answer("mome_block's result", got)
+        if tuple(got.shape) != (b, t, d):
+            raise GradingFailure(f"wrong shape: expected (B, T, D) = {(b, t, d)}, got {tuple(got.shape)} ({what})")
+        with torch.no_grad():
+            want = block(x, modality, masks.padding(valid))  # the library's block on the same modules
+        if not is_close(got, want, atol=1e-4):
+            for candidate, message in _mome_candidates(x, modality, valid, norm,
+                                                       lambda h, m: block.attn(h, mask=m), inner):
+                if not torch.isnan(candidate).any() and not is_close(candidate, want, atol=1e-4) \
+                        and is_close(got, candidate, atol=1e-4):
+                    raise GradingFailure(f"{message} ({what})")
+            expect_close(f"mome_block ({what})", got, want, atol=1e-4, rtol=1e-3)
         counts = [int((modality == e).sum()) for e in range(n_experts)]
         rows = [e.rows for e in experts]
         if rows != counts:
             if all(r >= b * t for r in rows):
                 raise GradingFailure(f"every expert ran on all {b * t} tokens (the outputs are right, but each token "
-                                     f"paid for {n_experts} FFNs): give each expert only its own tokens, "
-                                     f"x[modality == e], and run it once on them together; that VLMo's cost per "
-                                     f"token is one FFN, whatever the number of experts, is the point of routing")
-            e = next(i for i in range(n_experts) if rows[i] != counts[i])
-            raise GradingFailure(f"expert {e} ran on {rows[e]} tokens, but {counts[e]} are routed to it "
-                                 f"(modality == {e}); experts ran on {rows} tokens, routes give {counts}: run each "
-                                 f"expert on exactly its own tokens")
+                                     f"paid for {n_experts} FFNs): give each expert only its own tokens, gathered, "
+                                     f"and run it once on them ({what})")
+            raise GradingFailure(f"the experts ran on {rows} tokens, but the routes give them {counts}: run each "
+                                 f"expert once, on exactly its own tokens ({what})")
+        leaves = {"x": x_leaf}
+        leaves.update({f"norm.{n}": p for n, p in norm.named_parameters()})
+        leaves.update({f"attention.{n}": p for n, p in block.attn.named_parameters()})
+        for e, m in enumerate(inner):
+            leaves.update({f"experts[{e}].{n}": p for n, p in m.named_parameters()})
+        expect_gradients(f"the block's output ({what})", got, block(x_leaf, modality, masks.padding(valid)), leaves)
 
 
-# ----------------------------------------------------------------------------- 05.retrieval_passes
+# ----------------------------------------------------------------------------- 05.mim_loss
 
 
+def mim_targets(images: torch.Tensor, patch_size: int, unbiased: bool = True, order: str = "(p1 p2 c)",
+                per: str = "patch", eps: float = 1e-6) -> torch.Tensor:
+    """(B, 3, H, W) → (B, N, 3P²): each patch (row-major, its values in `order`) minus its mean over
+    its spread (per="patch"), or a mistake's variant (per="image", "channel", "none")."""
+    patches = rearrange(images, f"b c (h p1) (w p2) -> b (h w) {order}", p1=patch_size, p2=patch_size)
+    if per == "none":
+        return patches
+    if per == "image":
+        flat = images.flatten(1)
+        mean, var = flat.mean(-1)[:, None, None], flat.var(-1, unbiased=unbiased)[:, None, None]
+        return (patches - mean) / (var + eps).sqrt()
+    if per == "channel":  # (p1 p2 c): the channel is the last factor
+        v = patches.unflatten(-1, (-1, 3))
+        out = (v - v.mean(-2, keepdim=True)) / (v.var(-2, keepdim=True, unbiased=unbiased) + eps).sqrt()
+        return out.flatten(-2)
+    mean, var = patches.mean(-1, keepdim=True), patches.var(-1, keepdim=True, unbiased=unbiased)
+    return (patches - mean) / (var + eps).sqrt()
 
 
-_PASS_MISTAKES = {
-    "dual": [
-        (lambda n, m, k: n * m, "that is the fusion mode's count: in the dual mode each image and each text is "
-                                "encoded once, on its own (n_images + n_texts passes), and one matrix product "
-                                "scores every pair"),
-        (lambda n, m, k: 2 * n, "2·n_images assumes as many texts as images: count n_images + n_texts"),
-        (lambda n, m, k: 2 * m, "2·n_texts assumes as many images as texts: count n_images + n_texts"),
-        (lambda n, m, k: n, "the texts are not counted: the dual mode encodes every text too (n_images + n_texts)"),
-        (lambda n, m, k: m, "the images are not counted: the dual mode encodes every image too (n_images + n_texts)"),
-        (lambda n, m, k: 1, "one pass for the whole matrix product: count Transformer passes, one per image and one "
-                            "per text (n_images + n_texts); the matrix product runs no Transformer"),
-        (lambda n, m, k: 2, "two passes (one per modality): a pass encodes one sequence, so the dual mode needs "
-                            "one per image and one per text, n_images + n_texts"),
-    ],
-    "fusion": [
-        (lambda n, m, k: n * n, "n_images² assumes as many texts as images: the fusion mode runs once per (image, "
-                                "text) pair, n_images · n_texts"),
-        (lambda n, m, k: m * m, "n_texts² assumes as many images as texts: the fusion mode runs once per (image, "
-                                "text) pair, n_images · n_texts"),
-        (lambda n, m, k: n + m, "that is the dual mode's count: the fusion mode runs the Transformer on every "
-                                "(image, text) pair together, n_images · n_texts passes"),
-        (lambda n, m, k: n * m + n + m, "the fusion mode needs no dual passes: it encodes each (image, text) pair "
-                                        "jointly, n_images · n_texts passes in all"),
-        (lambda n, m, k: n * min(k, m), "the fusion mode scores every pair, not the top k: n_images · n_texts"),
-    ],
-    "rerank": [
-        (lambda n, m, k: n * min(k, m), "the re-rank forgets the dual passes: the top k come from the dual mode, "
-                                        "which first encodes every image and every text (n_images + n_texts), then "
-                                        "n_images · min(k, n_texts) fusion passes"),
-        (lambda n, m, k: n + m + n * k, "k is not capped at n_texts: an image cannot have more than n_texts "
-                                        "candidates to re-rank, so min(k, n_texts) fusion passes per image"),
-        (lambda n, m, k: n + m + m * min(k, n), "k images re-ranked per text: in image → text retrieval each of "
-                                                "the n_images queries re-ranks its own top k texts, "
-                                                "n_images · min(k, n_texts) fusion passes"),
-        (lambda n, m, k: n + m + m * k, "k per text (k · n_texts): in image → text retrieval each of the n_images "
-                                        "queries re-ranks its own top k texts, n_images · min(k, n_texts) fusion "
-                                        "passes"),
-        (lambda n, m, k: n + m + n * min(k, n), "k capped at n_images: an image's candidates are the texts, so "
-                                                "min(k, n_texts)"),
-        (lambda n, m, k: n + m + min(k, m), "k fusion passes in all: each of the n_images queries re-ranks its own "
-                                            "top k, n_images · min(k, n_texts)"),
-        (lambda n, m, k: n + m + k, "k fusion passes in all: each of the n_images queries re-ranks its own top k, "
-                                    "n_images · min(k, n_texts)"),
-        (lambda n, m, k: n * m + n + m, "that counts every pair in fusion mode: the re-rank scores only each "
-                                        "image's top k, n_images + n_texts + n_images · min(k, n_texts)"),
-        (lambda n, m, k: n + m + n * min(k, m) * m, "the fusion passes are multiplied by n_texts too: each image "
-                                                    "re-ranks its k candidates, one pass each"),
-    ],
-}
-
-_FORMULAS = {"dual": "n_images + n_texts", "fusion": "n_images · n_texts",
-             "rerank": "n_images + n_texts + n_images · min(k, n_texts)"}
+def reference_mim_loss(pred, images, cover, patch_size):
+    """The mean over the masked patches of each patch's mean squared error to its normalised target."""
+    if not bool(cover.any()):
+        return pred.sum() * 0.0  # nothing masked: 0, still part of the graph
+    err = (pred - mim_targets(images, patch_size)).pow(2).mean(-1)  # (B, N)
+    return err[cover].mean()
 
 
-def _passes_cases(g: torch.Generator, mode: str) -> list[tuple[int, int, int]]:
-    cases = []
-    while len(cases) < 40:
-        n, m = randint(g, 1, 3000), randint(g, 1, 3000)
-        if len(cases) % 4 == 2:  # k larger than the texts: must be capped
-            m = randint(g, 1, 40)
-            k = m + randint(g, 1, 30)
-        elif len(cases) % 4 == 3:  # k larger than the images (not than the texts): no cap
-            n = randint(g, 1, 40)
-            k = n + randint(g, 1, 30)
-            m = k + randint(g, 1, 3000)
-        else:
-            k = randint(g, 1, 64)
-        if n != m and (n, m, k) not in cases:
-            cases.append((n, m, k))
-    cases.append((randint(g, 2, 9), 1, randint(g, 2, 9)))  # a single text: the re-rank has one candidate
-    return cases
+def _mim_case(g: torch.Generator, b: int, grid: int, p: int):
+    images = torch.randn(b, 3, grid * p, grid * p, generator=g)
+    flat = []
+    for _ in range(max(1, b * grid * grid // 4)):  # flat patches: the background's (a zero spread)
+        i, r, c = randint(g, 0, b - 1), randint(g, 0, grid - 1), randint(g, 0, grid - 1)
+        images[i, :, r * p:(r + 1) * p, c * p:(c + 1) * p] = float(torch.randn(1, generator=g))
+        flat.append((i, r * grid + c))
+    cover = torch.rand(b, grid * grid, generator=g) < 0.4  # a different number masked in each image
+    cover[0] = False
+    cover[0, randint(g, 0, grid * grid - 1)] = True  # one image with a single masked patch
+    if b > 2:
+        cover[1] = False  # and one with none
+        cover[2] = True  # and one fully masked
+    i, k = next(((i, k) for i, k in flat if i != 1), flat[0])
+    cover[i, k] = True  # a flat patch among the masked ones
+    if int(cover.sum()) == 3 * p * p:  # then a sum over patches and a sum over values would give one number
+        cover[0] = True
+    pred = torch.randn(b, grid * grid, 3 * p * p, generator=g)
+    return pred, images, cover
 
 
-def _as_count(name: str, got) -> int:
-    if isinstance(got, torch.Tensor) and got.numel() == 1 and not got.dtype == torch.bool:
-        got = got.item()
-    if isinstance(got, bool) or not isinstance(got, numbers.Real):
-        raise GradingFailure(f"{name} must return a number (an int), got {type(got).__name__}")
-    if got != int(got):
-        raise GradingFailure(f"{name} returned {got}: a number of passes is a whole number")
-    return int(got)
+def _mim_mistakes(pred, images, cover, p) -> list:
+    def masked(err, keep):
+        return err[keep].mean()
+
+    right = (pred - mim_targets(images, p)).pow(2)
+    err = right.mean(-1)
+    per_image = [err[i][cover[i]].mean() for i in range(len(err)) if cover[i].any()]
+    named = [
+        (masked((pred - mim_targets(images, p, per="none")).pow(2).mean(-1), cover),
+         "the targets are the raw pixels: normalise each patch by its own mean and spread (§3: a flat background "
+         "patch is then the same small pattern wherever it stands)"),
+        (masked((pred - mim_targets(images, p, per="image")).pow(2).mean(-1), cover),
+         "the targets are normalised over the whole image: each patch by its OWN mean and spread"),
+        (masked((pred - mim_targets(images, p, per="channel")).pow(2).mean(-1), cover),
+         "each channel of a patch was normalised on its own: a patch's 3P² values are normalised together"),
+        (masked((pred - mim_targets(images, p, order="(c p1 p2)")).pow(2).mean(-1), cover),
+         "the targets' values are in another order than the predictions': a patch flattens as (p1 p2 c), "
+         "channel fastest, the layout of minivlm.nn.vit.patchify"),
+        (masked((pred - mim_targets(images, p).unflatten(1, (int(len(err[0]) ** 0.5), -1)).transpose(1, 2)
+                 .flatten(1, 2)).pow(2).mean(-1), cover),
+         "the patches are in column-major order: patch k is row k // grid, column k % grid (row-major), as the "
+         "cover and the predictions are"),
+        (err.mean(), "the mean is over every patch: the loss counts the masked patches only (cover True)"),
+        (masked(err, ~cover), "the loss is on the visible patches: it counts the masked ones (cover True), the "
+                              "ones the model could not see"),
+        (torch.stack(per_image).mean(), "the mean of per-image means: an image with one masked patch then weighs "
+                                        "as much as one with ten; take the mean over all masked patches of the batch"),
+        (masked(right.sum(-1), cover), "each patch's error is summed over its 3P² values: the equation averages "
+                                       "them (1 / 3P²)"),
+        (err[cover].sum(), "a sum over the masked patches: the loss is their mean"),
+    ]
+    return named
 
 
-@register("05.retrieval_passes", title="Transformer passes of dual, fusion and re-rank retrieval")
-def check_retrieval_passes(fn) -> None:
+@register("05.mim_loss", title="Masked image modelling: per-patch normalised targets, masked patches only")
+def check_mim_loss(fn) -> None:
     g = fresh_generator()
-    for mode in ("dual", "fusion", "rerank"):
-        cases = _passes_cases(g, mode)
-        got = [_as_count(f"retrieval_passes({n}, {m}, {mode!r}, {k})", call(fn, n, m, mode, k)) for n, m, k in cases]
-        want = [retrieval_passes(n, m, mode, k) for n, m, k in cases]
-        if got == want:
-            continue
-        for formula, message in _PASS_MISTAKES[mode]:
-            mistaken = [formula(n, m, k) for n, m, k in cases]
-            if mistaken != want and got == mistaken:
-                raise GradingFailure(f"mode {mode!r}: {message}")
-        i = next(i for i in range(len(cases)) if got[i] != want[i])
-        n, m, k = cases[i]
-        raise GradingFailure(f"retrieval_passes({n}, {m}, {mode!r}, {k}) returned {got[i]}, expected {want[i]} "
-                             f"({_FORMULAS[mode]}); wrong on {sum(a != b for a, b in zip(got, want))} of "
-                             f"{len(cases)} random sizes")
-    bad_mode = "cross"
-    try:
-        returned = fn(5, 7, bad_mode, 3)
-    except Exception:  # noqa: BLE001 — any error is a fine answer to a mode that does not exist
-        return
-    raise GradingFailure(f"retrieval_passes(5, 7, {bad_mode!r}, 3) returned {returned!r} for a mode that does not "
-                         f"exist: raise a ValueError for anything but 'dual', 'fusion' and 'rerank' (a typo must not "
-                         f"quietly give another mode's count)")
+    for b, grid, p in ((randint(g, 3, 5), randint(g, 3, 4), randint(g, 2, 4)), (1, 2, randint(g, 2, 3))):
+        pred, images, cover = _mim_case(g, b, grid, p)
+        what = f"B={b}, a {grid}×{grid} grid of {p}×{p} patches"
+        leaf = pred.clone().requires_grad_(True)
+        given_images, given_cover = images.clone(), cover.clone()
+        got = call(fn, leaf, given_images, given_cover, p)
+        if not torch.equal(given_images, images) or not torch.equal(given_cover, cover):
+            raise GradingFailure("images or cover was modified in place (images -= mean?): normalise a copy; the "
+                                 "caller's images are still needed")
+        value = tensor_answer("mim_loss's result", got)
+        if value.numel() != 1:
+            raise GradingFailure(f"the loss must be one number, got shape {tuple(value.shape)} ({what})")
+        value = value.reshape(())
+        if torch.isnan(value.detach()):
+            raise GradingFailure(f"the loss is NaN ({what}): a flat patch (one colour, zero spread) gives 0 / 0; "
+                                 f"divide by the square root of its variance PLUS 1e-6")
+        # two more predictions on the same images and cover: one number can match a mistake by chance, three do not
+        preds = [pred] + [torch.randn(pred.shape, generator=g) for _ in range(2)]
+        values = torch.stack([value.detach().float()] + [
+            torch.as_tensor(call(fn, x.clone(), images.clone(), cover.clone(), p)).detach().float().reshape(())
+            for x in preds[1:]])
+
+        def right(x, unbiased):
+            return (x - mim_targets(images, p, unbiased=unbiased)).pow(2).mean(-1)[cover].mean()
+
+        wants = [torch.stack([right(x, unbiased) for x in preds]) for unbiased in (True, False)]  # either convention
+        if not any(is_close(values, w, atol=1e-5, rtol=1e-4) for w in wants):
+            mistakes = [_mim_mistakes(x, images, cover, p) for x in preds]
+            for k, (_, message) in enumerate(mistakes[0]):
+                candidate = torch.stack([m[k][0] for m in mistakes])
+                if not any(is_close(candidate, w, atol=1e-5, rtol=1e-4) for w in wants) \
+                        and is_close(values, candidate, atol=1e-5, rtol=1e-4):
+                    raise GradingFailure(f"{message} ({what})")
+            if not torch.isfinite(values).all() or float(values.max()) > 20 * float(wants[0].max()):
+                raise GradingFailure(f"the loss is {float(values.max()):.3g}, far above {float(wants[0].max()):.3g} "
+                                     f"({what}): a flat patch (one colour, zero spread) was divided by a spread of "
+                                     f"about 0; divide by the square root of its variance PLUS 1e-6")
+            raise GradingFailure(f"mim_loss returned {float(values[0]):.5f}, expected {float(wants[0][0]):.5f} "
+                                 f"({what}): the mean over the masked patches of each patch's mean squared error to "
+                                 f"its normalised target")
+        want_leaf = reference_mim_loss(leaf, images, cover, p)
+        if not is_close(value, want_leaf, atol=1e-5, rtol=1e-4):
+            want_leaf = (leaf - mim_targets(images, p, unbiased=False)).pow(2).mean(-1)[cover].mean()
+        expect_gradients(f"the loss ({what})", got, want_leaf, {"pred": leaf})
+    # a batch with nothing masked (and one with no image at all): 0, still part of the graph
+    for b in (2, 0):
+        pred = torch.randn(b, 4, 12, generator=g).requires_grad_(True)
+        images = torch.randn(b, 3, 4, 4, generator=g)
+        got = call(fn, pred, images, torch.zeros(b, 4, dtype=torch.bool), 2)
+        what = f"a cover that masks no patch ({b} images)"
+        value = torch.as_tensor(got).detach().float().reshape(-1)
+        if value.numel() == 1 and torch.isnan(value).all():
+            raise GradingFailure(f"{what} gives NaN (a mean over zero patches): return 0 there")
+        if value.numel() != 1:
+            raise GradingFailure(f"{what}: the loss must be one number, got shape {tuple(value.shape)}")
+        expect_close(what, value.reshape(()), torch.tensor(0.0))
+        if not (isinstance(got, torch.Tensor) and got.requires_grad and got.grad_fn is not None):
+            raise GradingFailure(f"{what} is a detached 0 (a new tensor, or .item()): make it a 0 computed from pred, "
+                                 f"so that loss.backward() runs on every batch")
 
 
 # ----------------------------------------------------------------------------- 05.rerank
@@ -454,3 +512,123 @@ def check_rerank(fn) -> None:
     except GradingFailure as exc:
         raise GradingFailure(f"with k = {k} larger than the M = {m} texts: {exc}; cap k at the number of texts, "
                              f"min(k, M)") from None
+
+
+# ----------------------------------------------------------------------------- 05.mim_baseline
+
+
+@torch.no_grad()
+def reference_mim_baseline(model, train_images, images, cover) -> dict:
+    """Per masked patch (in cover's row-major order), the squared error averaged over the patch's
+    values: of the model's MIM head, the patch hidden behind the mask token ("model"), and of the
+    mean target patch of train_images, the same for every patch and every image ("mean_patch")."""
+    mean_patch = model.mim_targets(train_images).flatten(0, 1).mean(0)  # (3P²,)
+    target = model.mim_targets(images)  # (B, N, 3P²)
+    predicted = model.mim_pixels(model.encode_image(images, cover)[0])  # (B, N, 3P²)
+    return {"model": (predicted - target).pow(2).mean(-1)[cover],
+            "mean_patch": (mean_patch - target).pow(2).mean(-1)[cover]}
+
+
+def _model_state(model) -> tuple:
+    return (model.training, float(sum(p.detach().double().sum() for p in model.parameters())),
+            any(p.grad is not None for p in model.parameters()))
+
+
+def _baseline_run(fn, model, train_images, images, cover, what: str) -> dict:
+    given = (train_images.clone(), images.clone(), cover.clone())
+    before = _model_state(model)
+    passes = dict(model.passes)
+    got = call(fn, model, *given)
+    if not (torch.equal(given[0], train_images) and torch.equal(given[1], images) and torch.equal(given[2], cover)):
+        raise GradingFailure("an input was modified in place: leave train_images, images and cover as they are")
+    after = _model_state(model)
+    if after[0] != before[0]:
+        raise GradingFailure(f"the model was left in {'training' if after[0] else 'eval'} mode: measure it in the "
+                             f"mode it was given, and change nothing about it ({what})")
+    if after[1] != before[1]:
+        raise GradingFailure(f"the model's weights changed: the experiment only measures ({what})")
+    if after[2]:
+        raise GradingFailure(f"the model's parameters now hold gradients (backward was called): measure under "
+                             f"torch.no_grad(), nothing is trained here ({what})")
+    model.passes.update(passes)
+    if not isinstance(got, dict) or any(k not in got for k in ("model", "mean_patch")):
+        keys = sorted(got) if isinstance(got, dict) else type(got).__name__
+        raise GradingFailure(f"mim_baseline must return a dict with keys 'model' and 'mean_patch', got {keys}")
+    want = reference_mim_baseline(model, train_images, images, cover)
+    n = int(cover.sum())
+    out = {}
+    for key in ("model", "mean_patch"):
+        value = got[key]
+        if not isinstance(value, torch.Tensor) or value.ndim != 1:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise GradingFailure(f"{key!r} must be a 1-D tensor of per-patch errors, one per masked patch ({n} here), "
+                                 f"got {shape} ({what}); the notebook averages them and puts an interval on the "
+                                 f"paired difference")
+        if len(value) != n:
+            raise GradingFailure(f"{key!r} has {len(value)} errors, but cover masks {n} patches ({what}): one error "
+                                 f"per masked patch, in the order of cover's True entries")
+        out[key] = value.detach().float()
+    for key in ("model", "mean_patch"):
+        if is_close(out[key], want[key], atol=1e-4, rtol=1e-3):
+            continue
+        if key == "mean_patch":
+            own = model.mim_targets(images).flatten(0, 1).mean(0)
+            target = model.mim_targets(images)
+            if is_close(out[key], (own - target).pow(2).mean(-1)[cover], atol=1e-4, rtol=1e-3):
+                raise GradingFailure(f"the mean patch was taken from images, the very patches it is scored on: take "
+                                     f"it from train_images, so the baseline never sees the held-out images ({what})")
+            if is_close(out[key], out["model"], atol=1e-4, rtol=1e-3) and not is_close(want["model"], want[key]):
+                raise GradingFailure(f"'mean_patch' equals 'model': the baseline predicts the mean target patch of "
+                                     f"train_images at every masked patch ({what})")
+        else:
+            with torch.no_grad():
+                seen = model.mim_pixels(model.encode_image(images)[0])
+                target = model.mim_targets(images)
+            if is_close(out[key], (seen - target).pow(2).mean(-1)[cover], atol=1e-4, rtol=1e-3):
+                raise GradingFailure(f"the model saw the patches it predicts: encode the images with the cover "
+                                     f"(model.encode_image(images, cover)), which puts the mask token in their place "
+                                     f"({what})")
+        if is_close(out[key], want[key].sort().values, atol=1e-4, rtol=1e-3) or \
+                is_close(out[key].sort().values, want[key].sort().values, atol=1e-4, rtol=1e-3):
+            raise GradingFailure(f"{key!r} holds the right errors in another order: keep the order of cover's True "
+                                 f"entries (row-major: image by image, patch by patch), so that the two arms pair up "
+                                 f"({what})")
+        expect_close(f"{key!r}, the per-patch squared errors ({what})", out[key], want[key], atol=1e-4, rtol=1e-3)
+    return want
+
+
+def _baseline_images(g: torch.Generator, n: int, n_objects, split: str, size: int) -> torch.Tensor:
+    world = ShapesWorld(seed=int(torch.randint(0, 2**31 - 1, (1,), generator=g)), split=split)
+    return world.render(world.sample(n, n_objects=n_objects), image_size=size)
+
+
+def _small_vlmo(g: torch.Generator, **overrides) -> VLMo:
+    with torch.random.fork_rng():
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+        return VLMo(VLMoConfig(**{"dim": 32, "depth": 2, "vl_depth": 1, "heads": 2, "embed_dim": 32, **overrides}))
+
+
+@register("05.mim_baseline", title="The experiment: masked image modelling against the mean patch")
+def check_mim_baseline(fn) -> None:
+    g = fresh_generator()
+    # training images with more objects than the held-out ones, so that their mean patch differs
+    train = _baseline_images(g, 48, (3, 4), "train", 32)
+    images = _baseline_images(g, 24, (1, 2), "test", 32)
+    cover = torch.rand(24, 16, generator=g) < 0.4
+    cover[0] = False  # an image with nothing masked
+    model = _small_vlmo(g).eval()
+    _baseline_run(fn, model, train, images, cover, "a fresh VLMo")
+    # a MIM head that outputs the mean patch itself: the two arms must agree patch for patch
+    with torch.no_grad():
+        model.mim_head.weight.zero_()
+        model.mim_head.bias.copy_(model.mim_targets(train).flatten(0, 1).mean(0))
+    got = _baseline_run(fn, model, train, images, cover, "a VLMo whose MIM head predicts the mean patch")
+    assert is_close(got["model"], got["mean_patch"], atol=1e-4)
+    # another patch size and image size, a model handed over in training mode
+    small = _small_vlmo(g, image_size=16, patch_size=4).train()
+    train16 = _baseline_images(g, 32, (3, 4), "train", 16)
+    images16 = _baseline_images(g, 12, (1, 2), "test", 16)
+    cover16 = torch.rand(12, 16, generator=g) < 0.5
+    _baseline_run(fn, small, train16, images16, cover16, "16×16 images in 4×4 patches, a model in training mode")
+
+
