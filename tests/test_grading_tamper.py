@@ -144,13 +144,15 @@ def test_an_infinite_loop_is_reported_as_timed_out(tmp_path):
     cell = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith("def multi_positive_loss"))
     cell.source = "def multi_positive_loss(logits, groups):\n    while True:\n        pass"
     start = time.perf_counter()
-    report = _grade(_write(nb, tmp_path), timeout=2)
-    assert time.perf_counter() - start < 30
+    # 5 s per task: the loop must time out, and the chapter's experiment task must not on a loaded
+    # machine (at 2 s it did, at a load average of 5)
+    report = _grade(_write(nb, tmp_path), timeout=5)
+    assert time.perf_counter() - start < 40
     rows = {r["task_id"]: (r["status"], r["message"]) for r in report["tasks"]}
-    assert rows["02.multi_positive_loss"] == ("timed out", "timed out after 2 s")
+    assert rows["02.multi_positive_loss"] == ("timed out", "timed out after 5 s")
     assert all(rows[t] == ("passed", "passed") for t in TASKS[1:])  # a fresh process graded the rest
     title = "CLIP's loss when a batch repeats a caption: every pair of a group is a positive"
-    assert f"✗ 02.multi_positive_loss — {title}: timed out after 2 s" in cli.format_report(report)
+    assert f"✗ 02.multi_positive_loss — {title}: timed out after 5 s" in cli.format_report(report)
 
 
 def test_the_notebook_limit_stops_grading(tmp_path):
