@@ -154,7 +154,7 @@ def _binding_episode(world, rng, n: int, nonce, compositions, phrasing: str, que
     return Document(" ".join(units), scenes, "binding", meta={"by": by, "names": names, "values": pair}), names[ways[-1]]
 
 
-def kshot_documents(task: str, k: int, n: int, seed: int = 0) -> list[Document]:
+def kshot_documents(task: str, k: int, n: int, seed: int = 0, formats: str = "heldout") -> list[Document]:
     """n k-shot queries of `task`, in the held-out formats, on fresh test-split images:
 
     binding    2 ways × k shots (each name shown with k images, in random order), then a query
@@ -162,22 +162,29 @@ def kshot_documents(task: str, k: int, n: int, seed: int = 0) -> list[Document]:
                answer. k = 0: the query alone, whose name no model can know (0 % by construction).
     attribute  k images with their answers under one rule (cycling colour / shape / size over
                the items), then a query image; k = 0 shows no demonstration, so the rule is a guess.
+
+    formats: "heldout" (binding phrased "that one is called a", attribute templates from
+    `incontext.HELDOUT_TEMPLATES`) or "train" (the training phrasing and training templates; the
+    nonce words and images are held out either way).
     """
     if task not in KSHOT_TASKS:
         raise ValueError(f"task must be one of {KSHOT_TASKS}, got {task!r}")
     check_int("k", k, lo=0)
     check_int("n", n)
+    if formats not in ("heldout", "train"):
+        raise ValueError(f"formats must be 'heldout' or 'train', got {formats!r}")
     world = ShapesWorld(seed=seed, split="test")
     rng = np.random.default_rng([seed, k, KSHOT_TASKS.index(task), 7])
     out = []
     for i in range(n):
         if task == "binding":
-            doc, name = _binding_episode(world, rng, 2 * k + 1, HELDOUT_NONCE, SEEN_COMPOSITIONS, "heldout",
+            doc, name = _binding_episode(world, rng, 2 * k + 1, HELDOUT_NONCE, SEEN_COMPOSITIONS, formats,
                                          query=True, shots=k)
             doc.answer, doc.k = name, k
         else:
             rule = RULES[i % len(RULES)]
-            t = HELDOUT_TEMPLATES[int(rng.integers(len(HELDOUT_TEMPLATES)))]
+            t = HELDOUT_TEMPLATES[int(rng.integers(len(HELDOUT_TEMPLATES)))] if formats == "heldout" \
+                else random_template(rng)
             scenes = [_single(world, rng, SEEN_COMPOSITIONS) for _ in range(k + 1)]
             units = [t.unit(IMAGE, _answer(rule, s)) for s in scenes[:-1]] + [t.unit(IMAGE)]
             doc = Document(" ".join(units), scenes, "attribute", answer=_answer(rule, scenes[-1]), k=k,
