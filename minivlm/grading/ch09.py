@@ -1,18 +1,24 @@
 """Checks for the chapter 09 exercises (exercises/09_llm): the shifted next-token loss that
-ignores padding, one attention step with a KV cache, perplexity from the log-probabilities of a
-batch of documents, greedy decoding of a GPT that feeds one token at a time through its cache,
+ignores padding, the attention of a chunk of new tokens after a KV cache (the causal mask offset
+by the cache's length), perplexity from the log-probabilities of a batch of documents, greedy decoding of a GPT that feeds one token at a time through its cache,
 and an experiment: rotary position embeddings (RoPE) written out, and the measurement that the
 score of a rotated query and key depends only on their offset.
 
 The loss is compared with `minivlm.losses.lm_loss` and perplexity with `minivlm.eval.perplexity`
 on fresh random inputs whose rows have very different numbers of real tokens and whose padded
 positions hold values of their own, redrawn until every plausible mistake gives another number
-than the right answer (and than every other mistake). The cached attention step is compared with
-full causal attention recomputed from scratch over the whole sequence, on one step and then on
-every step of a sequence decoded from an empty cache, the learner's returned cache fed back in;
-batch, heads, time and head width all have distinct sizes. Greedy decoding runs on a small random
-`GPT` (its embeddings scaled up so that the top two logits are never near a tie) seen through a
-recorder of the calls the learner makes, and is compared with greedy decoding without a cache.
+than the right answer (and than every other mistake), then on one row of two tokens (B = 1); its
+gradient to the logits is compared with the reference's. The chunk's attention is compared with
+full causal attention recomputed from scratch over the whole sequence: a chunk of C tokens after T
+cached, C tokens into an empty cache, one token after T (a decoding step), B = H = 1, and a whole
+sequence fed in chunks of random sizes from an empty cache, the learner's returned cache fed back
+in; batch, heads, chunk, cache and head width all have distinct sizes, and the gradient reaches
+all five inputs as the reference's does. Perplexity is also computed on a batch with a document of
+no real token. Greedy decoding runs on a small random Llama-layout `GPT` whose weights are scaled up
+(the top two logits are never near a tie) and whose continuation depends on the whole prompt (it
+changes with the prompt's first token, and differs from the continuation of the last prompt token
+alone), seen through a recorder of the calls the learner makes, and is compared with greedy
+decoding without a cache.
 RoPE is compared with the library's `RotaryEmbedding` and `apply_rotary` (minivlm/nn/rope.py) on
 a random (B, H, T, d) and a (T, d) tensor, at distinct positions that are not 0 … T − 1 and with
 a base that is not 10,000. The experiment `offset_spread(rotate, q, k, n)` is given two rotations
@@ -24,15 +30,19 @@ be the recomputed ones. Inputs are redrawn until every plausible mistake gives a
 When an answer is wrong the check tries to name the plausible mistake: no shift, the shift the
 wrong way, padding used as targets, padding counted in the mean, the mask not shifted with the
 targets, the mean of per-row means, the sum instead of the mean, raw logits taken for
-log-probabilities, a loss without gradient; the cache grown on the batch, heads or feature axis
-(torch.cat refuses it at these distinct sizes; the check names the axis from torch's error),
-torch.stack instead of torch.cat, the new token's key and value left out of the attention or of
-the returned cache, the new key prepended, keys and values swapped, the 1/√d scale missing or
-1/d, the softmax over the query, heads or batch axis, a causal mask built for one query; the minus
-sign missing, padding included or counted, the mean of per-document perplexities or of
-per-document means, base 2 or 10 instead of e, the cross-entropy (or the mean log-probability)
-returned instead of its exp, the exp of the total; no cache, a fresh cache every step, the whole
-sequence fed again to a cache that holds it, the first position's logits, the prompt left out,
+log-probabilities, a loss without gradient (detached, or rebuilt from .item()), the ids changed in
+place; the cache grown on the batch, heads or feature axis (torch.cat refuses it at these distinct
+sizes; the check names the axis from torch's error), torch.stack instead of torch.cat, the cache
+not grown, the new keys prepended, keys and values swapped, the cache changed in place, no mask
+(the chunk sees its own future), the future weights zeroed after the softmax, the causal mask
+aligned to the top-left corner (as if the chunk started at 0), the cache left out, the cached keys
+masked out, the 1/√d scale missing or 1/d, the softmax over the query, heads or batch axis, a
+one-token step used for a chunk, no gradient to the cache; the minus sign missing, padding
+included or counted, the mean of per-document perplexities or of per-document means, NaN from a
+document with no real token, base 2 or 10 instead of e, the cross-entropy (or the mean
+log-probability) returned instead of its exp, the exp of the total, the inputs changed in place;
+no cache, a fresh cache every step, the whole sequence fed again to a cache that holds it, only
+the prompt's last token fed (the context ignored), the first position's logits, the prompt left out,
 the wrong number of new tokens, the library's decoder called instead of a loop; the interleaved
 pairing (2i, 2i + 1), the angles laid out interleaved with the rotate-half pairing, a missing
 sign (not a rotation), the turn the wrong way, cos and sin swapped, the frequencies base^(-i/d),

@@ -1,18 +1,25 @@
 """Checks for the chapter 10 exercises (exercises/10_frozen): the token layout of a prefix
-captioner ("<bos> <image>×K words <eos>" with its attention and loss masks), the splice that puts
-K image embeddings in the places of the K `<image>` tokens, the captioning loss that scores only
-the caption, the count of the trainable parameters of a model whose language model is frozen, and
-an experiment: knowledge questions asked after the model's own caption with the image prefix kept
-and dropped, and the gap between the two accuracies.
+captioner ("<bos> <image>×K words <eos>" with its attention and loss masks), the splice for
+interleaved documents that puts each of a batch's N images (K embeddings each, in reading order)
+in the places of its run of K `<image>` tokens, whatever number of images a row holds, the
+captioning loss that scores only the caption, the count of the trainable parameters of a model
+whose language model is frozen, and an experiment: knowledge questions asked after the model's own
+caption with the image prefix kept and dropped, and the gap between the two accuracies.
 
-The layout and the splice are compared with `minivlm.models.frozen.insert_image_tokens` and
-`splice` on fresh random inputs: right-padded rows of different lengths, an `<image>` id drawn at
-random (so that the course tokenizer's id cannot be hard-coded), and for the splice a second batch
-whose `<image>` tokens sit at a different place in every row (a prompt before the image, as in the
-chapters that reuse the splice), then a batch in which one row has one `<image>` token too many and
-another one too few. The loss is compared with `lm_loss(logits, ids, loss_mask)` on inputs redrawn
-until every plausible mistake gives another number than the right answer (and than every other
-mistake). The counts are compared with `count_parameters` on two freshly built random captioners
+The layout is compared with `minivlm.models.frozen.insert_image_tokens` on fresh random inputs:
+right-padded rows of different lengths, an `<image>` id drawn at random (so that the course
+tokenizer's id cannot be hard-coded), at a K that is not the chapter's 4, at K = 1, and on one row
+(B = 1) of int32 ids (the dtype must be kept exactly). The splice is compared with a reference
+(the library's `splice` where every row holds one image) on rows that hold no image, one or
+several, each image after 0–2 words; on one image per row; on one row at K = 1; on a batch with no
+image at all (N = 0); its gradients to the image embeddings and to the embedding table behind
+`embeds` are compared with the reference's; then two broken batches must raise ValueError: two
+rows drawn at random whose `<image>` runs disagree with `images_per_row` while the total still
+fits (a flat assignment would silently move an image between rows), and image embeddings for one
+image more than `images_per_row` sums to. The loss is compared with `lm_loss(logits, ids,
+loss_mask)` at K = 1 … 6 on inputs redrawn until every plausible mistake gives another number than
+the right answer (and than every other mistake), and its gradient with the reference's. The
+counts are compared with `count_parameters` on two freshly built random captioners
 (a vision encoder with batch norm, a mapper, a nanoGPT-style language model whose output head is
 tied to its token embedding and which keeps a causal-mask buffer), one with the vision encoder
 frozen and one with it trained, redrawn until every plausible mistake gives another number.
@@ -26,16 +33,18 @@ When an answer is wrong the check tries to name the plausible mistake: the <imag
 before <bos> or after the padding, written over the words instead of inserted, ids that are no
 longer integers, masks that are not bool, the <image> positions left out of the attention mask,
 the masks not laid out like the ids, <bos>, the <image> tokens or the padding marked as targets,
-<eos> left out, the loss mask shifted by one, the input changed in place; the image written one
-position late or early, its K embeddings reversed, rows mixed (column-major order), row 0's image
-in every row, the other positions zeroed, the <image> token's embedding added instead of
-replaced, the image put at positions 1..K whatever the ids say, the sequence grown instead of
-positions replaced, embeds changed in place, no gradient to the image embeddings or to embeds, no
-ValueError for a row with the wrong number of <image> tokens; the <image> tokens (or the last of
+<eos> left out, the loss mask shifted by one, the input changed in place, K hard-coded, the ids'
+dtype promoted, a result that breaks at B = 1; the images written one position late or early, an
+image's K embeddings reversed, images mixed (column-major order), a row's images in reverse order,
+the other positions zeroed, the <image> token's embedding added instead of replaced, one image per
+row assumed (a ValueError on a valid batch), the sequence grown instead of positions replaced,
+embeds changed in place, no gradient to the image embeddings or to embeds, only the batch's total
+checked (no ValueError for rows that disagree with images_per_row), no ValueError for a wrong
+number of images; the <image> tokens (or the last of
 them) scored as targets, the first word left out, <eos> left out, every position scored, padding
 used as targets or counted in the mean, the prefix counted in the mean, no shift, the shift the
 wrong way, the mask not shifted with the targets, the mean of per-row means, the sum, raw logits
-taken for log-probabilities, a loss without gradient; every parameter counted as trainable, the
+taken for log-probabilities, a loss without gradient (detached, or rebuilt from .item()); every parameter counted as trainable, the
 frozen ones counted, only the mapper counted, a tied weight counted twice, the sum over
 state_dict() (tied copies and buffers, and no requires_grad), buffers counted, tensors counted
 instead of numbers, parameters counted once per enclosing module, the fraction inverted, the
