@@ -198,20 +198,32 @@ check("09.greedy_with_cache", greedy_with_cache)
 # pairs neighbours (2i, 2i + 1): the same rotations on another order of the channels, and not
 # interchangeable with this one.
 #
-# **(a)** Write `rope(x, positions, base)`: `x` `(…, T, d)` float with d even and any leading axes
-# (batch, heads), `positions` `(T,)` integers, the position of each of the T tokens (not always
-# 0 … T − 1: after a cache, or for chapter 16's image tokens, they start elsewhere). Return x
-# rotated, a new tensor of x's shape. The check compares it with `minivlm/nn/rope.py` on random
-# input, for a (B, H, T, d) and a (T, d) tensor.
+# **(a)** Chapter 09 §3 rotated one (1, 1, 6, d) query at positions 0 … 5. Write the general
+# version, `rope(x, positions, base)`: `x` `(…, T, d)` float with d even, and `positions`
+# integers, either
+#
+# * `(T,)`, the position of each of the T tokens, shared by every row, for x with any leading
+#   axes (batch, heads); not always 0 … T − 1: after a cache, or for chapter 16's image tokens,
+#   they start elsewhere; or
+# * `(B, T)`, each row its own, for x `(B, T, d)` or `(B, H, T, d)`: in a left-padded batch
+#   (chapter 09 §5) each row counts from its own first real token, and after a cache each row
+#   from its own length. Every head of row b turns by row b's angles.
+#
+# Return x rotated, a new tensor of x's shape. The check compares it with `minivlm/nn/rope.py` on
+# random input: a (B, H, T, d) and a (T, d) tensor at shared positions, then a (B, H, T, d) and a
+# (B, T, d) tensor whose rows start at different positions.
 
 # %%
 def rope(x, positions, base=10000.0):
     ### BEGIN SOLUTION hint: chapter 09 §3, rotary positions (Llama's "rotate half" pairing, one frequency per
-    ###     pair) and the text above; each token turns by ITS position, which need not be its index
+    ###     pair) and the text above; each token turns by ITS position, which need not be its index, and with
+    ###     per-row positions the angles must line up with x's batch and time axes, not its heads
     d = x.shape[-1]
     theta = base ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)  # (d/2,): θ_i = base^(-2i/d)
-    angles = positions[:, None].float() * theta  # (T, d/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (T, d): channels j and j + d/2 turn together
+    angles = positions[..., None].float() * theta  # (T, d/2) or (B, T, d/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (…, T, d): channels j and j + d/2 turn together
+    if positions.ndim == 2 and x.ndim == 4:
+        angles = angles[:, None]  # (B, 1, T, d): every head of row b turns by row b's angles
     a, b = x.chunk(2, dim=-1)  # each pair's two coordinates: the first and the second half
     return x * angles.cos() + torch.cat([-b, a], dim=-1) * angles.sin()
     ### END SOLUTION

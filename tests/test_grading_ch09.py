@@ -328,10 +328,11 @@ def test_greedy_with_cache_matches_the_library_generate():
 # ----------------------------------------------------------------------------- 09.rope
 
 
-def rope(x, positions, base=10000.0, pairing="half", theta="right", layout="cat", turn="right"):
-    """RoPE written out (pairs (j, j + d/2), θ_i = base^(-2i/d)), and the mistakes the options make."""
+def rope(x, positions, base=10000.0, pairing="half", theta="right", layout="cat", turn="right", heads=True):
+    """RoPE written out (pairs (j, j + d/2), θ_i = base^(-2i/d)), and the mistakes the options make
+    (heads False: per-row angles not broadcast over the heads axis)."""
     d, h = x.shape[-1], x.shape[-1] // 2
-    p = positions.double()[:, None]
+    p = positions.double()[..., None]
     i = torch.arange(h, dtype=torch.float64)
     if theta == "per channel":
         angles = p * base ** (-torch.arange(d, dtype=torch.float64) / d)
@@ -339,6 +340,8 @@ def rope(x, positions, base=10000.0, pairing="half", theta="right", layout="cat"
         freq = {"right": base ** (-2 * i / d), "no two": base ** (-i / d), "positive": base ** (2 * i / d)}[theta]
         angles = torch.cat([p * freq, p * freq], -1) if layout == "cat" else (p * freq).repeat_interleave(2, -1)
     cos, sin = angles.cos().float(), angles.sin().float()
+    if positions.ndim == 2 and x.ndim == 4 and heads:
+        cos, sin = cos[:, None], sin[:, None]
     if turn == "swapped":
         cos, sin = sin, cos
     if pairing == "interleaved":
@@ -382,6 +385,9 @@ WRONG_ROPE = [
     (_in_place, "changed its input in place"),
     (_only_4d, "(T, d)"),
     (_wrong_on_2d, "(T, d)"),
+    (lambda x, pos, base: rope(x, pos[0] if pos.ndim == 2 else pos, base), "row 0's positions"),
+    (lambda x, pos, base: rope(x, pos, base, heads=False), "heads axis"),
+    (lambda x, pos, base: rope(x, pos.flatten()[: x.shape[-2]], base), "rows starting at"),
 ]
 
 

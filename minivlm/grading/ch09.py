@@ -21,7 +21,8 @@ alone), seen through a recorder of the calls the learner makes, and is compared 
 decoding without a cache.
 RoPE is compared with the library's `RotaryEmbedding` and `apply_rotary` (minivlm/nn/rope.py) on
 a random (B, H, T, d) and a (T, d) tensor, at distinct positions that are not 0 … T − 1 and with
-a base that is not 10,000. The experiment `offset_spread(rotate, q, k, n)` is given two rotations
+a base that is not 10,000, then on a (B, H, T, d) (B != H) and a (B, T, d) tensor with each row's
+own positions (B, T), the rows starting at different offsets. The experiment `offset_spread(rotate, q, k, n)` is given two rotations
 and recomputed for each: RoPE, where the spread of the scores at one offset is 0 (to float
 rounding) while the scores across offsets differ, and a position vector added to q and k (GPT-2's
 way), where the score depends on both positions; the learner's score matrix and both spreads must
@@ -47,7 +48,8 @@ the wrong number of new tokens, the library's decoder called instead of a loop; 
 pairing (2i, 2i + 1), the angles laid out interleaved with the rotate-half pairing, a missing
 sign (not a rotation), the turn the wrong way, cos and sin swapped, the frequencies base^(-i/d),
 growing with i, or one per channel, the positions or the base argument ignored, the input changed
-in place, a rotation that works only on 4-D input; the score matrix transposed, the key rotated to
+in place, a rotation that works only on 4-D input, row 0's positions used for every row, per-row
+angles that miss the heads axis; the score matrix transposed, the key rotated to
 the query's position, the key not rotated, the scores scaled by 1/√d, the pairs grouped by p + s
 or by |p − s|, the standard deviation for the spread, the mean spread instead of the largest, offset
 0 alone, a spread assumed to be 0, and for the spread across offsets the standard deviation, the
@@ -638,8 +640,13 @@ def check_greedy_with_cache(fn) -> None:
 
 
 def rope_reference(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """x (…, T, d) rotated by RoPE at positions (T,): the library's `RotaryEmbedding` and
-    `apply_rotary` (channel j paired with j + d/2, pair i turned by p·base^(-2i/d))."""
+    """x (…, T, d) rotated by RoPE at positions (T,), or x (B, T, d) or (B, H, T, d) at each row's
+    own positions (B, T): the library's `RotaryEmbedding` and `apply_rotary` (channel j paired with
+    j + d/2, pair i turned by p·base^(-2i/d), every head of a row by that row's angles)."""
+    if positions.ndim == 2:
+        cos, sin = RotaryEmbedding(x.shape[-1], base)(positions.long())  # (B, T, d) each
+        flat = x if x.ndim == 4 else x[:, None]  # (B, H, T, d)
+        return apply_rotary(flat, cos, sin).reshape(x.shape)
     cos, sin = RotaryEmbedding(x.shape[-1], base)(positions[None].long())  # (1, T, d) each
     flat = x.reshape(1, -1, *x.shape[-2:])  # (1, N, T, d): every leading axis as heads
     return apply_rotary(flat, cos, sin).reshape(x.shape)
@@ -728,11 +735,27 @@ def _rope_inputs(g: torch.Generator):
     raise RuntimeError("could not draw inputs on which the mistakes differ")  # pragma: no cover
 
 
+def _row_mistakes(x, positions, base) -> list[tuple[torch.Tensor, str]]:
+    """The mistakes of the per-row positions (B, T)."""
+    t = x.shape[-2]
+    return [
+        (rope_reference(x, positions[0], base),
+         "every row was turned by row 0's positions: with positions (B, T) each row has its own (a left-padded "
+         "batch counts each row from its own first real token, chapter 09 §5)"),
+        (rope_reference(x, torch.arange(t), base),
+         "the positions argument was ignored (0 … T − 1 used instead): row b's token t turns by positions[b, t]"),
+    ]
+
+
 def _check_rope_on(fn, x, positions, base, what: str) -> None:
     x_in, positions_in = x.clone(), positions.clone()
     try:
         got = tensor_answer(f"rope's result ({what})", call(fn, x_in, positions_in, base))
     except GradingFailure as exc:
+        if positions.ndim == 2 and "must match the size of tensor" in str(exc):
+            raise GradingFailure(f"{exc} (on {what}): positions (B, T) give angles (B, T, d), and x (B, H, T, d) has "
+                                 f"a heads axis between the batch and time axes; every head of row b turns by row "
+                                 f"b's angles") from None
         raise GradingFailure(f"{exc} (on {what})") from None
     if not (torch.equal(x_in, x) and torch.equal(positions_in, positions)):
         raise GradingFailure(f"rope changed its input in place ({what}): return a new tensor and leave x as it was "
@@ -745,14 +768,15 @@ def _check_rope_on(fn, x, positions, base, what: str) -> None:
     want = rope_reference(x, positions, base)
     if is_close(got, want):
         return
-    for value, message in _rope_mistakes(x, positions, base):
+    mistakes = _row_mistakes(x, positions, base) if positions.ndim == 2 else _rope_mistakes(x, positions, base)
+    for value, message in mistakes:
         if is_close(got, value):
-            raise GradingFailure(message)
+            raise GradingFailure(f"{message} ({what})")
     d = x.shape[-1]
     wrong = ((got.double() - want.double()).abs() > 1e-4).reshape(-1, *x.shape[-2:]).any(0)  # (T, d): any row
     t_at, j_at = map(int, wrong.nonzero()[0])
-    raise GradingFailure(f"rope's result differs from minivlm.nn.rope's ({what}), first at position index {t_at} "
-                         f"(position {int(positions[t_at])}), channel {j_at} of d = {d}: max |diff| = "
+    raise GradingFailure(f"rope's result differs from minivlm.nn.rope's ({what}), first at time index {t_at}, "
+                         f"channel {j_at} of d = {d}: max |diff| = "
                          f"{float((got.double() - want.double()).abs().max()):.3g}")
 
 
@@ -762,6 +786,17 @@ def check_rope(fn) -> None:
     x, positions, base = _rope_inputs(g)
     _check_rope_on(fn, x, positions, base, f"x (B, H, T, d) = {tuple(x.shape)}")
     _check_rope_on(fn, x[0, 0], positions, base, f"x (T, d) = {tuple(x[0, 0].shape)}: any leading axes")
+    # each row its own positions (B, T): rows that start at different offsets; B != H, so that angles
+    # that miss the heads axis cannot broadcast by accident
+    b, t, d = x.shape[0], x.shape[2], x.shape[3]
+    h = b + randint(g, 1, 2)
+    rows = torch.randn(b, h, t, d, generator=g)
+    offsets = torch.randperm(20, generator=g)[:b]  # distinct
+    per_row = torch.arange(t)[None] + offsets[:, None]  # (B, T)
+    _check_rope_on(fn, rows, per_row, base, f"x (B, H, T, d) = {tuple(rows.shape)} with each row's own positions "
+                                            f"(B, T), rows starting at {offsets.tolist()}")
+    _check_rope_on(fn, rows[:, 0], per_row, base, f"x (B, T, d) = {tuple(rows[:, 0].shape)} with each row's own "
+                                                  f"positions (B, T)")
 
 
 # ----------------------------------------------------------------------------- 09.offset_spread

@@ -24,7 +24,9 @@ counts are compared with `count_parameters` on two freshly built random captione
 tied to its token embedding and which keeps a causal-mask buffer), one with the vision encoder
 frozen and one with it trained, redrawn until every plausible mistake gives another number.
 The experiment runs on the zoo's `clipcap`, loaded fresh, with 96 knowledge questions of a
-ShapesBench drawn at a fresh seed and the model's own greedy captions; the check recomputes both
+ShapesBench drawn at a fresh seed and captions of which a random half are the model's own greedy
+ones and the other half true captions of the scenes (so that a function that captions the images
+itself, ignoring the captions given, gives other numbers); the check recomputes both
 accuracies and the gap (no figure of the zoo model is written here, so a rebuilt model is checked
 the same way), redrawing the questions until every mistake that changes an answer gives other
 numbers than the right ones.
@@ -51,7 +53,8 @@ instead of numbers, parameters counted once per enclosing module, the fraction i
 frozen fraction, a percentage, the ratio to the frozen parameters, integer division; the prefix
 kept or dropped in both arms, the caption dropped from either arm, the gap reversed, the two
 accuracies swapped, percentages or counts, answers not cut at the first ".", the question asked
-without its "question: … answer:" frame, an interval returned instead of a number.
+without its "question: … answer:" frame, the captions given ignored (the model's own recomputed),
+an interval returned instead of a number.
 """
 from __future__ import annotations
 
@@ -63,6 +66,7 @@ from einops import rearrange
 from torch import nn
 
 from minivlm.data import ShapesBench
+from minivlm.data.shapesworld import ShapesWorld
 from minivlm.data.worldtext import qa_prompt
 from minivlm.eval import answer_hits, vqa_accuracy
 from minivlm.grading import (
@@ -734,8 +738,9 @@ def prefix_gap_reference(model, data: dict, captions, max_new_tokens: int = GAP_
     return a, b, a - b
 
 
-def _gap_arms(model, data: dict, captions) -> dict[str, list[bool]]:
-    """Which questions each way of asking gets right, for every way a right or wrong answer is made of."""
+def _gap_arms(model, data: dict, captions, only: tuple[str, ...] | None = None) -> dict[str, list[bool]]:
+    """Which questions each way of asking gets right, for every way a right or wrong answer is made of
+    (only: just those ways)."""
 
     images, answers = data["images"], list(data["answers"])
     asked = [qa_prompt(q) for q in data["questions"]]
@@ -748,9 +753,11 @@ def _gap_arms(model, data: dict, captions) -> dict[str, list[bool]]:
     def text(prompts, stop="."):
         return answer_hits(model.llm.complete(prompts, GAP_TOKENS, stop=stop, tokenizer=model.tokenizer), answers)
 
-    return {"with": prefixed(after), "without": text(after), "direct": prefixed(asked), "alone": text(asked),
-            "with_no_stop": prefixed(after, stop=None), "without_no_stop": text(after, stop=None),
-            "with_bare": prefixed(bare), "without_bare": text(bare)}
+    ways = {"with": lambda: prefixed(after), "without": lambda: text(after), "direct": lambda: prefixed(asked),
+            "alone": lambda: text(asked), "with_no_stop": lambda: prefixed(after, stop=None),
+            "without_no_stop": lambda: text(after, stop=None), "with_bare": lambda: prefixed(bare),
+            "without_bare": lambda: text(bare)}
+    return {name: way() for name, way in ways.items() if only is None or name in only}
 
 
 _BOTH = "both arms read the same text, the caption then the question; only the prefix differs"
@@ -811,7 +818,12 @@ def check_prefix_gap(fn) -> None:
     model = _zoo_prefix_model()
     for _ in range(4):  # fresh questions, redrawn until every mistake gives other numbers than the right answer
         data = ShapesBench(image_size=model.image_size, seed=randint(g, 0, 10**6)).knowledge(GAP_ITEMS)
-        captions = model.caption(data["images"])  # the model's own, greedy
+        own = model.caption(data["images"])  # the model's own, greedy
+        # half of them, drawn at random, replaced by a true caption of the scene: the function must read
+        # the captions it is given (one that captions the images itself would not see these)
+        world = ShapesWorld(seed=randint(g, 0, 10**6))
+        true = torch.randperm(GAP_ITEMS, generator=g)[:GAP_ITEMS // 2].tolist()
+        captions = [world.caption(data["scenes"][i]) if i in true else c for i, c in enumerate(own)]
         hits = _gap_arms(model, data, captions)
         want = _gap_numbers(hits, "with", "without", "right")
         mistakes = _gap_mistakes(hits)
@@ -831,6 +843,18 @@ def check_prefix_gap(fn) -> None:
         if _triple_close(got, value):
             raise GradingFailure(message)
     n = GAP_ITEMS
+    if not _triple_close(got[:2], want[:2]):
+        mine = _gap_arms(model, data, own, only=("with", "without"))  # the model's own captions everywhere
+        both = {"with": hits["with"], "without": hits["without"], "with_own": mine["with"],
+                "without_own": mine["without"]}
+        for with_arm, without_arm, which in (("with_own", "without_own", "in either arm"),
+                                             ("with_own", "without", "in the arm with the prefix (model.ask with "
+                                                                     "describe_first captions the images itself)"),
+                                             ("with", "without_own", "in the arm without the prefix")):
+            if _triple_close(got, _gap_numbers(both, with_arm, without_arm, "right")):
+                raise GradingFailure(f"the captions given were not used {which}: those numbers come from the "
+                                     f"model's own captions, but {len(true)} of the {n} captions given here are true "
+                                     f"ones; ask each question after the caption you are given for its image")
     if _triple_close(got[:2], want[:2]):
         raise GradingFailure(f"gap = {got[2]:.4g}: it is with_prefix − without_prefix = {want[0]:.4g} − {want[1]:.4g} "
                              f"= {want[2]:.4g}")
