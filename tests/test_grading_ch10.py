@@ -7,7 +7,6 @@ from grading_suite import grading_tests
 
 from minivlm.data.worldtext import qa_prompt
 from minivlm.eval import interval, vqa_accuracy
-from minivlm.grading import run
 from minivlm.grading.ch10 import (
     TinyCaptioner,
     caption_loss_reference,
