@@ -189,17 +189,27 @@ check("09.greedy_with_cache", greedy_with_cache)
 # pairs neighbours (2i, 2i + 1): the same rotations on another order of the channels, and not
 # interchangeable with this one.
 #
-# **(a)** Write `rope(x, positions, base)`: `x` `(…, T, d)` float with d even and any leading axes
-# (batch, heads), `positions` `(T,)` integers, the position of each of the T tokens (not always
-# 0 … T − 1: after a cache, or for chapter 16's image tokens, they start elsewhere). Return x
-# rotated, a new tensor of x's shape. The check compares it with `minivlm/nn/rope.py` on random
-# input, for a (B, H, T, d) and a (T, d) tensor.
+# **(a)** Chapter 09 §3 rotated one (1, 1, 6, d) query at positions 0 … 5. Write the general
+# version, `rope(x, positions, base)`: `x` `(…, T, d)` float with d even, and `positions`
+# integers, either
+#
+# * `(T,)`, the position of each of the T tokens, shared by every row, for x with any leading
+#   axes (batch, heads); not always 0 … T − 1: after a cache, or for chapter 16's image tokens,
+#   they start elsewhere; or
+# * `(B, T)`, each row its own, for x `(B, T, d)` or `(B, H, T, d)`: in a left-padded batch
+#   (chapter 09 §5) each row counts from its own first real token, and after a cache each row
+#   from its own length. Every head of row b turns by row b's angles.
+#
+# Return x rotated, a new tensor of x's shape. The check compares it with `minivlm/nn/rope.py` on
+# random input: a (B, H, T, d) and a (T, d) tensor at shared positions, then a (B, H, T, d) and a
+# (B, T, d) tensor whose rows start at different positions.
 
 # %%
 def rope(x, positions, base=10000.0):
     raise NotImplementedError(
         "chapter 09 §3, rotary positions (Llama's \"rotate half\" pairing, one frequency per pair) and the "
-        "text above; each token turns by ITS position, which need not be its index")
+        "text above; each token turns by ITS position, which need not be its index, and with per-row "
+        "positions the angles must line up with x's batch and time axes, not its heads")
 
 
 # %%
@@ -358,7 +368,8 @@ if ready:
 # the trained GPT's width, scored at 32 × 32 positions by your `offset_spread`: turned by your
 # `rope`, and with the GPT's own learned position vectors added to them (what its first layer
 # reads, before any projection). A matrix whose every diagonal holds one value is a function of
-# p − s alone. And your `rope` is the rotation the library applies inside attention.
+# p − s alone. And your `rope` is the rotation the library applies inside attention, here on two
+# rows that continue caches of different lengths.
 
 # %%
 import matplotlib.pyplot as plt  # noqa: E402
@@ -382,9 +393,11 @@ if ready:
         ax.set(xlabel="key position s", ylabel="query position p")
         fig.axes[-1].set_ylabel("q · k")  # the colour bar just added
     fig.tight_layout()
-    x, positions = torch.randn(2, 4, 10, 8), torch.arange(5, 15)  # (B, H, T, d), a text after 5 cached tokens
-    cos, sin = RotaryEmbedding(8, base=100.0)(positions.expand(2, 10))
-    print(f"|your rope − apply_rotary| = {(rope(x, positions, 100.0) - apply_rotary(x, cos, sin)).abs().max():.1e}")
+    x = torch.randn(2, 4, 10, 8)  # (B, H, T, d)
+    positions = torch.stack([torch.arange(5, 15), torch.arange(9, 19)])  # (B, T): after 5 and 9 cached tokens
+    cos, sin = RotaryEmbedding(8, base=100.0)(positions)
+    print(f"|your rope − apply_rotary| = {(rope(x, positions, 100.0) - apply_rotary(x, cos, sin)).abs().max():.1e} "
+          f"(rows after 5 and 9 cached tokens)")
     rope_same, rope_across = measured["your RoPE (base 100)"][1:]
     learned_same, learned_across = measured["the GPT's learned positions, added"][1:]
     assert rope_same < 1e-4 * rope_across and learned_same > 0.05 * learned_across

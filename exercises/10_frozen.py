@@ -192,8 +192,9 @@ check("10.count_trainable", count_trainable)
 #
 # Write `prefix_gap(model, data, captions, max_new_tokens=4)`. `model` is a `PrefixVLM` (the
 # check gives you the zoo's ClipCap); `data` a knowledge set (`ShapesBench.knowledge`: `images`,
-# `questions`, `answers`, …); `captions` the model's own caption of each image, given, so that
-# both arms read the same words. Each prompt is the caption, a space, then the question framed as
+# `questions`, `answers`, …); `captions` a caption of each image, given, so that both arms read
+# the same words (below, the model's own; the check also gives true captions for some images, so
+# use the ones you are given and do not caption the images yourself). Each prompt is the caption, a space, then the question framed as
 # chapter 09's corpus frames it, "question: … answer:" (`qa_prompt`, imported at the top). With
 # the prefix, the model completes the prompt after its image's K embeddings (`model.complete`);
 # without it, its frozen language model completes the same text (`model.llm.complete`). Both

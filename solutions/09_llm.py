@@ -392,7 +392,8 @@ if ready:
 # the trained GPT's width, scored at 32 × 32 positions by your `offset_spread`: turned by your
 # `rope`, and with the GPT's own learned position vectors added to them (what its first layer
 # reads, before any projection). A matrix whose every diagonal holds one value is a function of
-# p − s alone. And your `rope` is the rotation the library applies inside attention.
+# p − s alone. And your `rope` is the rotation the library applies inside attention, here on two
+# rows that continue caches of different lengths.
 
 # %%
 import matplotlib.pyplot as plt  # noqa: E402
@@ -416,9 +417,11 @@ if ready:
         ax.set(xlabel="key position s", ylabel="query position p")
         fig.axes[-1].set_ylabel("q · k")  # the colour bar just added
     fig.tight_layout()
-    x, positions = torch.randn(2, 4, 10, 8), torch.arange(5, 15)  # (B, H, T, d), a text after 5 cached tokens
-    cos, sin = RotaryEmbedding(8, base=100.0)(positions.expand(2, 10))
-    print(f"|your rope − apply_rotary| = {(rope(x, positions, 100.0) - apply_rotary(x, cos, sin)).abs().max():.1e}")
+    x = torch.randn(2, 4, 10, 8)  # (B, H, T, d)
+    positions = torch.stack([torch.arange(5, 15), torch.arange(9, 19)])  # (B, T): after 5 and 9 cached tokens
+    cos, sin = RotaryEmbedding(8, base=100.0)(positions)
+    print(f"|your rope − apply_rotary| = {(rope(x, positions, 100.0) - apply_rotary(x, cos, sin)).abs().max():.1e} "
+          f"(rows after 5 and 9 cached tokens)")
     rope_same, rope_across = measured["your RoPE (base 100)"][1:]
     learned_same, learned_across = measured["the GPT's learned positions, added"][1:]
     assert rope_same < 1e-4 * rope_across and learned_same > 0.05 * learned_across
