@@ -259,6 +259,18 @@ def _from(ids, m, start):
     return m & (torch.arange(ids.shape[1]) >= start)[None]
 
 
+def _caption_squeezed(lo, ids, m, i):
+    """Right on a batch; at B = 1, squeeze() drops the batch axis of the targets' mask."""
+    keep = (m & (ids != i))[:, 1:].squeeze()
+    losses = F.cross_entropy(lo[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+    return (losses * keep.flatten().float()).sum() / keep.sum() if keep.ndim == 2 else losses.sum()
+
+
+def _caption_in_place(lo, ids, m, i):
+    ids[~(m & (ids != i))] = -100  # the caller's ids now hold -100
+    return F.cross_entropy(lo[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), ignore_index=-100)
+
+
 WRONG_CAPTION = [
     (lambda lo, ids, m, i: lm_loss(lo, ids, m), "<image> tokens were scored as targets"),
     (lambda lo, ids, m, i: lm_loss(lo, ids, _from(ids, m, _k(ids, i))), "the last <image> token was scored"),
@@ -286,6 +298,8 @@ WRONG_CAPTION = [
     (lambda lo, ids, m, i: caption_loss_reference(lo, ids, m, i).item(), "must be a torch.Tensor"),
     (lambda lo, ids, m, i: torch.tensor(caption_loss_reference(lo, ids, m, i).item(), requires_grad=True),
      "carries no gradient"),
+    (_caption_squeezed, "B = 1"),
+    (_caption_in_place, "changed in place"),
 ]
 
 

@@ -164,7 +164,7 @@ def _check_loss_once(fn, logits, ids, mask, what: str) -> None:
         for value, message in _lm_mistakes(logits, ids, mask):
             if is_close(got.reshape(()), value):
                 raise GradingFailure(f"{message} ({what})")
-        raise GradingFailure(f"shifted_lm_loss returned {float(got):.5f}, expected {float(want):.5f} (lm_loss; "
+        raise GradingFailure(f"shifted_lm_loss returned {float(got.detach()):.5f}, expected {float(want):.5f} (lm_loss; "
                              f"{what})")
     expect_gradients("the loss", got, shifted_lm_loss_reference(leaf, ids, mask).reshape(got.shape),
                      {"logits": leaf})

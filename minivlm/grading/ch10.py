@@ -18,7 +18,8 @@ rows drawn at random whose `<image>` runs disagree with `images_per_row` while t
 fits (a flat assignment would silently move an image between rows), and image embeddings for one
 image more than `images_per_row` sums to. The loss is compared with `lm_loss(logits, ids,
 loss_mask)` at K = 1 … 6 on inputs redrawn until every plausible mistake gives another number than
-the right answer (and than every other mistake), and its gradient with the reference's. The
+the right answer (and than every other mistake), then on one caption of one word (B = 1, K = 1),
+and its gradient with the reference's. The
 counts are compared with `count_parameters` on two freshly built random captioners
 (a vision encoder with batch norm, a mapper, a nanoGPT-style language model whose output head is
 tied to its token embedding and which keeps a causal-mask buffer), one with the vision encoder
@@ -46,7 +47,8 @@ number of images; the <image> tokens (or the last of
 them) scored as targets, the first word left out, <eos> left out, every position scored, padding
 used as targets or counted in the mean, the prefix counted in the mean, no shift, the shift the
 wrong way, the mask not shifted with the targets, the mean of per-row means, the sum, raw logits
-taken for log-probabilities, a loss without gradient (detached, or rebuilt from .item()); every parameter counted as trainable, the
+taken for log-probabilities, a loss without gradient (detached, or rebuilt from .item()), a loss
+that breaks at B = 1, the ids changed in place; every parameter counted as trainable, the
 frozen ones counted, only the mapper counted, a tied weight counted twice, the sum over
 state_dict() (tied copies and buffers, and no requires_grad), buffers counted, tensors counted
 instead of numbers, parameters counted once per enclosing module, the fraction inverted, the
@@ -484,13 +486,17 @@ def _caption_inputs(g: torch.Generator):
     raise RuntimeError("could not draw inputs on which the mistakes differ")  # pragma: no cover
 
 
-@register("10.caption_loss", title="The captioning loss of a prefix model: the caption's tokens only")
-def check_caption_loss(fn) -> None:
-    g = fresh_generator()
-    logits, ids, mask, loss_mask, image_id, k = _caption_inputs(g)
+def _check_caption_once(fn, logits, ids, mask, loss_mask, image_id, k, what: str) -> None:
     want = lm_loss(logits, ids, loss_mask)  # the library's way: lm_loss over insert_image_tokens' loss mask
     leaf = logits.clone().requires_grad_(True)
-    got = tensor_answer("caption_loss's result", call(fn, leaf, ids.clone(), mask.clone(), image_id))
+    ids_in, mask_in = ids.clone(), mask.clone()
+    try:
+        got = tensor_answer("caption_loss's result", call(fn, leaf, ids_in, mask_in, image_id))
+    except GradingFailure as exc:
+        raise GradingFailure(f"{exc} (on {what})") from None
+    if not (torch.equal(ids_in, ids) and torch.equal(mask_in, mask)):
+        raise GradingFailure("ids or attention_mask was changed in place: build the targets as a new tensor; the "
+                             "caller's batch is read again")
     if got.numel() != 1:
         b, t = ids.shape
         hint = " (one loss per target token: reduce them to their mean)" if got.numel() in (b * t, b * (t - 1)) else ""
@@ -500,11 +506,25 @@ def check_caption_loss(fn) -> None:
     if not is_close(got.reshape(()), want):
         for value, message in _caption_mistakes(logits, ids, mask, image_id, k):
             if is_close(got.reshape(()), value):
-                raise GradingFailure(message)
-        raise GradingFailure(f"caption_loss returned {float(got):.5f}, expected {float(want):.5f} (lm_loss over the "
-                             f"caption's tokens)")
+                raise GradingFailure(f"{message} ({what})")
+        raise GradingFailure(f"caption_loss returned {float(got.detach()):.5f}, expected {float(want):.5f} (lm_loss over the "
+                             f"caption's tokens; {what})")
     expect_gradients("the loss", got, caption_loss_reference(leaf, ids, mask, image_id).reshape(got.shape),
                      {"logits": leaf})
+
+
+@register("10.caption_loss", title="The captioning loss of a prefix model: the caption's tokens only")
+def check_caption_loss(fn) -> None:
+    g = fresh_generator()
+    logits, ids, mask, loss_mask, image_id, k = _caption_inputs(g)
+    _check_caption_once(fn, logits, ids, mask, loss_mask, image_id, k, f"B = {len(ids)}, K = {k}")
+    # one caption (B = 1) of one word, after one <image> place (K = 1)
+    vocab = randint(g, 12, 20)
+    image_id = randint(g, 3, vocab - 1)
+    text, text_mask = _captions(g, 1, 1, vocab, image_id)
+    ids, mask, loss_mask = insert_image_tokens(text, text_mask, 1, image_id)
+    _check_caption_once(fn, torch.randn(1, ids.shape[1], vocab, generator=g) * 2, ids, mask, loss_mask, image_id, 1,
+                        "one caption of one word, B = 1, K = 1")
 
 
 # ----------------------------------------------------------------------------- 10.count_trainable
