@@ -289,6 +289,17 @@ def _last_prompt_token_only(model, prompt, max_new_tokens):
     return torch.cat([prompt[:, :-1], greedy_with_cache(model, prompt[:, -1:], max_new_tokens)], 1)
 
 
+def _squeezed_token(model, prompt, max_new_tokens):
+    """Right on a batch; at B = 1, squeeze() leaves a (1,) token and the ids lose their batch axis."""
+    cache, ids, new = model.new_cache(), prompt, prompt
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            token = model(new, cache=cache)[:, -1].argmax(-1).squeeze()  # (B,), or () at B = 1
+            token = token[:, None] if token.ndim == 1 else token[None, None]
+            ids, new = torch.cat([ids, token], 1), token
+    return ids.squeeze()
+
+
 def _cache_and_full_pass(model, prompt, max_new_tokens):
     ids = greedy_with_cache(model, prompt, max_new_tokens)
     model(ids)  # an extra uncached pass over everything
@@ -308,6 +319,8 @@ WRONG_GREEDY = [
     (lambda m, p, n: torch.cat([p, torch.zeros(len(p), n, dtype=torch.long)], 1), "never called"),
     (_cache_and_full_pass, "without the cache"),
     (_last_prompt_token_only, "LAST token alone"),
+    (_squeezed_token, "B = 1"),
+    (lambda m, p, n: greedy_with_cache(m, p, max(n, 1)), "max_new_tokens = 0"),
 ]
 
 

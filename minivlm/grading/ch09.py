@@ -18,7 +18,7 @@ no real token. Greedy decoding runs on a small random Llama-layout `GPT` whose w
 (the top two logits are never near a tie) and whose continuation depends on the whole prompt (it
 changes with the prompt's first token, and differs from the continuation of the last prompt token
 alone), seen through a recorder of the calls the learner makes, and is compared with greedy
-decoding without a cache.
+decoding without a cache; then on one prompt (B = 1) and with max_new_tokens = 0.
 RoPE is compared with the library's `RotaryEmbedding` and `apply_rotary` (minivlm/nn/rope.py) on
 a random (B, H, T, d) and a (T, d) tensor, at distinct positions that are not 0 … T − 1 and with
 a base that is not 10,000, then on a (B, H, T, d) (B != H) and a (B, T, d) tensor with each row's
@@ -44,6 +44,7 @@ document with no real token, base 2 or 10 instead of e, the cross-entropy (or th
 log-probability) returned instead of its exp, the exp of the total, the inputs changed in place;
 no cache, a fresh cache every step, the whole sequence fed again to a cache that holds it, only
 the prompt's last token fed (the context ignored), the first position's logits, the prompt left out,
+a decoder that breaks at B = 1 or makes a token when none is asked,
 the wrong number of new tokens, the library's decoder called instead of a loop; the interleaved
 pairing (2i, 2i + 1), the angles laid out interleaved with the rotate-half pairing, a missing
 sign (not a rotation), the turn the wrong way, cos and sin swapped, the frequencies base^(-i/d),
@@ -634,6 +635,20 @@ def check_greedy_with_cache(fn) -> None:
         raise GradingFailure(f"the model ran on {fed} tokens in all; with the cache, a {t0}-token prompt and {new} new "
                              f"tokens need at most {t0 + new} (the prompt once, then one token per step): some call "
                              f"fed the whole sequence without the cache")
+    # one prompt (B = 1), and no new token at all (the prompt comes back as it is)
+    for rows, n, what in ((prompt[:1], new, "one prompt, B = 1"), (prompt, 0, "max_new_tokens = 0")):
+        try:
+            got = tensor_answer("greedy_with_cache's result", call(fn, model, rows.clone(), n))
+        except GradingFailure as exc:
+            raise GradingFailure(f"{exc} (on {what})") from None
+        want = greedy_reference(model, rows, n)
+        if tuple(got.shape) != tuple(want.shape) or not torch.equal(got.detach().cpu(), want):
+            raise GradingFailure(f"on {what}, expected the ids {tuple(want.shape)} = the prompt and {n} greedy tokens, "
+                                 f"got {tuple(got.shape)}" + ("" if tuple(got.shape) != tuple(want.shape) else
+                                                              " with other tokens"))
+        if got.dtype != torch.long:
+            raise GradingFailure(f"the ids must stay torch.long (int64), the prompt's dtype, got {got.dtype} (on "
+                                 f"{what})")
 
 
 # ----------------------------------------------------------------------------- 09.rope
