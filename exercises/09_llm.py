@@ -22,15 +22,17 @@
 # %% [markdown]
 # # 09 · A tiny LLM — exercises
 #
-# Five pieces of chapter 09 (`notebooks/09_llm.ipynb`) to write yourself: the next-token loss a
-# GPT trains on, one attention step with a KV cache, perplexity from the log-probabilities a
-# model gives a text, greedy decoding that feeds the model one token at a time through its
-# cache, and an experiment: rotary position embeddings (the Llama layout's positions), written
+# Five pieces of chapter 09 (`notebooks/09_llm.ipynb`) to write yourself, each the next step of
+# what the chapter wrote out: the next-token loss of §2 for a padded batch, the one-token cached
+# attention step of §5 for a whole chunk of new tokens, perplexity (§7) from the log-probabilities
+# a model gives a batch of documents, greedy decoding that feeds a GPT one token at a time
+# through its cache, and an experiment: rotary position embeddings (§3) at any positions, written
 # by you and measured to see only the distance between a query and a key. The cell after each
 # task runs `check(...)` on fresh inputs and tells you what is wrong. At the end your loss trains
-# a small GPT, your perplexity measures it, your decoder writes with it, and your rotation is
-# set beside its learned positions, next to the library's `lm_loss`, `perplexity`, `generate`
-# and `apply_rotary` (`minivlm/losses.py`, `minivlm/eval/stats.py`, `minivlm/nn/attention.py`,
+# a small GPT, your perplexity measures it, your decoder writes with it, your chunked step runs
+# inside the library's attention, and your rotation is set beside the GPT's learned positions,
+# next to the library's `lm_loss`, `perplexity`, `generate` and `apply_rotary`
+# (`minivlm/losses.py`, `minivlm/eval/stats.py`, `minivlm/nn/attention.py`,
 # `minivlm/models/gpt.py`, `minivlm/nn/rope.py`). Grade the whole notebook from a terminal with
 # `minivlm check exercises/09_llm.ipynb`.
 
@@ -69,41 +71,46 @@ _ = torch.manual_seed(0)
 # %%
 def shifted_lm_loss(logits, ids, attention_mask):
     raise NotImplementedError(
-        "the predictions are logits[:, :-1], the targets ids[:, 1:], the real targets attention_mask[:, "
-        "1:]; F.cross_entropy on the flattened (N, V) and (N,) with the padded targets set to -100 "
-        "(ignore_index) averages over the real ones")
+        "chapter 09 §2, the loss: inputs and targets are one text shifted by one, and a padded position is "
+        "never a target; the mean runs over the real targets of the whole batch")
 
 
 # %%
 check("09.shifted_lm_loss", shifted_lm_loss)
 
 # %% [markdown]
-# ## Task 2 — one attention step with a KV cache
+# ## Task 2 — a chunk of new tokens through a KV cache
 #
-# To generate token t + 1, the model runs on tokens 0 … t. A naive loop runs it on the whole
-# prefix again at every step: 1 + 2 + … + T ≈ T²/2 token passes for a text of T tokens. But the
-# mask is causal, so a token's key and value never change when tokens are added after it. Keep
-# them: at each step every layer computes the query, key and value of the **new token only**,
-# appends its key and value to those it cached, and the new query attends to all of them. T
-# token passes. No mask is needed in this step: every cached token is in the new token's past, and
-# the new token sees itself too (the diagonal of the causal mask).
+# Chapter 09 §5 wrote one decoding step with a cache: the new token's query attends to every
+# cached key and its own, and needs no mask. But a cache does not only take one token at a time.
+# The prompt's first pass feeds all of its tokens at once (an empty cache); a chat feeds each new
+# user turn as one chunk after the cache of the conversation so far; long prompts are fed in
+# chunks to bound memory ("chunked prefill"). A chunk of C tokens after T cached ones is the
+# general case, and it needs a mask again: new token i sits at position **T + i**, so it sees
+# every cached key and the new tokens up to itself, and not the new tokens after it. The library's
+# attention does this whenever it is given a cache and several tokens at once
+# (`MultiHeadAttention(x, mask, cache=...)`, whose mask is then "(Tq, past + Tq)").
 #
-# The tensors are laid out as in `MultiHeadAttention`: `(B, H, T, d)`, batch, heads, time, head
-# width. `q`, `k_new`, `v_new` are the new token's, `(B, H, 1, d)`; `k_cache`, `v_cache` the `T`
-# earlier tokens', `(B, H, T, d)` (T = 0 at the first step: an empty cache). Append on the
-# **time** axis, in time order, and return `(out, k_all, v_all)`: `out` `(B, H, 1, d)` =
-# softmax(q k_allᵀ / √d) v_all, and the grown cache `(B, H, T + 1, d)` for the next step. The
-# check compares `out` with full causal attention recomputed over the whole sequence.
+# The tensors are laid out as in `MultiHeadAttention`: `(B, H, ·, d)`, batch, heads, time, head
+# width. `q`, `k_new`, `v_new` are the chunk's, `(B, H, C, d)`; `k_cache`, `v_cache` the `T`
+# earlier tokens', `(B, H, T, d)`, T ≥ 0. Return `(out, k_all, v_all)`: `out` `(B, H, C, d)`,
+# each new token's attention output (scaled dot products, softmax over the keys it may see), and
+# the grown cache `(B, H, T + C, d)`, in time order, for the next call. Leave the inputs as they
+# are. The check compares `out` with full causal attention recomputed over the whole sequence, on
+# chunks of several sizes (C = 1 included) after caches of several sizes (T = 0 included), and on
+# a sequence fed chunk by chunk with your returned cache fed back; and it follows the gradient to
+# all five inputs.
 
 # %%
-def attend_with_cache(q, k_new, v_new, k_cache, v_cache):
+def attend_chunk(q, k_new, v_new, k_cache, v_cache):
     raise NotImplementedError(
-        "torch.cat([k_cache, k_new], dim=2) (and the same for v) grows the time axis; the weights are (q @ "
-        "k_allᵀ / √d).softmax(dim=-1), over the keys")
+        "chapter 09 §5 (the KV cache: what is appended, along which axis, and why the one-token step needs "
+        "no mask) and chapter 01 §3 (the causal mask: a query sees its own position and the ones before); "
+        "here the queries sit at positions T … T + C − 1 of the sequence, not at 0 … C − 1")
 
 
 # %%
-check("09.attend_with_cache", attend_with_cache)
+check("09.attend_chunk", attend_chunk)
 
 # %% [markdown]
 # ## Task 3 — perplexity
@@ -130,8 +137,8 @@ check("09.attend_with_cache", attend_with_cache)
 # %%
 def perplexity_from_logprobs(logprobs, mask):
     raise NotImplementedError(
-        "the real tokens are logprobs[mask]; the mean negative log-probability is minus their sum over "
-        "their number, mask.sum(); return its torch.exp")
+        "chapter 09 §7, perplexity: the exponential of the mean negative log-probability, the mean pooled "
+        "over the real tokens of every document (a document with more tokens weighs more)")
 
 
 # %%
@@ -155,8 +162,8 @@ check("09.perplexity_from_logprobs", perplexity_from_logprobs)
 # %%
 def greedy_with_cache(model, prompt, max_new_tokens):
     raise NotImplementedError(
-        "cache = model.new_cache(); new = prompt; each step: token = model(new, cache=cache)[:, "
-        "-1].argmax(-1, keepdim=True) (B, 1), append it to the ids, and feed it next (new = token)")
+        "chapter 09 §5 (the KV cache in the model: the first call reads the prompt, every later call only "
+        "the new token) and chapter 06 §3 (greedy decoding: the last position predicts the next token)")
 
 
 # %%
@@ -182,18 +189,27 @@ check("09.greedy_with_cache", greedy_with_cache)
 # pairs neighbours (2i, 2i + 1): the same rotations on another order of the channels, and not
 # interchangeable with this one.
 #
-# **(a)** Write `rope(x, positions, base)`: `x` `(…, T, d)` float with d even and any leading axes
-# (batch, heads), `positions` `(T,)` integers, the position of each of the T tokens (not always
-# 0 … T − 1: after a cache, or for chapter 16's image tokens, they start elsewhere). Return x
-# rotated, a new tensor of x's shape. The check compares it with `minivlm/nn/rope.py` on random
-# input, for a (B, H, T, d) and a (T, d) tensor.
+# **(a)** Chapter 09 §3 rotated one (1, 1, 6, d) query at positions 0 … 5. Write the general
+# version, `rope(x, positions, base)`: `x` `(…, T, d)` float with d even, and `positions`
+# integers, either
+#
+# * `(T,)`, the position of each of the T tokens, shared by every row, for x with any leading
+#   axes (batch, heads); not always 0 … T − 1: after a cache, or for chapter 16's image tokens,
+#   they start elsewhere; or
+# * `(B, T)`, each row its own, for x `(B, T, d)` or `(B, H, T, d)`: in a left-padded batch
+#   (chapter 09 §5) each row counts from its own first real token, and after a cache each row
+#   from its own length. Every head of row b turns by row b's angles.
+#
+# Return x rotated, a new tensor of x's shape. The check compares it with `minivlm/nn/rope.py` on
+# random input: a (B, H, T, d) and a (T, d) tensor at shared positions, then a (B, H, T, d) and a
+# (B, T, d) tensor whose rows start at different positions.
 
 # %%
 def rope(x, positions, base=10000.0):
     raise NotImplementedError(
-        "pair i is the channels (i, i + d/2) and turns by the angle position × θ_i, θ_i = base^(−2i/d); the "
-        "two channels of a pair share that angle, so the d/2 angles serve both halves of the last axis; a "
-        "turn by φ maps (a, b) to (a·cos φ − b·sin φ, b·cos φ + a·sin φ)")
+        "chapter 09 §3, rotary positions (Llama's \"rotate half\" pairing, one frequency per pair) and the "
+        "text above; each token turns by ITS position, which need not be its index, and with per-row "
+        "positions the angles must line up with x's batch and time axes, not its heads")
 
 
 # %%
@@ -221,9 +237,8 @@ check("09.rope", rope)
 # %%
 def offset_spread(rotate, q, k, n):
     raise NotImplementedError(
-        "encode the query at every position at once (a stack of n copies) and the key the same way; every "
-        "pair's score is then one product of the two stacks; the pairs of one offset are a diagonal of the "
-        "score matrix: the spread of each diagonal, and of the whole matrix")
+        "chapter 09 §3 (why two rotations leave a score that depends on p − s only) and the text above; the "
+        "pairs that share an offset lie on one diagonal of the score matrix")
 
 
 # %%
@@ -245,7 +260,7 @@ from minivlm.models.gpt import GPT, GPTConfig, lm_batches, world_perplexity  # n
 from minivlm.nn.attention import LayerCache, MultiHeadAttention  # noqa: E402
 from minivlm.train import fit  # noqa: E402
 
-yours = {"09.shifted_lm_loss": shifted_lm_loss, "09.attend_with_cache": attend_with_cache,
+yours = {"09.shifted_lm_loss": shifted_lm_loss, "09.attend_chunk": attend_chunk,
          "09.perplexity_from_logprobs": perplexity_from_logprobs, "09.greedy_with_cache": greedy_with_cache,
          "09.rope": rope, "09.offset_spread": offset_spread}
 ready = all(grading.run(task, fn).passed for task, fn in yours.items())
@@ -325,35 +340,36 @@ if ready:
     assert torch.equal(cached, uncached)
 
 # %% [markdown]
-# **Your step is the library's attention.** `MultiHeadAttention` with a `LayerCache` (what every
-# block of the GPT uses while decoding) runs 5 tokens into its cache; the 6th token's query, key
-# and value, through your `attend_with_cache` on that cache and the output projection, give the
-# module's output for the 6th token of the whole sequence.
+# **Your chunk is the library's attention.** `MultiHeadAttention` with a `LayerCache` (what every
+# block of the GPT uses while decoding) runs 5 tokens into its cache; the next 4 tokens' queries,
+# keys and values, through your `attend_chunk` on that cache and the output projection, give the
+# module's output for tokens 6 to 9 of the whole sequence.
 
 # %%
 if ready:
-    attention, x = MultiHeadAttention(32, heads=4).eval(), torch.randn(2, 6, 32)
+    attention, x = MultiHeadAttention(32, heads=4).eval(), torch.randn(2, 9, 32)
     with torch.no_grad():
-        full = attention(x, mask=torch.ones(6, 6, dtype=torch.bool).tril())  # (B, 6, D): all rows at once
+        full = attention(x, mask=torch.ones(9, 9, dtype=torch.bool).tril())  # (B, 9, D): all rows at once
         layer = LayerCache()
         attention(x[:, :5], mask=torch.ones(5, 5, dtype=torch.bool).tril(), cache=layer)  # the cache: 5 tokens
 
-        def heads(t):  # (B, 1, D) -> (B, H, 1, d)
-            return t.view(2, 1, 4, 8).transpose(1, 2)
+        def heads(t):  # (B, C, D) -> (B, H, C, d)
+            return t.view(2, -1, 4, 8).transpose(1, 2)
 
         q, k, v = (heads(proj(x[:, 5:])) for proj in (attention.q_proj, attention.k_proj, attention.v_proj))
-        out, k_all, v_all = attend_with_cache(q, k, v, layer.k, layer.v)
-        step = attention.out_proj(out.transpose(1, 2).reshape(2, 1, 32))
+        out, k_all, v_all = attend_chunk(q, k, v, layer.k, layer.v)
+        chunk = attention.out_proj(out.transpose(1, 2).reshape(2, 4, 32))
     print(f"cache {tuple(layer.k.shape)} -> {tuple(k_all.shape)}; "
-          f"|your step − the module's 6th row| = {(step - full[:, 5:]).abs().max():.1e}")
-    assert torch.allclose(step, full[:, 5:], atol=1e-5)
+          f"|your chunk − the module's rows 6-9| = {(chunk - full[:, 5:]).abs().max():.1e}")
+    assert torch.allclose(chunk, full[:, 5:], atol=1e-5)
 
 # %% [markdown]
 # **Your rotation sees only the offset; learned positions do not.** One random query and key of
 # the trained GPT's width, scored at 32 × 32 positions by your `offset_spread`: turned by your
 # `rope`, and with the GPT's own learned position vectors added to them (what its first layer
 # reads, before any projection). A matrix whose every diagonal holds one value is a function of
-# p − s alone. And your `rope` is the rotation the library applies inside attention.
+# p − s alone. And your `rope` is the rotation the library applies inside attention, here on two
+# rows that continue caches of different lengths.
 
 # %%
 import matplotlib.pyplot as plt  # noqa: E402
@@ -377,9 +393,19 @@ if ready:
         ax.set(xlabel="key position s", ylabel="query position p")
         fig.axes[-1].set_ylabel("q · k")  # the colour bar just added
     fig.tight_layout()
-    x, positions = torch.randn(2, 4, 10, 8), torch.arange(5, 15)  # (B, H, T, d), a text after 5 cached tokens
-    cos, sin = RotaryEmbedding(8, base=100.0)(positions.expand(2, 10))
-    print(f"|your rope − apply_rotary| = {(rope(x, positions, 100.0) - apply_rotary(x, cos, sin)).abs().max():.1e}")
+    x = torch.randn(2, 4, 10, 8)  # (B, H, T, d)
+    positions = torch.stack([torch.arange(5, 15), torch.arange(9, 19)])  # (B, T): after 5 and 9 cached tokens
+    cos, sin = RotaryEmbedding(8, base=100.0)(positions)
+    print(f"|your rope − apply_rotary| = {(rope(x, positions, 100.0) - apply_rotary(x, cos, sin)).abs().max():.1e} "
+          f"(rows after 5 and 9 cached tokens)")
     rope_same, rope_across = measured["your RoPE (base 100)"][1:]
     learned_same, learned_across = measured["the GPT's learned positions, added"][1:]
     assert rope_same < 1e-4 * rope_across and learned_same > 0.05 * learned_across
+
+# %% [markdown]
+# **What the run shows** (the figures printed above). Turned by your RoPE, the scores of the pairs
+# that share one offset spread by 4.8e-06, float rounding, against 16.72 across all 32 × 32 pairs:
+# the score is a function of p − s alone, as the algebra of §3 says. With the trained GPT's learned
+# position vectors added instead, one offset spreads by 2.0 against 2.22 across all pairs: the
+# score depends on where the two tokens sit, not only on their distance, so whatever the GPT knows
+# about distance it must learn separately for every pair of positions.

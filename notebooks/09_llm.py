@@ -746,11 +746,11 @@ print(f"chapter run time: {chapter_seconds:.1f} s")
 # * **Frozen means frozen.** A bridge's training step leaves all 1,886,976 LLM weights
 #   bit-identical and gives none of them a gradient.
 #
-# **Exercises:** `exercises/09_llm.ipynb` — the shifted LM loss that ignores padding, one
-# attention step with a KV cache, perplexity from token log-probabilities, greedy decoding
-# through the cache, and an experiment: rotary positions written yourself, and a measurement that
-# q·k then depends only on the offset; `minivlm check exercises/09_llm.ipynb` tells you what is
-# wrong.
+# **Exercises:** `exercises/09_llm.ipynb` — the shifted LM loss for a padded batch, the cached
+# attention of §5 for a chunk of new tokens (the causal mask offset by the cache), perplexity from
+# token log-probabilities, greedy decoding through the cache, and an experiment: rotary positions
+# written yourself at any positions, and a measurement that q·k then depends only on the offset;
+# `minivlm check exercises/09_llm.ipynb` tells you what is wrong.
 #
 # **References.** Radford et al., *GPT-2* (2019) and *GPT* (2018); Touvron et al., *LLaMA*
 # (2023); Su et al., *RoFormer* (2021); Zhang and Sennrich, *RMSNorm* (2019); Shazeer, *GLU

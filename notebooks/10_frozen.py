@@ -570,7 +570,8 @@ print(f"chapter run time: {chapter_seconds:.1f} s")
 #   22.9 % (17.0 % and 30.0 %): every difference is within the spread of the two seeds.
 # * **Not measured here:** Frozen's few-shot binding of new words (chapter 11).
 #
-# **Exercises:** `exercises/10_frozen.ipynb` — the `<image>` layout and its loss mask, the splice,
+# **Exercises:** `exercises/10_frozen.ipynb` — the `<image>` layout and its loss mask, the splice
+# for interleaved documents (any number of images per row, each at its run of `<image>` tokens),
 # the caption-only loss, counting the trainable parameters of a partly frozen model, and an
 # experiment: drop the prefix and measure the gap; `minivlm check exercises/10_frozen.ipynb`
 # tells you what is wrong.

@@ -8,7 +8,7 @@ from grading_suite import grading_tests
 
 from minivlm.eval import perplexity
 from minivlm.grading.ch09 import (
-    attend_with_cache_reference,
+    attend_chunk_reference,
     greedy_reference,
     perplexity_from_logprobs_reference,
     shifted_lm_loss_reference,
@@ -37,6 +37,18 @@ def _nll_on_logits(logits, ids, mask):
     return (-logits[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1) * keep).sum() / keep.sum()
 
 
+def _targets_in_place(lo, ids, m):
+    ids[:, 1:][~m[:, 1:]] = -100  # the caller's ids now hold -100
+    return F.cross_entropy(lo[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), ignore_index=-100)
+
+
+def _squeezed(lo, ids, m):
+    """Right on a batch; on one row, squeeze() drops the batch axis and the mask lines up with the wrong axis."""
+    keep = m[:, 1:].squeeze().float()
+    losses = F.cross_entropy(lo[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none").view(keep.shape[0], -1)
+    return (losses * keep.view(losses.shape)).sum() / keep.sum() if keep.ndim == 2 else losses.mean() * 1.5
+
+
 WRONG_LOSS = [
     (lambda lo, ids, m: _ce(lo, ids, m), "no shift"),
     (lambda lo, ids, m: F.cross_entropy(lo.flatten(0, 1), ids.flatten()), "no shift"),
@@ -52,6 +64,11 @@ WRONG_LOSS = [
     (lambda lo, ids, m: F.cross_entropy(lo[:, :-1].flatten(0, 1), ids[:, 1:].masked_fill(~m[:, 1:], -100).flatten(),
                                         ignore_index=-100, reduction="none"), "one loss per target token"),
     (lambda lo, ids, m: shifted_lm_loss_reference(lo, ids, m).item(), "must be a torch.Tensor"),
+    (lambda lo, ids, m: torch.tensor(shifted_lm_loss_reference(lo, ids, m).item(), requires_grad=True),
+     "the loss carries no gradient"),
+    (lambda lo, ids, m: _ce(lo[:, :-1].detach(), ids[:, 1:], m[:, 1:]), "the loss carries no gradient"),
+    (_targets_in_place, "changed in place"),
+    (_squeezed, "B = 1"),
 ]
 
 
@@ -62,97 +79,121 @@ def test_loss_reference_is_lm_loss():
     assert torch.allclose(shifted_lm_loss_reference(logits, ids, mask), lm_loss(logits, ids, mask))
 
 
-# ----------------------------------------------------------------------------- 09.attend_with_cache
+# ----------------------------------------------------------------------------- 09.attend_chunk
 
 
-def _step(q, k_all, v_all, scale=None, dim=-1):
+def _attend(q, k_all, v_all, scale=None, dim=-1, keep="right"):
+    """The chunk's attention with the mistakes as options: the scale, the softmax axis, which keys are kept."""
+    c, total = q.shape[2], k_all.shape[2]
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    out = ((q @ k_all.transpose(-2, -1)) * scale).softmax(dim) @ v_all
-    return out, k_all, v_all
+    scores = (q @ k_all.transpose(-2, -1)) * scale
+    masks = {"right": torch.ones(c, total, dtype=torch.bool).tril(diagonal=total - c),
+             "none": torch.ones(c, total, dtype=torch.bool),
+             "top-left": torch.ones(c, total, dtype=torch.bool).tril(),
+             "new only": torch.ones(c, total, dtype=torch.bool).triu(diagonal=total - c)}
+    return scores.masked_fill(~masks[keep], float("-inf")).softmax(dim) @ v_all
+
+
+def _chunk(**kwargs):
+    def attend(q, k_new, v_new, k_cache, v_cache):
+        k_all, v_all = torch.cat([k_cache, k_new], 2), torch.cat([v_cache, v_new], 2)
+        return _attend(q, k_all, v_all, **kwargs), k_all, v_all
+    return attend
 
 
 def _cat_on(axis):
     def attend(q, k_new, v_new, k_cache, v_cache):
-        return _step(q, torch.cat([k_cache, k_new], dim=axis), torch.cat([v_cache, v_new], dim=axis))
+        k_all, v_all = torch.cat([k_cache, k_new], dim=axis), torch.cat([v_cache, v_new], dim=axis)
+        return _attend(q, k_all, v_all, keep="none"), k_all, v_all
     return attend
 
 
-def _left_out(q, k_new, v_new, k_cache, v_cache):
+def _zeroed_after_softmax(q, k_new, v_new, k_cache, v_cache):
     k_all, v_all = torch.cat([k_cache, k_new], 2), torch.cat([v_cache, v_new], 2)
-    return _step(q, k_cache, v_cache)[0], k_all, v_all
+    c, total = q.shape[2], k_all.shape[2]
+    weights = (q @ k_all.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(-1)
+    return (weights * torch.ones(c, total).tril(diagonal=total - c)) @ v_all, k_all, v_all
+
+
+def _cache_left_out(q, k_new, v_new, k_cache, v_cache):
+    out = _attend(q, k_new, v_new)  # the chunk attends to itself only
+    return out, torch.cat([k_cache, k_new], 2), torch.cat([v_cache, v_new], 2)
 
 
 def _cache_not_grown(q, k_new, v_new, k_cache, v_cache):
-    out = attend_with_cache_reference(q, k_new, v_new, k_cache, v_cache)[0]
-    return out, k_cache, v_cache
+    return attend_chunk_reference(q, k_new, v_new, k_cache, v_cache)[0], k_cache, v_cache
 
 
 def _prepended(q, k_new, v_new, k_cache, v_cache):
-    return _step(q, torch.cat([k_new, k_cache], 2), torch.cat([v_new, v_cache], 2))
+    k_all, v_all = torch.cat([k_new, k_cache], 2), torch.cat([v_new, v_cache], 2)
+    return attend_chunk_reference(q, k_new, v_new, k_cache, v_cache)[0], k_all, v_all
 
 
 def _swapped(q, k_new, v_new, k_cache, v_cache):
-    out, k_all, v_all = attend_with_cache_reference(q, k_new, v_new, k_cache, v_cache)
+    out, k_all, v_all = attend_chunk_reference(q, k_new, v_new, k_cache, v_cache)
     return out, v_all, k_all
 
 
-def _variant(**kwargs):
-    def attend(q, k_new, v_new, k_cache, v_cache):
-        return _step(q, torch.cat([k_cache, k_new], 2), torch.cat([v_cache, v_new], 2), **kwargs)
-    return attend
-
-
-def _one_query_causal_mask(q, k_new, v_new, k_cache, v_cache):
-    k_all, v_all = torch.cat([k_cache, k_new], 2), torch.cat([v_cache, v_new], 2)
-    scores = q @ k_all.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, 1, T + 1)
-    keep = torch.ones(1, k_all.shape[2], dtype=torch.bool).tril()  # keeps key 0 only
-    return scores.masked_fill(~keep, float("-inf")).softmax(-1) @ v_all, k_all, v_all
-
-
 def _stacked(q, k_new, v_new, k_cache, v_cache):
-    return _step(q, torch.stack([k_cache, k_new], 2), torch.stack([v_cache, v_new], 2))
+    k_all, v_all = torch.stack([k_cache, k_new], 2), torch.stack([v_cache, v_new], 2)
+    return attend_chunk_reference(q, k_new, v_new, k_cache, v_cache)[0], k_all, v_all
 
 
-def _empty_cache_unsupported(q, k_new, v_new, k_cache, v_cache):
-    out, k_all, v_all = attend_with_cache_reference(q, k_new, v_new, k_cache, v_cache)
-    return (out, k_all, v_all) if k_cache.shape[2] else (out, k_cache, v_cache)
+def _grown_in_place(q, k_new, v_new, k_cache, v_cache):
+    out = attend_chunk_reference(q, k_new, v_new, k_cache, v_cache)
+    with torch.no_grad():
+        k_cache.add_(1.0)  # the caller's cache changed
+    return out
 
 
-WRONG_ATTEND = [
+def _cache_detached(q, k_new, v_new, k_cache, v_cache):
+    return attend_chunk_reference(q, k_new, v_new, k_cache.detach(), v_cache.detach())
+
+
+def _one_token_step(q, k_new, v_new, k_cache, v_cache):
+    """Chapter 09 §5's one-token step, used for a chunk: the last query only."""
+    k_all, v_all = torch.cat([k_cache, k_new], 2), torch.cat([v_cache, v_new], 2)
+    return _attend(q[:, :, -1:], k_all, v_all, keep="none"), k_all, v_all
+
+
+WRONG_CHUNK = [
+    (_chunk(keep="none"), "no mask"),
+    (_zeroed_after_softmax, "zeroed after the softmax"),
+    (_chunk(keep="top-left"), "aligned to the top-left corner"),
+    (_cache_left_out, "cached keys and values were left out"),
+    (_chunk(keep="new only"), "only the new tokens' keys are seen"),
+    (_chunk(scale=1.0), "not scaled"),
+    (lambda *args: _chunk(scale=1.0 / args[0].shape[-1])(*args), "divided by d"),
+    (_chunk(dim=1), "softmax over the heads axis"),
+    (_chunk(dim=0), "softmax over the batch axis"),
+    (_chunk(dim=-2), "softmax over the query axis"),
     (_cat_on(0), "along the batch axis"),
     (_cat_on(1), "along the heads axis"),
     (_cat_on(3), "along the feature axis"),
     (_cat_on(-1), "along the feature axis"),
     (_stacked, "torch.stack"),
-    (_left_out, "own key and value are left out"),
     (_cache_not_grown, "must be appended"),
     (_prepended, "prepended"),
     (_swapped, "keys and values are swapped"),
-    (_variant(scale=1.0), "not scaled"),
-    (_variant(scale=None, dim=-2), "softmax over the query axis"),
-    (_variant(dim=1), "softmax over the heads axis"),
-    (_variant(dim=0), "softmax over the batch axis"),
-    (_one_query_causal_mask, "a causal mask built for one query"),
-    (lambda *args: _variant(scale=1.0 / args[0].shape[-1])(*args), "divided by d"),
-    (lambda *args: attend_with_cache_reference(*args)[0], "must return a tuple"),
-    (lambda *args: (attend_with_cache_reference(*args)[0][:, :, 0],) + attend_with_cache_reference(*args)[1:],
-     "keep the query axis"),
-    (_empty_cache_unsupported, "step 0 of decoding from an empty cache"),
+    (_grown_in_place, "changed in place"),
+    (_cache_detached, "no gradient reaches k_cache"),
+    (_one_token_step, "out must have q's shape"),
+    (lambda *args: attend_chunk_reference(*args)[0], "must return a tuple"),
 ]
 
 
-def test_attend_reference_matches_the_library_attention_with_a_layer_cache():
+def test_chunk_reference_matches_the_library_attention_with_a_layer_cache():
     from minivlm.nn.attention import LayerCache, MultiHeadAttention
 
     torch.manual_seed(0)
-    attn, x = MultiHeadAttention(12, 3).eval(), torch.randn(2, 5, 12)
-    full = attn(x, mask=torch.ones(5, 5, dtype=torch.bool).tril())
+    attn, x = MultiHeadAttention(12, 3).eval(), torch.randn(2, 7, 12)
+    full = attn(x, mask=torch.ones(7, 7, dtype=torch.bool).tril())
     cache = LayerCache()
     attn(x[:, :4], mask=torch.ones(4, 4, dtype=torch.bool).tril(), cache=cache)
-    split = lambda t: t.view(2, 1, 3, 4).transpose(1, 2)  # noqa: E731  (B, 1, D) -> (B, H, 1, d)
+    split = lambda t: t.view(2, 3, 3, 4).transpose(1, 2)  # noqa: E731  (B, C, D) -> (B, H, C, d)
     q, k, v = (split(p(x[:, 4:])) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
-    out, k_all, v_all = attend_with_cache_reference(q, k, v, cache.k, cache.v)
-    assert torch.allclose(attn.out_proj(out.transpose(1, 2).reshape(2, 1, 12)), full[:, 4:], atol=1e-6)
+    out, k_all, v_all = attend_chunk_reference(q, k, v, cache.k, cache.v)
+    assert torch.allclose(attn.out_proj(out.transpose(1, 2).reshape(2, 3, 12)), full[:, 4:], atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- 09.perplexity_from_logprobs
@@ -177,6 +218,8 @@ WRONG_PERPLEXITY = [
     (lambda lp, m: torch.exp(-(lp * m).sum()), "TOTAL negative log-probability"),
     (lambda lp, m: torch.stack([torch.exp(-r[k].mean()) for r, k in zip(lp, m)]), "one per document"),
     (lambda lp, m: "12.5", "got str"),
+    (lambda lp, m: torch.exp(-((lp * m).sum(1) / m.sum(1) * m.sum(1)).sum() / m.sum()), "NaN where"),
+    (lambda lp, m: torch.exp(-lp.masked_fill_(~m, 0.0).sum() / m.sum()), "changed in place"),
 ]
 
 
@@ -241,6 +284,22 @@ def _first_position(model, prompt, max_new_tokens):
     return ids
 
 
+def _last_prompt_token_only(model, prompt, max_new_tokens):
+    """Feeds the cache only the prompt's last token: the rest of the prompt is never read."""
+    return torch.cat([prompt[:, :-1], greedy_with_cache(model, prompt[:, -1:], max_new_tokens)], 1)
+
+
+def _squeezed_token(model, prompt, max_new_tokens):
+    """Right on a batch; at B = 1, squeeze() leaves a (1,) token and the ids lose their batch axis."""
+    cache, ids, new = model.new_cache(), prompt, prompt
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            token = model(new, cache=cache)[:, -1].argmax(-1).squeeze()  # (B,), or () at B = 1
+            token = token[:, None] if token.ndim == 1 else token[None, None]
+            ids, new = torch.cat([ids, token], 1), token
+    return ids.squeeze()
+
+
 def _cache_and_full_pass(model, prompt, max_new_tokens):
     ids = greedy_with_cache(model, prompt, max_new_tokens)
     model(ids)  # an extra uncached pass over everything
@@ -259,14 +318,19 @@ WRONG_GREEDY = [
     (lambda m, p, n: m.generate(p, n, use_cache=True), "the library's decoder"),
     (lambda m, p, n: torch.cat([p, torch.zeros(len(p), n, dtype=torch.long)], 1), "never called"),
     (_cache_and_full_pass, "without the cache"),
+    (_last_prompt_token_only, "LAST token alone"),
+    (_squeezed_token, "B = 1"),
+    (lambda m, p, n: greedy_with_cache(m, p, max(n, 1)), "max_new_tokens = 0"),
 ]
 
 
 def test_greedy_with_cache_matches_the_library_generate():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=30, max_len=32, dim=16, depth=2, heads=2, pad_id=0, bos_id=1, eos_id=2)).eval()
+    model = GPT(GPTConfig.llama(vocab_size=30, max_len=32, dim=16, depth=2, heads=2, pad_id=0, bos_id=1,
+                                eos_id=2)).eval()
     with torch.no_grad():
-        model.token_embedding.weight.mul_(50.0)
+        for p in model.parameters():
+            p.mul_(40.0 if p.ndim == 2 else 1.0)
     prompt = torch.randint(3, 30, (3, 4))
     want = greedy_reference(model, prompt, 6)
     unused = min(set(range(30)) - set(want[:, 4:].flatten().tolist()))  # as eos: no row ends early
@@ -277,10 +341,11 @@ def test_greedy_with_cache_matches_the_library_generate():
 # ----------------------------------------------------------------------------- 09.rope
 
 
-def rope(x, positions, base=10000.0, pairing="half", theta="right", layout="cat", turn="right"):
-    """RoPE written out (pairs (j, j + d/2), θ_i = base^(-2i/d)), and the mistakes the options make."""
+def rope(x, positions, base=10000.0, pairing="half", theta="right", layout="cat", turn="right", heads=True):
+    """RoPE written out (pairs (j, j + d/2), θ_i = base^(-2i/d)), and the mistakes the options make
+    (heads False: per-row angles not broadcast over the heads axis)."""
     d, h = x.shape[-1], x.shape[-1] // 2
-    p = positions.double()[:, None]
+    p = positions.double()[..., None]
     i = torch.arange(h, dtype=torch.float64)
     if theta == "per channel":
         angles = p * base ** (-torch.arange(d, dtype=torch.float64) / d)
@@ -288,6 +353,8 @@ def rope(x, positions, base=10000.0, pairing="half", theta="right", layout="cat"
         freq = {"right": base ** (-2 * i / d), "no two": base ** (-i / d), "positive": base ** (2 * i / d)}[theta]
         angles = torch.cat([p * freq, p * freq], -1) if layout == "cat" else (p * freq).repeat_interleave(2, -1)
     cos, sin = angles.cos().float(), angles.sin().float()
+    if positions.ndim == 2 and x.ndim == 4 and heads:
+        cos, sin = cos[:, None], sin[:, None]
     if turn == "swapped":
         cos, sin = sin, cos
     if pairing == "interleaved":
@@ -331,6 +398,9 @@ WRONG_ROPE = [
     (_in_place, "changed its input in place"),
     (_only_4d, "(T, d)"),
     (_wrong_on_2d, "(T, d)"),
+    (lambda x, pos, base: rope(x, pos[0] if pos.ndim == 2 else pos, base), "row 0's positions"),
+    (lambda x, pos, base: rope(x, pos, base, heads=False), "heads axis"),
+    (lambda x, pos, base: rope(x, pos.flatten()[: x.shape[-2]], base), "rows starting at"),
 ]
 
 
@@ -433,10 +503,10 @@ def test_offset_spread_is_zero_for_rope_and_not_for_added_positions():
     assert same > 0.1 * across
 
 
-GOOD = {"09.shifted_lm_loss": shifted_lm_loss_reference, "09.attend_with_cache": attend_with_cache_reference,
+GOOD = {"09.shifted_lm_loss": shifted_lm_loss_reference, "09.attend_chunk": attend_chunk_reference,
         "09.perplexity_from_logprobs": perplexity_from_logprobs_reference, "09.greedy_with_cache": greedy_with_cache,
         "09.rope": rope, "09.offset_spread": offset_spread}
-WRONG = {"09.shifted_lm_loss": WRONG_LOSS, "09.attend_with_cache": WRONG_ATTEND,
+WRONG = {"09.shifted_lm_loss": WRONG_LOSS, "09.attend_chunk": WRONG_CHUNK,
          "09.perplexity_from_logprobs": WRONG_PERPLEXITY, "09.greedy_with_cache": WRONG_GREEDY,
          "09.rope": WRONG_ROPE, "09.offset_spread": WRONG_SPREAD}
 

@@ -1,21 +1,28 @@
 """Checks for the chapter 09 exercises (exercises/09_llm): the shifted next-token loss that
-ignores padding, one attention step with a KV cache, perplexity from the log-probabilities of a
-batch of documents, greedy decoding of a GPT that feeds one token at a time through its cache,
+ignores padding, the attention of a chunk of new tokens after a KV cache (the causal mask offset
+by the cache's length), perplexity from the log-probabilities of a batch of documents, greedy decoding of a GPT that feeds one token at a time through its cache,
 and an experiment: rotary position embeddings (RoPE) written out, and the measurement that the
 score of a rotated query and key depends only on their offset.
 
 The loss is compared with `minivlm.losses.lm_loss` and perplexity with `minivlm.eval.perplexity`
 on fresh random inputs whose rows have very different numbers of real tokens and whose padded
 positions hold values of their own, redrawn until every plausible mistake gives another number
-than the right answer (and than every other mistake). The cached attention step is compared with
-full causal attention recomputed from scratch over the whole sequence, on one step and then on
-every step of a sequence decoded from an empty cache, the learner's returned cache fed back in;
-batch, heads, time and head width all have distinct sizes. Greedy decoding runs on a small random
-`GPT` (its embeddings scaled up so that the top two logits are never near a tie) seen through a
-recorder of the calls the learner makes, and is compared with greedy decoding without a cache.
+than the right answer (and than every other mistake), then on one row of two tokens (B = 1); its
+gradient to the logits is compared with the reference's. The chunk's attention is compared with
+full causal attention recomputed from scratch over the whole sequence: a chunk of C tokens after T
+cached, C tokens into an empty cache, one token after T (a decoding step), B = H = 1, and a whole
+sequence fed in chunks of random sizes from an empty cache, the learner's returned cache fed back
+in; batch, heads, chunk, cache and head width all have distinct sizes, and the gradient reaches
+all five inputs as the reference's does. Perplexity is also computed on a batch with a document of
+no real token. Greedy decoding runs on a small random Llama-layout `GPT` whose weights are scaled up
+(the top two logits are never near a tie) and whose continuation depends on the whole prompt (it
+changes with the prompt's first token, and differs from the continuation of the last prompt token
+alone), seen through a recorder of the calls the learner makes, and is compared with greedy
+decoding without a cache; then on one prompt (B = 1) and with max_new_tokens = 0.
 RoPE is compared with the library's `RotaryEmbedding` and `apply_rotary` (minivlm/nn/rope.py) on
 a random (B, H, T, d) and a (T, d) tensor, at distinct positions that are not 0 … T − 1 and with
-a base that is not 10,000. The experiment `offset_spread(rotate, q, k, n)` is given two rotations
+a base that is not 10,000, then on a (B, H, T, d) (B != H) and a (B, T, d) tensor with each row's
+own positions (B, T), the rows starting at different offsets. The experiment `offset_spread(rotate, q, k, n)` is given two rotations
 and recomputed for each: RoPE, where the spread of the scores at one offset is 0 (to float
 rounding) while the scores across offsets differ, and a position vector added to q and k (GPT-2's
 way), where the score depends on both positions; the learner's score matrix and both spreads must
@@ -24,20 +31,26 @@ be the recomputed ones. Inputs are redrawn until every plausible mistake gives a
 When an answer is wrong the check tries to name the plausible mistake: no shift, the shift the
 wrong way, padding used as targets, padding counted in the mean, the mask not shifted with the
 targets, the mean of per-row means, the sum instead of the mean, raw logits taken for
-log-probabilities, a loss without gradient; the cache grown on the batch, heads or feature axis
-(torch.cat refuses it at these distinct sizes; the check names the axis from torch's error),
-torch.stack instead of torch.cat, the new token's key and value left out of the attention or of
-the returned cache, the new key prepended, keys and values swapped, the 1/√d scale missing or
-1/d, the softmax over the query, heads or batch axis, a causal mask built for one query; the minus
-sign missing, padding included or counted, the mean of per-document perplexities or of
-per-document means, base 2 or 10 instead of e, the cross-entropy (or the mean log-probability)
-returned instead of its exp, the exp of the total; no cache, a fresh cache every step, the whole
-sequence fed again to a cache that holds it, the first position's logits, the prompt left out,
+log-probabilities, a loss without gradient (detached, or rebuilt from .item()), the ids changed in
+place; the cache grown on the batch, heads or feature axis (torch.cat refuses it at these distinct
+sizes; the check names the axis from torch's error), torch.stack instead of torch.cat, the cache
+not grown, the new keys prepended, keys and values swapped, the cache changed in place, no mask
+(the chunk sees its own future), the future weights zeroed after the softmax, the causal mask
+aligned to the top-left corner (as if the chunk started at 0), the cache left out, the cached keys
+masked out, the 1/√d scale missing or 1/d, the softmax over the query, heads or batch axis, a
+one-token step used for a chunk, no gradient to the cache; the minus sign missing, padding
+included or counted, the mean of per-document perplexities or of per-document means, NaN from a
+document with no real token, base 2 or 10 instead of e, the cross-entropy (or the mean
+log-probability) returned instead of its exp, the exp of the total, the inputs changed in place;
+no cache, a fresh cache every step, the whole sequence fed again to a cache that holds it, only
+the prompt's last token fed (the context ignored), the first position's logits, the prompt left out,
+a decoder that breaks at B = 1 or makes a token when none is asked,
 the wrong number of new tokens, the library's decoder called instead of a loop; the interleaved
 pairing (2i, 2i + 1), the angles laid out interleaved with the rotate-half pairing, a missing
 sign (not a rotation), the turn the wrong way, cos and sin swapped, the frequencies base^(-i/d),
 growing with i, or one per channel, the positions or the base argument ignored, the input changed
-in place, a rotation that works only on 4-D input; the score matrix transposed, the key rotated to
+in place, a rotation that works only on 4-D input, row 0's positions used for every row, per-row
+angles that miss the heads axis; the score matrix transposed, the key rotated to
 the query's position, the key not rotated, the scores scaled by 1/√d, the pairs grouped by p + s
 or by |p − s|, the standard deviation for the spread, the mean spread instead of the largest, offset
 0 alone, a spread assumed to be 0, and for the spread across offsets the standard deviation, the
@@ -59,6 +72,7 @@ from minivlm.grading import (
     GradingFailure,
     all_distinct,
     call,
+    expect_gradients,
     fresh_generator,
     is_close,
     masked_mean,
@@ -130,13 +144,17 @@ def _lm_inputs(g: torch.Generator):
     raise RuntimeError("could not draw inputs on which the mistakes differ")  # pragma: no cover
 
 
-@register("09.shifted_lm_loss", title="The next-token loss: shifted by one, padding ignored, mean over real targets")
-def check_shifted_lm_loss(fn) -> None:
-    g = fresh_generator()
-    logits, ids, mask = _lm_inputs(g)
+def _check_loss_once(fn, logits, ids, mask, what: str) -> None:
     want = lm_loss(logits, ids, mask)
     leaf = logits.clone().requires_grad_(True)
-    got = tensor_answer("shifted_lm_loss's result", call(fn, leaf, ids.clone(), mask.clone()))
+    ids_in, mask_in = ids.clone(), mask.clone()
+    try:
+        got = tensor_answer("shifted_lm_loss's result", call(fn, leaf, ids_in, mask_in))
+    except GradingFailure as exc:
+        raise GradingFailure(f"{exc} (on {what})") from None
+    if not (torch.equal(ids_in, ids) and torch.equal(mask_in, mask)):
+        raise GradingFailure("ids or attention_mask was changed in place (targets written into the caller's ids?): "
+                             "build the targets as a new tensor; the caller's batch feeds the next step too")
     if got.numel() != 1:
         b, t = ids.shape
         hint = " (one loss per target token: reduce them to their mean)" if got.numel() in (b * t, b * (t - 1)) else ""
@@ -146,34 +164,51 @@ def check_shifted_lm_loss(fn) -> None:
     if not is_close(got.reshape(()), want):
         for value, message in _lm_mistakes(logits, ids, mask):
             if is_close(got.reshape(()), value):
-                raise GradingFailure(message)
-        raise GradingFailure(f"shifted_lm_loss returned {float(got):.5f}, expected {float(want):.5f} (lm_loss)")
-    if not got.requires_grad:
-        raise GradingFailure("the loss carries no gradient (computed under torch.no_grad, detached, or rebuilt from "
-                             "a number): compute it from logits with torch operations so that loss.backward() trains "
-                             "the model")
+                raise GradingFailure(f"{message} ({what})")
+        raise GradingFailure(f"shifted_lm_loss returned {float(got.detach()):.5f}, expected {float(want):.5f} (lm_loss; "
+                             f"{what})")
+    expect_gradients("the loss", got, shifted_lm_loss_reference(leaf, ids, mask).reshape(got.shape),
+                     {"logits": leaf})
 
 
-# ----------------------------------------------------------------------------- 09.attend_with_cache
+@register("09.shifted_lm_loss", title="The next-token loss: shifted by one, padding ignored, mean over real targets")
+def check_shifted_lm_loss(fn) -> None:
+    g = fresh_generator()
+    logits, ids, mask = _lm_inputs(g)
+    _check_loss_once(fn, logits, ids, mask, f"a batch of {ids.shape[0]} right-padded rows")
+    # one row (B = 1) of two tokens: a single target, no padding
+    v = randint(g, 5, 9)
+    one = torch.randint(1, v, (1, 2), generator=g)
+    _check_loss_once(fn, torch.randn(1, 2, v, generator=g) * 2, one, torch.ones(1, 2, dtype=torch.bool),
+                     "one row of two tokens, B = 1")
+
+
+# ----------------------------------------------------------------------------- 09.attend_chunk
 
 _AXES = {0: "the batch axis (dim 0)", 1: "the heads axis (dim 1)", 3: "the feature axis (dim 3, the head width)"}
 _CAT_ERROR = re.compile(r"Sizes of tensors must match except in dimension (\d+)")
 
 
-def _attend(q, k_all, v_all, scale: float | None = None, softmax_dim: int = -1):
-    """softmax(q k_allᵀ · scale, over softmax_dim) v_all; scale None: 1/√d."""
+def _chunk_scores(q, k_all, scale: float | None = None) -> torch.Tensor:
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    return ((q @ k_all.transpose(-2, -1)) * scale).softmax(softmax_dim) @ v_all
+    return (q @ k_all.transpose(-2, -1)) * scale  # (B, H, C, T + C)
 
 
-def attend_with_cache_reference(q, k_new, v_new, k_cache, v_cache):
-    """One decoding step of one attention layer. q, k_new, v_new (B, H, 1, d): the new token's;
-    k_cache, v_cache (B, H, T, d): the earlier tokens' (T may be 0). The new key and value are
-    appended on the time axis; the new query attends to all T + 1 keys (no mask: every key is in
-    its past). Returns (out (B, H, 1, d), k_all, v_all (B, H, T + 1, d))."""
+def _offset_causal(c: int, total: int) -> torch.Tensor:
+    """(C, T + C) bool: new token i sits at position T + i and may attend to keys 0 … T + i."""
+    return torch.ones(c, total, dtype=torch.bool).tril(diagonal=total - c)
+
+
+def attend_chunk_reference(q, k_new, v_new, k_cache, v_cache):
+    """C new tokens at once through one attention layer that has T tokens cached. q, k_new, v_new
+    (B, H, C, d): the new tokens'; k_cache, v_cache (B, H, T, d), T >= 0. The new keys and values
+    are appended on the time axis; new token i (position T + i) attends to keys 0 … T + i: every
+    cached one, the new ones up to itself. Returns (out (B, H, C, d), k_all, v_all (B, H, T + C, d))."""
     k_all = torch.cat([k_cache, k_new], dim=2)  # time is axis 2
     v_all = torch.cat([v_cache, v_new], dim=2)
-    return _attend(q, k_all, v_all), k_all, v_all
+    c, total = q.shape[2], k_all.shape[2]
+    scores = _chunk_scores(q, k_all).masked_fill(~_offset_causal(c, total), float("-inf"))
+    return scores.softmax(-1) @ v_all, k_all, v_all
 
 
 def _full_causal(q, k, v) -> torch.Tensor:
@@ -187,124 +222,167 @@ def _full_causal(q, k, v) -> torch.Tensor:
 def _triple(got) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if not (isinstance(got, (tuple, list)) and len(got) == 3):
         extra = f" of length {len(got)}" if isinstance(got, (tuple, list)) else ""
-        raise GradingFailure(f"attend_with_cache must return a tuple (out, k_all, v_all), got "
-                             f"{type(got).__name__}{extra}")
+        raise GradingFailure(f"attend_chunk must return a tuple (out, k_all, v_all), got {type(got).__name__}{extra}")
     return tuple(tensor_answer(name, x) for name, x in zip(("out", "k_all", "v_all"), got))
 
 
-def _call_step(fn, q, k_new, v_new, k_cache, v_cache):
+def _call_chunk(fn, q, k_new, v_new, k_cache, v_cache, grad: bool = False):
+    """The learner's step on copies (leaves with requires_grad when grad); checks the inputs are unchanged."""
+    given = [x.clone().requires_grad_(grad) for x in (q, k_new, v_new, k_cache, v_cache)]
     try:
-        got = call(fn, q.clone(), k_new.clone(), v_new.clone(), k_cache.clone(), v_cache.clone())
+        got = call(fn, *given)
     except GradingFailure as exc:
         text = str(exc)
         found = _CAT_ERROR.search(text)
         if found and int(found.group(1)) != 2:
             axis = _AXES.get(int(found.group(1)), f"axis {found.group(1)}")
-            raise GradingFailure(f"torch.cat along {axis}: the cache (B, H, T, d) grows on the TIME axis, dim=2 "
-                                 f"(torch.cat([k_cache, k_new], dim=2)); the other axes must match") from None
+            raise GradingFailure(f"the cache was grown along {axis}: the cache (B, H, T, d) grows on the TIME axis "
+                                 f"(chapter 09 §5); the other axes must match") from None
         if "stack expects each tensor to be equal size" in text:
-            raise GradingFailure("torch.stack makes a NEW axis and needs equal sizes: append the new key with "
-                                 "torch.cat([k_cache, k_new], dim=2), which grows the time axis") from None
+            raise GradingFailure("torch.stack makes a NEW axis and needs equal sizes: the cache grows along its "
+                                 "existing time axis (chapter 09 §5)") from None
         raise
-    return _triple(got)
+    for name, x, before in zip(("q", "k_new", "v_new", "k_cache", "v_cache"), given, (q, k_new, v_new, k_cache,
+                                                                                       v_cache)):
+        if not torch.equal(x.detach(), before):
+            raise GradingFailure(f"{name} was changed in place: the caller's tensors (the cache above all, which "
+                                 f"every later step reads) must stay as they were; build new tensors")
+    return _triple(got), given
 
 
 def _check_cache(name: str, got: torch.Tensor, cache: torch.Tensor, new: torch.Tensor, other_all: torch.Tensor,
-                 where: str = "") -> None:
-    """got: the returned k_all (or v_all); cache, new: its inputs; other_all: the other tensor's right answer.
-    (A cache grown on another axis never gets here: with batch, heads, time and width all of different
-    sizes, torch.cat refuses it, and `_call_step` names the axis from torch's error.)"""
+                 where: str) -> None:
+    """got: the returned k_all (or v_all); cache, new: its inputs; other_all: the other tensor's right answer."""
     b, h, t, d = cache.shape
     want = torch.cat([cache, new], dim=2)
     shape = tuple(got.shape)
-    if shape == (b, h, t, d):
-        raise GradingFailure(f"{name}{where} has the cache's shape {shape}: the new token's key and value must be "
-                             f"appended to it, (B, H, T + 1, d) = {tuple(want.shape)}")
+    if shape == (b, h, t, d) and new.shape[2]:
+        raise GradingFailure(f"{name}{where} has the cache's shape {shape}: the new tokens' keys and values must be "
+                             f"appended to it, (B, H, T + C, d) = {tuple(want.shape)}")
     if shape != tuple(want.shape):
-        raise GradingFailure(f"{name}{where} must have shape (B, H, T + 1, d) = {tuple(want.shape)}, got {shape}")
+        raise GradingFailure(f"{name}{where} must have shape (B, H, T + C, d) = {tuple(want.shape)}, got {shape}")
     got = got.detach().cpu()
     if torch.allclose(got, want):
         return
     if t > 0 and torch.allclose(got, torch.cat([new, cache], dim=2)):
-        raise GradingFailure(f"{name}{where}: the new token was prepended: append it AFTER the cached ones, "
-                             f"torch.cat([cache, new], dim=2); the cache is in time order (a padding mask over "
-                             f"past + new tokens, and every later step, rely on it)")
+        raise GradingFailure(f"{name}{where}: the new tokens were prepended: they come AFTER the cached ones, in "
+                             f"time order (every later step, and the causal mask, rely on it)")
     if torch.allclose(got, other_all):
         raise GradingFailure(f"{name}{where}: keys and values are swapped: k_all grows from k_cache and k_new, v_all "
                              f"from v_cache and v_new")
-    raise GradingFailure(f"{name}{where}: values differ from torch.cat([cache, new], dim=2), the cached tokens "
-                         f"followed by the new one, in time order")
+    raise GradingFailure(f"{name}{where}: values differ from the cached tokens followed by the new ones, in time "
+                         f"order")
 
 
-def _check_out(out: torch.Tensor, want: torch.Tensor, q, k_new, v_new, k_cache, v_cache, where: str) -> None:
-    b, h, _, d = q.shape
-    if tuple(out.shape) != (b, h, 1, d):
-        hint = " (keep the query axis of length 1)" if tuple(out.shape) == (b, h, d) else ""
-        raise GradingFailure(f"out must have q's shape (B, H, 1, d) = {(b, h, 1, d)}, got {tuple(out.shape)}{hint}")
+def _chunk_mistakes(q, k_all, v_all) -> list[tuple[torch.Tensor, str]]:
+    c, total = q.shape[2], k_all.shape[2]
+    t = total - c
+    right = _offset_causal(c, total)
+    scores = _chunk_scores(q, k_all)
+
+    def masked(keep, s=scores):
+        return s.masked_fill(~keep, float("-inf")).softmax(-1) @ v_all
+
+    mistakes = []
+    if c > 1:
+        mistakes.append((scores.softmax(-1) @ v_all,
+                         "no mask: with several new tokens, each one attended to the new tokens AFTER it too (its "
+                         "future); new token i sits at position T + i and sees keys 0 … T + i"))
+        mistakes.append(((scores.softmax(-1) * right) @ v_all,
+                         "the future keys' weights were zeroed after the softmax: the remaining weights no longer "
+                         "sum to 1; mask the scores before the softmax (−inf where a key may not be seen)"))
+    if t > 0:
+        mistakes.append((masked(torch.ones(c, total, dtype=torch.bool).tril()),
+                         "the causal mask is aligned to the top-left corner, as if the chunk started at position 0: "
+                         "new token i sits at position T + i (after the T cached tokens), so it sees every cached "
+                         "key and the new ones up to itself; the mask's diagonal is shifted by T"))
+        mistakes.append((_chunk_scores(q, k_all[:, :, t:]).masked_fill(~torch.ones(c, c, dtype=torch.bool).tril(),
+                                                                        float("-inf")).softmax(-1) @ v_all[:, :, t:],
+                         "the cached keys and values were left out: the new tokens attended to each other only; "
+                         "the cache is what the earlier tokens left for them to read"))
+        mistakes.append((masked(torch.ones(c, total, dtype=torch.bool).triu(diagonal=t)),
+                         "only the new tokens' keys are seen (the cached ones masked out): every cached key is in the "
+                         "past of every new token"))
+    mistakes += [
+        (masked(right, _chunk_scores(q, k_all, scale=1.0)),
+         "the scores are not scaled: divide q · kᵀ by √d (d = the head width), chapter 01 §1"),
+        (masked(right, _chunk_scores(q, k_all, scale=1.0 / q.shape[-1])),
+         "the scores were divided by d: divide by √d (d = the head width)"),
+        (scores.masked_fill(~right, float("-inf")).softmax(1) @ v_all,
+         "softmax over the heads axis: each query's weights are a distribution over the KEYS (the last axis)"),
+        (scores.masked_fill(~right, float("-inf")).softmax(0) @ v_all,
+         "softmax over the batch axis: each query's weights are a distribution over the KEYS (the last axis)"),
+    ]
+    if c > 1:
+        mistakes.append((torch.nan_to_num(scores.masked_fill(~right, float("-inf")).softmax(-2)) @ v_all,
+                         "softmax over the query axis: each query's weights are a distribution over the KEYS (the "
+                         "last axis)"))
+    return mistakes
+
+
+def _check_chunk_out(out: torch.Tensor, want: torch.Tensor, q, k_all, v_all, where: str) -> None:
+    b, h, c, d = q.shape
+    if tuple(out.shape) != (b, h, c, d):
+        raise GradingFailure(f"out must have q's shape (B, H, C, d) = {(b, h, c, d)}{where}, got {tuple(out.shape)}")
     out = out.detach().cpu()
     if is_close(out, want):
         return
-    k_all, v_all = torch.cat([k_cache, k_new], 2), torch.cat([v_cache, v_new], 2)
-    t = k_cache.shape[2]
-    mistakes = []
-    if t > 0:
-        mistakes.append((_attend(q, k_cache, v_cache),
-                         "the new token's own key and value are left out: it attends to the cached tokens only; a "
-                         "token sees itself too (the causal mask's diagonal): append k_new and v_new, then attend to "
-                         "all T + 1"))
-    mistakes += [
-        (_attend(q, k_all, v_all, scale=1.0),
-         "the scores are not scaled: divide q · kᵀ by √d (d = the head width, q.shape[-1])"),
-        (_attend(q, k_all, v_all, scale=1.0 / d),
-         "the scores were divided by d: divide by √d (d = the head width, q.shape[-1])"),
-        (_attend(q, k_all, v_all, softmax_dim=-2),
-         "softmax over the query axis (dim=-2, of length 1: every weight is 1, out is the sum of the values): the "
-         "weights are a distribution over the KEYS, softmax(dim=-1)"),
-        (_attend(q, k_all, v_all, softmax_dim=1),
-         "softmax over the heads axis (dim=1): each head weighs the keys on its own, softmax over the keys (dim=-1)"),
-        (_attend(q, k_all, v_all, softmax_dim=0),
-         "softmax over the batch axis (dim=0): softmax over the keys (dim=-1)"),
-        (v_all[:, :, :1],
-         "a causal mask built for one query (torch.ones(1, T + 1).tril()) keeps only the first key: the new token "
-         "is the LAST position, every cached key is in its past, so this step needs no mask"),
-    ]
-    for value, message in mistakes:
-        if is_close(out, value):
-            raise GradingFailure(message)
+    for value, message in _chunk_mistakes(q, k_all, v_all):  # NaN where the mistake gives NaN (softmax over −inf)
+        if out.shape == value.shape and torch.allclose(out.double(), value.double(), atol=1e-4, rtol=1e-4,
+                                                       equal_nan=True):
+            raise GradingFailure(f"{message}{where}")
+    if bool(torch.isnan(out).any()):
+        raise GradingFailure(f"out holds NaN{where}: a query whose every score was masked to −inf (an inverted mask, "
+                             f"or one that hides a token from itself?); each new token sees at least itself")
     diff = float((out - want).abs().max())
-    raise GradingFailure(f"out differs from full causal attention's row for the new token{where}: max |diff| = "
+    raise GradingFailure(f"out differs from full causal attention's rows for the new tokens{where}: max |diff| = "
                          f"{diff:.3g}")
 
 
-@register("09.attend_with_cache", title="One attention step with a KV cache")
-def check_attend_with_cache(fn) -> None:
+def _chunk_case(fn, q, k, v, t: int, c: int, where: str, grad: bool = False):
+    """The C tokens after T cached ones of the whole sequence (q, k, v), against full causal attention."""
+    full = _full_causal(q[:, :, :t + c], k[:, :, :t + c], v[:, :, :t + c])
+    args = (q[:, :, t:t + c], k[:, :, t:t + c], v[:, :, t:t + c], k[:, :, :t], v[:, :, :t])
+    (out, k_all, v_all), leaves = _call_chunk(fn, *args, grad=grad)
+    _check_cache("k_all", k_all, k[:, :, :t], k[:, :, t:t + c], v[:, :, :t + c], where)
+    _check_cache("v_all", v_all, v[:, :, :t], v[:, :, t:t + c], k[:, :, :t + c], where)
+    _check_chunk_out(out, full[:, :, t:], q[:, :, t:t + c], k[:, :, :t + c], v[:, :, :t + c], where)
+    if grad:
+        names = ("q", "k_new", "v_new", "k_cache", "v_cache")
+        expect_gradients(f"out{where}", out, attend_chunk_reference(*leaves)[0], dict(zip(names, leaves)))
+    return k_all.detach().cpu(), v_all.detach().cpu()
+
+
+@register("09.attend_chunk", title="Attention for a chunk of new tokens after a KV cache: the offset causal mask")
+def check_attend_chunk(fn) -> None:
     g = fresh_generator()
     b = randint(g, 2, 3)
     h = b + randint(g, 1, 2)
-    t = h + randint(g, 1, 2)  # cached tokens
-    d = t + randint(g, 2, 4)  # batch, heads, time (T and T + 1) and head width: all different sizes
-    q, k, v = (torch.randn(b, h, t + 1, d, generator=g) for _ in range(3))  # the whole sequence
-    full = _full_causal(q, k, v)  # (B, H, T + 1, d), recomputed from scratch
-
-    # one step: the (T + 1)-th token with T cached; the returned cache first (a wrong cache is the cause
-    # of a wrong output more often than the other way round)
-    args = (q[:, :, t:], k[:, :, t:], v[:, :, t:], k[:, :, :t], v[:, :, :t])
-    out, k_all, v_all = _call_step(fn, *args)
-    _check_cache("k_all", k_all, k[:, :, :t], k[:, :, t:], v)
-    _check_cache("v_all", v_all, v[:, :, :t], v[:, :, t:], k)
-    _check_out(out, full[:, :, t:], *args, where="")
-
-    # decoding the whole sequence from an empty cache (T = 0), the returned cache fed back each step
-    k_cache, v_cache = k[:, :, :0], v[:, :, :0]
-    for i in range(t + 1):
-        args = (q[:, :, i:i + 1], k[:, :, i:i + 1], v[:, :, i:i + 1], k_cache, v_cache)
-        out, k_cache, v_cache = _call_step(fn, *args)
-        where = f" (step {i} of decoding from an empty cache, your cache fed back)"
-        _check_cache("k_all", k_cache, k[:, :, :i], k[:, :, i:i + 1], v[:, :, :i + 1], where)
-        _check_cache("v_all", v_cache, v[:, :, :i], v[:, :, i:i + 1], k[:, :, :i + 1], where)
-        _check_out(out, full[:, :, i:i + 1], *args, where=where)
-        k_cache, v_cache = k_cache.detach().cpu(), v_cache.detach().cpu()
-
+    c = h + randint(g, 1, 2)  # new tokens in the chunk
+    t = c + randint(g, 1, 2)  # cached tokens
+    d = t + c + randint(g, 1, 3)  # batch, heads, chunk, cache, T + C and head width: all different sizes
+    n = t + c + 6
+    q, k, v = (torch.randn(b, h, n, d, generator=g) for _ in range(3))  # the whole sequence
+    _chunk_case(fn, q, k, v, t, c, f" (a chunk of C = {c} tokens after T = {t} cached)", grad=True)
+    _chunk_case(fn, q, k, v, 0, c, f" (C = {c} tokens, an empty cache: the prompt's first pass)")
+    _chunk_case(fn, q, k, v, t, 1, f" (one new token after T = {t} cached: a decoding step)")
+    _chunk_case(fn, q[:1, :1], k[:1, :1], v[:1, :1], 0, 1, " (B = H = 1, one token, an empty cache)")
+    # a whole sequence fed in chunks of random sizes from an empty cache, the returned cache fed back
+    sizes, left = [], n
+    while left:
+        sizes.append(min(left, randint(g, 1, 4)))
+        left -= sizes[-1]
+    k_cache, v_cache, start = k[:, :, :0], v[:, :, :0], 0
+    full = _full_causal(q, k, v)
+    for i, size in enumerate(sizes):
+        where = f" (chunk {i} of sizes {sizes}, fed from an empty cache, your returned cache fed back)"
+        args = (q[:, :, start:start + size], k[:, :, start:start + size], v[:, :, start:start + size], k_cache, v_cache)
+        (out, k_cache, v_cache), _ = _call_chunk(fn, *args)
+        _check_cache("k_all", k_cache, k[:, :, :start], k[:, :, start:start + size], v[:, :, :start + size], where)
+        _check_cache("v_all", v_cache, v[:, :, :start], v[:, :, start:start + size], k[:, :, :start + size], where)
+        _check_chunk_out(out, full[:, :, start:start + size], args[0], k[:, :, :start + size], v[:, :, :start + size],
+                         where)
+        k_cache, v_cache, start = k_cache.detach().cpu(), v_cache.detach().cpu(), start + size
 
 # ----------------------------------------------------------------------------- 09.perplexity_from_logprobs
 
@@ -380,15 +458,32 @@ def check_perplexity_from_logprobs(fn) -> None:
     logprobs, mask = _perplexity_inputs(g)
     # the library's perplexity over the same documents, each given as its real tokens' log-probabilities
     want = perplexity([lp[m] for lp, m in zip(logprobs, mask)], n_boot=100).value
+    lp_in, mask_in = logprobs.clone(), mask.clone()
+    got = _number(call(fn, lp_in, mask_in))
+    if not (torch.equal(lp_in, logprobs) and torch.equal(mask_in, mask)):
+        raise GradingFailure("logprobs or mask was changed in place (padding zeroed in the caller's tensor?): leave "
+                             "them as they were; select or weigh in a new tensor")
+    if not math.isclose(got, want, rel_tol=1e-4):
+        for value, message in _perplexity_mistakes(logprobs, mask):
+            overflowed = math.isinf(got) and got > 0 and value > torch.finfo(torch.float32).max  # exp in float32
+            if overflowed or math.isclose(got, value, rel_tol=1e-4, abs_tol=1e-9):
+                raise GradingFailure(message)
+        raise GradingFailure(f"perplexity_from_logprobs returned {got:.5g}, expected {want:.5g} "
+                             f"(minivlm.eval.perplexity on the same documents)")
+    # a batch in which one document has no real token at all (a row of padding) and one has a single token
+    b, t = randint(g, 3, 4), randint(g, 4, 7)
+    logprobs = -torch.rand(b, t, generator=g) * 3 - 0.05
+    mask = _right_padded(g, b, t, shortest=1)
+    empty = randint(g, 2, b - 1)
+    mask[empty] = False
+    want = float(perplexity_from_logprobs_reference(logprobs, mask))
     got = _number(call(fn, logprobs.clone(), mask.clone()))
-    if math.isclose(got, want, rel_tol=1e-4):
-        return
-    for value, message in _perplexity_mistakes(logprobs, mask):
-        overflowed = math.isinf(got) and got > 0 and value > torch.finfo(torch.float32).max  # exp in float32
-        if overflowed or math.isclose(got, value, rel_tol=1e-4, abs_tol=1e-9):
-            raise GradingFailure(message)
-    raise GradingFailure(f"perplexity_from_logprobs returned {got:.5g}, expected {want:.5g} "
-                         f"(minivlm.eval.perplexity on the same documents)")
+    what = f"row {empty} is all padding (a document with no real token), row 1 has one real token"
+    if math.isnan(got):
+        raise GradingFailure(f"NaN where {what}: a mean per document divides that row by zero; pool every real "
+                             f"token of the batch (chapter 09 §7) and that row simply adds nothing")
+    if not math.isclose(got, want, rel_tol=1e-4):
+        raise GradingFailure(f"perplexity_from_logprobs returned {got:.5g}, expected {want:.5g} where {what}")
 
 
 # ----------------------------------------------------------------------------- 09.greedy_with_cache
@@ -446,23 +541,41 @@ def _margin(model, ids: torch.Tensor, start: int) -> float:
     return float((top2[..., 0] - top2[..., 1]).min())
 
 
+def _context_ignored(model, prompt: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """What a decoder gives that feeds only the prompt's LAST token to the cache (the rest of the
+    prompt never read): the prompt, then greedy decoding from that one token."""
+    return torch.cat([prompt, greedy_reference(model, prompt[:, -1:], max_new_tokens)[:, 1:]], dim=1)
+
+
 def _decode_setup(g: torch.Generator):
-    """A small random GPT with sharp logits (no near-ties between the cached and uncached paths), a
-    prompt and the number of new tokens."""
-    for _ in range(20):
+    """A small random GPT in the Llama layout (rotary positions: a token fed at the wrong place in the
+    cache gets the wrong angle) whose greedy continuation depends on the WHOLE prompt: every row's
+    continuation changes when the prompt's first token changes, and differs from decoding after the
+    last prompt token alone and from repeating it. Its weights are scaled up so that the top two
+    logits are never near a tie (the cached and uncached paths round differently)."""
+    for _ in range(40):
         vocab = randint(g, 20, 40)
-        config = GPTConfig(vocab_size=vocab, max_len=64, dim=16, depth=2, heads=2, pad_id=0, bos_id=1, eos_id=2)
+        config = GPTConfig.llama(vocab_size=vocab, max_len=64, dim=16, depth=2, heads=2, pad_id=0, bos_id=1,
+                                 eos_id=2)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(randint(g, 0, 2**31 - 2))
             model = GPT(config).eval()
         with torch.no_grad():
-            model.token_embedding.weight.mul_(50.0)  # std 1: logits of a few units, not a near-uniform mush
+            for p in model.parameters():
+                if p.ndim == 2:
+                    p.mul_(40.0)  # std 0.8: attention that reads the context, logits of a few units
         b, t0, new = randint(g, 2, 3), randint(g, 3, 5), randint(g, 5, 7)
         prompt = torch.randint(3, vocab, (b, t0), generator=g)
         want = greedy_reference(model, prompt, new)
-        if _margin(model, want, t0) > 1e-3 and not torch.equal(want, greedy_reference(model, prompt, new, True)):
+        other = prompt.clone()
+        other[:, 0] = 3 + (other[:, 0] - 3 + 1 + torch.randint(vocab - 4, (b,), generator=g)) % (vocab - 3)
+        changed = greedy_reference(model, other, new)[:, t0:]
+        ignored = _context_ignored(model, prompt, new)
+        if (_margin(model, want, t0) > 1e-2 and (changed != want[:, t0:]).any(1).all()
+                and (ignored != want).any(1).all() and (want[:, t0:] != prompt[:, -1:]).any(1).all()
+                and not torch.equal(want, greedy_reference(model, prompt, new, True))):
             return model, prompt, new, want
-    raise RuntimeError("could not draw a model without near-ties")  # pragma: no cover
+    raise RuntimeError("could not draw a model whose continuation depends on the whole prompt")  # pragma: no cover
 
 
 @register("09.greedy_with_cache", title="Greedy decoding that feeds one token at a time through a KV cache")
@@ -502,6 +615,10 @@ def check_greedy_with_cache(fn) -> None:
     if not torch.equal(got[:, :t0], prompt):
         raise GradingFailure("the result must start with the prompt, unchanged")
     if not torch.equal(got, want):
+        if torch.equal(got, _context_ignored(model, prompt, new)):
+            raise GradingFailure("the continuation is what the prompt's LAST token alone gives: the rest of the prompt "
+                                 "never reached the cache; feed the whole prompt first (the cache must hold every "
+                                 "token the next one may attend to), then one new token per step")
         if torch.equal(got, greedy_reference(model, prompt, new, first_position=True)):
             raise GradingFailure("the first new token came from the first position's logits: the token after the "
                                  "prompt is predicted by the LAST position, logits[:, -1]")
@@ -518,14 +635,33 @@ def check_greedy_with_cache(fn) -> None:
         raise GradingFailure(f"the model ran on {fed} tokens in all; with the cache, a {t0}-token prompt and {new} new "
                              f"tokens need at most {t0 + new} (the prompt once, then one token per step): some call "
                              f"fed the whole sequence without the cache")
+    # one prompt (B = 1), and no new token at all (the prompt comes back as it is)
+    for rows, n, what in ((prompt[:1], new, "one prompt, B = 1"), (prompt, 0, "max_new_tokens = 0")):
+        try:
+            got = tensor_answer("greedy_with_cache's result", call(fn, model, rows.clone(), n))
+        except GradingFailure as exc:
+            raise GradingFailure(f"{exc} (on {what})") from None
+        want = greedy_reference(model, rows, n)
+        if tuple(got.shape) != tuple(want.shape) or not torch.equal(got.detach().cpu(), want):
+            raise GradingFailure(f"on {what}, expected the ids {tuple(want.shape)} = the prompt and {n} greedy tokens, "
+                                 f"got {tuple(got.shape)}" + ("" if tuple(got.shape) != tuple(want.shape) else
+                                                              " with other tokens"))
+        if got.dtype != torch.long:
+            raise GradingFailure(f"the ids must stay torch.long (int64), the prompt's dtype, got {got.dtype} (on "
+                                 f"{what})")
 
 
 # ----------------------------------------------------------------------------- 09.rope
 
 
 def rope_reference(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """x (…, T, d) rotated by RoPE at positions (T,): the library's `RotaryEmbedding` and
-    `apply_rotary` (channel j paired with j + d/2, pair i turned by p·base^(-2i/d))."""
+    """x (…, T, d) rotated by RoPE at positions (T,), or x (B, T, d) or (B, H, T, d) at each row's
+    own positions (B, T): the library's `RotaryEmbedding` and `apply_rotary` (channel j paired with
+    j + d/2, pair i turned by p·base^(-2i/d), every head of a row by that row's angles)."""
+    if positions.ndim == 2:
+        cos, sin = RotaryEmbedding(x.shape[-1], base)(positions.long())  # (B, T, d) each
+        flat = x if x.ndim == 4 else x[:, None]  # (B, H, T, d)
+        return apply_rotary(flat, cos, sin).reshape(x.shape)
     cos, sin = RotaryEmbedding(x.shape[-1], base)(positions[None].long())  # (1, T, d) each
     flat = x.reshape(1, -1, *x.shape[-2:])  # (1, N, T, d): every leading axis as heads
     return apply_rotary(flat, cos, sin).reshape(x.shape)
@@ -614,11 +750,27 @@ def _rope_inputs(g: torch.Generator):
     raise RuntimeError("could not draw inputs on which the mistakes differ")  # pragma: no cover
 
 
+def _row_mistakes(x, positions, base) -> list[tuple[torch.Tensor, str]]:
+    """The mistakes of the per-row positions (B, T)."""
+    t = x.shape[-2]
+    return [
+        (rope_reference(x, positions[0], base),
+         "every row was turned by row 0's positions: with positions (B, T) each row has its own (a left-padded "
+         "batch counts each row from its own first real token, chapter 09 §5)"),
+        (rope_reference(x, torch.arange(t), base),
+         "the positions argument was ignored (0 … T − 1 used instead): row b's token t turns by positions[b, t]"),
+    ]
+
+
 def _check_rope_on(fn, x, positions, base, what: str) -> None:
     x_in, positions_in = x.clone(), positions.clone()
     try:
         got = tensor_answer(f"rope's result ({what})", call(fn, x_in, positions_in, base))
     except GradingFailure as exc:
+        if positions.ndim == 2 and "must match the size of tensor" in str(exc):
+            raise GradingFailure(f"{exc} (on {what}): positions (B, T) give angles (B, T, d), and x (B, H, T, d) has "
+                                 f"a heads axis between the batch and time axes; every head of row b turns by row "
+                                 f"b's angles") from None
         raise GradingFailure(f"{exc} (on {what})") from None
     if not (torch.equal(x_in, x) and torch.equal(positions_in, positions)):
         raise GradingFailure(f"rope changed its input in place ({what}): return a new tensor and leave x as it was "
@@ -631,14 +783,15 @@ def _check_rope_on(fn, x, positions, base, what: str) -> None:
     want = rope_reference(x, positions, base)
     if is_close(got, want):
         return
-    for value, message in _rope_mistakes(x, positions, base):
+    mistakes = _row_mistakes(x, positions, base) if positions.ndim == 2 else _rope_mistakes(x, positions, base)
+    for value, message in mistakes:
         if is_close(got, value):
-            raise GradingFailure(message)
+            raise GradingFailure(f"{message} ({what})")
     d = x.shape[-1]
     wrong = ((got.double() - want.double()).abs() > 1e-4).reshape(-1, *x.shape[-2:]).any(0)  # (T, d): any row
     t_at, j_at = map(int, wrong.nonzero()[0])
-    raise GradingFailure(f"rope's result differs from minivlm.nn.rope's ({what}), first at position index {t_at} "
-                         f"(position {int(positions[t_at])}), channel {j_at} of d = {d}: max |diff| = "
+    raise GradingFailure(f"rope's result differs from minivlm.nn.rope's ({what}), first at time index {t_at}, "
+                         f"channel {j_at} of d = {d}: max |diff| = "
                          f"{float((got.double() - want.double()).abs().max()):.3g}")
 
 
@@ -648,6 +801,17 @@ def check_rope(fn) -> None:
     x, positions, base = _rope_inputs(g)
     _check_rope_on(fn, x, positions, base, f"x (B, H, T, d) = {tuple(x.shape)}")
     _check_rope_on(fn, x[0, 0], positions, base, f"x (T, d) = {tuple(x[0, 0].shape)}: any leading axes")
+    # each row its own positions (B, T): rows that start at different offsets; B != H, so that angles
+    # that miss the heads axis cannot broadcast by accident
+    b, t, d = x.shape[0], x.shape[2], x.shape[3]
+    h = b + randint(g, 1, 2)
+    rows = torch.randn(b, h, t, d, generator=g)
+    offsets = torch.randperm(20, generator=g)[:b]  # distinct
+    per_row = torch.arange(t)[None] + offsets[:, None]  # (B, T)
+    _check_rope_on(fn, rows, per_row, base, f"x (B, H, T, d) = {tuple(rows.shape)} with each row's own positions "
+                                            f"(B, T), rows starting at {offsets.tolist()}")
+    _check_rope_on(fn, rows[:, 0], per_row, base, f"x (B, T, d) = {tuple(rows[:, 0].shape)} with each row's own "
+                                                  f"positions (B, T)")
 
 
 # ----------------------------------------------------------------------------- 09.offset_spread

@@ -1,23 +1,33 @@
 """Checks for the chapter 10 exercises (exercises/10_frozen): the token layout of a prefix
-captioner ("<bos> <image>×K words <eos>" with its attention and loss masks), the splice that puts
-K image embeddings in the places of the K `<image>` tokens, the captioning loss that scores only
-the caption, the count of the trainable parameters of a model whose language model is frozen, and
-an experiment: knowledge questions asked after the model's own caption with the image prefix kept
-and dropped, and the gap between the two accuracies.
+captioner ("<bos> <image>×K words <eos>" with its attention and loss masks), the splice for
+interleaved documents that puts each of a batch's N images (K embeddings each, in reading order)
+in the places of its run of K `<image>` tokens, whatever number of images a row holds, the
+captioning loss that scores only the caption, the count of the trainable parameters of a model
+whose language model is frozen, and an experiment: knowledge questions asked after the model's own
+caption with the image prefix kept and dropped, and the gap between the two accuracies.
 
-The layout and the splice are compared with `minivlm.models.frozen.insert_image_tokens` and
-`splice` on fresh random inputs: right-padded rows of different lengths, an `<image>` id drawn at
-random (so that the course tokenizer's id cannot be hard-coded), and for the splice a second batch
-whose `<image>` tokens sit at a different place in every row (a prompt before the image, as in the
-chapters that reuse the splice), then a batch in which one row has one `<image>` token too many and
-another one too few. The loss is compared with `lm_loss(logits, ids, loss_mask)` on inputs redrawn
-until every plausible mistake gives another number than the right answer (and than every other
-mistake). The counts are compared with `count_parameters` on two freshly built random captioners
+The layout is compared with `minivlm.models.frozen.insert_image_tokens` on fresh random inputs:
+right-padded rows of different lengths, an `<image>` id drawn at random (so that the course
+tokenizer's id cannot be hard-coded), at a K that is not the chapter's 4, at K = 1, and on one row
+(B = 1) of int32 ids (the dtype must be kept exactly). The splice is compared with a reference
+(the library's `splice` where every row holds one image) on rows that hold no image, one or
+several, each image after 0–2 words; on one image per row; on one row at K = 1; on a batch with no
+image at all (N = 0); its gradients to the image embeddings and to the embedding table behind
+`embeds` are compared with the reference's; then two broken batches must raise ValueError: two
+rows drawn at random whose `<image>` runs disagree with `images_per_row` while the total still
+fits (a flat assignment would silently move an image between rows), and image embeddings for one
+image more than `images_per_row` sums to. The loss is compared with `lm_loss(logits, ids,
+loss_mask)` at K = 1 … 6 on inputs redrawn until every plausible mistake gives another number than
+the right answer (and than every other mistake), then on one caption of one word (B = 1, K = 1),
+and its gradient with the reference's. The
+counts are compared with `count_parameters` on two freshly built random captioners
 (a vision encoder with batch norm, a mapper, a nanoGPT-style language model whose output head is
 tied to its token embedding and which keeps a causal-mask buffer), one with the vision encoder
 frozen and one with it trained, redrawn until every plausible mistake gives another number.
 The experiment runs on the zoo's `clipcap`, loaded fresh, with 96 knowledge questions of a
-ShapesBench drawn at a fresh seed and the model's own greedy captions; the check recomputes both
+ShapesBench drawn at a fresh seed and captions of which a random half are the model's own greedy
+ones and the other half true captions of the scenes (so that a function that captions the images
+itself, ignoring the captions given, gives other numbers); the check recomputes both
 accuracies and the gap (no figure of the zoo model is written here, so a rebuilt model is checked
 the same way), redrawing the questions until every mistake that changes an answer gives other
 numbers than the right ones.
@@ -26,23 +36,27 @@ When an answer is wrong the check tries to name the plausible mistake: the <imag
 before <bos> or after the padding, written over the words instead of inserted, ids that are no
 longer integers, masks that are not bool, the <image> positions left out of the attention mask,
 the masks not laid out like the ids, <bos>, the <image> tokens or the padding marked as targets,
-<eos> left out, the loss mask shifted by one, the input changed in place; the image written one
-position late or early, its K embeddings reversed, rows mixed (column-major order), row 0's image
-in every row, the other positions zeroed, the <image> token's embedding added instead of
-replaced, the image put at positions 1..K whatever the ids say, the sequence grown instead of
-positions replaced, embeds changed in place, no gradient to the image embeddings or to embeds, no
-ValueError for a row with the wrong number of <image> tokens; the <image> tokens (or the last of
+<eos> left out, the loss mask shifted by one, the input changed in place, K hard-coded, the ids'
+dtype promoted, a result that breaks at B = 1; the images written one position late or early, an
+image's K embeddings reversed, images mixed (column-major order), a row's images in reverse order,
+the other positions zeroed, the <image> token's embedding added instead of replaced, one image per
+row assumed (a ValueError on a valid batch), the sequence grown instead of positions replaced,
+embeds changed in place, no gradient to the image embeddings or to embeds, only the batch's total
+checked (no ValueError for rows that disagree with images_per_row), no ValueError for a wrong
+number of images; the <image> tokens (or the last of
 them) scored as targets, the first word left out, <eos> left out, every position scored, padding
 used as targets or counted in the mean, the prefix counted in the mean, no shift, the shift the
 wrong way, the mask not shifted with the targets, the mean of per-row means, the sum, raw logits
-taken for log-probabilities, a loss without gradient; every parameter counted as trainable, the
+taken for log-probabilities, a loss without gradient (detached, or rebuilt from .item()), a loss
+that breaks at B = 1, the ids changed in place; every parameter counted as trainable, the
 frozen ones counted, only the mapper counted, a tied weight counted twice, the sum over
 state_dict() (tied copies and buffers, and no requires_grad), buffers counted, tensors counted
 instead of numbers, parameters counted once per enclosing module, the fraction inverted, the
 frozen fraction, a percentage, the ratio to the frozen parameters, integer division; the prefix
 kept or dropped in both arms, the caption dropped from either arm, the gap reversed, the two
 accuracies swapped, percentages or counts, answers not cut at the first ".", the question asked
-without its "question: … answer:" frame, an interval returned instead of a number.
+without its "question: … answer:" frame, the captions given ignored (the model's own recomputed),
+an interval returned instead of a number.
 """
 from __future__ import annotations
 
@@ -54,6 +68,7 @@ from einops import rearrange
 from torch import nn
 
 from minivlm.data import ShapesBench
+from minivlm.data.shapesworld import ShapesWorld
 from minivlm.data.worldtext import qa_prompt
 from minivlm.eval import answer_hits, vqa_accuracy
 from minivlm.grading import (
@@ -62,6 +77,7 @@ from minivlm.grading import (
     GradingFailure,
     all_distinct,
     call,
+    expect_gradients,
     fresh_generator,
     is_close,
     masked_mean,
@@ -72,7 +88,7 @@ from minivlm.grading import (
     token_losses,
 )
 from minivlm.losses import lm_loss
-from minivlm.models.frozen import insert_image_tokens, splice
+from minivlm.models.frozen import insert_image_tokens
 from minivlm.nn.blocks import Block
 from minivlm.utils import count_parameters, freeze
 from minivlm.zoo import store
@@ -87,7 +103,9 @@ def _captions(g: torch.Generator, b: int, n_words: int, vocab: int, image_id: in
     words = [i for i in range(3, vocab) if i != image_id]
     ids = torch.tensor(words)[torch.randint(len(words), (b, t), generator=g)]
     lengths = torch.randint(1, n_words + 1, (b,), generator=g)  # words per row
-    lengths[0], lengths[1] = n_words, 1
+    lengths[0] = n_words
+    if b > 1:
+        lengths[1] = 1
     pos = torch.arange(t)[None]
     ids[:, 0] = BOS
     ids[pos == lengths[:, None] + 1] = EOS
@@ -114,12 +132,22 @@ def _bool_answer(name: str, got, shape: tuple[int, ...]) -> torch.Tensor:
 @register("10.insert_image_tokens", title="The prefix layout: <bos> <image>×K words <eos>, its attention and loss masks")
 def check_insert_image_tokens(fn) -> None:
     g = fresh_generator()
-    b, n_words, k = randint(g, 3, 5), randint(g, 3, 6), randint(g, 2, 4)
-    vocab = randint(g, 12, 20)
-    image_id = randint(g, 3, vocab - 1)
-    ids, mask = _captions(g, b, n_words, vocab, image_id)
-    t = ids.shape[1]
-    want_ids, want_mask, want_loss = insert_image_tokens(ids, mask, k, image_id)
+    ks = [k for k in range(2, 8) if k != 4]
+    for b, k, dtype in ((randint(g, 3, 5), ks[randint(g, 0, len(ks) - 1)], torch.long), (randint(g, 2, 4), 1, torch.long),
+                        (1, randint(g, 2, 6), torch.int32)):
+        vocab = randint(g, 12, 20)
+        image_id = randint(g, 3, vocab - 1)
+        ids, mask = _captions(g, b, randint(g, 3, 6), vocab, image_id)
+        what = f"B = {b}, K = {k}, ids of dtype {dtype}"
+        try:
+            _check_layout_once(fn, ids.to(dtype), mask, k, image_id)
+        except GradingFailure as exc:
+            raise GradingFailure(f"{exc} ({what})") from None
+
+
+def _check_layout_once(fn, ids: torch.Tensor, mask: torch.Tensor, k: int, image_id: int) -> None:
+    b, t = ids.shape
+    want_ids, want_mask, want_loss = insert_image_tokens(ids.long(), mask, k, image_id)
     ids_in, mask_in = ids.clone(), mask.clone()
     got = call(fn, ids_in, mask_in, k, image_id)
     if not (isinstance(got, (tuple, list)) and len(got) == 3):
@@ -136,6 +164,10 @@ def check_insert_image_tokens(fn) -> None:
     if got_ids.is_floating_point() or got_ids.dtype == torch.bool:
         raise GradingFailure(f"the new ids must stay integer token ids (an Embedding looks them up), got "
                              f"{got_ids.dtype}: build the <image> block with dtype=ids.dtype")
+    if got_ids.dtype != ids.dtype:
+        raise GradingFailure(f"the new ids are {got_ids.dtype}, the ids given {ids.dtype}: keep the caller's dtype "
+                             f"exactly (a block of <image> ids built without dtype=ids.dtype is int64, and torch.cat "
+                             f"promotes the whole batch to it)")
     got_ids = got_ids.long()
     if tuple(got_ids.shape) == (b, t):
         raise GradingFailure(f"the new ids have the old shape {(b, t)}: the K = {k} <image> tokens are INSERTED "
@@ -201,21 +233,28 @@ def check_insert_image_tokens(fn) -> None:
                          f"{s}: expected {bool(want_loss[r, s])}, got {bool(got_loss[r, s])}")
 
 
-# ----------------------------------------------------------------------------- 10.splice
+# ----------------------------------------------------------------------------- 10.splice_images
 
 
-def splice_reference(embeds: torch.Tensor, ids: torch.Tensor, image_embeds: torch.Tensor, image_id: int
-                     ) -> torch.Tensor:
-    """Row b's K image embeddings, in order, at row b's K <image> positions; every other position
-    keeps its token embedding. embeds (B, T, D), ids (B, T), image_embeds (B, K, D) -> a new (B, T, D)."""
+def splice_images_reference(embeds: torch.Tensor, ids: torch.Tensor, image_embeds: torch.Tensor, image_id: int,
+                            images_per_row: torch.Tensor) -> torch.Tensor:
+    """Interleaved documents: row b holds images_per_row[b] images (0, 1, several), each a run of
+    K <image> tokens anywhere in the row; image_embeds (N, K, D) are the batch's N images in reading
+    order (row 0's left to right, then row 1's …). Each image's K embeddings go, in order, to its
+    K places; every other position keeps its token embedding. A row whose <image> count is not
+    images_per_row[b]·K, or N != images_per_row.sum(), raises ValueError. -> a new (B, T, D)."""
+    n, k, d = image_embeds.shape
     at = ids == image_id  # (B, T)
-    b, k, _ = image_embeds.shape
-    bad = at.sum(1) != k
+    counts, want = at.sum(1), images_per_row.to(torch.long) * k
+    bad = counts != want
     if bool(bad.any()):
         row = int(bad.nonzero()[0])
-        raise ValueError(f"row {row} has {int(at[row].sum())} <image> tokens, expected K={k}")
+        raise ValueError(f"row {row} has {int(counts[row])} <image> tokens, expected {int(images_per_row[row])} "
+                         f"images × K={k}")
+    if int(images_per_row.sum()) != n:
+        raise ValueError(f"images_per_row sums to {int(images_per_row.sum())}, but image_embeds holds N={n} images")
     out = embeds.clone()
-    out[at] = rearrange(image_embeds, "b k d -> (b k) d")  # row-major: row 0's K slots, then row 1's …
+    out[at] = image_embeds.reshape(n * k, d)  # row-major: the boolean index walks the batch in reading order
     return out
 
 
@@ -225,143 +264,155 @@ def _place(base: torch.Tensor, at: torch.Tensor, flat: torch.Tensor) -> torch.Te
     return out
 
 
-def _splice_mistakes(embeds, ids, image_embeds, image_id, layout: str) -> list[tuple[torch.Tensor, str]]:
-    b, k, d = image_embeds.shape
+def _interleaved(g: torch.Generator, per_row: list[int], k: int, vocab: int, image_id: int) -> torch.Tensor:
+    """Right-padded rows "<bos> words <image>×K words <image>×K … <eos> <pad>…": row b holds per_row[b]
+    images, each after 0–2 words (two images may touch), the rows of different lengths."""
+    words = [i for i in range(3, vocab) if i != image_id]
+
+    def word():
+        return words[randint(g, 0, len(words) - 1)]
+
+    rows = []
+    for m in per_row:
+        row = [BOS]
+        for _ in range(m):
+            row += [word() for _ in range(randint(g, 0, 2))] + [image_id] * k
+        row += [word() for _ in range(randint(g, 1, 3))] + [EOS]
+        rows.append(row)
+    t = max(map(len, rows)) + 1
+    return torch.tensor([row + [PAD] * (t - len(row)) for row in rows])
+
+
+def _splice_case(g: torch.Generator, per_row: list[int], k: int):
+    """An embedding table (a leaf), interleaved ids, image embeddings (a leaf) and the layout's numbers."""
+    d, vocab = randint(g, 4, 8), randint(g, 12, 20)
+    image_id = randint(g, 3, vocab - 1)
+    ids = _interleaved(g, per_row, k, vocab, image_id)
+    table = torch.randn(vocab, d, generator=g).requires_grad_(True)
+    image_embeds = torch.randn(sum(per_row), k, d, generator=g).requires_grad_(True)
+    return table, ids, image_embeds, image_id, torch.tensor(per_row)
+
+
+def _splice_mistakes(embeds, ids, image_embeds, image_id, per_row) -> list[tuple[torch.Tensor, str]]:
+    n, k, d = image_embeds.shape
     at = ids == image_id
-    flat = rearrange(image_embeds, "b k d -> (b k) d")
+    flat = image_embeds.reshape(n * k, d)
     mistakes = [
         (_place(embeds, at.roll(1, 1), flat),
-         "the image was written one position late: each image embedding belongs exactly where an <image> token is "
-         "(the positions where ids == image_id), not at the token after it"),
+         "the images were written one position late: each image embedding belongs exactly where an <image> token "
+         "is (ids == image_id), not at the token after it"),
         (_place(embeds, at.roll(-1, 1), flat),
-         "the image was written one position early (over the token before the first <image>, <bos> in the "
-         "chapter's layout): each image embedding belongs exactly where an <image> token is (ids == image_id)"),
-        (_place(embeds, at, rearrange(image_embeds.flip(1), "b k d -> (b k) d")),
-         "each row's K image embeddings are in reverse order: the first <image> position gets image_embeds[b, 0], "
-         "the last one image_embeds[b, K - 1]"),
-        (_place(embeds, at, rearrange(image_embeds, "b k d -> (k b) d")),
-         "rows are mixed: the image embeddings were flattened column-major ('b k d -> (k b) d', or a transpose "
-         "before the reshape), so row 0's slots got the first embedding of every image; embeds[ids == image_id] "
-         "walks the batch row by row, so flatten image_embeds row-major: 'b k d -> (b k) d', "
-         "image_embeds.reshape(B * K, D)"),
-        (_place(embeds, at, rearrange(image_embeds[:1].expand(b, k, d), "b k d -> (b k) d")),
-         "every row got row 0's image: row b's <image> tokens take image_embeds[b], its own image"),
+         "the images were written one position early: each image embedding belongs exactly where an <image> token "
+         "is (ids == image_id)"),
+        (_place(embeds, at, image_embeds.flip(1).reshape(n * k, d)),
+         "each image's K embeddings are in reverse order: an image's first <image> place gets its embedding 0, the "
+         "last one its embedding K − 1"),
+        (_place(embeds, at, rearrange(image_embeds, "n k d -> (k n) d")),
+         "images are mixed: the image embeddings were flattened column-major ('n k d -> (k n) d', or a transpose "
+         "before the reshape), so the first places got the first embedding of every image; the places are walked "
+         "row by row, left to right, and so must the N images' K embeddings be, image after image"),
         (_place(torch.zeros_like(embeds), at, flat),
-         "the other positions were zeroed: every position that is not an <image> token keeps its token embedding "
-         "(start from a copy of embeds, embeds.clone())"),
+         "the other positions were zeroed: every position that is not an <image> token keeps its token embedding"),
         (_place(embeds, at, embeds[at] + flat),
          "the <image> token's own embedding was added to the image embedding: the image embedding REPLACES it "
-         "(the <image> token's row in the embedding table is never trained and means nothing to the frozen LM)"),
+         "(the <image> row of the table is never trained and means nothing to the frozen LM), chapter 10 §2"),
     ]
-    if layout == "anywhere":
-        fixed = embeds.clone()
-        fixed[:, 1:k + 1] = image_embeds
-        mistakes.append((fixed, "the image was written at positions 1..K, right after <bos>, in every row; the "
-                                "<image> tokens are not always there (here they follow a prompt, at another place "
-                                "in each row): find them, at = ids == image_id"))
+    if n:
+        reverse = torch.cat([image_embeds[int(s):int(s) + int(m)].flip(0) for s, m in
+                             zip(per_row.cumsum(0) - per_row, per_row)]) if n else image_embeds
+        mistakes.append((_place(embeds, at, reverse.reshape(n * k, d)),
+                         "the images of a row are in reverse order: image_embeds holds the batch's images in reading "
+                         "order, a row's first image first"))
     return mistakes
 
 
-def _splice_inputs(g: torch.Generator, layout: str):
-    """A vocabulary's embedding table (a leaf), ids with K <image> tokens per row, the image embeddings
-    (a leaf). layout "prefix": "<bos> <image>×K words <eos> <pad>…"; "anywhere": "<bos> words
-    <image>×K words …", the block starting at another position in different rows."""
-    b, k, d = randint(g, 3, 5), randint(g, 2, 4), randint(g, 4, 8)
-    n_words, vocab = randint(g, 4, 7), randint(g, 12, 20)
-    image_id = randint(g, 3, vocab - 1)
-    text, mask = _captions(g, b, n_words, vocab, image_id)
-    if layout == "prefix":
-        ids = insert_image_tokens(text, mask, k, image_id)[0]
-    else:
-        t = text.shape[1] + k
-        words = [i for i in range(3, vocab) if i != image_id]
-        ids = torch.tensor(words)[torch.randint(len(words), (b, t), generator=g)]
-        ids[:, 0] = BOS
-        starts = torch.randint(2, t - k, (b,), generator=g)  # never at <bos>, never the last position
-        starts[0], starts[1] = 2, t - k - 1  # two rows with the block at different places
-        pos = torch.arange(t)[None]
-        ids[(pos >= starts[:, None]) & (pos < starts[:, None] + k)] = image_id
-    table = torch.randn(vocab, d, generator=g).requires_grad_(True)
-    image_embeds = torch.randn(b, k, d, generator=g).requires_grad_(True)
-    return table, ids, image_embeds, image_id
-
-
-def _check_splice_once(fn, g: torch.Generator, layout: str) -> None:
-    where = "" if layout == "prefix" else " (with the <image> tokens after a prompt, at another place in each row)"
-    table, ids, image_embeds, image_id = _splice_inputs(g, layout)
-    b, k, d = image_embeds.shape
+def _check_splice_once(fn, g: torch.Generator, per_row: list[int], k: int, what: str) -> None:
+    table, ids, image_embeds, image_id, images_per_row = _splice_case(g, per_row, k)
+    n, _, d = image_embeds.shape
     embeds = table[ids]  # (B, T, D): the token embeddings, a non-leaf that carries the gradient to the table
     before = embeds.detach().clone()
-    want = splice(embeds.detach(), ids, image_embeds.detach(), image_id)  # the library's
-    ids_in = ids.clone()
-    got = tensor_answer("splice's result", call(fn, embeds, ids_in, image_embeds, image_id))
-    t = ids.shape[1]
-    if tuple(got.shape) == (b, t + k, d):
-        raise GradingFailure(f"splice returned (B, T + K, D) = {(b, t + k, d)}{where}: the image embeddings take "
-                             f"the PLACES of the K <image> tokens (which are already in ids), the length stays T")
+    want = splice_images_reference(embeds.detach(), ids, image_embeds.detach(), image_id, images_per_row)
+    ids_in, per_row_in = ids.clone(), images_per_row.clone()
+    where = f" ({what}: images per row {per_row}, K = {k})"
+    try:
+        got = call(fn, embeds, ids_in, image_embeds, image_id, per_row_in)
+    except GradingFailure as exc:
+        if "ValueError" in str(exc):
+            raise GradingFailure(f"a ValueError on a valid batch{where}: every row holds images_per_row[b] runs of K "
+                                 f"<image> tokens here, and image_embeds holds their N = {n} images; ({exc})") from None
+        raise GradingFailure(f"{exc}{where}") from None
+    got = tensor_answer("splice_images' result", got)
+    b, t = ids.shape
     if tuple(got.shape) != (b, t, d):
-        raise GradingFailure(f"splice must return embeds' shape (B, T, D) = {(b, t, d)}{where}, got "
-                             f"{tuple(got.shape)}")
+        raise GradingFailure(f"splice_images must return embeds' shape (B, T, D) = {(b, t, d)}{where}, got "
+                             f"{tuple(got.shape)}: the image embeddings take the PLACES of the <image> tokens")
     if got is embeds or not torch.equal(embeds.detach(), before):
-        raise GradingFailure("embeds was changed in place: the caller's token embeddings now hold the image; write "
-                             "into a copy, out = embeds.clone(), and return it")
-    if not torch.equal(ids_in, ids):
-        raise GradingFailure("ids was changed in place: leave the caller's ids as they are")
+        raise GradingFailure("embeds was changed in place: the caller's token embeddings now hold the images; write "
+                             "into a copy and return it")
+    if not (torch.equal(ids_in, ids) and torch.equal(per_row_in, images_per_row)):
+        raise GradingFailure("ids or images_per_row was changed in place: leave the caller's tensors as they are")
     if not is_close(got, want, atol=1e-6, rtol=1e-6):
-        for value, message in _splice_mistakes(embeds.detach(), ids, image_embeds.detach(), image_id, layout):
+        for value, message in _splice_mistakes(embeds.detach(), ids, image_embeds.detach(), image_id, images_per_row):
             if is_close(got, value, atol=1e-6, rtol=1e-6):
-                raise GradingFailure(message if "1..K" in message else message + where)
+                raise GradingFailure(message + where)
         wrong = (got.detach().cpu() - want).abs().amax(-1) > 1e-5  # (B, T): positions with a wrong vector
         r, s = map(int, wrong.nonzero()[0])
         kind = "an <image> position" if int(ids[r, s]) == image_id else "a text position"
-        raise GradingFailure(f"splice's result differs from the reference{where}, first at row {r}, position {s} "
-                             f"({kind})")
-    if not got.requires_grad:
-        raise GradingFailure("the result carries no gradient (computed under torch.no_grad, or from detached "
-                             "inputs): the mapper learns through the gradient that reaches the image embeddings")
-    weights = torch.randn(got.shape, generator=g)
-    (got * weights).sum().backward()
-    at = ids == image_id
-    if image_embeds.grad is None or not is_close(image_embeds.grad, rearrange(weights[at], "(b k) d -> b k d", b=b)):
-        raise GradingFailure("no gradient reaches image_embeds (a .detach(), .data, or a copy made from their "
-                             "values): the mapper, the one part trained in this chapter, would never learn; "
-                             "assign the image embeddings themselves, out[at] = image_embeds.reshape(B * K, D)")
-    want_table = torch.zeros_like(table).index_add_(0, ids[~at], weights[~at])
-    if table.grad is None or not is_close(table.grad, want_table):
-        raise GradingFailure("no gradient reaches embeds: start from embeds.clone() (not embeds.detach() or "
-                             ".data), so that a trainable embedding table, or anything before it, still learns")
+        raise GradingFailure(f"splice_images' result differs from the reference{where}, first at row {r}, position "
+                             f"{s} ({kind})")
+    leaves = {"image_embeds": image_embeds, "the embedding table (through embeds)": table}
+    expect_gradients(f"splice_images' result{where}", got,
+                     splice_images_reference(table[ids], ids, image_embeds, image_id, images_per_row), leaves)
 
 
-def _check_splice_counts(fn, g: torch.Generator) -> None:
-    """A row with K + 1 <image> tokens and one with K − 1: the total is still B·K, so a flat
-    `out[at] = image_embeds.reshape(B * K, D)` runs and moves an image embedding into another row."""
-    table, ids, image_embeds, image_id = _splice_inputs(g, "anywhere")
-    b, k, _ = image_embeds.shape
-    ids = ids.clone()
-    text = (ids != image_id) & (ids != BOS)
-    r_more, r_less = 0, 1
-    ids[r_more, int(text[r_more].nonzero()[-1])] = image_id  # one more <image> token in row 0
-    ids[r_less, int((ids[r_less] == image_id).nonzero()[0])] = 3 if image_id != 3 else 4  # one fewer in row 1
-    embeds = table.detach()[ids]
+def _expect_value_error(fn, g: torch.Generator, args: tuple, what: str, fix: str) -> None:
     try:
-        fn(embeds.clone(), ids.clone(), image_embeds.detach().clone(), image_id)
+        fn(*args)
     except ValueError:
         return
     except Exception as exc:
-        raise GradingFailure(f"row {r_more} has K + 1 = {k + 1} <image> tokens and row {r_less} K − 1 = {k - 1}: "
-                             f"raise ValueError naming the row and the counts (check (ids == image_id).sum(1) "
-                             f"against K), not {type(exc).__name__}: {str(exc).strip()[:120]}") from None
-    raise GradingFailure(f"row {r_more} has K + 1 = {k + 1} <image> tokens and row {r_less} K − 1 = {k - 1}, and "
-                         f"splice returned without an error: the total is still B·K, so a flat assignment silently "
-                         f"moved one of row {r_more}'s image embeddings into row {r_less}; check every row's count, "
-                         f"(ids == image_id).sum(1) == K, and raise ValueError otherwise")
+        raise GradingFailure(f"{what}: raise ValueError naming the row (or the counts), not {type(exc).__name__}: "
+                             f"{str(exc).strip()[:120]}") from None
+    raise GradingFailure(f"{what}, and splice_images returned without an error: {fix}")
 
 
-@register("10.splice", title="The splice: K image embeddings in the places of the K <image> tokens")
-def check_splice(fn) -> None:
+def _check_splice_counts(fn, g: torch.Generator) -> None:
+    """Two rows, drawn at random, whose <image> runs disagree with images_per_row while the batch's
+    total stays N·K (a flat assignment would run and move an image into another row); then a batch
+    whose images_per_row is right for the ids but image_embeds holds one image more."""
+    b, k = randint(g, 4, 6), randint(g, 2, 3)
+    per_row = [randint(g, 1, 2) for _ in range(b)]
+    table, ids, image_embeds, image_id, images_per_row = _splice_case(g, per_row, k)
+    more, fewer = (int(i) for i in torch.randperm(b, generator=g)[:2])
+    claimed = images_per_row.clone()
+    claimed[more] -= 1  # the ids of row `more` hold one image more than claimed, row `fewer` one image fewer
+    claimed[fewer] += 1
+    embeds = table.detach()[ids]
+    _expect_value_error(
+        fn, g, (embeds.clone(), ids.clone(), image_embeds.detach().clone(), image_id, claimed.clone()),
+        f"row {more} holds {int(images_per_row[more])} images' <image> tokens but images_per_row says "
+        f"{int(claimed[more])}, row {fewer} holds {int(images_per_row[fewer])} but images_per_row says "
+        f"{int(claimed[fewer])}",
+        f"the batch's total is still N·K, so a flat assignment silently moved an image from row {more} into row "
+        f"{fewer}; check each row's count of <image> tokens against images_per_row[b]·K")
+    extra = torch.cat([image_embeds.detach(), image_embeds.detach()[:1]])  # N + 1 images for N places' worth
+    _expect_value_error(
+        fn, g, (embeds.clone(), ids.clone(), extra, image_id, images_per_row.clone()),
+        f"image_embeds holds N = {len(extra)} images but images_per_row sums to {int(images_per_row.sum())}",
+        "check that the number of images given is the number the rows hold")
+
+
+@register("10.splice_images", title="The splice for interleaved documents: each row's images at their <image> runs")
+def check_splice_images(fn) -> None:
     g = fresh_generator()
-    _check_splice_once(fn, g, "prefix")
-    _check_splice_once(fn, g, "anywhere")
+    b = randint(g, 3, 5)
+    per_row = [randint(g, 0, 3) for _ in range(b)]
+    zero, two = (int(i) for i in torch.randperm(b, generator=g)[:2])
+    per_row[zero], per_row[two] = 0, max(2, per_row[two])  # a row without an image, one with several
+    _check_splice_once(fn, g, per_row, randint(g, 2, 4), "interleaved rows")
+    _check_splice_once(fn, g, [1] * randint(g, 2, 3), randint(g, 2, 5), "one image per row, as in chapter 10")
+    _check_splice_once(fn, g, [randint(g, 1, 3)], 1, "one row, K = 1")
+    _check_splice_once(fn, g, [0] * randint(g, 2, 3), randint(g, 2, 4), "no image in the batch, N = 0")
     _check_splice_counts(fn, g)
 
 
@@ -423,7 +474,7 @@ def _caption_inputs(g: torch.Generator):
     """Logits, ids "<bos> <image>×K words <eos> <pad>…" with a random <image> id, their attention
     mask and K; redrawn until every mistake gives its own number."""
     for _ in range(50):
-        b, n_words, k, vocab = randint(g, 3, 5), randint(g, 4, 7), randint(g, 2, 4), randint(g, 12, 20)
+        b, n_words, k, vocab = randint(g, 3, 5), randint(g, 4, 7), randint(g, 1, 6), randint(g, 12, 20)
         image_id = randint(g, 3, vocab - 1)
         text, mask = _captions(g, b, n_words, vocab, image_id)
         ids, mask, loss_mask = insert_image_tokens(text, mask, k, image_id)
@@ -435,13 +486,17 @@ def _caption_inputs(g: torch.Generator):
     raise RuntimeError("could not draw inputs on which the mistakes differ")  # pragma: no cover
 
 
-@register("10.caption_loss", title="The captioning loss of a prefix model: the caption's tokens only")
-def check_caption_loss(fn) -> None:
-    g = fresh_generator()
-    logits, ids, mask, loss_mask, image_id, k = _caption_inputs(g)
+def _check_caption_once(fn, logits, ids, mask, loss_mask, image_id, k, what: str) -> None:
     want = lm_loss(logits, ids, loss_mask)  # the library's way: lm_loss over insert_image_tokens' loss mask
     leaf = logits.clone().requires_grad_(True)
-    got = tensor_answer("caption_loss's result", call(fn, leaf, ids.clone(), mask.clone(), image_id))
+    ids_in, mask_in = ids.clone(), mask.clone()
+    try:
+        got = tensor_answer("caption_loss's result", call(fn, leaf, ids_in, mask_in, image_id))
+    except GradingFailure as exc:
+        raise GradingFailure(f"{exc} (on {what})") from None
+    if not (torch.equal(ids_in, ids) and torch.equal(mask_in, mask)):
+        raise GradingFailure("ids or attention_mask was changed in place: build the targets as a new tensor; the "
+                             "caller's batch is read again")
     if got.numel() != 1:
         b, t = ids.shape
         hint = " (one loss per target token: reduce them to their mean)" if got.numel() in (b * t, b * (t - 1)) else ""
@@ -451,13 +506,25 @@ def check_caption_loss(fn) -> None:
     if not is_close(got.reshape(()), want):
         for value, message in _caption_mistakes(logits, ids, mask, image_id, k):
             if is_close(got.reshape(()), value):
-                raise GradingFailure(message)
-        raise GradingFailure(f"caption_loss returned {float(got):.5f}, expected {float(want):.5f} (lm_loss over the "
-                             f"caption's tokens)")
-    if not got.requires_grad:
-        raise GradingFailure("the loss carries no gradient (computed under torch.no_grad, detached, or rebuilt from "
-                             "a number): compute it from logits with torch operations so that loss.backward() trains "
-                             "the mapper")
+                raise GradingFailure(f"{message} ({what})")
+        raise GradingFailure(f"caption_loss returned {float(got.detach()):.5f}, expected {float(want):.5f} (lm_loss over the "
+                             f"caption's tokens; {what})")
+    expect_gradients("the loss", got, caption_loss_reference(leaf, ids, mask, image_id).reshape(got.shape),
+                     {"logits": leaf})
+
+
+@register("10.caption_loss", title="The captioning loss of a prefix model: the caption's tokens only")
+def check_caption_loss(fn) -> None:
+    g = fresh_generator()
+    logits, ids, mask, loss_mask, image_id, k = _caption_inputs(g)
+    _check_caption_once(fn, logits, ids, mask, loss_mask, image_id, k, f"B = {len(ids)}, K = {k}")
+    # one caption (B = 1) of one word, after one <image> place (K = 1)
+    vocab = randint(g, 12, 20)
+    image_id = randint(g, 3, vocab - 1)
+    text, text_mask = _captions(g, 1, 1, vocab, image_id)
+    ids, mask, loss_mask = insert_image_tokens(text, text_mask, 1, image_id)
+    _check_caption_once(fn, torch.randn(1, ids.shape[1], vocab, generator=g) * 2, ids, mask, loss_mask, image_id, 1,
+                        "one caption of one word, B = 1, K = 1")
 
 
 # ----------------------------------------------------------------------------- 10.count_trainable
@@ -691,8 +758,9 @@ def prefix_gap_reference(model, data: dict, captions, max_new_tokens: int = GAP_
     return a, b, a - b
 
 
-def _gap_arms(model, data: dict, captions) -> dict[str, list[bool]]:
-    """Which questions each way of asking gets right, for every way a right or wrong answer is made of."""
+def _gap_arms(model, data: dict, captions, only: tuple[str, ...] | None = None) -> dict[str, list[bool]]:
+    """Which questions each way of asking gets right, for every way a right or wrong answer is made of
+    (only: just those ways)."""
 
     images, answers = data["images"], list(data["answers"])
     asked = [qa_prompt(q) for q in data["questions"]]
@@ -705,9 +773,11 @@ def _gap_arms(model, data: dict, captions) -> dict[str, list[bool]]:
     def text(prompts, stop="."):
         return answer_hits(model.llm.complete(prompts, GAP_TOKENS, stop=stop, tokenizer=model.tokenizer), answers)
 
-    return {"with": prefixed(after), "without": text(after), "direct": prefixed(asked), "alone": text(asked),
-            "with_no_stop": prefixed(after, stop=None), "without_no_stop": text(after, stop=None),
-            "with_bare": prefixed(bare), "without_bare": text(bare)}
+    ways = {"with": lambda: prefixed(after), "without": lambda: text(after), "direct": lambda: prefixed(asked),
+            "alone": lambda: text(asked), "with_no_stop": lambda: prefixed(after, stop=None),
+            "without_no_stop": lambda: text(after, stop=None), "with_bare": lambda: prefixed(bare),
+            "without_bare": lambda: text(bare)}
+    return {name: way() for name, way in ways.items() if only is None or name in only}
 
 
 _BOTH = "both arms read the same text, the caption then the question; only the prefix differs"
@@ -768,7 +838,12 @@ def check_prefix_gap(fn) -> None:
     model = _zoo_prefix_model()
     for _ in range(4):  # fresh questions, redrawn until every mistake gives other numbers than the right answer
         data = ShapesBench(image_size=model.image_size, seed=randint(g, 0, 10**6)).knowledge(GAP_ITEMS)
-        captions = model.caption(data["images"])  # the model's own, greedy
+        own = model.caption(data["images"])  # the model's own, greedy
+        # half of them, drawn at random, replaced by a true caption of the scene: the function must read
+        # the captions it is given (one that captions the images itself would not see these)
+        world = ShapesWorld(seed=randint(g, 0, 10**6))
+        true = torch.randperm(GAP_ITEMS, generator=g)[:GAP_ITEMS // 2].tolist()
+        captions = [world.caption(data["scenes"][i]) if i in true else c for i, c in enumerate(own)]
         hits = _gap_arms(model, data, captions)
         want = _gap_numbers(hits, "with", "without", "right")
         mistakes = _gap_mistakes(hits)
@@ -788,6 +863,18 @@ def check_prefix_gap(fn) -> None:
         if _triple_close(got, value):
             raise GradingFailure(message)
     n = GAP_ITEMS
+    if not _triple_close(got[:2], want[:2]):
+        mine = _gap_arms(model, data, own, only=("with", "without"))  # the model's own captions everywhere
+        both = {"with": hits["with"], "without": hits["without"], "with_own": mine["with"],
+                "without_own": mine["without"]}
+        for with_arm, without_arm, which in (("with_own", "without_own", "in either arm"),
+                                             ("with_own", "without", "in the arm with the prefix (model.ask with "
+                                                                     "describe_first captions the images itself)"),
+                                             ("with", "without_own", "in the arm without the prefix")):
+            if _triple_close(got, _gap_numbers(both, with_arm, without_arm, "right")):
+                raise GradingFailure(f"the captions given were not used {which}: those numbers come from the "
+                                     f"model's own captions, but {len(true)} of the {n} captions given here are true "
+                                     f"ones; ask each question after the caption you are given for its image")
     if _triple_close(got[:2], want[:2]):
         raise GradingFailure(f"gap = {got[2]:.4g}: it is with_prefix − without_prefix = {want[0]:.4g} − {want[1]:.4g} "
                              f"= {want[2]:.4g}")
