@@ -35,6 +35,7 @@ __all__ = [
     "expect_dtype",
     "expect_equal",
     "expect_gradients",
+    "expect_zero_loss",
     "expect_shape",
     "fresh_generator",
     "is_close",
@@ -374,3 +375,22 @@ IMPORT_ERRORS: dict[str, str] = {}
 
 
 _import_chapter_modules()
+
+
+def expect_zero_loss(what: str, got, nothing: str, source: str) -> None:
+    """A loss over an empty selection (no word chosen, no patch masked) must be exactly 0, one
+    number, and still a tensor of the graph (computed from `source`, e.g. "the logits"), so that
+    loss.backward() runs on every batch: not NaN (a mean over zero `nothing`), not a new tensor,
+    not .item()."""
+    import torch
+
+    value = torch.as_tensor(got).detach().float().reshape(-1)
+    if value.numel() == 1 and torch.isnan(value).all():
+        raise GradingFailure(f"{what} gives NaN (a mean over zero {nothing}): return 0 there; one NaN loss would "
+                             f"ruin the whole training")
+    if value.numel() != 1:
+        raise GradingFailure(f"{what} must be one number, got shape {tuple(value.shape)}")
+    expect_close(what, value.reshape(()), torch.tensor(0.0))
+    if not (isinstance(got, torch.Tensor) and got.requires_grad and got.grad_fn is not None):
+        raise GradingFailure(f"{what} is a detached 0 (a new tensor, or .item()): make it 0 computed from {source}, "
+                             f"attached to the graph, so that loss.backward() runs on every batch")

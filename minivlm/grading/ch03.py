@@ -37,6 +37,7 @@ from minivlm.grading import (
     expect_close,
     expect_gradients,
     expect_shape,
+    expect_zero_loss,
     fresh_generator,
     is_close,
     register,
@@ -388,16 +389,7 @@ def check_mlm_loss(fn) -> None:
         leaf = torch.randn(*shape, generator=g).requires_grad_(True)
         got = call(fn, leaf, torch.full(shape[:2], IGNORE_INDEX))
         what = f"mlm_loss when no word is chosen (logits {shape})"
-        value = torch.as_tensor(got).detach().float().reshape(-1)
-        if value.numel() == 1 and torch.isnan(value).all():
-            raise GradingFailure(f"{what} gives NaN (a mean over zero words): return 0 there; one NaN loss would "
-                                 f"ruin the whole training")
-        if value.numel() != 1:
-            raise GradingFailure(f"{what} must be one number, got shape {tuple(value.shape)}")
-        expect_close(what, value.reshape(()), torch.tensor(0.0))
-        if not (isinstance(got, torch.Tensor) and got.requires_grad and got.grad_fn is not None):
-            raise GradingFailure(f"{what} is a detached 0 (a new tensor, or .item()): make it 0 computed from the "
-                                 f"logits, attached to the graph, so that loss.backward() works on every batch")
+        expect_zero_loss(what, got, "words", "the logits")
 
 
 # ----------------------------------------------------------------------------- 03.itm_pairs

@@ -42,6 +42,7 @@ from minivlm.grading import (
     expect_close,
     expect_gradients,
     expect_shape,
+    expect_zero_loss,
     fresh_generator,
     is_close,
     randint,
@@ -428,16 +429,7 @@ def check_mlm_distillation(fn) -> None:
         leaf = torch.randn(*shape, generator=g).requires_grad_(True)
         got = call(fn, leaf, torch.randn(*shape, generator=g), torch.full(shape[:2], IGNORE_INDEX), 0.4)
         what = f"mlm_distillation when no word is masked (logits {shape})"
-        value = torch.as_tensor(got).detach().float().reshape(-1)
-        if value.numel() == 1 and torch.isnan(value).all():
-            raise GradingFailure(f"{what} gives NaN (a mean over zero positions): return 0 there; one NaN loss ruins "
-                                 f"the whole training")
-        if value.numel() != 1:
-            raise GradingFailure(f"{what} must be one number, got shape {tuple(value.shape)}")
-        expect_close(what, value.reshape(()), torch.tensor(0.0))
-        if not (isinstance(got, torch.Tensor) and got.requires_grad and got.grad_fn is not None):
-            raise GradingFailure(f"{what} is a detached 0 (a new tensor, or .item()): make it a 0 computed from the "
-                                 f"logits, attached to the graph, so that loss.backward() runs on every batch")
+        expect_zero_loss(what, got, "positions", "the logits")
 
 
 # ----------------------------------------------------------------------------- 04.itm_batch

@@ -51,7 +51,7 @@ from minivlm.models.frozen import (
 from minivlm.train import fit
 from minivlm.utils import count_parameters, seed_everything
 from minivlm.zoo import store
-from minivlm.zoo.recipes import arm_table, finish_job, run_jobs
+from minivlm.zoo.recipes import arm_table, finish_job, run_jobs, shipped_model
 
 # What each arm varies: the variant (what is trained), the objective ("caption": `prefix_step` on
 # the captions; "caption_kl": `caption_distill_step` on visible-answer VQA of the same images) and
@@ -208,11 +208,9 @@ class ClipCapRecipe:
     def train(self, weights_dir, progress: bool):
         results = run_jobs(_run_arm, self.jobs(progress), self.workers, progress, "clipcap")
         arms = arm_table(results, ("lr", "ms_per_step", "trainable", "total"))
-        shipped = next(r for r in results if "state" in r)
         config = self.shipped_config()
-        model = _model(config)
-        model.load_state_dict(shipped["state"], strict=False)
-        return model.eval(), {
+        model, shipped = shipped_model(_model, config, results)
+        return model, {
             "config": config,
             "metrics": shipped["metrics"],
             "ship_arm": self.ship_arm,
