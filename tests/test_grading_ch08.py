@@ -132,6 +132,8 @@ def _blocks(grid, ratio, generator, min_patches=2, min_aspect=0.3, keep_going=la
         if place == "fit":
             top = int(torch.randint(grid - h + 1, (), generator=generator))
             left = int(torch.randint(grid - w + 1, (), generator=generator))
+        elif place == "corner":
+            top, left = 0, 0
         elif place == "top":  # drawn in the upper half of the places only
             top = int(torch.randint((grid - h) // 2 + 1, (), generator=generator))
             left = int(torch.randint(grid - w + 1, (), generator=generator))
@@ -171,8 +173,9 @@ WRONG_BLOCK_MASK = [
     (_reseeded, "gave the same few masks"),
     (lambda g, r, gen, **kw: _blocks(g, r, gen, aspect="uniform", **kw), "LOG-uniformly"),
     (lambda g, r, gen, **kw: _blocks(g, r, gen, aspect="square", **kw), "square"),
-    (lambda g, r, gen, **kw: _blocks(g, r, gen, place="top", **kw), "one half of the grid"),
+    (lambda g, r, gen, **kw: _blocks(g, r, gen, place="top", **kw), "stick to an edge"),
     (lambda g, r, gen, **kw: _blocks(g, r, gen, place="cut", **kw), "cut off at the border"),
+    (lambda g, r, gen, **kw: _blocks(g, r, gen, place="corner", **kw), "did not return within 3 s"),
     (lambda g, r, gen, **kw: _blocks(g, r, gen, fixed_patches=2, **kw), "min_patches ignored"),
     (lambda g, r, gen, **kw: _blocks(g, r, gen, fixed_aspect=0.3, **kw), "min_aspect ignored"),
 ]
