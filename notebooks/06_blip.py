@@ -702,9 +702,11 @@ assert parts["decoder's own self-attn"] / total < 0.1
 #   at our scale, where the diverse captions are more often untrue and the filter keeps most of
 #   them, it is not.
 #
-# **Exercises:** `exercises/06_blip.ipynb` — the three modes' masks, greedy decoding that stops at
-# end-of-text, nucleus filtering, and BLEU's clipped n-gram precision; `minivlm check
-# exercises/06_blip.ipynb` tells you what is wrong.
+# **Exercises:** `exercises/06_blip.ipynb` — the three modes' masks for padding at either end,
+# greedy decoding that runs the unfinished captions only, nucleus filtering, BLEU's clipped n-gram
+# precision on punctuated mixed-case text, and an experiment: the filter's precision and recall on
+# web captions and on the captioner's synthetic captions; `minivlm check exercises/06_blip.ipynb`
+# tells you what is wrong.
 #
 # **With internet:** `blip_from_hf(BlipForConditionalGeneration.from_pretrained(
 # "Salesforce/blip-image-captioning-base"))` loads Salesforce's weights into this from-scratch

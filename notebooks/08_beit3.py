@@ -504,8 +504,9 @@ for kind in ("shape", "relation", "position"):  # at the question-only model's l
 #   confounded by 500 fine-tuning steps against CoCa's 2,000 from scratch, and by 16 image
 #   patches against CoCa's and BLIP's 64.
 #
-# **Exercises:** `exercises/08_beit3.ipynb` — the nearest code with the straight-through
-# estimator, block-wise masking, and the expert of every token; `minivlm check
+# **Exercises:** `exercises/08_beit3.ipynb` — one EMA step of the codebook (online k-means), the
+# VQ-KD loss with its stop-gradient, block-wise masking checked for the shape and place of its
+# blocks, and an experiment: dead codes with and without restarts; `minivlm check
 # exercises/08_beit3.ipynb` tells you what is wrong.
 #
 # **References.** Wang et al., *BEiT-3* (CVPR 2023); Bao et al., *BEiT* (ICLR 2022); Peng et al.,

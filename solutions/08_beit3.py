@@ -14,13 +14,14 @@
 # %% [markdown]
 # # 08 · BEiT-3 — exercises
 #
-# Three pieces of chapter 08 (`notebooks/08_beit3.ipynb`) to write yourself: the nearest-code
-# lookup that turns BEiT-2's patch features into discrete *visual tokens*, the block-wise masking
-# that decides which patches BEiT-3 must predict, and the choice of feed-forward expert for every
-# token in every block of its Multiway Transformer. The cell after each task runs `check(...)` on
-# fresh inputs and tells you what is wrong. At the end your pieces run next to the library's
-# (`minivlm/nn/quantize.py`, `minivlm/data/masking.py`, `minivlm/models/beit3.py`) on a small
-# visual tokenizer and a small BEiT-3. Grade the whole notebook from a terminal with
+# Chapter 08 (`notebooks/08_beit3.ipynb`) wrote the visual tokenizer's lookup inline and used the
+# library for the rest. Here you write the pieces around that lookup and the masking: how the
+# codes themselves move (BEiT-2's exponential moving average, an online k-means), the VQ-KD loss
+# that trains the tokenizer's encoder and decoder, and BEiT's block-wise masking. Then an
+# experiment: how many codes die without restarts, and how many with. The cell after each task
+# runs `check(...)` on fresh inputs and tells you what is wrong. At the end your pieces run next
+# to the library's (`minivlm/nn/quantize.py`, `minivlm/models/beit3.py`,
+# `minivlm/data/masking.py`). Grade the whole notebook from a terminal with
 # `minivlm check exercises/08_beit3.ipynb`.
 
 # %%
@@ -31,55 +32,87 @@ import torch
 import torch.nn.functional as F
 
 from minivlm.grading import check
-from minivlm.models.vlmo import LANGUAGE, VISION, VL
 
 _ = torch.manual_seed(0)
 
 # %% [markdown]
-# ## Task 1 — BEiT-2's visual tokens: the nearest normalised code
+# ## Task 1 — how the codes move: one EMA step
 #
-# BEiT-3 treats an image as a foreign language: it masks patches and predicts them the way BERT
-# predicts masked words, with a cross-entropy over a vocabulary. Patches have no vocabulary, so a
-# **visual tokenizer** makes one. BEiT-2's VQ-KD encodes each patch to a vector z and replaces it
-# by the nearest of K learned **codes**; the code's index is the patch's *visual token*. A
-# decoder must rebuild a teacher's (CLIP's) feature of the patch from the codes alone, so a token
-# says what CLIP sees in the patch (a red circle's edge), not which pixels are there.
+# Chapter 08 §1 snaps each encoder vector to its nearest code on the unit sphere and says that the
+# codes themselves move "by an exponential moving average". That is k-means, run online, one
+# batch at a time (VQ-VAE-2; BEiT-2's tokenizer). Each code j keeps two running statistics: a
+# count $n_j$ and a sum $s_j$ of the vectors assigned to it. One step with a batch of vectors
+# $z_i$ and their chosen codes $k_i$, at decay $\gamma$ (0.99):
 #
-# **Why normalised codes.** With the plain Euclidean distance ‖z − e‖², a vector's length counts
-# as much as its direction: the few codes that happen to lie close to the data win nearly every
-# patch and the others are never chosen again (*dead codes*; a vocabulary of 8,192 with a few
-# hundred in use). BEiT-2 L2-normalises both z and the codes before the search. On the unit
-# sphere ‖ẑ − ê‖² = 2 − 2 cos(z, e): the nearest code is the one with the largest cosine, only
-# directions count, and no code can sit far from the data.
+# $$n_j \leftarrow \gamma\, n_j + (1 - \gamma)\, \#\{i : k_i = j\}, \qquad
+#   s_j \leftarrow \gamma\, s_j + (1 - \gamma) \sum_{i : k_i = j} z_i, \qquad
+#   e_j = s_j / \tilde n_j,$$
 #
-# **Why straight-through.** The index is an argmin: it has no gradient, and the encoder would
-# learn nothing from the decoder. The trick of VQ-VAE: return `z + (q − z).detach()`. Its value is
-# the code q; its gradient with respect to z is the identity, so whatever gradient the decoder
-# sends to q is copied to z unchanged (the codes themselves learn from their own loss, or by a
-# moving average, not through this path).
+# where $\tilde n_j = \frac{n_j + \varepsilon}{N + K\varepsilon}\, N$ with $N = \sum_j n_j$
+# (Laplace smoothing: the total count stays N, and no count is ever 0, so no code divides by
+# zero). Every code's statistics decay at every step, also those of the codes that no vector chose.
 #
-# `z` is `(B, N, D)` (a vector per patch), `codebook` `(K, D)` (not normalised). Return
-# `(quantized, indices)`: `indices` `(B, N)` long, the nearest code of each normalised z on the
-# unit sphere; `quantized` `(B, N, D)` with the value of that **normalised** code and a gradient
-# with respect to z that is the identity.
+# `codebook` `(K, D)`, `cluster_size` `(K,)` (the $n_j$), `embed_sum` `(K, D)` (the $s_j$), `z`
+# `(..., D)` the vectors as the search saw them, with any leading shape (e.g. `(B, N, D)`), and
+# `indices` `(...)` long, the chosen code of each; `decay` and `eps` floats. Return the new
+# `(codebook, cluster_size, embed_sum)`, in the dtype of the statistics, as new tensors: leave the
+# ones you are given unchanged (the caller decides when to commit a step). A batch may hold no
+# vector at all; then only the decay acts.
 
 # %%
-def quantize(z, codebook):
-    ### BEGIN SOLUTION hint: F.normalize both (dim=-1); the nearest unit code is the one with the largest cosine,
-    ###     (ẑ @ codesᵀ).argmax(-1); q = codes[indices]; return z + (q − z).detach() and the indices
-    codes = F.normalize(codebook, dim=-1)  # (K, D) on the unit sphere
-    cosine = F.normalize(z, dim=-1) @ codes.t()  # (B, N, K)
-    indices = cosine.argmax(-1)  # (B, N): largest cosine = smallest ||ẑ − ê||² = 2 − 2 cos
-    q = codes[indices]  # (B, N, D)
-    return z + (q - z).detach(), indices  # value q; gradient w.r.t. z the identity
+def ema_update(codebook, cluster_size, embed_sum, z, indices, decay, eps=1e-5):
+    ### BEGIN SOLUTION hint: chapter 08 §1 (the VQ-KD loss: codes moved by an exponential moving average) and the
+    ###     equations above: per code, a count and a sum of the vectors that chose it in this batch, both blended
+    ###     with the old statistics, then their ratio with the smoothed count
+    k, d = embed_sum.shape
+    flat = z.reshape(-1, d).to(embed_sum.dtype)  # (M, D) whatever the leading shape
+    one_hot = F.one_hot(indices.reshape(-1), k).to(embed_sum.dtype)  # (M, K)
+    cluster_size = decay * cluster_size + (1 - decay) * one_hot.sum(0)  # (K,)
+    embed_sum = decay * embed_sum + (1 - decay) * (one_hot.t() @ flat)  # (K, D)
+    n = cluster_size.sum()
+    smoothed = (cluster_size + eps) / (n + k * eps) * n  # (K,) never 0
+    return embed_sum / smoothed[:, None], cluster_size, embed_sum
     ### END SOLUTION
 
 
 # %%
-check("08.quantize", quantize)
+check("08.ema_update", ema_update)
 
 # %% [markdown]
-# ## Task 2 — block-wise masking
+# ## Task 2 — the VQ-KD loss
+#
+# The tokenizer's encoder gives a vector $h_i$ per patch; it snaps to its code $v_{z_i}$; the
+# decoder rebuilds, from the codes alone, a feature $o_i$ that should point where the teacher's
+# (CLIP's) feature $t_i$ points. Chapter 08 §1's loss:
+#
+# $$\mathcal{L}_{\mathrm{VQ\text{-}KD}} = \frac{1}{N}\sum_{i}\big(1 - \cos(o_i, t_i)\big)
+#   + \beta\,\big\lVert \ell_2(h_i) - \mathrm{sg}[\ell_2(v_{z_i})]\big\rVert^2 ,$$
+#
+# the first term a mean over every patch of the batch, the second (the *commitment*) the mean
+# squared difference over every patch and every component, between the unit encoder vector and
+# its unit code ($\ell_2$: L2-normalised; sg: stop-gradient). The codes get no gradient from this
+# loss: they move by the EMA of task 1.
+#
+# `decoded` `(B, N, T)` and `teacher` `(B, N, T)` features, `z` `(B, N, D)` the raw encoder vectors,
+# `codebook` `(K, D)` raw codes, `indices` `(B, N)` long, each patch's code, `beta` a float. Return
+# the loss, a scalar tensor through which gradients reach `decoded` and `z`, and not the codebook.
+
+# %%
+def vq_kd_loss(decoded, teacher, z, codebook, indices, beta):
+    ### BEGIN SOLUTION hint: chapter 08 §1, the VQ-KD equation: the distillation term is a cosine per patch, the
+    ###     commitment term compares unit vectors, and sg[·] says which side of it may learn
+    distill = (1 - F.cosine_similarity(decoded, teacher, dim=-1)).mean()  # over every patch
+    codes = F.normalize(codebook, dim=-1)[indices]  # (B, N, D) the unit codes chosen
+    commitment = (F.normalize(z, dim=-1) - codes.detach()).pow(2).mean()  # moves z only
+    return distill + beta * commitment
+    ### END SOLUTION
+
+
+# %%
+check("08.vq_kd_loss", vq_kd_loss)
+
+# %% [markdown]
+# ## Task 3 — block-wise masking
 #
 # BEiT-3 masks 40 % of an image's patches and predicts their visual tokens. Which 40 % matters.
 # Images are smooth: a patch looks much like its neighbours, so a patch masked on its own can be
@@ -101,13 +134,15 @@ check("08.quantize", quantize)
 #    `patchify`, where patch (row r, column c) is number r · grid + c.
 #
 # Draw every random number from `generator` (`torch.rand((), generator=generator)`,
-# `torch.randint(n, (), generator=generator)`), so that a seed gives its mask back.
+# `torch.randint(n, (), generator=generator)`), so that a seed gives its mask back. The check
+# draws a few hundred masks on grids of several sizes, with other `min_patches` and `min_aspect`
+# too, and compares how their blocks are shaped and placed with the library's.
 
 # %%
 def block_mask(grid, ratio, generator, min_patches=2, min_aspect=0.3):
-    ### BEGIN SOLUTION hint: a (grid, grid) bool mask; loop while mask.sum() < target; a uniform draw in [lo, hi] is
-    ###     lo + (hi − lo) · torch.rand((), generator=generator); the aspect is exp of a uniform draw in
-    ###     [log(min_aspect), −log(min_aspect)]; mask[top:top + h, left:left + w] = True; return mask.flatten()
+    ### BEGIN SOLUTION hint: chapter 08 §3 (why images are masked in blocks, and the masked patches drawn greyed)
+    ###     and the algorithm above: every block is a rectangle that fits inside the grid, of a random area, shape
+    ###     and place; the shape's draw is symmetric between tall and wide
     target = math.ceil(ratio * grid * grid)
     mask = torch.zeros(grid, grid, dtype=torch.bool)
 
@@ -131,116 +166,146 @@ def block_mask(grid, ratio, generator, min_patches=2, min_aspect=0.3):
 check("08.block_mask", block_mask)
 
 # %% [markdown]
-# ## Task 3 — which expert for which token
+# ## Task 4 — the experiment: dead codes, with and without restarts
 #
-# BEiT-3's network is VLMo's Multiway Transformer (chapter 05): every block has one
-# self-attention, shared by all tokens, and three feed-forward **experts**, V (vision, index
-# `VISION` = 0), L (language, `LANGUAGE` = 1) and VL (vision-language, `VL` = 2; only the top
-# blocks have one). Nothing is learned about which expert a token uses: it is decided by the
-# token's modality and the block's depth,
+# Chapter 08 §1 reports that all 64 codes of the zoo's tokenizer are in use "only because dead
+# codes were restarted". Measure it. A code that no vector chooses never moves (its statistics
+# only decay), so it stays where it is, unchosen, for good: a **dead code**. A **restart** puts
+# every code that no vector chose since the last restart onto a random vector of the current
+# batch (and its statistics with it, `embed_sum` = that vector, `cluster_size` = 1, or the next
+# EMA step pulls it back), giving it a chance to win some.
 #
-# | mode | bottom depth − vl_depth blocks | top vl_depth blocks |
-# |---|---|---|
-# | `"image"` (image tokens only) | V | V |
-# | `"text"` (text tokens only) | L | L |
-# | `"fusion"` ([image ; text]) | V for image tokens, L for text tokens | VL for every token |
+# Write `dead_codes(features, codebook, steps, restart_every, generator, batch_size=256, decay=0.99)`.
+# `features` `(M, D)` are unit encoder vectors (the zoo tokenizer's, on fresh images), `codebook`
+# `(K, D)` the codes to start from. Train the codes twice from that start, with your `ema_update`
+# (statistics starting at `cluster_size` = ones, `embed_sum` = the codebook: each code as if one
+# vector, itself, had chosen it): `"without"` restarts and `"with"` a restart every
+# `restart_every` steps (counting the codes chosen since the last restart). A step draws
+# `batch_size` rows of `features` at random with `generator`, snaps each to its nearest code by
+# cosine, and applies one EMA step. At the end, count the codes that no vector of `features`
+# chooses. Return
 #
-# Why by modality: patches and words need different feed-forward transformations, while the
-# shared attention lets them read each other. Why by depth: in the bottom blocks each modality
-# is encoded by its own expert, so the same network in image mode and in text mode is a dual
-# encoder for fast retrieval, and in fusion mode its bottom blocks compute the same kind of
-# features; the top blocks, where the modalities meet, get an expert of their own that is
-# trained on fused tokens only.
+# `{"without": {"codebook": (K, D), "dead": int, "restarted": 0}, "with": {"codebook": (K, D), "dead": int,
+#   "restarted": int}}` (`"restarted"`: how many restarts, summed over the run).
 #
-# Return a list of `depth` long tensors, one per block (block 0 is the bottom), each `(T,)` with
-# T = n_image + n_text: the expert index of every token, **image tokens first**.
+# Change nothing you are given. The check runs your function on fresh features, recounts the dead
+# codes of the codebooks you return, checks that the dead codes of the run without restarts
+# still point where they started, runs it once more with no restart due, and runs the experiment
+# itself with another generator to see that your counts are within its spread.
 
 # %%
-def routes(mode, n_image, n_text, depth, vl_depth):
-    ### BEGIN SOLUTION hint: one (T,) tensor for the bottom blocks, torch.full((n_image,), VISION) then
-    ###     torch.full((n_text,), LANGUAGE); in fusion mode the blocks i >= depth − vl_depth are VL for every token
-    own = torch.cat([torch.full((n_image,), VISION), torch.full((n_text,), LANGUAGE)])  # (T,) image first
-    first_vl = depth - vl_depth  # the bottom blocks are 0 .. first_vl − 1
-    return [torch.full_like(own, VL) if mode == "fusion" and i >= first_vl else own.clone() for i in range(depth)]
+def dead_codes(features, codebook, steps, restart_every, generator, batch_size=256, decay=0.99):
+    ### BEGIN SOLUTION hint: chapter 08 §1 (the codes in use and the restarts of the build) and task 1; the two arms
+    ###     differ only in the restarts, and a restart must move a code's EMA statistics along with it
+    def nearest(vectors, codes):
+        return (vectors @ F.normalize(codes, dim=-1).t()).argmax(-1)  # (M,) largest cosine
+
+    out = {}
+    for arm, every in (("without", 0), ("with", restart_every)):
+        codes, size, total = codebook.clone(), torch.ones(len(codebook)), codebook.clone()
+        chosen, restarted = torch.zeros(len(codebook)), 0
+        for step in range(steps):
+            batch = features[torch.randint(len(features), (batch_size,), generator=generator)]  # (b, D)
+            indices = nearest(batch, codes)
+            chosen += torch.bincount(indices, minlength=len(codes))
+            codes, size, total = ema_update(codes, size, total, batch, indices, decay)
+            if every and (step + 1) % every == 0:
+                dead = (chosen == 0).nonzero().flatten()
+                new = batch[torch.randint(len(batch), (len(dead),), generator=generator)]
+                codes[dead], total[dead], size[dead] = new, new, 1.0  # the statistics follow the code
+                restarted += len(dead)
+                chosen.zero_()
+        used = torch.bincount(nearest(features, codes), minlength=len(codes))
+        out[arm] = {"codebook": codes, "dead": int((used == 0).sum()), "restarted": restarted}
+    return out
     ### END SOLUTION
 
 
 # %%
-check("08.routes", routes)
+check("08.dead_codes", dead_codes)
 
 # %% [markdown]
-# ## Put together: your pieces beside BEiT-3's
+# Your experiment on the encoder vectors of the zoo's tokenizer for 512 fresh images (8,192
+# patches), 64 codes started from random directions, as a freshly built quantiser starts; three
+# generators.
+
+# %%
+import time  # noqa: E402
+
+from minivlm import zoo  # noqa: E402
+from minivlm.data import ShapesBench  # noqa: E402
+
+visual_tokenizer = zoo.load("beit3_tokenizer").eval()
+with torch.no_grad():
+    encoded = visual_tokenizer.encode(ShapesBench(seed=808).captioning(512)["images"])  # (512, 16, 32)
+features = F.normalize(encoded.reshape(-1, encoded.shape[-1]), dim=-1)  # (8192, 32)
+start_codes = torch.randn(64, features.shape[1], generator=torch.Generator().manual_seed(8))
+start = time.perf_counter()
+runs = [dead_codes(features, start_codes, 300, 25, torch.Generator().manual_seed(seed)) for seed in range(3)]
+print(f"measured in {time.perf_counter() - start:.1f} s")
+for arm in ("without", "with"):
+    print(f"{arm:7} restarts: dead codes {[r[arm]['dead'] for r in runs]} of 64; restarts made "
+          f"{[r[arm]['restarted'] for r in runs]}")
+
+# %% [markdown]
+# **What the run shows** (the figures printed above). From random directions, most of the 64
+# codes die without restarts: the codes that lie nearest the data win its vectors from the first
+# steps, and the others are never chosen, so their statistics only decay and they never move
+# towards the data. With a restart every 25 steps the dead codes are put back on data vectors and
+# almost all of them stay in use. The restarts are what keeps the zoo tokenizer's vocabulary
+# alive at this scale (the chapter's claim); whether a k-means start on the first batch would do
+# as well without restarts is not tested here.
+
+# %% [markdown]
+# ## Put together: your pieces beside the library's
 #
-# The next cells route the tokens of a small BEiT-3 with your function, tokenize images with
-# your lookup inside a (small, untrained) visual tokenizer, and draw your block masks next to the
-# library's.
+# The next cells move a library quantiser's codes with your EMA step, score the zoo tokenizer with
+# your loss, and draw your block masks next to the library's.
 
 # %%
 from minivlm import grading  # noqa: E402
-from minivlm.data import ShapesBench  # noqa: E402
 from minivlm.data.masking import block_mask as library_block_mask  # noqa: E402
-from minivlm.models.beit3 import BEiT3, BEiT3Config, VisualTokenizer, VisualTokenizerConfig  # noqa: E402
+from minivlm.models.beit3 import tokenizer_batches, vqkd_step  # noqa: E402
+from minivlm.nn.quantize import VectorQuantizer  # noqa: E402
 
-yours = {"08.quantize": quantize, "08.block_mask": block_mask, "08.routes": routes}
+yours = {"08.ema_update": ema_update, "08.vq_kd_loss": vq_kd_loss, "08.block_mask": block_mask}
 ready = all(grading.run(task, fn).passed for task, fn in yours.items())
-print("all three tasks pass: your pieces next to the library's" if ready
-      else "finish the three tasks above first: the next cells use all of them")
+print("tasks 1-3 pass: your pieces next to the library's" if ready
+      else "finish tasks 1-3 first: the next cells use them")
 
 # %% [markdown]
-# **Your routes are the model's.** A BEiT-3 with two blocks, the top one with a VL expert; its
-# image takes 1 + 16 tokens (a CLS and 4 × 4 patches). Below, the fusion mode block by block,
-# V / L / VL per token (a caption of 5 tokens).
+# **Your EMA step is the quantiser's.** A library quantiser with EMA codes, in training mode, moves
+# its codes when it looks at a batch; your step from the same statistics must land on the same
+# codes.
 
 # %%
 if ready:
-    model = BEiT3(BEiT3Config(dim=32, depth=2, vl_depth=1, heads=2, embed_dim=32))
-    c, n_image = model.config, model.n_image_tokens
-    for mode, ni, nt in (("image", n_image, 0), ("text", 0, 12), ("fusion", n_image, 5)):
-        same = all(torch.equal(a, b.cpu()) for a, b in zip(routes(mode, ni, nt, c.depth, c.vl_depth),
-                                                             model.routes(mode, ni, nt)))
-        print(f"{mode:6s} mode: your routes equal the model's: {same}")
-    letters = {VISION: "V", LANGUAGE: "L", VL: "VL"}
-    for i, r in reversed(list(enumerate(routes("fusion", n_image, 5, c.depth, c.vl_depth)))):
-        print(f"block {i}:", " ".join(letters[int(e)] for e in r))
+    vq = VectorQuantizer(codebook_size=16, dim=8, ema=0.99)
+    stats = (vq.codebook.clone(), vq.cluster_size.clone(), vq.embed_sum.clone())
+    z = torch.randn(4, 10, 8)
+    out = vq(z)  # training mode: one EMA step
+    mine = ema_update(*stats, F.normalize(z, dim=-1), out.indices, 0.99, vq.eps)
+    print("codes moved by the quantiser:", int((vq.codebook != stats[0]).any(1).sum()), "of 16; max |yours − "
+          f"library| = {(mine[0] - vq.codebook).abs().max():.1e}")
 
 # %% [markdown]
-# **Your lookup tokenizes images.** The tokenizer's encoder gives a vector per patch; your
-# `quantize` on its codebook must choose the visual tokens that `tokenizer.tokenize` chooses (in
-# eval mode, so that looking does not move the codes).
+# **Your loss is the tokenizer's.** The zoo tokenizer (eval mode: looking does not move its codes)
+# on a batch of 16 images and the zoo CLIP's patch features: your VQ-KD loss against the library's
+# training step.
 
 # %%
 if ready:
-    tokenizer = VisualTokenizer(VisualTokenizerConfig(dim=32, depth=1, heads=2, code_dim=16, codebook_size=16,
-                                                      teacher_dim=32)).eval()
-    images = ShapesBench().captioning(8)["images"]
+    clip = zoo.load("clip")
+    batch = tokenizer_batches(clip, 16, seed=3)(0)
     with torch.no_grad():
-        z = tokenizer.encode(images)  # (8, 16, 16): a 16-wide vector for each of the 4 × 4 patches
-        library = tokenizer.quantizer(z)
-    quantized, indices = quantize(z, tokenizer.quantizer.codebook)
-    print("visual tokens of image 0:\n", indices[0].view(4, 4))
-    print("same tokens as tokenizer.tokenize:", torch.equal(indices, tokenizer.tokenize(images)))
-    print("same quantized vectors as the library's quantizer:", torch.allclose(quantized, library.quantized))
+        h = visual_tokenizer.encode(batch["images"])  # (16, 16, 32)
+        decoded, q = visual_tokenizer(batch["images"])
+        library_loss = vqkd_step(visual_tokenizer, batch)["loss"]
+        your_loss = vq_kd_loss(decoded, batch["targets"], h, visual_tokenizer.quantizer.codebook, q.indices,
+                               visual_tokenizer.config.beta)
+    print(f"VQ-KD loss: yours {your_loss:.5f}, vqkd_step {library_loss:.5f}")
 
 # %% [markdown]
-# **Why normalise, in numbers.** A thousand small vectors (as an encoder gives early in training)
-# and 16 random codes of lengths from 0.5 to 2: how many vectors choose each code, by the plain
-# Euclidean distance and by your search on the unit sphere.
-
-# %%
-if ready:
-    g = torch.Generator().manual_seed(0)
-    vectors = torch.randn(1, 1000, 16, generator=g) * 0.5
-    codebook = torch.randn(16, 16, generator=g) * torch.linspace(0.5, 2, 16)[:, None]
-    euclidean = torch.cdist(vectors[0], codebook).argmin(-1)
-    _, normalised = quantize(vectors, codebook)
-    for name, chosen in (("Euclidean", euclidean), ("normalised", normalised[0])):
-        counts = torch.bincount(chosen, minlength=16)
-        print(f"{name:10s}: {int((counts > 0).sum()):2d} of 16 codes used; counts {counts.tolist()}")
-
-# %% [markdown]
-# With plain distances the shortest codes take almost everything and most codes are dead; on
-# the unit sphere every code gets its share.
-#
 # **Your block masks.** Four of yours (top) and four of the library's (bottom) on BEiT's 14 × 14
 # grid (a 224-pixel image in 16-pixel patches) at a 40 % ratio, from the same four seeds (if you
 # draw the random numbers in the library's order, the pairs are identical; another order gives

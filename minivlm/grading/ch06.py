@@ -1,26 +1,40 @@
 """Checks for the chapter 06 exercises (exercises/06_blip): the attention masks of BLIP's three
-MED modes, greedy decoding that stops at end-of-text, nucleus (top-p) filtering, and BLEU's
-clipped n-gram precision.
+MED modes for any layout of padding, greedy decoding that runs only the captions still being
+written, nucleus (top-p) filtering, BLEU's clipped n-gram precision on punctuated, mixed-case
+text, and an experiment: CapFilt's filter judged on noisy web captions and on the captioner's own
+synthetic captions.
 
 Each answer is compared with the library (minivlm.models.blip.med_masks, minivlm.generate) or
-with the formula on fresh random inputs; when it differs, the check tries the plausible mistakes
-and names the one that matches: a causal mask transposed (the future instead of the past),
-padding ignored, a causal encoder, cross-attention in the text-only mode; decoding past
+with the formula on fresh random inputs of several sizes (a batch of one, one token, padding at
+either end); inputs are checked for changes afterwards. When an answer differs, the check tries
+the plausible mistakes and names the one that matches: a causal mask transposed, padding ignored
+or put on the queries, a causal encoder, cross-attention in the text-only mode; decoding past
 end-of-text, dropping the end-of-text token, one token too many or too few, sampling instead of
-the argmax, not stopping when every row has ended; dropping the token that crosses p, keeping
-one too many, the vocabulary order lost after sorting, the logits cumulated instead of the
-probabilities, probabilities returned instead of logits, p = 1 not keeping every token; counts
-not clipped, clipped by the sum over references instead of the maximum, unigrams
-only, dividing by a reference's length.
+the argmax, not stopping when every row has ended, asking the decoder about finished rows, the
+running rows renumbered 0..R-1 (so each prefix reads another row's image: the check's decoder
+depends on the row and on the whole prefix); dropping the token that crosses p, keeping one too
+many, the vocabulary order lost after sorting, the logits cumulated instead of the probabilities,
+probabilities returned instead of logits, p = 1 not keeping every token, the logits changed in
+place; counts not clipped, clipped by the sum over references, unigrams only, dividing by a
+reference's length, words split on spaces (case and punctuation kept).
+
+The experiment `filter_experiment(captioner, filt, web, generator, threshold)` is run by the
+check on a fresh web set with the zoo's BLIP, at a threshold the check picks; every figure is
+recomputed from what the function returned: its synthetic captions are read back through the
+captioner (every word inside the p = 0.9 nucleus, most captions not the greedy ones) and judged
+again by the filter; the bad flags come from the web set's clean flags and from
+`true_caption_rate`; precision and recall from the returned flags. The zoo filter catches nearly
+all web noise and few of the untrue synthetic captions.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from collections import Counter
 
 import torch
 
-from minivlm.eval import caption_tokens
+from minivlm.eval import caption_tokens, true_caption_rate
 from minivlm.eval import ngram_counts as _all_ngrams
 from minivlm.generate import generate, top_p_filter
 from minivlm.grading import GradingFailure, call, fresh_generator, randint, register, tensor_answer
@@ -30,9 +44,17 @@ from minivlm.models.blip import med_masks
 
 
 def _padding_mask(g: torch.Generator, b: int, t: int) -> torch.Tensor:
-    lengths = torch.randint(2, t + 1, (b,), generator=g)
-    lengths[0] = t - 1  # at least one row with padding
-    return torch.arange(t)[None, :] < lengths[:, None]  # (B, T)
+    """(B, T) True on real tokens: right padding on some rows, left padding on others (a batch
+    left-padded for decoding), one full row when B > 1; every row keeps at least one real token."""
+    lengths = torch.randint(1, t + 1, (b,), generator=g)
+    lengths[0] = max(1, t - 1)  # at least one row with padding when T > 1
+    right = torch.arange(t)[None, :] < lengths[:, None]
+    left = torch.arange(t)[None, :] >= (t - lengths)[:, None]
+    on_left = torch.rand(b, generator=g) < 0.5
+    on_left[0] = b > 1  # both layouts in every batch of two or more
+    if b > 1:
+        on_left[-1] = False
+    return torch.where(on_left[:, None], left, right)
 
 
 def _bool_mask(name: str, got, shape: tuple[int, ...]) -> torch.Tensor:
@@ -47,17 +69,28 @@ def _bool_mask(name: str, got, shape: tuple[int, ...]) -> torch.Tensor:
 @register("06.med_masks", title="The self- and cross-attention masks of MED's three modes")
 def check_med_masks(fn) -> None:
     g = fresh_generator()
-    b, t, n_image = randint(g, 2, 4), randint(g, 4, 8), randint(g, 3, 9)
-    valid = _padding_mask(g, b, t)
+    sizes = [(randint(g, 2, 4), randint(g, 4, 8), randint(g, 3, 9)), (1, randint(g, 3, 6), 1), (2, 1, 2)]
+    for b, t, n_image in sizes:
+        _judge_med_masks(fn, _padding_mask(g, b, t), n_image)
+
+
+def _judge_med_masks(fn, valid: torch.Tensor, n_image: int) -> None:
+    b, t = valid.shape
     causal = torch.tril(torch.ones(t, t, dtype=torch.bool))
+    where = f"attention_mask {valid.int().tolist()}"
     for mode in ("text", "encoder", "decoder"):
-        got = call(fn, valid.clone(), mode, n_image)
+        given = valid.clone()
+        got = call(fn, given, mode, n_image)
+        if not torch.equal(given, valid):
+            raise GradingFailure("attention_mask was modified in place: build the masks as new tensors; the caller "
+                                 "still needs it")
         if not isinstance(got, tuple) or len(got) != 2:
             raise GradingFailure(f"med_masks must return a pair (self_mask, cross_mask), got {type(got).__name__}")
         want_self, want_cross = med_masks(valid, mode, n_image)
         self_mask = _bool_mask(f"the {mode} mode's self_mask", got[0], (b, t, t))
         if not torch.equal(self_mask, want_self):
             keys = valid[:, None, :]
+            rule = causal if mode == "decoder" else torch.ones(t, t, dtype=torch.bool)
             if mode == "decoder" and torch.equal(self_mask, causal.t() & keys):
                 raise GradingFailure("the decoder's mask is transposed: each token sees the tokens after it, not "
                                      "before (row = query, column = key; keep the lower triangle)")
@@ -67,12 +100,22 @@ def check_med_masks(fn) -> None:
             if mode != "decoder" and torch.equal(self_mask, causal & keys):
                 raise GradingFailure(f"the {mode} mode is bidirectional (every token sees every real token); only "
                                      f"the decoder is causal")
-            unpadded = causal.expand(b, t, t) if mode == "decoder" else torch.ones(b, t, t, dtype=torch.bool)
-            if torch.equal(self_mask, unpadded):
+            if torch.equal(self_mask, rule.expand(b, t, t)):
                 raise GradingFailure(f"padding ignored in the {mode} mode: no token may attend to a padded key "
-                                     f"(attention_mask False)")
-            raise GradingFailure(f"the {mode} mode's self_mask differs from the expected one for attention_mask "
-                                 f"{valid.int().tolist()}")
+                                     f"(attention_mask False) ({where})")
+            if torch.equal(self_mask, rule & valid[:, :, None]):
+                raise GradingFailure(f"the padding is on the queries (rows) in the {mode} mode: a padded position is a "
+                                     f"KEY no one may attend to, so block its column, self_mask[b, :, j] = False "
+                                     f"({where})")
+            if torch.equal(self_mask, rule & valid[:, :, None] & keys):
+                raise GradingFailure(f"the padding blocks the rows as well as the columns in the {mode} mode: padding "
+                                     f"is a rule about keys; block the padded columns only ({where})")
+            for layout in (valid.cumprod(1).bool(), valid.flip(1).cumprod(1).flip(1).bool()):
+                if not torch.equal(layout, valid) and torch.equal(self_mask, med_masks(layout, mode, n_image)[0]):
+                    raise GradingFailure(f"the padding was taken to sit at one end of each row (a length per row): it "
+                                         f"may sit at either end; mask the keys where attention_mask itself is False "
+                                         f"({where})")
+            raise GradingFailure(f"the {mode} mode's self_mask differs from the expected one for {where}")
         if mode == "text":
             if got[1] is not None:
                 raise GradingFailure("the text encoder ([CLS], for ITC) does not look at the image: its cross_mask "
@@ -90,105 +133,164 @@ def check_med_masks(fn) -> None:
 # ----------------------------------------------------------------------------- 06.greedy_decode
 
 
-class _Model:
-    """A random next-token table over (last token, length) with end-of-text likely after a few
-    steps, differently per row; it counts its calls. Its logits cover the pad token `vocab` too
-    (generate refuses a pad id outside them), at -50: the model never writes it."""
+class _Decoder:
+    """A stand-in captioner whose next-token logits depend on the row (its "image") and on the
+    WHOLE prefix (a hash of every token and its position), with end-of-text growing likelier with
+    length at a rate of its own per row, so that rows end at different steps. Its logits cover
+    the pad token too, at -50: it never writes it. It records the rows of every call."""
 
-    def __init__(self, g: torch.Generator, vocab: int, eos: int):
-        table = torch.randn(vocab + 1, 12, vocab, generator=g) * 2  # row `vocab`: after the pad token
-        for length in range(12):
-            table[:, length, eos] += length - randint(g, 2, 4)  # eos grows likelier with length
-        self.table = torch.cat([table, torch.full((vocab + 1, 12, 1), -50.0)], dim=-1)  # (vocab + 1, 12, vocab + 1)
-        self.calls = 0
+    def __init__(self, g: torch.Generator, n_rows: int, vocab: int, eos: int, prompt_len: int, endless=False):
+        self.buckets = 97
+        self.table = torch.randn(n_rows, self.buckets, vocab + 1, generator=g) * 2  # (rows, hash, V + 1)
+        self.table[..., vocab] = -50.0  # the pad token `vocab`: never written
+        self.weights = torch.randint(1, self.buckets, (64,), generator=g)  # a weight per position
+        self.slope = 0.8 + 1.2 * torch.rand(n_rows, generator=g)  # how fast eos grows, per row
+        self.start = torch.randint(1, 5, (n_rows,), generator=g).float()  # from which new token it grows
+        self.eos, self.prompt_len, self.endless = eos, prompt_len, endless
+        self.calls: list[torch.Tensor] = []
 
-    def __call__(self, ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
+    def __call__(self, ids, rows):
         if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
-            raise GradingFailure(f"next_logits takes ids as one (B, T) tensor, got {getattr(ids, 'shape', ids)}")
-        return self.table[ids[:, -1], min(ids.shape[1], 11)].clone()
+            raise GradingFailure(f"next_logits takes ids as one (R, T) tensor, got {getattr(ids, 'shape', ids)}")
+        if not isinstance(rows, torch.Tensor) or rows.ndim != 1 or rows.dtype != torch.long:
+            raise GradingFailure(f"next_logits takes rows as a (R,) long tensor of row numbers, got "
+                                 f"{getattr(rows, 'dtype', type(rows).__name__)} {tuple(getattr(rows, 'shape', ()))}")
+        if len(rows) != len(ids):
+            raise GradingFailure(f"next_logits got {len(ids)} prefixes and {len(rows)} row numbers: one row number per "
+                                 f"prefix")
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= len(self.table)):
+            raise GradingFailure(f"row numbers must be rows of the batch, 0..{len(self.table) - 1}, got "
+                                 f"{rows.tolist()}")
+        self.calls.append(rows.detach().clone())
+        t = ids.shape[1]
+        h = (ids * self.weights[:t]).sum(1) % self.buckets  # (R,) the whole prefix
+        logits = self.table[rows, h].clone()  # (R, V + 1)
+        if not self.endless:
+            logits[:, self.eos] += self.slope[rows] * (t - self.prompt_len - self.start[rows]) * 2
+        else:
+            logits[:, self.eos] = -50.0
+        return logits
 
 
-def _decode_inputs(g: torch.Generator):
+def _decode_case(g: torch.Generator, b: int, endless: bool = False):
     vocab = randint(g, 6, 9)
     eos, pad = 0, vocab  # a pad id the model never writes, so padding is told apart from words
-    b = randint(g, 3, 5)
-    prompt = torch.randint(2, vocab, (b, randint(g, 1, 3)), generator=g)
-    return vocab, eos, pad, prompt
+    prompt = torch.randint(1, vocab, (b, randint(g, 1, 3)), generator=g)
+    return _Decoder(g, b, vocab, eos, prompt.shape[1], endless), prompt, eos, pad
 
 
-@register("06.greedy_decode", title="Greedy decoding that stops at end-of-text")
-def check_greedy_decode(fn) -> None:
-    for _ in range(30):  # inputs where rows end at different steps and the loop could stop early
-        g = fresh_generator()
-        vocab, eos, pad, prompt = _decode_inputs(g)
-        table = _Model(g, vocab, eos)
-        want = generate(table, prompt, 10, eos, pad_id=pad)
-        ended = (want[:, prompt.shape[1]:] == eos).any(1)
-        if bool(ended.all()) and want.shape[1] < prompt.shape[1] + 10 and bool((want == pad).any()):
+def _full_batch(model):
+    """The decoder asked about every row (what `generate` does): the reference tokens."""
+    return lambda ids, rows: model(ids, rows)
+
+
+def _running_greedy(model, prompt, steps, eos, pad, renumber=False):
+    """Greedy over the running rows, with the row numbers renumbered 0..R-1 when `renumber`."""
+    ids, done = prompt.clone(), torch.zeros(len(prompt), dtype=torch.bool)
+    for _ in range(steps):
+        running = (~done).nonzero().flatten()
+        token = torch.full((len(prompt),), pad, dtype=torch.long)
+        token[running] = model(ids[running], torch.arange(len(running)) if renumber else running).argmax(-1)
+        ids = torch.cat([ids, token[:, None]], 1)
+        done |= token == eos
+        if bool(done.all()):
             break
-    _judge_greedy(fn, table, prompt, 10, eos, pad)  # every row ends, at different steps
-    endless = _Model(g, vocab, eos)
-    endless.table = table.table.clone()
-    endless.table[..., eos] = -50.0  # no row ends: the length is max_new_tokens'
-    _judge_greedy(fn, endless, prompt, 3, eos, pad)
+    return ids
 
 
-def _judge_greedy(fn, table, prompt, max_new, eos, pad) -> None:
-    want = generate(table, prompt, max_new, eos, pad_id=pad)
-    model = _Model(torch.Generator(), 2, 0)
-    model.table = table.table
-    got = tensor_answer("greedy_decode's result", call(fn, model, prompt.clone(), max_new, eos, pad))
-    calls = model.calls
-    p = prompt.shape[1]
+@register("06.greedy_decode", title="Greedy decoding that runs the unfinished captions only")
+def check_greedy_decode(fn) -> None:
+    g = fresh_generator()
+    for _ in range(30):  # rows that end at different steps, before max_new_tokens
+        model, prompt, eos, pad = _decode_case(g, randint(g, 4, 6))
+        want = generate(_full_batch(model), prompt, 10, eos, pad_id=pad)
+        ends = [(row[prompt.shape[1]:] == eos).nonzero()[0, 0].item() for row in want if (row == eos).any()]
+        # some row ends while a later row goes on: the running rows are then not 0..R-1
+        gap = len(ends) == len(prompt) and any(ends[i] < max(ends[i + 1:]) for i in range(len(ends) - 1))
+        if gap and len(set(ends)) >= 3 and want.shape[1] < prompt.shape[1] + 10:
+            break
+    _judge_greedy(fn, model, prompt, 10, eos, pad, "rows that end at different steps")
+    model, prompt, eos, pad = _decode_case(g, randint(g, 2, 4), endless=True)
+    _judge_greedy(fn, model, prompt, 3, eos, pad, "no row ends: max_new_tokens decides")
+    model, prompt, eos, pad = _decode_case(g, 1)
+    _judge_greedy(fn, model, prompt, 8, eos, pad, "a batch of one")
+
+
+def _judge_greedy(fn, model: _Decoder, prompt, max_new, eos, pad, what: str) -> None:
+    want = generate(_full_batch(model), prompt, max_new, eos, pad_id=pad)
+    model.calls.clear()
+    given = prompt.clone()
+    got = tensor_answer("greedy_decode's result", call(fn, model, given, max_new, eos, pad))
+    calls, p = list(model.calls), prompt.shape[1]
+    if not torch.equal(given, prompt):
+        raise GradingFailure("prompt was modified in place: build the result as a new tensor; the caller still needs "
+                             "the prompt")
     if got.ndim != 2 or got.shape[0] != prompt.shape[0]:
-        raise GradingFailure(f"return the ids (B, T + new tokens) = ({prompt.shape[0]}, ...), got {tuple(got.shape)}")
+        raise GradingFailure(f"return the ids (B, T + new tokens) = ({prompt.shape[0]}, ...), got {tuple(got.shape)} "
+                             f"({what})")
+    if got.dtype != torch.long:
+        raise GradingFailure(f"the ids must stay torch.long (token ids for the embedding), got {got.dtype}")
     if not torch.equal(got[:, :p], prompt):
         raise GradingFailure("the result must start with the prompt, unchanged")
     if torch.equal(got, want):
-        if calls != want.shape[1] - p:
-            raise GradingFailure(f"next_logits was called {calls} times for {want.shape[1] - p} new tokens: call it "
-                                 f"once per step, for the whole batch")
-        again = call(fn, model, prompt.clone(), max_new, eos, pad)
-        if not torch.equal(tensor_answer("greedy_decode's result", again), got):
-            raise GradingFailure("two runs gave different tokens (sampling?): greedy decoding is deterministic, it "
-                                 "takes the argmax every step")
+        steps = want.shape[1] - p
+        if len(calls) != steps:
+            raise GradingFailure(f"next_logits was called {len(calls)} times for {steps} new tokens: call it once per "
+                                 f"step, for the running rows together ({what})")
+        for k, rows in enumerate(calls):
+            running = (~(want[:, p:p + k] == eos).any(1)).nonzero().flatten()
+            if sorted(rows.tolist()) != running.tolist():
+                if rows.tolist() == list(range(len(running))):
+                    raise GradingFailure(f"step {k}: the running rows {running.tolist()} were renumbered 0..R-1: rows "
+                                         f"must hold each prefix's row of the BATCH (the captioner picks its image by "
+                                         f"it), e.g. the indices of the unfinished rows ({what})")
+                if set(running.tolist()) < set(rows.tolist()):
+                    raise GradingFailure(f"step {k}: the decoder was asked about rows {sorted(rows.tolist())}, but rows "
+                                         f"{sorted(set(rows.tolist()) - set(running.tolist()))} had already ended: "
+                                         f"ask it about the unfinished rows only ({what})")
+                raise GradingFailure(f"step {k}: the decoder was asked about rows {sorted(rows.tolist())}; the "
+                                     f"unfinished rows are {running.tolist()} ({what})")
         return
     gen_got, gen_want = got[:, p:], want[:, p:]
+    if torch.equal(got, _running_greedy(model, prompt, max_new, eos, pad, renumber=True)):
+        raise GradingFailure(f"the running rows were renumbered 0..R-1: rows must hold each prefix's row of the BATCH "
+                             f"(the captioner picks its image by it), e.g. the indices of the unfinished rows ({what})")
     if got.shape[1] > want.shape[1] and torch.equal(got[:, :want.shape[1]], want) \
             and bool((gen_got[:, gen_want.shape[1]:] == pad).all()) and want.shape[1] < p + max_new:
         raise GradingFailure("did not stop when every row had ended: once all rows emitted end-of-text, stop the "
                              "loop (the extra steps only add padding)")
-    if torch.equal(got, generate(table, prompt, max_new + 1, eos, pad_id=pad)):
+    if torch.equal(got, generate(_full_batch(model), prompt, max_new + 1, eos, pad_id=pad)):
         raise GradingFailure(f"one token too many: decode at most max_new_tokens = {max_new} new tokens")
-    if max_new > 1 and torch.equal(got, generate(table, prompt, max_new - 1, eos, pad_id=pad)):
+    if max_new > 1 and torch.equal(got, generate(_full_batch(model), prompt, max_new - 1, eos, pad_id=pad)):
         raise GradingFailure(f"one token too few: decode up to max_new_tokens = {max_new} new tokens")
-    if torch.equal(got, _greedy_without_padding(table, prompt, got.shape[1] - p, eos)):
+    if torch.equal(got, _greedy_without_padding(model, prompt, got.shape[1] - p)):
         raise GradingFailure("decoding past end-of-text: after a row emits eos, its later tokens must be pad_id "
                              "(the row has ended), not more words")
     if got.shape[1] == want.shape[1] and not bool((gen_got == eos).any()) and bool((gen_want == eos).any()):
         raise GradingFailure("the end-of-text token is missing: keep the eos a row emits, then pad")
-    step_argmax = _first_non_argmax(table, got, p, eos, pad)
+    step_argmax = _first_non_argmax(model, got, p, eos)
     if step_argmax is not None:
-        raise GradingFailure(f"row {step_argmax[0]}, new token {step_argmax[1]}: not the argmax of the logits "
-                             f"(sampling? greedy takes the highest logit every step)")
-    raise GradingFailure(f"the tokens differ from greedy decoding's: expected {want.tolist()}, got {got.tolist()}")
+        raise GradingFailure(f"row {step_argmax[0]}, new token {step_argmax[1]}: not the argmax of the logits for that "
+                             f"row's prefix (sampling? the wrong row's logits? greedy takes the highest logit of "
+                             f"each row every step) ({what})")
+    raise GradingFailure(f"the tokens differ from greedy decoding's ({what}): expected {want.tolist()}, got "
+                         f"{got.tolist()}")
 
 
-def _greedy_without_padding(table, prompt, steps, eos) -> torch.Tensor:
+def _greedy_without_padding(model, prompt, steps) -> torch.Tensor:
     ids = prompt
     for _ in range(steps):
-        ids = torch.cat([ids, table(ids, torch.arange(len(ids))).argmax(-1)[:, None]], 1)
+        ids = torch.cat([ids, model(ids, torch.arange(len(ids))).argmax(-1)[:, None]], 1)
     return ids
 
 
-def _first_non_argmax(table, got, p, eos, pad):
+def _first_non_argmax(model, got, p, eos):
     for r in range(got.shape[0]):
         for t in range(p, got.shape[1]):
             prefix = got[r:r + 1, :t]
             if bool((prefix[0, p:] == eos).any()):
                 break
-            if int(got[r, t]) != int(table(prefix, torch.tensor([r])).argmax(-1)):
+            if int(got[r, t]) != int(model(prefix, torch.tensor([r])).argmax(-1)):
                 return r, t - p
     return None
 
@@ -211,13 +313,21 @@ def check_top_p_filter(fn) -> None:
     # cumulative sum reaches 1.0 before them and `mass above >= p` drops them unless p = 1 keeps all
     peaked = torch.cat([logits, torch.zeros(1, v)])  # (B + 1, V)
     peaked[-1, randint(g, 0, v - 1)] = 40.0
-    cases = [(0.3 + 0.5 * float(torch.rand(1, generator=g)), logits), (0.9, logits), (1.0, peaked)]
+    one_row = torch.randn(1, v, generator=g, dtype=torch.float64) * 3  # a batch of one, in float64
+    cases = [(0.3 + 0.5 * float(torch.rand(1, generator=g)), logits), (0.9, logits), (1.0, peaked),
+             (0.5 + 0.4 * float(torch.rand(1, generator=g)), one_row)]
     for p, logits in cases:
         b = len(logits)
         want = top_p_filter(logits, p)
-        got = tensor_answer(f"top_p_filter(logits, {p:.3f})", call(fn, logits.clone(), p))
+        given = logits.clone()
+        got = tensor_answer(f"top_p_filter(logits, {p:.3f})", call(fn, given, p))
+        if not torch.equal(given, logits):
+            raise GradingFailure("logits was modified in place (masked_fill_ or an assignment into it): return a new "
+                                 "tensor and leave the caller's logits as they were")
         if tuple(got.shape) != (b, v):
             raise GradingFailure(f"return the filtered logits, shape {(b, v)}, got {tuple(got.shape)}")
+        if got.dtype != logits.dtype:
+            raise GradingFailure(f"the filtered logits must keep the dtype of logits ({logits.dtype}), got {got.dtype}")
         kept, dropped = _kept(want), ~_kept(want)
         if bool(dropped.any()) and bool(torch.isfinite(got[dropped]).all()) \
                 and bool((got[dropped] != logits[dropped]).all()) and torch.allclose(got[kept], logits[kept]):
@@ -268,9 +378,9 @@ def _ngrams(words: list[str], n: int) -> Counter:
     return Counter({gram: c for gram, c in _all_ngrams(words, n).items() if len(gram) == n})
 
 
-def _clipped(candidate: str, references: list[str], n: int, clip: str = "max") -> tuple[int, int]:
-    cand = _ngrams(caption_tokens(candidate), n)
-    refs = [_ngrams(caption_tokens(r), n) for r in references]
+def _clipped(candidate: str, references: list[str], n: int, clip: str = "max", split=caption_tokens) -> tuple[int, int]:
+    cand = _ngrams(split(candidate), n)
+    refs = [_ngrams(split(r), n) for r in references]
     limit = Counter()
     for r in refs:
         for gram, c in r.items():
@@ -280,11 +390,21 @@ def _clipped(candidate: str, references: list[str], n: int, clip: str = "max") -
     return sum(min(c, limit[gram]) for gram, c in cand.items()), sum(cand.values())
 
 
-WORDS = ["a", "red", "blue", "circle", "star", "and", "square", "the", "big", "."]
+WORDS = ["a", "red", "blue", "circle", "star", "and", "square", "the", "big", "there"]
 
 
 def _sentence(g: torch.Generator, lo: int, hi: int) -> str:
-    return " ".join(WORDS[int(i)] for i in torch.randint(0, 5, (randint(g, lo, hi),), generator=g) * 2 % 10)
+    """Words as people write them: some capitalised, commas after some, a full stop (or none) at the end."""
+    words = [WORDS[int(i)] for i in torch.randint(0, 5, (randint(g, lo, hi),), generator=g) * 2 % 10]
+    out = []
+    for k, w in enumerate(words):
+        if float(torch.rand((), generator=g)) < 0.25 or k == 0 and float(torch.rand((), generator=g)) < 0.5:
+            w = w.capitalize() if float(torch.rand((), generator=g)) < 0.8 else w.upper()
+        if k < len(words) - 1 and float(torch.rand((), generator=g)) < 0.15:
+            w += ","
+        out.append(w)
+    end = ["", ".", "!", " ."][randint(g, 0, 3)]
+    return " ".join(out) + end
 
 
 def _as_pair(name: str, got) -> tuple[int, int]:
@@ -306,15 +426,24 @@ def check_clipped_precision(fn) -> None:
     cases = []
     for _ in range(12):
         # a candidate that repeats words ("a a a red") against references that hold them fewer times
-        cand = " ".join(["a"] * randint(g, 2, 4) + _sentence(g, 2, 6).split())
+        cand = " ".join(["A"] + ["a"] * randint(g, 1, 3) + _sentence(g, 2, 6).split())
         refs = [_sentence(g, 3, 8) + " a" * randint(g, 0, 2) for _ in range(randint(g, 2, 3))]
         cases.append((cand, refs))
-    cases.append(("the the the the the the the.", ["the cat is on the mat.", "there is a cat on the mat."]))
+    cases.append(("The the THE the, the the the.", ["the cat is on the mat.", "There is a cat on the mat!"]))
+    cases.append(("Red.", ["a red circle.", "the red circle"]))  # one word: no bigram, no trigram
     for n in (1, 2, 3):
-        got = [_as_pair(f"clipped_precision({c!r}, {r!r}, n={n})", call(fn, c, list(r), n)) for c, r in cases]
+        given = [(c, list(r)) for c, r in cases]
+        got = [_as_pair(f"clipped_precision({c!r}, {r!r}, n={n})", call(fn, c, r, n)) for c, r in given]
+        if any(r != list(r0) for (_, r), (_, r0) in zip(given, cases)):
+            raise GradingFailure("references was modified in place: leave the list as it is")
         want = [_clipped(c, r, n) for c, r in cases]
         if got == want:
             continue
+        for split, how in ((str.split, "on spaces"), (lambda t: t.lower().split(), "on spaces after lower()")):
+            if got == [_clipped(c, r, n, split=split) for c, r in cases]:
+                raise GradingFailure(f"the words were split {how}: 'Circle,' and 'circle' are then different words; "
+                                     f"split with caption_tokens (lower case, punctuation dropped), as BLEU does "
+                                     f"(n={n})")
         if got == [_clipped(c, r, n, "sum") for c, r in cases]:
             raise GradingFailure(f"clipped by the sum over references: clip each n-gram's count at its maximum "
                                  f"count in any single reference (n={n})")
@@ -330,3 +459,181 @@ def check_clipped_precision(fn) -> None:
             raise GradingFailure(f"the denominator is the number of {n}-grams in the candidate ({want[i][1]} for "
                                  f"{cand!r}), not a reference's length, got {got[i][1]}")
         raise GradingFailure(f"clipped_precision({cand!r}, {refs!r}, n={n}) returned {got[i]}, expected {want[i]}")
+
+
+# ----------------------------------------------------------------------------- 06.filter_experiment
+
+KINDS = ("web", "synthetic")
+
+
+def _bool_flags(name: str, got, b: int) -> torch.Tensor:
+    got = tensor_answer(name, got)
+    if got.dtype != torch.bool:
+        raise GradingFailure(f"{name} must be a bool tensor (True / False per caption), got {got.dtype}")
+    if tuple(got.shape) != (b,):
+        raise GradingFailure(f"{name} must have shape (B,) = ({b},), one flag per caption, got {tuple(got.shape)}")
+    return got.detach().cpu()
+
+
+def _rate(name: str, got) -> float:
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        got = got.item()
+    if not isinstance(got, numbers.Real) or isinstance(got, bool):
+        raise GradingFailure(f"{name} must be one number, got {type(got).__name__}")
+    return float(got)
+
+
+@torch.no_grad()
+def _decoder_logits(model, images: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher-forced on "[DEC] words <eos>": the logits (B, L, V) before each target, the targets
+    (B, L) and where they are real (B, L)."""
+    tok, c = model.get_tokenizer(), model.config
+    rows = [[c.dec_id] + tok.encode(text) + [c.eos_id] for text in captions]
+    length = max(map(len, rows))
+    ids = torch.full((len(rows), length), c.pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), True
+    image_tokens, _ = model.encode_image(images)
+    logits = model.lm_logits(model.text_forward(ids, mask, "decoder", image_tokens))[:, :-1]
+    return logits, ids[:, 1:], mask[:, 1:]
+
+
+def _nucleus_samples(captioner, images, captions: list[str], p: float = 0.9) -> tuple[int, int]:
+    """(captions with a word outside the p-nucleus of its step, captions that are not the greedy
+    caption somewhere): read back through the captioner, teacher-forced."""
+    tok = captioner.get_tokenizer()
+    if any(tok.decode(tok.encode(text)) != text for text in captions):
+        bad = next(text for text in captions if tok.decode(tok.encode(text)) != text)
+        raise GradingFailure(f"the synthetic caption {bad!r} is not one the captioner can write (its words are not "
+                             f"the captioner's vocabulary, as caption() decodes it)")
+    logits, targets, real = _decoder_logits(captioner, images, captions)
+    flat = top_p_filter(logits.reshape(-1, logits.shape[-1]), p).view_as(logits)
+    inside = torch.isfinite(flat.gather(-1, targets[..., None])[..., 0])
+    outside = int(((~inside) & real).any(1).sum())
+    not_greedy = int(((logits.argmax(-1) != targets) & real).any(1).sum())
+    return outside, not_greedy
+
+
+def _experiment_answer(got, b: int) -> dict:
+    keys = ("synthetic", "kept", "bad", "precision", "recall")
+    if not isinstance(got, dict) or any(k not in got for k in keys):
+        have = sorted(got) if isinstance(got, dict) else type(got).__name__
+        raise GradingFailure(f"filter_experiment must return a dict with keys {list(keys)}, got {have}")
+    synthetic = got["synthetic"]
+    if not isinstance(synthetic, (list, tuple)) or not all(isinstance(c, str) for c in synthetic):
+        raise GradingFailure(f"'synthetic' must be the list of B synthetic captions (strings), got "
+                             f"{type(synthetic).__name__}")
+    if len(synthetic) != b:
+        raise GradingFailure(f"'synthetic' must hold one caption per image, {b}, got {len(synthetic)}")
+    out = {"synthetic": list(synthetic)}
+    for key in ("kept", "bad", "precision", "recall"):
+        part = got[key]
+        if not isinstance(part, dict) or any(k not in part for k in KINDS):
+            raise GradingFailure(f"{key!r} must be a dict with keys 'web' and 'synthetic', got "
+                                 f"{sorted(part) if isinstance(part, dict) else type(part).__name__}")
+        if key in ("kept", "bad"):
+            out[key] = {k: _bool_flags(f"{key}[{k!r}]", part[k], b) for k in KINDS}
+        else:
+            out[key] = {k: _rate(f"{key}[{k!r}]", part[k]) for k in KINDS}
+    return out
+
+
+def _same_rate(got: float, want: float) -> bool:
+    if math.isnan(want):
+        return math.isnan(got)
+    return not math.isnan(got) and abs(got - want) < 1e-6
+
+
+@register("06.filter_experiment", title="The experiment: CapFilt's filter on web and on synthetic captions")
+def check_filter_experiment(fn) -> None:
+    from minivlm.data.pairs import image_text_pairs
+    from minivlm.zoo import store
+
+    g = fresh_generator()
+    web = image_text_pairs(64, noise=0.4, seed=randint(g, 0, 2**31 - 2))
+    b = len(web["captions"])
+    threshold = round(0.2 + 0.6 * float(torch.rand((), generator=g)), 2)  # the argument, not 0.5
+    while abs(threshold - 0.5) < 0.15:
+        threshold = round(0.2 + 0.6 * float(torch.rand((), generator=g)), 2)
+    blip = store.load("blip").eval()
+    before = float(sum(p.detach().double().sum() for p in blip.parameters()))
+    given = {"images": web["images"].clone(), "captions": list(web["captions"]), "scenes": list(web["scenes"]),
+             "clean": web["clean"].clone(), "image_ids": web["image_ids"].clone()}
+    generator = torch.Generator().manual_seed(randint(g, 0, 2**31 - 2))
+    got = call(fn, blip, blip, given, generator, threshold)
+    if blip.training or float(sum(p.detach().double().sum() for p in blip.parameters())) != before:
+        raise GradingFailure("the model was changed (its weights or its mode): the experiment only measures")
+    if not (torch.equal(given["images"], web["images"]) and given["captions"] == list(web["captions"])
+            and torch.equal(given["clean"], web["clean"])):
+        raise GradingFailure("web was modified (its images, captions or clean flags): leave it as it is")
+    out = _experiment_answer(got, b)
+    synthetic = out["synthetic"]
+
+    # ---- the synthetic captions: the captioner's nucleus samples, read back through it
+    outside, not_greedy = _nucleus_samples(blip, web["images"], synthetic)
+    if not_greedy < b // 4:
+        raise GradingFailure(f"only {not_greedy} of {b} synthetic captions differ anywhere from the captioner's greedy "
+                             f"choice: write them by nucleus SAMPLING (do_sample=True, top_p=0.9), as CapFilt does "
+                             f"for diversity")
+    if outside > max(2, b // 20):
+        raise GradingFailure(f"{outside} of {b} synthetic captions contain a word outside the p = 0.9 nucleus of its "
+                             f"step: sample with top_p=0.9 (a plain sample, p = 1, draws from the whole tail)")
+
+    # ---- the bad flags: web noise, and synthetic captions not exactly true
+    want_bad = {"web": ~web["clean"].bool(), "synthetic": ~torch.tensor(true_caption_rate(synthetic, web["scenes"]))}
+    for kind in KINDS:
+        if not torch.equal(out["bad"][kind], want_bad[kind]):
+            if torch.equal(out["bad"][kind], ~want_bad[kind]):
+                raise GradingFailure(f"bad[{kind!r}] is inverted: True marks a BAD caption (web: not clean; synthetic: "
+                                     f"not exactly true of its scene)")
+            raise GradingFailure(f"bad[{kind!r}] differs from what the data says at "
+                                 f"{int((out['bad'][kind] != want_bad[kind]).sum())} captions: "
+                                 + ("a web caption is bad where web['clean'] is False" if kind == "web" else
+                                    "a synthetic caption is bad where true_caption_rate says it is not exactly true of "
+                                    "its scene"))
+
+    # ---- the filter's verdicts, judged again on the captions returned
+    judged = {"web": list(web["captions"]), "synthetic": [c if c else "." for c in synthetic]}
+    for kind in KINDS:
+        prob = blip.match_probability(web["images"], judged[kind])
+        want = prob > threshold
+        unsure = (prob - threshold).abs() < 1e-4  # batch arithmetic may round differently there
+        kept = out["kept"][kind]
+        if bool(((kept != want) & ~unsure).any()):
+            if bool(((kept != (prob > 0.5)) & ((prob - 0.5).abs() >= 1e-4)).sum() == 0):
+                raise GradingFailure(f"kept[{kind!r}] uses a threshold of 0.5: use the threshold argument "
+                                     f"(the check passed {threshold})")
+            if bool(((kept != ~want) & ~unsure).sum() == 0):
+                raise GradingFailure(f"kept[{kind!r}] is inverted: a caption is KEPT where P(match) is above the "
+                                     f"threshold")
+            raise GradingFailure(f"kept[{kind!r}] differs from the filter's verdict at "
+                                 f"{int(((kept != want) & ~unsure).sum())} of {b} captions: kept where "
+                                 f"filt.match_probability(images, captions) > threshold ({threshold}), each caption "
+                                 f"with its own image")
+
+    # ---- precision and recall, from the flags returned
+    for kind in KINDS:
+        removed, bad = ~out["kept"][kind], out["bad"][kind]
+        precision = float((bad & removed).sum() / removed.sum()) if bool(removed.any()) else float("nan")
+        recall = float((bad & removed).sum() / bad.sum()) if bool(bad.any()) else float("nan")
+        got_p, got_r = out["precision"][kind], out["recall"][kind]
+        if _same_rate(got_p, recall) and _same_rate(got_r, precision) and not _same_rate(precision, recall):
+            raise GradingFailure(f"precision and recall are swapped ({kind}): precision is the share of bad captions "
+                                 f"among the REMOVED ones; recall the share of the BAD captions that were removed")
+        for name, value, want, definition in (
+                ("precision", got_p, precision, "of the captions removed, the share that are bad"),
+                ("recall", got_r, recall, "of the bad captions, the share removed")):
+            if not _same_rate(value, want):
+                if not math.isnan(want) and abs(value - 100 * want) < 1e-3 and want > 0:
+                    raise GradingFailure(f"{name}[{kind!r}] is a percentage: report a fraction in [0, 1]")
+                raise GradingFailure(f"{name}[{kind!r}] = {value:.4f}, but your flags give {want:.4f}: {definition} "
+                                     f"(nan when there is none)")
+    # a library fact, the chapter's: the zoo filter catches web noise, few untrue synthetic captions
+    if bool(want_bad["web"].any()) and bool(want_bad["synthetic"].any()):
+        web_recall = float((want_bad["web"] & ~out["kept"]["web"]).sum() / want_bad["web"].sum())
+        syn_recall = float((want_bad["synthetic"] & ~out["kept"]["synthetic"]).sum() / want_bad["synthetic"].sum())
+        if threshold > 0.5 and web_recall < syn_recall:
+            raise GradingFailure(f"the zoo's BLIP filter removed {web_recall:.0%} of the noisy web captions and "
+                                 f"{syn_recall:.0%} of the untrue synthetic ones: this is a problem of the zoo model, "
+                                 f"not of your function; report it")
