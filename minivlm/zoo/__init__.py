@@ -1,6 +1,7 @@
 """The model zoo: pretrained components that later chapters start from (chapter 02 builds "clip",
 chapter 03 "vilt_pretrained" and "vilt", chapter 04 "albef", chapter 05 "vlmo", chapter 06 "blip", chapter 07 "coca",
-chapter 08 "beit3_tokenizer" and "beit3", chapter 09 "llm", chapter 10 "clipcap", "mapl" and "clipcap_kl").
+chapter 08 "beit3_tokenizer" and "beit3", chapter 09 "llm", chapter 10 "clipcap", "mapl" and "clipcap_kl", chapter 11
+"flamingo").
 
 Nothing is downloaded: the weights ship inside the package (`minivlm/zoo/weights/`, safetensors)
 next to a JSON manifest with their sha256, the config, the recipe and the metrics they reached on
@@ -21,6 +22,7 @@ from minivlm.zoo.recipes.blip import BlipRecipe
 from minivlm.zoo.recipes.clip import ClipRecipe, evaluate_clip
 from minivlm.zoo.recipes.clipcap import ClipCapKLRecipe, ClipCapRecipe, MaplRecipe
 from minivlm.zoo.recipes.coca import CocaRecipe
+from minivlm.zoo.recipes.flamingo import FlamingoRecipe
 from minivlm.zoo.recipes.llm import LlmRecipe
 from minivlm.zoo.recipes.vilt import ViltPretrainedRecipe, ViltRecipe
 from minivlm.zoo.recipes.vlmo import VlmoRecipe
@@ -40,7 +42,7 @@ from minivlm.zoo.store import (
 # The registry, in build order: an entry may load an earlier one ("vilt" fine-tunes "vilt_pretrained").
 RECIPES.update({recipe.name: recipe for recipe in (ClipRecipe, ViltPretrainedRecipe, ViltRecipe, AlbefRecipe, VlmoRecipe,
                                              BlipRecipe, CocaRecipe, Beit3TokenizerRecipe, Beit3Recipe, LlmRecipe,
-                                             ClipCapRecipe, MaplRecipe, ClipCapKLRecipe)})
+                                             ClipCapRecipe, MaplRecipe, ClipCapKLRecipe, FlamingoRecipe)})
 
 __all__ = ["CONFIG_METADATA_KEY", "ClipRecipe", "RECIPES", "WEIGHTS_DIR", "available", "build", "evaluate_clip", "load",
            "manifest", "save_weights", "sha256", "stored_state"]
