@@ -12,8 +12,8 @@ size-1 case, and the inputs checked for changes afterwards; the learner works fr
 parts, and calling the module itself is refused. The block must return x bit for bit with both
 gates at zero, send a gradient to the gates there and none to the cross-attention. The
 experiment's function is run on the zoo `clip` and `llm` joined as a gated Flamingo, an ungated
-one, one with gates opened by a hair (3e-8: not bit for bit the LLM, though `allclose` at atol 1e-5
-says it is), one whose <image> embedding moved and one whose attention gates are open; every number is recomputed, and the model and the batch
+one, one with a gate opened by a hair (1e-9: not bit for bit the LLM, though `allclose` says it
+is), one whose <image> embedding moved and one whose attention gates are open; every number is recomputed, and the model and the batch
 must come back unchanged. When an answer is wrong the check tries to name the plausible mistake.
 """
 from __future__ import annotations
@@ -496,10 +496,8 @@ def _experiment_models(g: torch.Generator):
     gated = build(FlamingoConfig(n_latents=4))
     ungated = build(FlamingoConfig(n_latents=4, gated=False), eval_mode=False)
     hair = build(FlamingoConfig(n_latents=4, visual="mean"))
-    with torch.no_grad():
-        for block in hair.xattn.values():
-            block.attn_gate.fill_(3e-8)
-            block.ff_gate.fill_(3e-8)
+    with torch.no_grad():  # logits off by ~2e-6: thousands of them not bit for bit, all within allclose
+        list(hair.xattn.values())[-1].ff_gate.fill_(1e-9)
     moved = build(FlamingoConfig(n_latents=4, visual="mean"))
     with torch.no_grad():
         moved.image_token.add_(torch.randn(moved.image_token.shape, generator=g))
@@ -509,7 +507,7 @@ def _experiment_models(g: torch.Generator):
             block.attn_gate.fill_(1.0)  # tanh 0.76: the images now count; the feed-forward gates stay shut
     return [("a gated Flamingo at initialisation", gated),
             ("an ungated Flamingo (gated=False) at initialisation, handed over in training mode", ungated),
-            ("a gated Flamingo with both gates opened to 3e-8", hair),
+            ("a gated Flamingo with its last feed-forward gate opened to 1e-9", hair),
             ("a gated Flamingo at initialisation whose <image> embedding was trained", moved),
             ("a gated Flamingo with its attention gates open (tanh α = 0.76) and its feed-forward gates shut", looking)]
 
