@@ -119,11 +119,11 @@ def _media_case(fn, loc: torch.Tensor, m: int, length: int, immediate: bool, wha
     if tuple(got.shape) != tuple(want.shape):
         hint = ""
         if got.ndim == 3 and got.shape[:2] == want.shape[:2]:
-            if got.shape[2] == m:
-                hint = " (one column per image: each image has L = tokens_per_media visual tokens, one column each)"
-            elif got.shape[2] % length == 0 and got.shape[2] != want.shape[2]:
+            if got.shape[2] == int(loc.sum(1).max()) * length:
                 hint = (" (n_media · L columns, one block of L per image SLOT, even for slots no row fills: the "
                         "padded images are still in the visual tokens)")
+            elif got.shape[2] == m:
+                hint = " (one column per image: each image has L = tokens_per_media visual tokens, one column each)"
         raise GradingFailure(f"the mask must be (B, T, n_media · L) = {tuple(want.shape)}, got {tuple(got.shape)}"
                              f"{hint} ({what})")
     if got.dtype != torch.bool:
@@ -145,11 +145,14 @@ def _media_case(fn, loc: torch.Tensor, m: int, length: int, immediate: bool, wha
 def check_media_mask(fn) -> None:
     g = fresh_generator()
     for immediate in (True, False):
-        for extra in (randint(g, 1, 2), randint(g, 0, 2)):  # rows with different numbers of images, one with none,
-            b, t, length = randint(g, 3, 5), randint(g, 8, 20), randint(g, 2, 4)  # slots that no row fills
+        for draw in range(2):  # rows with different numbers of images, one with none, slots that no row fills
+            b, t, length = randint(g, 3, 5), randint(g, 8, 20), randint(g, 2, 4)
             counts = [randint(g, 1, 4) for _ in range(b)]
             counts[randint(g, 0, b - 1)] = 0
-            m = max(counts) + extra
+            # the first draw always has empty slots, and n_media differs from (most images in a row) · L, so that
+            # a mask with one column per image and one sized by the images present fail with their own messages
+            extras = [e for e in (1, 2) if max(counts) + e != max(counts) * length] if draw == 0 else [0, 1, 2]
+            m = max(counts) + extras[randint(g, 0, len(extras) - 1)]
             loc = _layout(g, b, t, counts)
             row = randint(g, 0, b - 1)  # one row opens with an image and holds two back to back
             if counts[row] >= 2:
