@@ -161,15 +161,15 @@ check("11.gated_block", gated_block)
 #   image (`fact_recall(model, items, images)`, a number in [0, 1]).
 #
 # Measure in eval mode, and change nothing: the model's weights, mode and gradients, the batch and
-# the images come back as they went in. The check runs your function on four Flamingos built on
-# the zoo's `clip` and `llm`, one of them with gates opened by a hair, and recomputes every number.
+# the images come back as they went in. The check runs your function on five Flamingos built on
+# the zoo's `clip` and `llm`, one of them with a gate opened by a hair, and recomputes every number.
 
 # %%
 def gate_experiment(model, batch, items, images):
     raise NotImplementedError(
         "chapter 11, the idea (the frozen LLM exactly at initialisation, shown bit for bit) and the "
-        "fact-recall measurement of VisualGPT / VC-GPT; a claim \"bit for bit\" is torch.equal, not a "
-        "tolerance")
+        "fact-recall measurement of VisualGPT / VC-GPT; \"bit for bit\" is exact equality, which no tolerance "
+        "tests")
 
 
 # %%

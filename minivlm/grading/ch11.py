@@ -11,10 +11,12 @@ values), with gradients that must reach the input and every parameter as the lib
 size-1 case, and the inputs checked for changes afterwards; the learner works from the module's
 parts, and calling the module itself is refused. The block must return x bit for bit with both
 gates at zero, send a gradient to the gates there and none to the cross-attention. The
-experiment's function is run on the zoo `clip` and `llm` joined as a gated Flamingo, an ungated
-one, one with a gate opened by a hair (1e-9: not bit for bit the LLM, though `allclose` says it
-is), one whose <image> embedding moved and one whose attention gates are open; every number is recomputed, and the model and the batch
-must come back unchanged. When an answer is wrong the check tries to name the plausible mistake.
+experiment's function is run on the zoo `clip` and `llm` joined five ways: a gated Flamingo, an
+ungated one (handed over in training mode), one with a gate opened by a hair (1e-9: not bit for
+bit the LLM, though `allclose` says it is), one whose <image> embedding moved, and one whose
+attention gates are open (its fact recall after an image then differs from text alone). Every
+number is recomputed, and the model and the batch must come back unchanged. When an answer is
+wrong the check tries to name the plausible mistake.
 """
 from __future__ import annotations
 
@@ -518,7 +520,8 @@ def _experiment_models(g: torch.Generator):
             ("an ungated Flamingo (gated=False) at initialisation, handed over in training mode", ungated),
             ("a gated Flamingo with its last feed-forward gate opened to 1e-9", hair),
             ("a gated Flamingo at initialisation whose <image> embedding was trained", moved),
-            ("a gated Flamingo with its attention gates open (tanh α = 0.76) and its feed-forward gates shut", looking)]
+            ("a gated Flamingo with its attention gates open (tanh α = 0.76), its feed-forward gates shut",
+             looking)]
 
 
 def _model_state(model) -> tuple:
