@@ -172,7 +172,7 @@ def _gated(block, x, visual, media_mask, *, zero_empty=True, use_mask=True, gate
     def g(p):
         p = p.data if data else p
         if float_gate:
-            return float(torch.tanh(p))
+            return torch.tanh(p).item()
         return {"tanh": torch.tanh, "raw": lambda t: t, "sigmoid": torch.sigmoid}[gate](p)
 
     q = block.norm_cross(x) if norm_cross else x
@@ -259,7 +259,7 @@ def _experiment(model, batch, items, images, *, loss="mask", same="equal", recal
     if backward:
         out = flamingo_step(model, batch)["loss"]
         out.backward()
-        value = float(out)
+        value = out.item()
     else:
         with torch.no_grad(), eval_mode(model):
             if loss == "mask":

@@ -5,11 +5,11 @@ forward, and an experiment: what does a Flamingo look like at step 0, gated agai
 
 The mask is compared, exactly and as bool, with `minivlm.nn.masks.media` on random layouts (images
 anywhere, first or last, back to back, rows with none, image slots that no row fills), with B = 1,
-L = 1 and a batch with no image at all. The resampler and the block are compared with the
-library's modules on fresh random weights (every LayerNorm perturbed, tanh gates opened to random
-values), with gradients that must reach the input and every parameter as the library's do, a
-size-1 case, and the inputs checked for changes afterwards; the learner works from the module's
-parts, and calling the module itself is refused. The block must return x bit for bit with both
+L = 1, a batch with no image at all and one of empty documents (T = 0). The resampler and the
+block are compared with the library's modules on fresh random weights (every LayerNorm perturbed,
+tanh gates opened to random values), with gradients that must reach the input and every parameter
+as the library's do, a size-1 case, and the inputs checked for changes afterwards; the learner
+works from the module's parts, and calling the module itself is refused. The block must return x bit for bit with both
 gates at zero, send a gradient to the gates there and none to the cross-attention. The
 experiment's function is run on the zoo `clip` and `llm` joined five ways: a gated Flamingo, an
 ungated one (handed over in training mode), one with a gate opened by a hair (1e-9: not bit for
@@ -179,6 +179,9 @@ def check_media_mask(fn) -> None:
         # no image anywhere: no slot at all
         loc = torch.zeros(2, randint(g, 3, 6), dtype=torch.bool)
         _media_case(fn, loc, 0, 3, immediate, f"a batch with no image (n_media = 0), only_immediate={immediate}")
+        # documents of no token at all (T = 0), with image slots
+        _media_case(fn, torch.zeros(2, 0, dtype=torch.bool), 2, 2, immediate,
+                    f"two empty documents (T = 0) and 2 image slots, only_immediate={immediate}")
 
 
 # ----------------------------------------------------------------------------- 11.resample
