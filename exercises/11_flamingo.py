@@ -64,8 +64,8 @@ _ = torch.manual_seed(0)
 # %%
 def media_mask(media_locations, n_media, tokens_per_media, only_immediate):
     raise NotImplementedError(
-        "chapter 11, the media-location mask (c(t), the images at or before each token, counted along each "
-        "row; which image each column belongs to) and chapter 01 §3 (a mask is a comparison that "
+        "chapter 11 §3, the media-location mask (c(t), the images at or before each token, counted along "
+        "each row; which image each column belongs to) and chapter 01 §3 (a mask is a comparison that "
         "broadcasts, True = may attend)")
 
 
@@ -99,9 +99,9 @@ check("11.media_mask", media_mask)
 # %%
 def resample(resampler, x, mask):
     raise NotImplementedError(
-        "chapter 11, the Perceiver Resampler (its equations, and the time embeddings that let frames share "
-        "one set of latents); chapter 07 §2 (latents that read a set through cross-attention) and chapter "
-        "01 §3 (padding is a rule about keys)")
+        "chapter 11 §1-§2, the Perceiver Resampler (its equations, and the time embeddings that let frames "
+        "share one set of latents); chapter 07 §2 (latents that read a set through cross-attention) and "
+        "chapter 01 §3 (padding is a rule about keys)")
 
 
 # %%
@@ -131,9 +131,9 @@ check("11.resample", resample)
 # %%
 def gated_block(block, x, visual, media_mask):
     raise NotImplementedError(
-        "chapter 11, the gated cross-attention block (tanh gates that start at zero) and the media-location "
-        "mask (why text before the first image must read nothing); chapter 01 §4 (the pre-LN residual "
-        "block)")
+        "chapter 11 §4, the gated cross-attention block (tanh gates that start at zero) and §3, the "
+        "media-location mask (why text before the first image must read nothing); chapter 01 §4 (the pre-LN "
+        "residual block)")
 
 
 # %%
@@ -167,9 +167,8 @@ check("11.gated_block", gated_block)
 # %%
 def gate_experiment(model, batch, items, images):
     raise NotImplementedError(
-        "chapter 11, the idea (the frozen LLM exactly at initialisation, shown bit for bit) and the "
-        "fact-recall measurement of VisualGPT / VC-GPT; \"bit for bit\" is exact equality, which no tolerance "
-        "tests")
+        "chapter 11 §4 (the frozen LLM exactly at initialisation, shown bit for bit, and the fact recall of "
+        "the VC-GPT layout after an image); \"bit for bit\" is exact equality, which no tolerance tests")
 
 
 # %%

@@ -143,3 +143,18 @@ def test_chapter_modules_are_imported_automatically(tmp_path, monkeypatch):
     finally:
         grading.unregister("98.auto")
         sys.modules.pop("minivlm.grading.ch98_tmp", None)
+
+
+def test_every_chapter_module_registers_on_a_fresh_import():
+    """A chapter module that fails to import (a helper defined after the registry imports the
+    chapters, say) only warns; in a fresh process, with warnings as errors, every chapter that has
+    a solutions notebook must register its tasks."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    chapters = sorted(p.name[:2] for p in (Path(__file__).resolve().parents[1] / "solutions").glob("[0-9][0-9]_*.py"))
+    code = ("import minivlm.grading as g; print(' '.join(sorted({t.split('.')[0] for t in g.CHECKS})))")
+    out = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == chapters

@@ -360,23 +360,6 @@ def tensor_answer(name: str, got):
 
 # ----------------------------------------------------------------------------- chapter modules
 
-def _import_chapter_modules() -> None:
-    """Import every minivlm/grading/ch*.py so that their @register calls fill CHECKS."""
-    for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("ch"):
-            try:
-                importlib.import_module(f"{__name__}.{info.name}")
-            except Exception as exc:  # one broken chapter must not take every other chapter's checks down
-                IMPORT_ERRORS[info.name] = f"{type(exc).__name__}: {exc}"
-                warnings.warn(f"minivlm.grading.{info.name} failed to import: {exc!r}", stacklevel=2)
-
-
-IMPORT_ERRORS: dict[str, str] = {}
-
-
-_import_chapter_modules()
-
-
 def expect_zero_loss(what: str, got, nothing: str, source: str) -> None:
     """A loss over an empty selection (no word chosen, no patch masked) must be exactly 0, one
     number, and still a tensor of the graph (computed from `source`, e.g. "the logits"), so that
@@ -394,3 +377,21 @@ def expect_zero_loss(what: str, got, nothing: str, source: str) -> None:
     if not (isinstance(got, torch.Tensor) and got.requires_grad and got.grad_fn is not None):
         raise GradingFailure(f"{what} is a detached 0 (a new tensor, or .item()): make it 0 computed from {source}, "
                              f"attached to the graph, so that loss.backward() runs on every batch")
+
+
+def _import_chapter_modules() -> None:
+    """Import every minivlm/grading/ch*.py so that their @register calls fill CHECKS."""
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("ch"):
+            try:
+                importlib.import_module(f"{__name__}.{info.name}")
+            except Exception as exc:  # one broken chapter must not take every other chapter's checks down
+                IMPORT_ERRORS[info.name] = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"minivlm.grading.{info.name} failed to import: {exc!r}", stacklevel=2)
+
+
+IMPORT_ERRORS: dict[str, str] = {}
+
+
+_import_chapter_modules()
+
