@@ -33,7 +33,10 @@ from minivlm.models.blip import BLIP, BLIP_CONFIG, BLIPConfig
 from minivlm.models.clip import CLIP, CLIPConfig
 from minivlm.models.gpt import GPT, LLAMA, LLM_SHAPE, GPTConfig
 from minivlm.models.vilt import ViLT, ViLTConfig
+from minivlm.nn import masks
 from minivlm.nn.blocks import mlp_width
+from minivlm.nn.gated import GatedCrossAttentionBlock
+from minivlm.nn.pooling import PerceiverResampler
 from minivlm.utils import check_device, check_int, count_parameters
 
 # our activation names → transformers' ACT2FN names for the same function
@@ -497,9 +500,6 @@ def bench_flamingo(batch_size: int = 32, repeats: int = 20, warmup: int = 3, dev
         import flamingo_pytorch as fp
     except ImportError as exc:  # a development dependency, installed by `make install`
         raise ValueError(f"bench flamingo needs flamingo-pytorch (make install): {exc}") from exc
-    from minivlm.nn import masks
-    from minivlm.nn.gated import GatedCrossAttentionBlock
-    from minivlm.nn.pooling import PerceiverResampler
 
     for name, value in (("dim", dim), ("heads", heads), ("depth", depth), ("n_latents", n_latents),
                         ("images", images), ("tokens", tokens), ("text_len", text_len)):

@@ -34,11 +34,13 @@ from collections import Counter
 
 import torch
 
+from minivlm.data.pairs import image_text_pairs
 from minivlm.eval import caption_tokens, true_caption_rate
 from minivlm.eval import ngram_counts as _all_ngrams
 from minivlm.generate import generate, top_p_filter
 from minivlm.grading import GradingFailure, call, fresh_generator, randint, register, tensor_answer
 from minivlm.models.blip import med_masks
+from minivlm.zoo import store
 
 # ----------------------------------------------------------------------------- 06.med_masks
 
@@ -547,8 +549,6 @@ def _same_rate(got: float, want: float) -> bool:
 
 @register("06.filter_experiment", title="The experiment: CapFilt's filter on web and on synthetic captions")
 def check_filter_experiment(fn) -> None:
-    from minivlm.data.pairs import image_text_pairs
-    from minivlm.zoo import store
 
     g = fresh_generator()
     web = image_text_pairs(64, noise=0.4, seed=randint(g, 0, 2**31 - 2))

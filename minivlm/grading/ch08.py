@@ -44,6 +44,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
+from minivlm.data import ShapesBench
 from minivlm.data.masking import block_mask as library_block_mask
 from minivlm.grading import (
     GradingFailure,
@@ -55,6 +56,7 @@ from minivlm.grading import (
     register,
     tensor_answer,
 )
+from minivlm.zoo import store
 
 
 def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
@@ -511,8 +513,6 @@ def _dead_answer(got, k: int, d: int, what: str) -> dict:
 
 @register("08.dead_codes", title="The experiment: dead codes with and without restarts")
 def check_dead_codes(fn) -> None:
-    from minivlm.data import ShapesBench
-    from minivlm.zoo import store
 
     g = fresh_generator()
     tokenizer = store.load("beit3_tokenizer").eval()

@@ -24,6 +24,8 @@ import contextlib
 
 import torch
 
+from minivlm.data.interleaved import interleaved_batches
+from minivlm.data.worldtext import recall_items
 from minivlm.grading import (
     GradingFailure,
     call,
@@ -35,9 +37,12 @@ from minivlm.grading import (
     register,
     tensor_answer,
 )
+from minivlm.models.flamingo import Flamingo, FlamingoConfig, fact_recall, flamingo_step, frozen_llm_equal
 from minivlm.nn import masks
 from minivlm.nn.gated import GatedCrossAttentionBlock
 from minivlm.nn.pooling import PerceiverResampler
+from minivlm.utils import eval_mode
+from minivlm.zoo import store
 
 
 def _unchanged(name: str, before: torch.Tensor, after: torch.Tensor, hint: str) -> None:
@@ -484,8 +489,6 @@ def check_gated_block(fn) -> None:
 def reference_gate_experiment(model, batch, items, images) -> dict:
     """At the model's current weights: the LM loss on batch (its loss_mask's tokens), whether its logits
     equal the frozen LLM's bit for bit, and the fact recall after an unrelated image."""
-    from minivlm.models.flamingo import fact_recall, flamingo_step, frozen_llm_equal
-    from minivlm.utils import eval_mode
 
     with torch.no_grad(), eval_mode(model):
         loss = float(flamingo_step(model, batch)["loss"])
@@ -496,8 +499,6 @@ def reference_gate_experiment(model, batch, items, images) -> dict:
 
 def _experiment_models(g: torch.Generator):
     """(what, model) pairs: the zoo clip and llm joined four ways, each built from a fresh zoo load."""
-    from minivlm.models.flamingo import Flamingo, FlamingoConfig
-    from minivlm.zoo import store
 
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
 
@@ -562,7 +563,6 @@ def _experiment_run(fn, model, batch, items, images, what: str) -> None:
     if not isinstance(loss, (int, float)) or isinstance(loss, bool):
         raise GradingFailure(f"'loss' must be a number, got {type(loss).__name__} ({what})")
     if abs(loss - want["loss"]) > 1e-4 * max(1.0, abs(want["loss"])):
-        from minivlm.utils import eval_mode
 
         with torch.no_grad(), eval_mode(model):
             logits = model(batch["images"], batch["n_images"], batch["ids"], batch["attention_mask"])
@@ -593,7 +593,6 @@ def _experiment_run(fn, model, batch, items, images, what: str) -> None:
     if abs(recall - want["recall"]) > 1e-6:
         if abs(recall - 100 * want["recall"]) < 1e-4 and want["recall"] > 0:
             raise GradingFailure(f"'recall' is a percentage ({recall:g}); give the fraction, in [0, 1] ({what})")
-        from minivlm.models.flamingo import fact_recall
 
         alone = fact_recall(model, items)
         if abs(recall - sum(alone["hits"]) / len(items)) < 1e-6:
@@ -605,8 +604,6 @@ def _experiment_run(fn, model, batch, items, images, what: str) -> None:
 
 @register("11.gate_experiment", title="The experiment: a gated and an ungated Flamingo at step 0")
 def check_gate_experiment(fn) -> None:
-    from minivlm.data.interleaved import interleaved_batches
-    from minivlm.data.worldtext import recall_items
 
     g = fresh_generator()
     batch = interleaved_batches(6, seed=randint(g, 0, 10_000))(0)

@@ -12,6 +12,9 @@ that one. These are all such imports (tests/test_layout.py checks the list again
     beit3 -> vlmo       BEiT-3 is VLMo's Multiway Transformer with masked data modelling
     frozen -> clip      the prefix model composes the zoo CLIP ...
     frozen -> gpt       ... and the frozen language model
+    flamingo -> clip    Flamingo joins the zoo CLIP's image tower ...
+    flamingo -> gpt     ... and the frozen language model through gated cross-attention
+    flamingo -> frozen  chapter 10's prefix model, the k-shot control (and its splice)
 """
 from minivlm.models.clip import CLIP, CLIPConfig  # noqa: F401
 from minivlm.models.vilt import ViLT, ViLTConfig  # noqa: F401

@@ -38,6 +38,7 @@ from minivlm.data.worldtext import RecallItem, qa_prompt
 from minivlm.eval import answer_hits, interval
 from minivlm.losses import lm_loss
 from minivlm.models.clip import CLIP
+from minivlm.models.frozen import PrefixVLM, splice
 from minivlm.models.gpt import GPT
 from minivlm.nn import masks
 from minivlm.nn.blocks import HOOK_PLACES
@@ -327,7 +328,6 @@ def prefix_kshot_accuracy(prefix, docs: Sequence[Document], batch_size: int = 64
     prefixes spliced in reading order), then greedy decoding as `kshot_accuracy`. The control
     that asks whether cross-attention adds anything over a prefix that never learned episodes.
     Returns dict(predictions, hits, accuracy (Estimate))."""
-    from minivlm.models.frozen import PrefixVLM, splice
 
     if not isinstance(prefix, PrefixVLM):
         raise TypeError(f"prefix must be a PrefixVLM (chapter 10, e.g. zoo.load('clipcap')), got {type(prefix).__name__}")
