@@ -87,10 +87,13 @@ class MultiHeadAttention(nn.Module):
 
     kv_heads < heads: grouped-query attention (Ainslie et al. 2023; Llama 2-3, SmolLM; chapter
     09): keys and values have only kv_heads heads, each shared by heads / kv_heads query heads.
-    Fewer key/value projections, and a KV cache kv_heads / heads the size."""
+    Fewer key/value projections, and a KV cache kv_heads / heads the size.
+
+    fused=False: always the written-out softmax(q kᵀ / √d) v, never PyTorch's fused kernel, which
+    on the CPU is slower for a handful of queries (a resampler's 8 latents: chapter 11)."""
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0, bias: bool = True, context_dim: int | None = None,
-                 kv_heads: int | None = None):
+                 kv_heads: int | None = None, fused: bool = True):
         super().__init__()
         check_int("dim", dim)
         check_int("heads", heads)
@@ -104,9 +107,10 @@ class MultiHeadAttention(nn.Module):
         check_number("dropout", dropout, 0, 1, hi_open=True)
         if context_dim is not None:
             check_int("context_dim", context_dim)
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias must be True or False, got {bias!r}")
-        self.dim, self.heads, self.kv_heads, self.dropout = dim, heads, kv_heads, dropout
+        for name, value in (("bias", bias), ("fused", fused)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
+        self.dim, self.heads, self.kv_heads, self.dropout, self.fused = dim, heads, kv_heads, dropout, fused
         self.context_dim = dim if context_dim is None else context_dim
         kv_dim = dim // heads * kv_heads
         self.q_proj = nn.Linear(dim, dim, bias=bias)
@@ -159,9 +163,10 @@ class MultiHeadAttention(nn.Module):
         b, tq, tk = x.shape[0], x.shape[1], k.shape[2]
         if mask is not None:
             mask = masks.expand(mask, b, tq, tk)
-        if need_weights:
+        if need_weights or not self.fused:
             out, weights = scaled_dot_product_attention(q, k, v, mask)
-            self.last_weights = weights.detach()
+            if need_weights:
+                self.last_weights = weights.detach()
             out = F.dropout(out, self.dropout, self.training) if self.dropout else out
         else:
             p = self.dropout if self.training else 0.0

@@ -49,7 +49,8 @@ class GatedCrossAttentionBlock(nn.Module):
         check_number("mlp_ratio", mlp_ratio, 0, math.inf, lo_open=True, hi_open=True)
         self.dim, self.gated = dim, gated
         self.norm_cross = make_norm(norm, dim, eps)
-        self.cross_attn = MultiHeadAttention(dim, heads, bias=bias, context_dim=context_dim)
+        # a few visual tokens per image: the written-out attention beats the fused CPU kernel there
+        self.cross_attn = MultiHeadAttention(dim, heads, bias=bias, context_dim=context_dim, fused=False)
         self.attn_gate = nn.Parameter(torch.zeros(1)) if gated else None
         if feedforward:
             self.norm_ff = make_norm(norm, dim, eps)

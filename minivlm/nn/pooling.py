@@ -53,7 +53,8 @@ class LatentAttention(nn.Module):
         self.dim, self.context_dim, self.attend_to_latents = dim, context_dim, attend_to_latents
         self.norm_queries = nn.LayerNorm(dim, eps=eps)
         self.norm_context = nn.LayerNorm(context_dim, eps=eps)
-        self.cross_attn = MultiHeadAttention(dim, heads, bias=bias, context_dim=context_dim)
+        # a resampler's few latents: the written-out attention beats the fused CPU kernel there
+        self.cross_attn = MultiHeadAttention(dim, heads, bias=bias, context_dim=context_dim, fused=not attend_to_latents)
 
     def check_context(self, context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor | None:
         """Validate context (B, N, context_dim) and its mask (B, N); return the key mask (B, 1, N) or None."""
