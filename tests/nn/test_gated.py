@@ -123,3 +123,24 @@ def test_transformer_hooks_run_where_asked_and_reject_bad_entries():
         net(x, hooks={0: ("inside", hook("x"))})
     with pytest.raises(TypeError, match="hooks must be a dict"):
         net(x, hooks=[hook("x")])
+
+
+def test_written_out_attention_equals_the_fused_kernel():
+    """MultiHeadAttention(fused=False), which the resampler and the gated blocks use, gives the
+    fused kernel's output and gradients, with a mask, and stores no weights unless asked."""
+    from minivlm.nn.attention import MultiHeadAttention
+
+    torch.manual_seed(0)
+    fused = MultiHeadAttention(16, 4, context_dim=8)
+    plain = MultiHeadAttention(16, 4, context_dim=8, fused=False)
+    plain.load_state_dict(fused.state_dict())
+    x, ctx = torch.randn(2, 5, 16, requires_grad=True), torch.randn(2, 7, 8)
+    mask = torch.rand(2, 5, 7) > 0.4
+    a, b = fused(x, ctx, mask), plain(x, ctx, mask)
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    ga, = torch.autograd.grad(a.sum(), x)
+    gb, = torch.autograd.grad(b.sum(), x)
+    torch.testing.assert_close(ga, gb, atol=1e-6, rtol=1e-5)
+    assert plain.last_weights is None
+    with pytest.raises(TypeError, match="fused"):
+        MultiHeadAttention(16, 4, fused="no")
