@@ -306,6 +306,10 @@ def check_enqueue(fn) -> None:
             if got == ptr + b:
                 raise GradingFailure(f"the pointer was returned as ptr + B = {got}, past the end of the queue ({what}): "
                                      f"it wraps around too, (ptr + B) % Q = {want_ptr}")
+            if got == ptr and b and got == b % q:  # both mistakes give this pointer here: name both
+                raise GradingFailure(f"the pointer did not move, or it ignores where the batch started (B % Q = "
+                                     f"{got} = ptr, {what}): the next batch goes after this one, at (ptr + B) % Q = "
+                                     f"{want_ptr}")
             if got == ptr and b:
                 raise GradingFailure(f"the pointer did not move ({what}): the next batch goes after this one, at "
                                      f"(ptr + B) % Q = {want_ptr}")

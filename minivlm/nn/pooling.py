@@ -92,12 +92,18 @@ class AttentionalPooler(LatentAttention):
     def __init__(self, dim: int, context_dim: int | None = None, n_queries: int = 1, heads: int = 4,
                  self_attention: bool = False, eps: float = 1e-5):
         check_int("n_queries", n_queries)  # a pooler with zero queries would return nothing
+        check_int("dim", dim)
+        check_int("heads", heads)
         if not isinstance(self_attention, bool):
             raise TypeError(f"self_attention must be True or False, got {self_attention!r}")
+        # random draws in the order this pooler always made them (queries, self-attention, then the
+        # read's cross-attention), so that a seeded CoCa or MAPL starts from the same weights
+        queries = torch.randn(n_queries, dim) * 0.02
+        self_attn = MultiHeadAttention(dim, heads) if self_attention else None
         super().__init__(dim, context_dim, heads, eps=eps)
         self.n_queries = n_queries
-        self.queries = nn.Parameter(torch.randn(n_queries, dim) * 0.02)
-        self.self_attn = MultiHeadAttention(dim, heads) if self_attention else None
+        self.queries = nn.Parameter(queries)
+        self.self_attn = self_attn
         self.norm_self = nn.LayerNorm(dim, eps=eps) if self_attention else None
 
     def forward(self, context: torch.Tensor, context_mask: torch.Tensor | None = None,
