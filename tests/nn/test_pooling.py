@@ -63,3 +63,19 @@ def test_bad_input():
         pooler(torch.randn(2, 0, 6))
     with pytest.raises(ValueError, match="context_mask must have shape"):
         pooler(torch.randn(2, 5, 6), torch.ones(2, 4, dtype=torch.bool))
+
+
+def test_a_seeded_pooler_draws_queries_then_self_attention_then_cross_attention():
+    """The order of the random draws is part of a seeded model: CoCa's and MAPL's live runs (chapters
+    07, 10) start from the weights this order gives, and their notebooks assert what those runs reach."""
+    from minivlm.nn.attention import MultiHeadAttention
+
+    torch.manual_seed(0)
+    pooler = AttentionalPooler(32, context_dim=24, n_queries=4, heads=4, self_attention=True)
+    torch.manual_seed(0)
+    queries = torch.randn(4, 32) * 0.02
+    self_attn = MultiHeadAttention(32, 4)
+    cross_attn = MultiHeadAttention(32, 4, context_dim=24)
+    assert torch.equal(pooler.queries, queries)
+    for mine, want in ((pooler.self_attn, self_attn), (pooler.cross_attn, cross_attn)):
+        assert all(torch.equal(a, b) for a, b in zip(mine.state_dict().values(), want.state_dict().values()))
