@@ -44,6 +44,7 @@ from minivlm.nn import masks
 from minivlm.nn.blocks import HOOK_PLACES
 from minivlm.nn.gated import GatedCrossAttentionBlock
 from minivlm.nn.pooling import PerceiverResampler
+from minivlm.train import default_optimizer
 from minivlm.utils import check_int, check_keys, check_number, check_range, check_shape, check_tensor, eval_mode, freeze
 
 VISUALS = ("resampler", "mean", "patches")
@@ -206,12 +207,7 @@ class Flamingo(nn.Module):
             raise TypeError("prompts must be a list of strings")
         if len(prompts) != len(images):
             raise ValueError(f"one prompt per row of images: got {len(images)} rows and {len(prompts)} prompts")
-        tok, lc = self.tokenizer, self.llm.config
-        encoded = [[lc.bos_id] + list(tok.encode(p)) for p in prompts]
-        longest = max(len(e) for e in encoded)
-        dev = images.device
-        prompt = torch.tensor([[lc.pad_id] * (longest - len(e)) + e for e in encoded], device=dev)
-        mask = torch.tensor([[False] * (longest - len(e)) + [True] * len(e) for e in encoded], device=dev)
+        prompt, mask = self.llm.encode_prompts(prompts, self.tokenizer)
         self.check_inputs(images, n_images, prompt)
         m = images.shape[1]
         with eval_mode(self):
@@ -222,7 +218,7 @@ class Flamingo(nn.Module):
 
             out = self.llm.generate(prompt, max_new_tokens, embed=lambda ids, rows: self.embed(ids),
                                     attention_mask=mask, hooks=hooks, **decoding)
-        return [row[longest:] for row in out.tolist()]
+        return [row[prompt.shape[1]:] for row in out.tolist()]
 
     def complete(self, images: torch.Tensor, n_images: torch.Tensor, prompts: Sequence[str], max_new_tokens: int = 8,
                  stop: str | None = ".", **decoding) -> list[str]:
@@ -255,13 +251,16 @@ class Flamingo(nn.Module):
         docs, n = self._one_image(images)
         return self.complete(docs, n, [f"{IMAGE} {qa_prompt(q)}" for q in questions], max_new_tokens, stop=".")
 
+    def no_images(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, n_images) for b documents of text alone: one blank slot each, none of them used."""
+        dev = self.image_token.device
+        return (torch.zeros(b, 1, 3, self.image_size, self.image_size, device=dev),
+                torch.zeros(b, dtype=torch.long, device=dev))
+
     def complete_text(self, prompts: Sequence[str], max_new_tokens: int = 8, stop: str | None = ".") -> list[str]:
         """Text alone through the whole model, no image: the gated feed-forward layers still act on
         every token, so after training this is not the frozen LLM (its fact recall is measured so)."""
-        dev = self.image_token.device
-        images = torch.zeros(len(prompts), 1, 3, self.image_size, self.image_size, device=dev)
-        return self.complete(images, torch.zeros(len(prompts), dtype=torch.long, device=dev), prompts, max_new_tokens,
-                             stop=stop)
+        return self.complete(*self.no_images(len(prompts)), prompts, max_new_tokens, stop=stop)
 
     # ------------------------------------------------------------------ what is trained
     def stored_state_dict(self) -> dict:
@@ -279,10 +278,10 @@ def flamingo_optimizer(model: Flamingo, lr: float, gate_lr_mult: float = 1.0, we
     check_number("gate_lr_mult", gate_lr_mult, 0, 1e4, lo_open=True)
     gates = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("_gate")]
     rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("_gate")]
-    groups = [{"params": [p for p in rest if p.ndim >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0},
-              {"params": gates, "weight_decay": 0.0, "lr": lr * gate_lr_mult}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    optimizer = default_optimizer(rest, lr=lr, weight_decay=weight_decay)
+    if gates:
+        optimizer.add_param_group({"params": gates, "weight_decay": 0.0, "lr": lr * gate_lr_mult})
+    return optimizer
 
 
 def flamingo_step(model: Flamingo, batch: dict) -> dict:
@@ -299,26 +298,35 @@ def kshot_accuracy(model: Flamingo, docs: Sequence[Document], images: bool = Tru
     """Ask each k-shot document (`minivlm.data.interleaved.kshot_documents`) greedily: a hit when
     the first generated tokens are exactly the answer's. images=False: the text-only control
     (every <image> removed, no image given). Returns dict(predictions, hits, accuracy (Estimate))."""
-    docs = list(docs)
-    if not docs or not all(isinstance(d, Document) and d.answer is not None for d in docs):
-        raise TypeError("docs must be a non-empty list of k-shot Documents (from kshot_documents)")
+    docs = _kshot_docs(docs)
     tok = model.tokenizer
     dev = model.image_token.device
-    predictions, hits = [], []
+    out = {"predictions": [], "hits": []}
     for a in range(0, len(docs), batch_size):
         chunk = docs[a:a + batch_size]
         if images:
             batch = collate(chunk, tok, model.llm.config.max_len, add_eos=False)
             imgs, n, prompts = batch["images"].to(dev), batch["n_images"].to(dev), [d.text for d in chunk]
         else:
-            imgs = torch.zeros(len(chunk), 1, 3, model.image_size, model.image_size, device=dev)
-            n, prompts = torch.zeros(len(chunk), dtype=torch.long, device=dev), [text_only(d) for d in chunk]
+            (imgs, n), prompts = model.no_images(len(chunk)), [text_only(d) for d in chunk]
         answers = [tok.encode(d.answer) for d in chunk]
-        rows = model.generate_ids(imgs, n, prompts, max(len(x) for x in answers))
-        for row, ans in zip(rows, answers):
-            predictions.append(tok.decode(row[:len(ans)], skip_special=False))
-            hits.append(row[:len(ans)] == ans)
-    return {"predictions": predictions, "hits": hits, "accuracy": interval(hits)}
+        _score(model.generate_ids(imgs, n, prompts, max(len(x) for x in answers)), answers, tok, out)
+    return {**out, "accuracy": interval(out["hits"])}
+
+
+def _kshot_docs(docs) -> list[Document]:
+    docs = list(docs)
+    if not docs or not all(isinstance(d, Document) and d.answer is not None for d in docs):
+        raise TypeError("docs must be a non-empty list of k-shot Documents (from kshot_documents)")
+    return docs
+
+
+def _score(rows: list[list[int]], answers: list[list[int]], tok, out: dict) -> None:
+    """Append each row's first len(answer) generated ids, decoded, to out["predictions"], and
+    whether they are exactly the answer's ids to out["hits"]."""
+    for row, ans in zip(rows, answers):
+        out["predictions"].append(tok.decode(row[:len(ans)], skip_special=False))
+        out["hits"].append(row[:len(ans)] == ans)
 
 
 @torch.no_grad()
@@ -331,13 +339,11 @@ def prefix_kshot_accuracy(prefix, docs: Sequence[Document], batch_size: int = 64
 
     if not isinstance(prefix, PrefixVLM):
         raise TypeError(f"prefix must be a PrefixVLM (chapter 10, e.g. zoo.load('clipcap')), got {type(prefix).__name__}")
-    docs = list(docs)
-    if not docs or not all(isinstance(d, Document) and d.answer is not None for d in docs):
-        raise TypeError("docs must be a non-empty list of k-shot Documents (from kshot_documents)")
+    docs = _kshot_docs(docs)
     tok, k = prefix.tokenizer, prefix.config.n_prefix
     llm = prefix.llm
     dev = next(prefix.parameters()).device
-    predictions, hits = [], []
+    out = {"predictions": [], "hits": []}
     for a in range(0, len(docs), batch_size):
         chunk = docs[a:a + batch_size]
         batch = collate(chunk, tok, llm.config.max_len, add_eos=False)
@@ -346,25 +352,20 @@ def prefix_kshot_accuracy(prefix, docs: Sequence[Document], batch_size: int = 64
         embeds = prefix.image_prefix(batch["images"].flatten(0, 1).to(dev)).unflatten(0, (len(chunk), m))
         texts = [" ".join(" ".join([IMAGE] * k) if w == IMAGE else w for w in d.text.split()) for d in chunk]
         answers = [tok.encode(d.answer) for d in chunk]
-        encoded = [[llm.config.bos_id] + list(tok.encode(t)) for t in texts]
-        longest = max(len(e) for e in encoded)
-        prompt = torch.tensor([[llm.config.pad_id] * (longest - len(e)) + e for e in encoded], device=dev)
-        mask = torch.tensor([[False] * (longest - len(e)) + [True] * len(e) for e in encoded], device=dev)
+        prompt, mask = llm.encode_prompts(texts, tok)
         n = batch["n_images"].tolist()
 
         def embed(ids, rows):
             per_row = [embeds[r, :n[r]].flatten(0, 1) for r in rows.tolist()]  # (n_r · K, D) each
-            out = llm.embed(ids)
+            spliced = llm.embed(ids)
             for i, vectors in enumerate(per_row):
-                out[i:i + 1] = splice(out[i:i + 1], ids[i:i + 1], vectors[None], prefix.image_id)
-            return out
+                spliced[i:i + 1] = splice(spliced[i:i + 1], ids[i:i + 1], vectors[None], prefix.image_id)
+            return spliced
 
         with eval_mode(prefix):
             rows = llm.generate(prompt, max(len(x) for x in answers), embed=embed, attention_mask=mask)
-        for row, ans in zip(rows[:, longest:].tolist(), answers):
-            predictions.append(tok.decode(row[:len(ans)], skip_special=False))
-            hits.append(row[:len(ans)] == ans)
-    return {"predictions": predictions, "hits": hits, "accuracy": interval(hits)}
+        _score(rows[:, prompt.shape[1]:].tolist(), answers, tok, out)
+    return {**out, "accuracy": interval(out["hits"])}
 
 
 def frozen_llm_equal(model: Flamingo, images: torch.Tensor, n_images: torch.Tensor, ids: torch.Tensor) -> bool:

@@ -305,6 +305,18 @@ class GPT(nn.Module):
             self.tokenizer = tok
         return self.tokenizer
 
+    def encode_prompts(self, prompts: Sequence[str], tokenizer=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each prompt as "<bos> prompt" ids, left-padded with pad_id into one batch on the model's
+        device: (ids (B, T), attention_mask (B, T), False on the padding), as `generate` takes them."""
+        tok = tokenizer if tokenizer is not None else self.get_tokenizer()
+        c = self.config
+        encoded = [[c.bos_id] + list(tok.encode(p)) for p in prompts]
+        dev = next(self.parameters()).device
+        longest = max(len(e) for e in encoded)
+        prompt = torch.tensor([[c.pad_id] * (longest - len(e)) + e for e in encoded], device=dev)  # (B, T)
+        mask = torch.tensor([[False] * (longest - len(e)) + [True] * len(e) for e in encoded], device=dev)
+        return prompt, mask
+
     @torch.no_grad()
     def complete(self, prompts: Sequence[str], max_new_tokens: int = 8, stop: str | None = ".", tokenizer=None,
                  use_cache: bool = True, embed=None, hooks=None, **decoding) -> list[str]:
@@ -323,18 +335,14 @@ class GPT(nn.Module):
             raise ValueError("prompts must hold at least one string")
         tok = tokenizer if tokenizer is not None else self.get_tokenizer()
         c = self.config
-        encoded = [[c.bos_id] + list(tok.encode(p)) for p in prompts]
         stop_ids = list(tok.encode(stop)) if stop else []
         if stop and len(stop_ids) != 1:
             raise ValueError(f"stop must be one token, got {stop!r} = {len(stop_ids)} tokens")
-        dev = next(self.parameters()).device
-        longest = max(len(e) for e in encoded)
-        prompt = torch.tensor([[c.pad_id] * (longest - len(e)) + e for e in encoded], device=dev)  # (B, T)
-        mask = torch.tensor([[False] * (longest - len(e)) + [True] * len(e) for e in encoded], device=dev)
+        prompt, mask = self.encode_prompts(prompts, tok)
         ids = self.generate(prompt, max_new_tokens, use_cache=use_cache, embed=embed, attention_mask=mask, hooks=hooks,
                             **decoding)
         out = []
-        for row in ids[:, longest:].tolist():
+        for row in ids[:, prompt.shape[1]:].tolist():
             ends = [row.index(t) for t in [c.eos_id, *stop_ids] if t in row]
             out.append(tok.decode(row[:min(ends)] if ends else row).strip())
         return out

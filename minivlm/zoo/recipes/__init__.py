@@ -15,6 +15,7 @@ from dataclasses import asdict
 from typing import Callable
 
 from minivlm.eval import evaluate_hard_itm, evaluate_itm, to_record
+from minivlm.zoo import store
 
 
 def config_dict(model) -> dict:
@@ -58,6 +59,23 @@ def arm_table(results: list[dict], extra: tuple[str, ...] = ()) -> dict[str, lis
         row.update({k: r[k] for k in extra if k in r})
         arms.setdefault(r["arm"], []).append(row)
     return arms
+
+
+def frozen_parts_config(config: dict, parts: tuple[str, ...], what: str, rebuild: str) -> dict:
+    """A model built on other zoo entries records the sha256 of each part it was trained on
+    (`<part>_sha256` in its config). Returns the config without those keys; ValueError if one is
+    missing or a part has been rebuilt since (its weights would then meet a part they never saw).
+    what: the model, for the message ("this prefix"); rebuild: the command(s) that retrain it."""
+    config = dict(config)
+    for part in parts:
+        key = f"{part}_sha256"
+        if key not in config:
+            raise ValueError(f"config has no {key!r}: the {part!r} weights {what} was trained on")
+        trained_on, now = config.pop(key), store.manifest(part)["sha256"]
+        if trained_on != now:
+            raise ValueError(f"{what} was trained on a zoo {part!r} with sha256 {trained_on[:12]}…, the zoo's "
+                             f"{part!r} is now {now[:12]}…: rebuild {rebuild}")
+    return config
 
 
 def shipped_model(make: Callable[[dict], object], config: dict, results: list[dict]):

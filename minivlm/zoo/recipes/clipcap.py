@@ -51,7 +51,7 @@ from minivlm.models.frozen import (
 from minivlm.train import fit
 from minivlm.utils import count_parameters, seed_everything
 from minivlm.zoo import store
-from minivlm.zoo.recipes import arm_table, finish_job, run_jobs, shipped_model
+from minivlm.zoo.recipes import arm_table, finish_job, frozen_parts_config, run_jobs, shipped_model
 
 # What each arm varies: the variant (what is trained), the objective ("caption": `prefix_step` on
 # the captions; "caption_kl": `caption_distill_step` on visible-answer VQA of the same images) and
@@ -72,16 +72,8 @@ def _model(config: dict):
     clip and llm weights it was trained on (`clip_sha256`, `llm_sha256`). The entry's name is its
     variant ("clipcap", "mapl")."""
 
-    config = dict(config)
-    for part in FROZEN_PARTS:
-        key = f"{part}_sha256"
-        if key not in config:
-            raise ValueError(f"config has no {key!r}: the {part!r} weights this prefix was trained on")
-        trained_on, now = config.pop(key), store.manifest(part)["sha256"]
-        if trained_on != now:
-            raise ValueError(f"this prefix was trained on a zoo {part!r} with sha256 {trained_on[:12]}…, the zoo's "
-                             f"{part!r} is now {now[:12]}…: rebuild the prefix entries trained on it "
-                             f"(`minivlm zoo build clipcap`, then `mapl` and `clipcap_kl`)")
+    config = frozen_parts_config(config, FROZEN_PARTS, "this prefix", "the prefix entries trained on it "
+                                 "(`minivlm zoo build clipcap`, then `mapl` and `clipcap_kl`)")
     return PrefixVLM(store.load("clip"), store.load("llm"), PrefixConfig(**config))
 
 

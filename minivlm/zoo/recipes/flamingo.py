@@ -50,7 +50,7 @@ from minivlm.models.frozen import answer_figures
 from minivlm.train import fit
 from minivlm.utils import count_parameters, seed_everything
 from minivlm.zoo import store
-from minivlm.zoo.recipes import arm_table, finish_job, run_jobs, shipped_model
+from minivlm.zoo.recipes import arm_table, finish_job, frozen_parts_config, run_jobs, shipped_model
 
 ARM_SPECS = {
     "flamingo": {},
@@ -69,15 +69,7 @@ KSHOTS = (0, 1, 2, 4)
 def _model(config: dict) -> Flamingo:
     """A Flamingo on the zoo's clip and llm; config: FlamingoConfig's fields + the sha256 of the
     clip and llm weights it was trained on (`clip_sha256`, `llm_sha256`)."""
-    config = dict(config)
-    for part in FROZEN_PARTS:
-        key = f"{part}_sha256"
-        if key not in config:
-            raise ValueError(f"config has no {key!r}: the {part!r} weights this Flamingo was trained on")
-        trained_on, now = config.pop(key), store.manifest(part)["sha256"]
-        if trained_on != now:
-            raise ValueError(f"this Flamingo was trained on a zoo {part!r} with sha256 {trained_on[:12]}…, the zoo's "
-                             f"{part!r} is now {now[:12]}…: rebuild it (`minivlm zoo build flamingo`)")
+    config = frozen_parts_config(config, FROZEN_PARTS, "this Flamingo", "it (`minivlm zoo build flamingo`)")
     return Flamingo(store.load("clip"), store.load("llm"), FlamingoConfig(**config))
 
 
