@@ -391,6 +391,7 @@ if ready:
         ax.plot(h_yours.losses[key], "--", label="your pieces")
         ax.set_title(key.upper())
         ax.set_xlabel("step")
+        ax.set_ylabel("loss")
     axes[0].legend()
     plt.tight_layout()
     plt.show()
@@ -474,6 +475,7 @@ if ready:
     plt.bar(x - 0.2, weights, width=0.4, label="softmax weight (positives 0)")
     plt.bar(x + 0.2, freq, width=0.4, label=f"your itm_batch, {draws} calls")
     plt.xlabel(f"caption j of the batch (image {i}'s own caption is {i})")
+    plt.ylabel("probability of drawing j")
     plt.legend()
     plt.show()
 
